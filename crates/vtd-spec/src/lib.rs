@@ -1,1 +1,71 @@
-//! placeholder
+//! Typed Intel VT-d architectural formats.
+//!
+//! This crate is the *spec layer* of vtd-nest: every structure the guest or the hardware writes —
+//! registers, root/context/PASID entries, page-table entries, invalidation descriptors, fault
+//! records — as a typed value with named fields, each citing its section of the Intel
+//! Virtualization Technology for Directed I/O Architecture Specification (rev. 4.x, "§" below).
+//! Behaviour lives elsewhere (the `vtd` crate for the vIOMMU, the `host-iommu` crate for the
+//! software host IOMMU); no other code masks raw bits.
+//!
+//! ```text
+//!   RTADDR ──► root table ──► context table ──► PASID directory ──► PASID table
+//!   (regs)     (root)         (context)          (pasid)              (pasid)
+//!                                 │                                     │
+//!                                 ▼ legacy: SLPTPTR                     ▼ FSPTPTR / SLPTPTR
+//!                              second-stage PTEs (pte)          first-/second-stage PTEs (pte)
+//!
+//!   IQA/IQH/IQT ──► invalidation queue of descriptors (inv)
+//!   FRCD registers ◄── fault records with fault reasons (fault)
+//! ```
+//!
+//! Conversions from raw guest data never panic: every bit pattern decodes to *some* value, and
+//! reserved-bit checks are explicit methods so behaviour code can report the spec's fault.
+
+#![forbid(unsafe_code)]
+
+pub mod context;
+pub mod fault;
+pub mod inv;
+pub mod pasid;
+pub mod pte;
+pub mod regs;
+pub mod root;
+
+/// Size of a VT-d page-table page and of every table page (§3.4, §9).
+pub const PAGE_SIZE: u64 = 4096;
+/// Shift for a 4 KiB page.
+pub const PAGE_SHIFT: u32 = 12;
+
+/// A PCI requester (source) identifier: bus in bits 15:8, device/function in 7:0 (§3.4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId(pub u16);
+
+impl SourceId {
+    /// Builds a source id from bus, device and function numbers.
+    pub const fn new(bus: u8, device: u8, function: u8) -> Self {
+        Self(((bus as u16) << 8) | (((device & 0x1f) as u16) << 3) | ((function & 0x7) as u16))
+    }
+    /// Bus number, the index into the root table.
+    pub const fn bus(self) -> u8 {
+        (self.0 >> 8) as u8
+    }
+    /// Device/function number, the index into a context table.
+    pub const fn devfn(self) -> u8 {
+        self.0 as u8
+    }
+}
+
+impl std::fmt::Display for SourceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:02x}:{:02x}.{}",
+            self.bus(),
+            self.devfn() >> 3,
+            self.devfn() & 7
+        )
+    }
+}
+
+/// The largest PASID value plus one: PASIDs are 20 bits (§3.4.3).
+pub const PASID_LIMIT: u32 = 1 << 20;

@@ -1,0 +1,287 @@
+//! Page-table entries: first stage (IA-32e format, §9.7) and second stage (§9.8), with the
+//! reserved-bit masks the walkers check (faults 0x72 / 0x7A).
+
+use bitfield_struct::bitfield;
+
+/// Entries per paging-structure page.
+pub const ENTRIES_PER_TABLE: u64 = 512;
+
+/// Index of `iova` in the table at `level` (1 = the 4 KiB page table, 4 = PML4, 5 = PML5).
+pub fn table_index(iova: u64, level: u32) -> u64 {
+    (iova >> (12 + 9 * (level - 1))) & 0x1ff
+}
+
+/// Size of the region mapped by one entry at `level` (4 KiB, 2 MiB, 1 GiB, ...).
+pub fn level_size(level: u32) -> u64 {
+    1u64 << (12 + 9 * (level - 1))
+}
+
+/// Mask of the physical-address bits at and above `haw` up to bit 51.
+fn above_haw(haw: u32) -> u64 {
+    let haw = haw.clamp(12, 52);
+    ((1u64 << 52) - 1) & !((1u64 << haw) - 1)
+}
+
+/// First-stage paging entry, any level (§9.7, IA-32e format).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct FirstStagePte {
+    /// P: present.
+    pub present: bool,
+    /// R/W: writes allowed.
+    pub rw: bool,
+    /// U/S: user-mode (non-supervisor) accesses allowed.
+    pub us: bool,
+    /// PWT: page-level write-through.
+    pub pwt: bool,
+    /// PCD: page-level cache disable.
+    pub pcd: bool,
+    /// A: accessed.
+    pub accessed: bool,
+    /// D: dirty (leaf entries only; ignored in non-leaf entries).
+    pub dirty: bool,
+    /// PS: page size (a leaf at the PDPE or PDE level); PAT in a 4 KiB PTE.
+    pub ps: bool,
+    /// G: global (leaf only).
+    pub global: bool,
+    /// Bit 9, ignored.
+    pub ignored9: bool,
+    /// EA: extended accessed (with PASID-entry EAFE), otherwise ignored.
+    pub ea: bool,
+    /// Bit 11, ignored.
+    pub ignored11: bool,
+    /// Address bits 51:12 (PAT at bit 12 and reserved low bits for large pages).
+    #[bits(40)]
+    pub addr: u64,
+    /// Bits 62:52, ignored.
+    #[bits(11)]
+    pub ignored_high: u16,
+    /// XD: execute disable (reserved unless the PASID entry's NXE is set).
+    pub xd: bool,
+}
+
+impl FirstStagePte {
+    /// Address of the next table, or of the mapped page/superpage at `level`.
+    pub fn output_address(self, level: u32) -> u64 {
+        (self.addr() << 12) & !(level_size(level) - 1)
+    }
+
+    /// Reserved bits of a first-stage entry at `level` (§9.7): physical-address bits at and above
+    /// the host address width `haw`; PS in PML5E/PML4E; PS in a PDPE without 1 GiB support; the
+    /// low address bits of a 2 MiB or 1 GiB page other than PAT; XD when NXE is clear.
+    pub fn reserved_mask(self, level: u32, haw: u32, nxe: bool, fs1gp: bool) -> u64 {
+        let mut mask = above_haw(haw);
+        if !nxe {
+            mask |= 1 << 63;
+        }
+        match level {
+            4 | 5 => mask |= 1 << 7,
+            3 if self.ps() => {
+                if fs1gp {
+                    mask |= ((1u64 << 30) - 1) & !((1u64 << 13) - 1);
+                } else {
+                    mask |= 1 << 7;
+                }
+            }
+            2 if self.ps() => mask |= ((1u64 << 21) - 1) & !((1u64 << 13) - 1),
+            _ => {}
+        }
+        mask
+    }
+
+    /// Whether this entry maps a page (a leaf) at `level`.
+    pub fn is_leaf(self, level: u32) -> bool {
+        level == 1 || ((level == 2 || level == 3) && self.ps())
+    }
+}
+
+/// Second-stage paging entry, any level (§9.8).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct SecondStagePte {
+    /// R: read.
+    pub read: bool,
+    /// W: write.
+    pub write: bool,
+    /// X: execute (with SSEE).
+    pub execute: bool,
+    /// EMT: extended memory type (leaf only).
+    #[bits(3)]
+    pub emt: u8,
+    /// IPAT: ignore PAT (leaf only).
+    pub ipat: bool,
+    /// PS: page size (leaf at SL-PDPE / SL-PDE).
+    pub ps: bool,
+    /// A: accessed (with SSADE).
+    pub accessed: bool,
+    /// D: dirty (with SSADE, leaf only).
+    pub dirty: bool,
+    /// Bit 10, ignored.
+    pub ignored10: bool,
+    /// SNP: snoop (leaf only; needs ECAP.SC).
+    pub snp: bool,
+    /// Address bits 51:12.
+    #[bits(40)]
+    pub addr: u64,
+    /// Bits 61:52, ignored.
+    #[bits(10)]
+    pub ignored_high: u16,
+    /// TM: transient mapping (device-TLB only).
+    pub tm: bool,
+    /// Bit 63, ignored.
+    pub ignored63: bool,
+}
+
+impl SecondStagePte {
+    /// Whether the entry is present (any of R, W set; §9.8: "present if R or W").
+    pub fn present(self) -> bool {
+        self.read() || self.write()
+    }
+    /// Address of the next table, or of the mapped page/superpage at `level`.
+    pub fn output_address(self, level: u32) -> u64 {
+        (self.addr() << 12) & !(level_size(level) - 1)
+    }
+    /// Whether this entry maps a page (a leaf) at `level`.
+    pub fn is_leaf(self, level: u32) -> bool {
+        level == 1 || ((level == 2 || level == 3) && self.ps())
+    }
+    /// Reserved bits of a second-stage entry (§9.8): address bits at and above `haw`; PS at
+    /// levels 4 and 5, and at levels 2/3 when the superpage size is not in CAP.SLLPS; the
+    /// low address bits of a superpage; memory-type and snoop bits in non-leaf entries; SNP
+    /// without snoop control; X without SSEE.
+    pub fn reserved_mask(self, level: u32, haw: u32, sllps: u8, snoop: bool, ssee: bool) -> u64 {
+        let mut mask = above_haw(haw);
+        if !ssee {
+            mask |= 1 << 2;
+        }
+        let leaf = self.is_leaf(level);
+        if !leaf {
+            mask |= 0b111_1000 | (1 << 11);
+        } else if !snoop {
+            mask |= 1 << 11;
+        }
+        match level {
+            4 | 5 => mask |= 1 << 7,
+            3 if self.ps() => {
+                if sllps & 2 == 0 {
+                    mask |= 1 << 7;
+                }
+                mask |= ((1u64 << 30) - 1) & !((1u64 << 12) - 1);
+            }
+            2 if self.ps() => {
+                if sllps & 1 == 0 {
+                    mask |= 1 << 7;
+                }
+                mask |= ((1u64 << 21) - 1) & !((1u64 << 12) - 1);
+            }
+            _ => {}
+        }
+        mask
+    }
+}
+
+/// Levels of a second-stage table for an adjusted guest address width encoding (AW field):
+/// 1 → 3 levels (39 bits), 2 → 4 levels (48 bits), 3 → 5 levels (57 bits).
+pub fn second_stage_levels(aw: u8) -> Option<u32> {
+    match aw {
+        1 => Some(3),
+        2 => Some(4),
+        3 => Some(5),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_and_sizes() {
+        let iova = 0x0000_7fff_ffe0_1000u64;
+        assert_eq!(table_index(iova, 4), 0xff);
+        assert_eq!(table_index(iova, 1), 0x001);
+        assert_eq!(level_size(2), 2 << 20);
+        assert_eq!(level_size(3), 1 << 30);
+    }
+
+    #[test]
+    fn first_stage_reserved_bits() {
+        let pml4e = FirstStagePte::from_bits(0x1000 | 0x87);
+        assert_ne!(
+            pml4e.into_bits() & pml4e.reserved_mask(4, 48, false, true),
+            0,
+            "PS in a PML4E"
+        );
+        let pdpe_1g = FirstStagePte::from_bits((1 << 30) | 0x87);
+        assert_eq!(
+            pdpe_1g.into_bits() & pdpe_1g.reserved_mask(3, 48, false, true),
+            0
+        );
+        assert_ne!(
+            pdpe_1g.into_bits() & pdpe_1g.reserved_mask(3, 48, false, false),
+            0,
+            "1G without FS1GP"
+        );
+        let pde_2m_pat = FirstStagePte::from_bits((2 << 20) | (1 << 12) | 0x87);
+        assert_eq!(
+            pde_2m_pat.into_bits() & pde_2m_pat.reserved_mask(2, 48, false, true),
+            0,
+            "PAT is allowed"
+        );
+        let pde_2m_bad = FirstStagePte::from_bits((2 << 20) | (1 << 13) | 0x87);
+        assert_ne!(
+            pde_2m_bad.into_bits() & pde_2m_bad.reserved_mask(2, 48, false, true),
+            0
+        );
+        let xd = FirstStagePte::from_bits((1 << 63) | 0x1003);
+        assert_ne!(
+            xd.into_bits() & xd.reserved_mask(1, 48, false, true),
+            0,
+            "XD without NXE"
+        );
+        assert_eq!(
+            xd.into_bits() & xd.reserved_mask(1, 48, true, true),
+            0,
+            "XD with NXE"
+        );
+        let high = FirstStagePte::from_bits((1 << 48) | 0x3);
+        assert_ne!(
+            high.into_bits() & high.reserved_mask(1, 48, true, true),
+            0,
+            "beyond HAW"
+        );
+    }
+
+    #[test]
+    fn second_stage_reserved_bits() {
+        let nonleaf = SecondStagePte::from_bits(0x2000 | 0x3);
+        assert_eq!(
+            nonleaf.into_bits() & nonleaf.reserved_mask(4, 48, 1, false, false),
+            0
+        );
+        let nonleaf_emt = SecondStagePte::from_bits(0x2000 | 0x3 | (1 << 3));
+        assert_ne!(
+            nonleaf_emt.into_bits() & nonleaf_emt.reserved_mask(3, 48, 1, false, false),
+            0
+        );
+        let big = SecondStagePte::from_bits((1 << 30) | 0x83);
+        assert_ne!(
+            big.into_bits() & big.reserved_mask(3, 48, 1, false, false),
+            0,
+            "1G without SLLPS bit 1"
+        );
+        assert_eq!(
+            big.into_bits() & big.reserved_mask(3, 48, 3, false, false),
+            0
+        );
+        let snp = SecondStagePte::from_bits(0x1000 | 0x3 | (1 << 11));
+        assert_ne!(
+            snp.into_bits() & snp.reserved_mask(1, 48, 1, false, false),
+            0
+        );
+        assert_eq!(
+            snp.into_bits() & snp.reserved_mask(1, 48, 1, true, false),
+            0
+        );
+    }
+}
