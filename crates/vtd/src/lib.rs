@@ -1,1 +1,10 @@
-//! placeholder
+//! A model of an Intel VT-d remapping unit as a guest sees it.
+//!
+//! (Crate documentation with the flow diagram is completed as the modules land.)
+
+#![forbid(unsafe_code)]
+
+pub mod counters;
+pub mod invalidation;
+pub mod memory;
+pub mod request;

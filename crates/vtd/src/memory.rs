@@ -1,0 +1,162 @@
+//! Guest physical memory as the remapping hardware sees it.
+//!
+//! Every structure the vIOMMU reads — root, context and PASID tables, page tables, the
+//! invalidation queue — and everything it writes — wait-descriptor status words, A/D bits — goes
+//! through [`GuestRam`]. An address outside guest RAM is an error value, never a panic; callers
+//! turn it into the spec's "error accessing ..." fault or queue error.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, VolatileMemory, VolatileMemoryError,
+};
+
+/// Guest RAM access failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MemoryError {
+    /// The range is not backed by guest RAM.
+    #[error("Guest physical range {gpa:#x}+{len:#x} is outside guest RAM")]
+    OutOfRange {
+        /// First byte of the access.
+        gpa: u64,
+        /// Length of the access.
+        len: u64,
+    },
+    /// An atomic access was not naturally aligned.
+    #[error("Guest physical address {0:#x} is not aligned for an atomic access")]
+    Unaligned(u64),
+}
+
+/// Guest physical memory, shared by vCPU and device threads.
+pub trait GuestRam: Send + Sync {
+    /// Reads `buf.len()` bytes at `gpa`.
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
+    /// Writes `buf` at `gpa`.
+    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemoryError>;
+    /// Atomically replaces the naturally aligned u64 at `gpa` with `new` if it equals `current`.
+    /// Returns `Ok(Ok(previous))` on success and `Ok(Err(actual))` when the value differed.
+    fn compare_exchange_u64(
+        &self,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemoryError>;
+
+    /// Reads a little-endian u64.
+    fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    /// Reads `N` consecutive little-endian u64s.
+    fn read_qwords<const N: usize>(&self, gpa: u64) -> Result<[u64; N], MemoryError>
+    where
+        Self: Sized,
+    {
+        let mut out = [0u64; N];
+        for (i, q) in out.iter_mut().enumerate() {
+            *q = self.read_u64(gpa.wrapping_add(8 * i as u64))?;
+        }
+        Ok(out)
+    }
+    /// Writes a little-endian u32.
+    fn write_u32(&self, gpa: u64, value: u32) -> Result<(), MemoryError> {
+        self.write(gpa, &value.to_le_bytes())
+    }
+}
+
+/// Reads `N` little-endian u64s through a trait object.
+pub fn read_qwords<const N: usize>(ram: &dyn GuestRam, gpa: u64) -> Result<[u64; N], MemoryError> {
+    let mut out = [0u64; N];
+    for (i, q) in out.iter_mut().enumerate() {
+        *q = ram.read_u64(gpa.wrapping_add(8 * i as u64))?;
+    }
+    Ok(out)
+}
+
+fn out_of_range(gpa: u64, len: usize) -> MemoryError {
+    MemoryError::OutOfRange {
+        gpa,
+        len: len as u64,
+    }
+}
+
+/// Any vm-memory backend (e.g. `GuestMemoryMmap`) is guest RAM.
+impl<M: GuestMemoryBackend + Send + Sync> GuestRam for M {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        if gpa.checked_add(buf.len() as u64).is_none() {
+            return Err(out_of_range(gpa, buf.len()));
+        }
+        self.read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| out_of_range(gpa, buf.len()))
+    }
+
+    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemoryError> {
+        if gpa.checked_add(buf.len() as u64).is_none() {
+            return Err(out_of_range(gpa, buf.len()));
+        }
+        self.write_slice(buf, GuestAddress(gpa))
+            .map_err(|_| out_of_range(gpa, buf.len()))
+    }
+
+    fn compare_exchange_u64(
+        &self,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemoryError> {
+        if !gpa.is_multiple_of(8) {
+            return Err(MemoryError::Unaligned(gpa));
+        }
+        let slice = self
+            .get_slice(GuestAddress(gpa), 8)
+            .map_err(|_: GuestMemoryError| out_of_range(gpa, 8))?;
+        let atomic: &AtomicU64 = slice.get_atomic_ref(0).map_err(|e| match e {
+            VolatileMemoryError::Misaligned { .. } => MemoryError::Unaligned(gpa),
+            _ => out_of_range(gpa, 8),
+        })?;
+        Ok(atomic.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    fn ram() -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+    }
+
+    #[test]
+    fn reads_writes_and_refuses_outside_ram() {
+        let m = ram();
+        m.write(0x100, &[1, 2, 3, 4]).unwrap();
+        let mut b = [0u8; 4];
+        m.read(0x100, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+        assert_eq!(
+            m.read(0xfffe, &mut b),
+            Err(MemoryError::OutOfRange {
+                gpa: 0xfffe,
+                len: 4
+            })
+        );
+        assert!(m.read(u64::MAX - 1, &mut b).is_err());
+        assert!(m.write(0x10000, &b).is_err());
+    }
+
+    #[test]
+    fn compare_exchange_is_atomic_and_checked() {
+        let m = ram();
+        m.write(0x200, &7u64.to_le_bytes()).unwrap();
+        assert_eq!(m.compare_exchange_u64(0x200, 7, 9).unwrap(), Ok(7));
+        assert_eq!(m.compare_exchange_u64(0x200, 7, 10).unwrap(), Err(9));
+        assert_eq!(m.read_u64(0x200).unwrap(), 9);
+        assert_eq!(
+            m.compare_exchange_u64(0x204, 0, 1),
+            Err(MemoryError::Unaligned(0x204))
+        );
+        assert!(m.compare_exchange_u64(0x20000, 0, 1).is_err());
+        assert_eq!(read_qwords::<2>(&m, 0x200).unwrap(), [9, 0]);
+    }
+}

@@ -1,0 +1,102 @@
+//! What a device asks of the remapping unit, and what it gets back: a translation or a fault.
+
+use vtd_spec::SourceId;
+use vtd_spec::fault::FaultReason;
+
+/// The kind of access a DMA request makes (§3.6: requests are reads or writes; execute and
+/// supervisor privilege come with PASID-tagged requests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    /// The request reads memory.
+    pub read: bool,
+    /// The request writes memory.
+    pub write: bool,
+    /// The request asks for execute permission (ER attribute).
+    pub execute: bool,
+    /// The request carries supervisor privilege (PR attribute).
+    pub privileged: bool,
+}
+
+impl Access {
+    /// A plain read.
+    pub const READ: Access = Access {
+        read: true,
+        write: false,
+        execute: false,
+        privileged: false,
+    };
+    /// A plain write.
+    pub const WRITE: Access = Access {
+        read: false,
+        write: true,
+        execute: false,
+        privileged: false,
+    };
+    /// A read-modify-write (atomic) access.
+    pub const READ_WRITE: Access = Access {
+        read: true,
+        write: true,
+        execute: false,
+        privileged: false,
+    };
+}
+
+/// A DMA request from a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaRequest {
+    /// Requester id.
+    pub sid: SourceId,
+    /// PASID, for requests-with-PASID.
+    pub pasid: Option<u32>,
+    /// Input (I/O virtual) address.
+    pub iova: u64,
+    /// The access asked for.
+    pub access: Access,
+}
+
+/// Permissions of a translation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// Reads allowed.
+    pub read: bool,
+    /// Writes allowed.
+    pub write: bool,
+}
+
+/// A successful translation of the page holding `DmaRequest::iova`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    /// Input address of the first byte of the translated page (aligned to `size`).
+    pub iova_base: u64,
+    /// Guest-physical address the page maps to.
+    pub gpa_base: u64,
+    /// Page size in bytes: 4 KiB, 2 MiB, 1 GiB, or the whole space for pass-through.
+    pub size: u64,
+    /// What the page allows.
+    pub perms: Permissions,
+}
+
+impl Translation {
+    /// The guest-physical address for `iova`, which must lie in this translation's page.
+    pub fn gpa(&self, iova: u64) -> u64 {
+        self.gpa_base + (iova - self.iova_base)
+    }
+}
+
+/// A translation fault, before it is recorded (§7.1, §7.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// Why the request failed.
+    pub reason: FaultReason,
+    /// Requester id.
+    pub sid: SourceId,
+    /// PASID of a request-with-PASID.
+    pub pasid: Option<u32>,
+    /// The faulting input address.
+    pub iova: u64,
+    /// The access that faulted.
+    pub access: Access,
+    /// A context, PASID-directory or PASID entry on the path had FPD set: the fault is not
+    /// recorded or reported (§7.1.2: qualified faults only).
+    pub fpd: bool,
+}
