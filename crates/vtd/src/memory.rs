@@ -29,9 +29,9 @@ pub enum MemoryError {
 /// Guest physical memory, shared by vCPU and device threads.
 pub trait GuestRam: Send + Sync {
     /// Reads `buf.len()` bytes at `gpa`.
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
+    fn read_at(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
     /// Writes `buf` at `gpa`.
-    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemoryError>;
+    fn write_at(&self, gpa: u64, buf: &[u8]) -> Result<(), MemoryError>;
     /// Atomically replaces the naturally aligned u64 at `gpa` with `new` if it equals `current`.
     /// Returns `Ok(Ok(previous))` on success and `Ok(Err(actual))` when the value differed.
     fn compare_exchange_u64(
@@ -44,23 +44,12 @@ pub trait GuestRam: Send + Sync {
     /// Reads a little-endian u64.
     fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
         let mut b = [0u8; 8];
-        self.read(gpa, &mut b)?;
+        self.read_at(gpa, &mut b)?;
         Ok(u64::from_le_bytes(b))
-    }
-    /// Reads `N` consecutive little-endian u64s.
-    fn read_qwords<const N: usize>(&self, gpa: u64) -> Result<[u64; N], MemoryError>
-    where
-        Self: Sized,
-    {
-        let mut out = [0u64; N];
-        for (i, q) in out.iter_mut().enumerate() {
-            *q = self.read_u64(gpa.wrapping_add(8 * i as u64))?;
-        }
-        Ok(out)
     }
     /// Writes a little-endian u32.
     fn write_u32(&self, gpa: u64, value: u32) -> Result<(), MemoryError> {
-        self.write(gpa, &value.to_le_bytes())
+        self.write_at(gpa, &value.to_le_bytes())
     }
 }
 
@@ -82,7 +71,7 @@ fn out_of_range(gpa: u64, len: usize) -> MemoryError {
 
 /// Any vm-memory backend (e.g. `GuestMemoryMmap`) is guest RAM.
 impl<M: GuestMemoryBackend + Send + Sync> GuestRam for M {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+    fn read_at(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         if gpa.checked_add(buf.len() as u64).is_none() {
             return Err(out_of_range(gpa, buf.len()));
         }
@@ -90,7 +79,7 @@ impl<M: GuestMemoryBackend + Send + Sync> GuestRam for M {
             .map_err(|_| out_of_range(gpa, buf.len()))
     }
 
-    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemoryError> {
+    fn write_at(&self, gpa: u64, buf: &[u8]) -> Result<(), MemoryError> {
         if gpa.checked_add(buf.len() as u64).is_none() {
             return Err(out_of_range(gpa, buf.len()));
         }
@@ -130,25 +119,25 @@ mod tests {
     #[test]
     fn reads_writes_and_refuses_outside_ram() {
         let m = ram();
-        m.write(0x100, &[1, 2, 3, 4]).unwrap();
+        m.write_at(0x100, &[1, 2, 3, 4]).unwrap();
         let mut b = [0u8; 4];
-        m.read(0x100, &mut b).unwrap();
+        m.read_at(0x100, &mut b).unwrap();
         assert_eq!(b, [1, 2, 3, 4]);
         assert_eq!(
-            m.read(0xfffe, &mut b),
+            m.read_at(0xfffe, &mut b),
             Err(MemoryError::OutOfRange {
                 gpa: 0xfffe,
                 len: 4
             })
         );
-        assert!(m.read(u64::MAX - 1, &mut b).is_err());
-        assert!(m.write(0x10000, &b).is_err());
+        assert!(m.read_at(u64::MAX - 1, &mut b).is_err());
+        assert!(m.write_at(0x10000, &b).is_err());
     }
 
     #[test]
     fn compare_exchange_is_atomic_and_checked() {
         let m = ram();
-        m.write(0x200, &7u64.to_le_bytes()).unwrap();
+        m.write_at(0x200, &7u64.to_le_bytes()).unwrap();
         assert_eq!(m.compare_exchange_u64(0x200, 7, 9).unwrap(), Ok(7));
         assert_eq!(m.compare_exchange_u64(0x200, 7, 10).unwrap(), Err(9));
         assert_eq!(m.read_u64(0x200).unwrap(), 9);
