@@ -100,3 +100,11 @@ pub struct Fault {
     /// recorded or reported (§7.1.2: qualified faults only).
     pub fpd: bool,
 }
+
+/// Anything that remaps DMA requests: the vIOMMU unit implements it, and per-device adapters
+/// (such as the vm-memory `Iommu` implementation) are built on top of it.
+pub trait Remapper: Send + Sync {
+    /// Translates the page holding `req.iova`, recording and reporting a fault as the spec
+    /// requires when it fails.
+    fn remap(&self, req: &DmaRequest) -> Result<Translation, Fault>;
+}
