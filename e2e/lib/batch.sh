@@ -1,0 +1,381 @@
+# shellcheck shell=bash
+# e2e/lib/batch.sh: a batch of VMM jobs, each booting one L2 guest, run either directly on this
+# host's /dev/kvm or all inside one L1 QEMU-TCG machine. Sourced by e2e/run and e2e/suite.
+#
+#   batch_init WORKDIR
+#   batch_add NAME INNER INIT_SCRIPT TIMEOUT "DISK=SIZE ..." -- CALLER_ARGS...
+#                                     INNER is vtd-nest or qemu
+#   batch_launch MODE [live]          MODE is auto, direct or nested; live streams the console
+#   batch_result INDEX                prints "<status>" (a number, "timeout" or "missing")
+#   batch_disks INDEX                 prints "HOST-DISK <name> <sha256>" per disk
+#
+# Job directory WORKDIR/jobs/NN: name, inner, init, timeout, disks ("name index file" lines),
+# callargs (caller's arguments, one per line, "@NAME" already turned into @@E2EDISK<index>@@),
+# and after the launch: initrd, output (its console section) and status.
+#
+# The console log uses these markers (from e2e/lib/l1-init, or from this file in direct mode):
+#   VTD-NEST-JOB <name> / VTD-NEST-TIMEOUT <s> / VTD-NEST-EXIT <status> / VTD-NEST-L1-DONE
+
+E2E_LIB="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$E2E_LIB/../.." && pwd)"
+# shellcheck source=e2e/lib/common.sh
+. "$E2E_LIB/common.sh"
+
+# The console part of every L2 kernel command line: quiet, because every byte on the emulated
+# UART is a VM exit, and a panic ends the run instead of hanging until the timeout.
+L2_CONSOLE="console=ttyS0 quiet panic=-1"
+# L1 prints only emergencies: its kernel messages would land in the middle of the jobs' lines.
+L1_APPEND="console=ttyS0 quiet loglevel=1 panic=-1"
+# EPYC minus the features TCG lacks anyway (naming them keeps QEMU from warning about each).
+L1_CPU=EPYC,fxsr-opt=off,misalignsse=off,osvw=off,topoext=off,nrip-save=off,xsavec=off
+L1_QEMU=(qemu-system-x86_64 -accel tcg -M q35 -cpu "$L1_CPU" -m 2G -smp 2 -nographic -no-reboot
+    -nic none)
+# Seconds L1 may spend outside the jobs (boot, disk discovery, power-off).
+L1_OVERHEAD=120
+
+batch_init() {
+    BATCH="$1"
+    BATCH_NJOBS=0
+    BATCH_NDISKS=0
+    mkdir -p "$BATCH/jobs" "$BATCH/disks"
+}
+
+batch_job_dir() {
+    printf '%s/jobs/%02d' "$BATCH" "$1"
+}
+
+# substitute_disks ARG NAME=INDEX...: "@NAME" -> "@@E2EDISK<INDEX>@@" for the listed names only.
+substitute_disks() {
+    local arg="$1" out="" name map idx
+    shift
+    while [[ "$arg" =~ ^([^@]*)@([A-Za-z0-9_]+)(.*)$ ]]; do
+        out+="${BASH_REMATCH[1]}"
+        name="${BASH_REMATCH[2]}"
+        arg="${BASH_REMATCH[3]}"
+        idx=""
+        for map in "$@"; do
+            if [ "${map%%=*}" = "$name" ]; then idx="${map#*=}"; fi
+        done
+        if [ -n "$idx" ]; then out+="@@E2EDISK${idx}@@"; else out+="@$name"; fi
+    done
+    printf '%s' "$out$arg"
+}
+
+batch_add() {
+    local name="$1" inner="$2" init="$3" timeout="$4" disks="$5" dir spec dname size maps=() a
+    shift 5
+    [ "${1:-}" = "--" ] && shift
+    [ -f "$init" ] || die "guest init script $init does not exist"
+    case "$inner" in vtd-nest | qemu) ;; *) die "unknown inner VMM $inner" ;; esac
+    dir="$(batch_job_dir "$BATCH_NJOBS")"
+    mkdir -p "$dir"
+    echo "$name" >"$dir/name"
+    echo "$inner" >"$dir/inner"
+    echo "$timeout" >"$dir/timeout"
+    cp "$init" "$dir/init"
+    : >"$dir/disks"
+    for spec in $disks; do
+        dname="${spec%%=*}"
+        size="${spec#*=}"
+        [[ "$dname" =~ ^[A-Za-z0-9_]+$ && "$spec" == *=* && -n "$size" ]] ||
+            die "bad disk '$spec' (want NAME=SIZE, e.g. d0=64M)"
+        echo "$dname $BATCH_NDISKS $BATCH/disks/$(basename "$dir")-$dname.img $size" >>"$dir/disks"
+        maps+=("$dname=$BATCH_NDISKS")
+        BATCH_NDISKS=$((BATCH_NDISKS + 1))
+    done
+    : >"$dir/callargs"
+    for a in "$@"; do
+        [[ "$a" != *$'\n'* ]] || die "VMM arguments may not contain newlines"
+        substitute_disks "$a" "${maps[@]}" >>"$dir/callargs"
+        echo >>"$dir/callargs"
+    done
+    BATCH_NJOBS=$((BATCH_NJOBS + 1))
+}
+
+# Fresh sparse disk images for every job.
+create_disks() {
+    local dir dname idx file size
+    for dir in "$BATCH"/jobs/*; do
+        while read -r dname idx file size; do
+            rm -f "$file"
+            truncate -s "$size" "$file" || die "cannot create disk $dname of size $size"
+        done <"$dir/disks"
+    done
+}
+
+# l2_initrd INIT OUT: the L2 base plus /init (the wrapper) and /e2e-init (the test's script).
+l2_initrd() {
+    local init="$1" out="$2" root
+    root="$(mktemp -d)"
+    install -m 0755 "$E2E_LIB/l2-init" "$root/init"
+    install -m 0755 "$init" "$root/e2e-init"
+    cat "$E2E_CACHE/l2/base.cpio" >"$out"
+    cpio_of_dir "$root" "$out.extra"
+    cat "$out.extra" >>"$out"
+    rm -rf "$root" "$out.extra"
+}
+
+# render_command INNER VMM KERNEL INITRD CALLARGS_FILE: the full VMM command, one argument per
+# line. The runner supplies kernel, initrd and the console part of the command line.
+render_command() {
+    local inner="$1" vmm="$2" kernel="$3" initrd="$4" file="$5" flag cmdline_seen=0 a next=0
+    local args=()
+    mapfile -t args <"$file"
+    if [ "$inner" = qemu ]; then
+        flag=-append
+        printf '%s\n' "$vmm" -nographic -no-reboot -nic none -kernel "$kernel" -initrd "$initrd"
+    else
+        flag=--cmdline
+        printf '%s\n' "$vmm" run --kernel "$kernel" --initrd "$initrd"
+    fi
+    for a in "${args[@]}"; do
+        if [ "$next" = 1 ]; then
+            printf '%s\n' "$L2_CONSOLE $a"
+            next=0
+        elif [ "$a" = "$flag" ]; then
+            printf '%s\n' "$a"
+            next=1
+            cmdline_seen=1
+        elif [[ "$a" == "$flag="* ]]; then
+            printf '%s\n' "$flag=$L2_CONSOLE ${a#"$flag="}"
+            cmdline_seen=1
+        else
+            printf '%s\n' "$a"
+        fi
+    done
+    [ "$next" = 0 ] || die "$flag needs a value"
+    if [ "$cmdline_seen" = 0 ]; then printf '%s\n' "$flag" "$L2_CONSOLE"; fi
+}
+
+# host_paths: replace disk placeholders by the host files (direct mode).
+host_paths() {
+    local line dir="$1" dname idx file size
+    while IFS= read -r line; do
+        while read -r dname idx file size; do
+            line="${line//@@E2EDISK${idx}@@/$file}"
+        done <"$dir/disks"
+        printf '%s\n' "$line"
+    done
+}
+
+batch_uses() {
+    grep -qx "$1" "$BATCH"/jobs/*/inner
+}
+
+# The vtd-nest binary: $VTD_NEST_BIN, or a release build of this repository (static for L1).
+vmm_binary() {
+    local kind="$1" bin
+    if [ -n "${VTD_NEST_BIN:-}" ]; then
+        echo "$VTD_NEST_BIN"
+        return
+    fi
+    if [ "$kind" = static ]; then
+        log "building the static VMM (cargo build --release, target-static)"
+        (cd "$REPO_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+            cargo build -q --release --target x86_64-unknown-linux-gnu --target-dir target-static) >&2 ||
+            die "cargo build (static) failed"
+        bin="$REPO_ROOT/target-static/x86_64-unknown-linux-gnu/release/vtd-nest"
+    else
+        log "building the VMM (cargo build --release)"
+        (cd "$REPO_ROOT" && cargo build -q --release) >&2 || die "cargo build failed"
+        bin="$REPO_ROOT/target/release/vtd-nest"
+    fi
+    [ -x "$bin" ] || die "no VMM binary at $bin"
+    echo "$bin"
+}
+
+# run_logged LIVE CMD...: run with no stdin, CR stripped, into console.log (and stdout if LIVE).
+# The command's pid is kept in $BATCH/.child.pid so batch_cleanup can stop it.
+run_logged() {
+    local live="$1" rc
+    shift
+    rm -f "$BATCH/.child.rc"
+    {
+        "$@" </dev/null 2>&1 &
+        echo "$!" >"$BATCH/.child.pid"
+        rc=0
+        wait "$!" || rc=$?
+        echo "$rc" >"$BATCH/.child.rc"
+    } | sed -u -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' -e 's/\r$//' | tee_console "$live"
+    rm -f "$BATCH/.child.pid"
+    rc="$(cat "$BATCH/.child.rc" 2>/dev/null || echo 255)"
+    return "$rc"
+}
+
+# Stop a command run_logged started (for the callers' EXIT/INT/TERM traps).
+batch_cleanup() {
+    local pid
+    if [ -n "${BATCH:-}" ] && [ -f "$BATCH/.child.pid" ]; then
+        pid="$(cat "$BATCH/.child.pid")"
+        kill "$pid" 2>/dev/null || true
+        rm -f "$BATCH/.child.pid"
+    fi
+}
+
+launch_direct() {
+    local live="$1" dir vmm="" cmd=() rc t
+    batch_uses vtd-nest && vmm="$(vmm_binary host)"
+    create_disks
+    for dir in "$BATCH"/jobs/*; do
+        l2_initrd "$dir/init" "$dir/initrd"
+        if [ "$(cat "$dir/inner")" = qemu ]; then
+            mapfile -t cmd < <(render_command qemu qemu-system-x86_64 "$E2E_CACHE/l2/vmlinuz" \
+                "$dir/initrd" "$dir/callargs" | host_paths "$dir")
+        else
+            mapfile -t cmd < <(render_command vtd-nest "$vmm" "$E2E_CACHE/l2/vmlinuz" \
+                "$dir/initrd" "$dir/callargs" | host_paths "$dir")
+        fi
+        t="$(cat "$dir/timeout")"
+        echo "VTD-NEST-JOB $(cat "$dir/name")" | tee_console "$live"
+        rc=0
+        run_logged "$live" timeout -k 5 "$t" "${cmd[@]}" || rc=$?
+        if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then echo "VTD-NEST-TIMEOUT $t" | tee_console "$live"; fi
+        echo "VTD-NEST-EXIT $rc" | tee_console "$live"
+    done
+}
+
+tee_console() {
+    if [ "$1" = live ]; then tee -a "$BATCH/console.log"; else cat >>"$BATCH/console.log"; fi
+}
+
+# The L1 initramfs: base (+ QEMU bundle) + this batch's init, jobs, L2 kernel and VMM.
+l1_initrd() {
+    local out="$1" root dir jd n=0 vmm
+    root="$(mktemp -d)"
+    install -m 0755 "$E2E_LIB/l1-init" "$root/init"
+    mkdir -p "$root/e2e/jobs" "$root/l2" "$root/bin"
+    cp "$E2E_CACHE/l2/vmlinuz" "$root/l2/vmlinuz"
+    echo "$BATCH_NDISKS" >"$root/e2e/ndisks"
+    if batch_uses vtd-nest; then
+        vmm="$(vmm_binary static)"
+        if ldd "$vmm" >/dev/null 2>&1; then die "$vmm is dynamically linked; L1 needs a static build"; fi
+        strip -o "$root/bin/vtd-nest" "$vmm" 2>/dev/null || cp "$vmm" "$root/bin/vtd-nest"
+    fi
+    for dir in "$BATCH"/jobs/*; do
+        jd="$root/e2e/jobs/$(basename "$dir")"
+        mkdir -p "$jd"
+        cp "$dir/name" "$dir/timeout" "$jd/"
+        l2_initrd "$dir/init" "$jd/initrd"
+        if [ "$(cat "$dir/inner")" = qemu ]; then
+            render_command qemu /usr/bin/qemu-system-x86_64 /l2/vmlinuz "/e2e/jobs/${jd##*/}/initrd" \
+                "$dir/callargs" >"$jd/args"
+        else
+            render_command vtd-nest /bin/vtd-nest /l2/vmlinuz "/e2e/jobs/${jd##*/}/initrd" \
+                "$dir/callargs" >"$jd/args"
+        fi
+        n=$((n + 1))
+    done
+    cat "$E2E_CACHE/l1/base.cpio" >"$out"
+    if batch_uses qemu; then cat "$E2E_CACHE/l1/qemu.cpio" >>"$out"; fi
+    cpio_of_dir "$root" "$out.extra"
+    cat "$out.extra" >>"$out"
+    rm -rf "$root" "$out.extra"
+}
+
+launch_nested() {
+    local live="$1" dir dname idx file size total=$L1_OVERHEAD qemu=("${L1_QEMU[@]}") rc=0
+    create_disks
+    l1_initrd "$BATCH/l1-initrd.cpio"
+    for dir in "$BATCH"/jobs/*; do
+        total=$((total + $(cat "$dir/timeout")))
+        while read -r dname idx file size; do
+            qemu+=(-drive "file=$file,if=none,id=e2ed$idx,format=raw,cache=writeback"
+                -device "virtio-blk-pci,drive=e2ed$idx,serial=e2ed$idx")
+        done <"$dir/disks"
+    done
+    qemu+=(-kernel "$E2E_CACHE/l1/vmlinuz" -initrd "$BATCH/l1-initrd.cpio" -append "$L1_APPEND")
+    log "booting L1 (QEMU TCG) for $BATCH_NJOBS job(s), limit ${total}s"
+    run_logged "$live" timeout -k 5 "$total" "${qemu[@]}" || rc=$?
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        echo "e2e: L1 timed out after ${total}s" | tee_console "$live" >&2
+    elif [ "$rc" != 0 ]; then
+        echo "e2e: L1 QEMU exited with status $rc" | tee_console "$live" >&2
+    fi
+    return 0
+}
+
+# A quick boot of the first job's VMM command on this host's /dev/kvm with an init that only
+# prints a marker. Succeeds only if the guest really reached its init.
+probe_direct() {
+    local dir="$BATCH/jobs/00" probe="$BATCH/probe" vmm="" cmd=() t="${VTD_NEST_E2E_PROBE_TIMEOUT:-30}"
+    [ -c /dev/kvm ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] || return 1
+    mkdir -p "$probe"
+    echo 'echo E2E-PROBE-OK' >"$probe/init"
+    l2_initrd "$probe/init" "$probe/initrd"
+    create_disks
+    if [ "$(cat "$dir/inner")" = qemu ]; then
+        vmm=qemu-system-x86_64
+    else
+        vmm="$(vmm_binary host)"
+    fi
+    mapfile -t cmd < <(render_command "$(cat "$dir/inner")" "$vmm" "$E2E_CACHE/l2/vmlinuz" \
+        "$probe/initrd" "$dir/callargs" | host_paths "$dir")
+    timeout -k 5 "$t" "${cmd[@]}" </dev/null >"$probe/log" 2>&1 || true
+    grep -q '^E2E-PROBE-OK' "$probe/log"
+}
+
+batch_launch() {
+    local mode="$1" live="${2:-}"
+    [ -f "$E2E_CACHE/prepared.stamp" ] || die "no e2e cache in $E2E_CACHE: run e2e/prepare first"
+    [ "$BATCH_NJOBS" -gt 0 ] || die "no jobs"
+    : >"$BATCH/console.log"
+    if [ "$mode" = auto ]; then
+        if probe_direct; then
+            mode=direct
+        else
+            mode=nested
+        fi
+        log "mode auto: using $mode (a direct boot on /dev/kvm $([ "$mode" = direct ] && echo works || echo does not work here))"
+    fi
+    case "$mode" in
+        direct) launch_direct "$live" ;;
+        nested) launch_nested "$live" ;;
+        *) die "unknown mode $mode (auto, direct or nested)" ;;
+    esac
+    split_console
+}
+
+# Cut console.log into each job's output and status.
+split_console() {
+    python3 - "$BATCH" <<'PY'
+import os, re, sys
+batch = sys.argv[1]
+jobs = sorted(os.listdir(os.path.join(batch, "jobs")))
+with open(os.path.join(batch, "console.log"), errors="replace") as f:
+    lines = f.read().split("\n")
+sections, cur = [], None
+ansi = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")
+for line in lines:
+    line = ansi.sub("", line)
+    if re.match(r"^VTD-NEST-JOB \S+\s*$", line):
+        cur = {"lines": [], "status": "missing"}
+        sections.append(cur)
+    if cur is None:
+        continue
+    cur["lines"].append(line)
+    m = re.match(r"^VTD-NEST-EXIT (\d+)\s*$", line)
+    if m:
+        cur["status"] = m.group(1)
+        if any(l.startswith("VTD-NEST-TIMEOUT ") for l in cur["lines"]):
+            cur["status"] = "timeout"
+        cur = None
+for i, job in enumerate(jobs):
+    d = os.path.join(batch, "jobs", job)
+    sec = sections[i] if i < len(sections) else {"lines": [], "status": "missing"}
+    with open(os.path.join(d, "output"), "w") as f:
+        f.write("\n".join(sec["lines"]) + "\n")
+    with open(os.path.join(d, "status"), "w") as f:
+        f.write(sec["status"] + "\n")
+PY
+}
+
+batch_result() {
+    cat "$(batch_job_dir "$1")/status"
+}
+
+batch_disks() {
+    local dname idx file size
+    while read -r dname idx file size; do
+        echo "HOST-DISK $dname $(sha256sum "$file" | cut -d' ' -f1)"
+    done <"$(batch_job_dir "$1")/disks"
+}
