@@ -1,1 +1,80 @@
-fn main() {}
+//! The `vtd-nest` command line: parse options, build the VM, run it, report how it ended.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use vmm::config::{Command, LogLevel, USAGE, VmConfig};
+use vmm::{VmBuilder, VmExit};
+
+fn init_logging(level: LogLevel) {
+    let filter = tracing_subscriber::EnvFilter::new(level.as_str());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Prints an error and its causes as one line.
+fn report(error: &dyn std::error::Error) {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    eprintln!("vtd-nest: {message}");
+}
+
+fn run(config: VmConfig) -> ExitCode {
+    init_logging(config.log_level);
+    let vm = match VmBuilder::new(config).and_then(VmBuilder::build) {
+        Ok(vm) => vm,
+        Err(e) => {
+            report(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let counters = vm.counters().clone();
+    let result = vm.run();
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(counters.summary().as_bytes());
+    let _ = stdout.flush();
+    match result {
+        Ok(VmExit::PowerOff) => {
+            eprintln!("vtd-nest: the guest powered off");
+            ExitCode::SUCCESS
+        }
+        Ok(VmExit::Reboot(how)) => {
+            eprintln!("vtd-nest: the guest requested a reboot ({how}); exiting instead");
+            ExitCode::SUCCESS
+        }
+        Ok(VmExit::Halted(cpu)) => {
+            eprintln!("vtd-nest: vCPU {cpu} halted");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match vmm::parse_args(std::env::args().skip(1)) {
+        Ok(Command::Run(config)) => run(*config),
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Version) => {
+            println!("vtd-nest {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vtd-nest: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,39 @@
-//! placeholder
+//! A small KVM virtual machine monitor that boots unmodified Linux guests on x86_64, built to
+//! host the `vtd` virtual Intel VT-d IOMMU.
+//!
+//! ```text
+//!  vtd-nest run ... ──> config::parse_args ──> VmConfig
+//!                                                │
+//!  VmBuilder::new ── vm::open_kvm, memory::create_guest_memory,
+//!        │           vm::create_vm (TSS, irqchip, PIT, memory slots via sys)
+//!        │  (caller adds devices: set_iommu_device → MMIO bus @ 0xfed90000, PCI, ...)
+//!        ▼
+//!  VmBuilder::build ── platform devices: COM1 (irqfd → IOAPIC pin 4), ACPI PM block, i8042
+//!        │             acpi::write_tables (RSDP, XSDT, FADT, DSDT, MADT, MCFG, DMAR)
+//!        │             arch::x86_64::boot::load (bzImage / PVH / ELF, initrd, cmdline, e820)
+//!        │             vCPUs: CPUID, MSRs, FPU, LINTs, BSP registers, AP mp_state
+//!        ▼
+//!  Vm::run ── one thread per vCPU: KVM_RUN ─ PIO/MMIO exits ─> bus::Bus ─> BusDevice
+//!        │                                 └ power-off / reset ─> VmEvent ─┐
+//!        └── waits for the first VmEvent, kicks and joins vCPUs, runs      │
+//!            shutdown hooks, returns VmExit  <─────────────────────────────┘
+//! ```
+//!
+//! All `unsafe` code lives in [`sys`].
+
+pub mod acpi;
+pub mod arch;
+pub mod builder;
+pub mod bus;
+pub mod config;
+pub mod counters;
+pub mod interrupt;
+pub mod legacy;
+pub mod memory;
+pub mod serial;
+pub mod sys;
+pub mod vcpu;
+pub mod vm;
+
+pub use builder::{Vm, VmBuilder, VmExit};
+pub use config::{Command, VmConfig, parse_args};

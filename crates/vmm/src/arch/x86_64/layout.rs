@@ -1,0 +1,93 @@
+//! The guest-physical memory map: fixed addresses of boot structures, ACPI tables and the 32-bit
+//! MMIO hole.
+//!
+//! ```text
+//! 0x0000_0000 .. 0x0009_fc00   RAM (boot structures: GDT, page tables, zero page, cmdline)
+//! 0x000e_0000 .. 0x0010_0000   ACPI tables (RSDP first), reserved
+//! 0x0010_0000 .. LOW_RAM_END   RAM (kernel at 1 MiB, initrd at the top)
+//! 0xc000_0000 .. 0xe000_0000   32-bit PCI BAR window
+//! 0xe000_0000 .. 0xe010_0000   PCI ECAM, bus 0 (reserved in e820)
+//! 0xfec0_0000                  IOAPIC
+//! 0xfed9_0000                  VT-d DRHD register page (4 KiB)
+//! 0xfee0_0000                  local APIC
+//! 0x1_0000_0000 ..             RAM above 4 GiB, when memory exceeds the hole
+//! ```
+
+/// GDT for the 64-bit entry.
+pub const GDT_START: u64 = 0x500;
+/// IDT (empty) for the 64-bit entry.
+pub const IDT_START: u64 = 0x520;
+/// PVH `hvm_start_info`.
+pub const PVH_INFO_START: u64 = 0x6000;
+/// PVH module list (the initrd), right after the start info.
+pub const PVH_MODLIST_START: u64 = 0x6040;
+/// PVH memory map.
+pub const PVH_MEMMAP_START: u64 = 0x6100;
+/// The Linux zero page (`boot_params`).
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack pointer.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// PML4 of the identity map.
+pub const PML4_START: u64 = 0x9000;
+/// PDPT of the identity map.
+pub const PDPTE_START: u64 = 0xa000;
+/// First of four page directories (2 MiB pages) mapping the low 4 GiB.
+pub const PDE_START: u64 = 0xb000;
+/// The kernel command line.
+pub const CMDLINE_START: u64 = 0x2_0000;
+/// Maximum command line size, including the terminating NUL.
+pub const CMDLINE_MAX_SIZE: usize = 0x1_0000;
+/// End of the conventional memory below the EBDA.
+pub const EBDA_START: u64 = 0x9_fc00;
+/// ACPI tables, RSDP first (the BIOS area Linux also scans).
+pub const ACPI_START: u64 = 0xe_0000;
+/// Size of the ACPI area.
+pub const ACPI_SIZE: u64 = 0x2_0000;
+/// Where high memory (the kernel) starts.
+pub const HIMEM_START: u64 = 0x10_0000;
+/// Start of the 32-bit MMIO hole; RAM below it ends here at most.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// 32-bit PCI BAR window base.
+pub const PCI_MMIO32_START: u64 = 0xc000_0000;
+/// 32-bit PCI BAR window size.
+pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
+/// PCI ECAM base (segment 0, bus 0).
+pub const ECAM_START: u64 = 0xe000_0000;
+/// ECAM size for bus 0 only (32 devices x 8 functions x 4 KiB).
+pub const ECAM_SIZE: u64 = 0x10_0000;
+/// IOAPIC register window.
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// VT-d DRHD register page (QEMU's address).
+pub const DRHD_START: u64 = 0xfed9_0000;
+/// VT-d DRHD register page size.
+pub const DRHD_SIZE: u64 = 0x1000;
+/// Local APIC register window.
+pub const LAPIC_START: u64 = 0xfee0_0000;
+/// First address above the 32-bit MMIO hole.
+pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
+
+/// PIO: PCI configuration mechanism #1 (0xcf8 address, 0xcfc data).
+pub const PCI_CONFIG_IO_START: u16 = 0xcf8;
+/// PIO: size of the PCI configuration ports.
+pub const PCI_CONFIG_IO_SIZE: u16 = 8;
+/// PIO: COM1.
+pub const COM1_START: u16 = 0x3f8;
+/// ISA IRQ (and IOAPIC pin) of COM1.
+pub const COM1_IRQ: u32 = 4;
+/// PIO: i8042 controller (data 0x60, command/status 0x64).
+pub const I8042_START: u16 = 0x60;
+/// PIO: the ACPI power-management block (sleep control, sleep status, reset).
+pub const ACPI_PM_START: u16 = 0x600;
+/// PIO: size of the ACPI power-management block.
+pub const ACPI_PM_SIZE: u16 = 4;
+/// Offset of the FADT sleep control register in the PM block.
+pub const ACPI_SLEEP_CONTROL: u16 = 0;
+/// Offset of the FADT sleep status register in the PM block.
+pub const ACPI_SLEEP_STATUS: u16 = 1;
+/// Offset of the FADT reset register in the PM block.
+pub const ACPI_RESET_REG: u16 = 2;
+/// Value the guest writes to the reset register to reboot.
+pub const ACPI_RESET_VALUE: u8 = 1;
+
+/// Number of IOAPIC pins (GSIs 0..24); MSI routes start above them.
+pub const IOAPIC_PINS: u32 = 24;

@@ -1,0 +1,78 @@
+//! Boot-time model-specific registers.
+
+use kvm_bindings::{Msrs, kvm_msr_entry};
+use kvm_ioctls::VcpuFd;
+
+/// Errors setting MSRs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The MSR array could not be built.
+    #[error("Cannot build the MSR list")]
+    Build,
+    /// KVM_SET_MSRS failed.
+    #[error("Cannot set the boot MSRs of vCPU {cpu}")]
+    Set {
+        /// vCPU index.
+        cpu: u32,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// KVM accepted only some of them.
+    #[error("KVM accepted only {set} of {wanted} boot MSRs on vCPU {cpu}")]
+    Partial {
+        /// vCPU index.
+        cpu: u32,
+        /// How many KVM set.
+        set: usize,
+        /// How many were asked for.
+        wanted: usize,
+    },
+}
+
+/// `IA32_MISC_ENABLE.FAST_STRING`.
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+/// `IA32_MTRR_DEF_TYPE`: MTRRs enabled, default type write-back.
+const MTRR_DEF_TYPE_WB_ENABLED: u64 = (1 << 11) | 6;
+
+/// The MSRs every vCPU starts with: SYSCALL/SYSENTER state cleared, TSC 0, fast strings, and
+/// MTRRs enabled with write-back as the default type (Linux maps RAM uncached otherwise).
+pub fn boot_msrs() -> Vec<(u32, u64)> {
+    vec![
+        (0x174, 0),       // IA32_SYSENTER_CS
+        (0x175, 0),       // IA32_SYSENTER_ESP
+        (0x176, 0),       // IA32_SYSENTER_EIP
+        (0xc000_0081, 0), // STAR
+        (0xc000_0082, 0), // LSTAR
+        (0xc000_0083, 0), // CSTAR
+        (0xc000_0084, 0), // SYSCALL_MASK
+        (0xc000_0102, 0), // KERNEL_GS_BASE
+        (0x10, 0),        // IA32_TSC
+        (0x1a0, MISC_ENABLE_FAST_STRING),
+        (0x2ff, MTRR_DEF_TYPE_WB_ENABLED),
+    ]
+}
+
+/// Sets [`boot_msrs`] on a vCPU.
+pub fn setup_msrs(vcpu: &VcpuFd, cpu: u32) -> Result<(), Error> {
+    let entries: Vec<kvm_msr_entry> = boot_msrs()
+        .into_iter()
+        .map(|(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    let msrs = Msrs::from_entries(&entries).map_err(|_| Error::Build)?;
+    let set = vcpu
+        .set_msrs(&msrs)
+        .map_err(|source| Error::Set { cpu, source })?;
+    if set != entries.len() {
+        return Err(Error::Partial {
+            cpu,
+            set,
+            wanted: entries.len(),
+        });
+    }
+    Ok(())
+}

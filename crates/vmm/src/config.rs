@@ -1,0 +1,688 @@
+//! The VM configuration and the strict `vtd-nest` command-line parser that produces it.
+//!
+//! Hand-written on purpose (no parser dependency): every option takes exactly one value, as
+//! `--name value` or `--name=value`; anything unknown, missing or malformed is an error of one
+//! sentence, and `main` exits with status 2.
+
+use std::path::PathBuf;
+
+/// Default guest RAM.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+/// Default kernel command line.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+/// Smallest guest RAM accepted.
+pub const MIN_MEMORY: u64 = 16 << 20;
+/// Largest guest RAM accepted.
+pub const MAX_MEMORY: u64 = 1 << 40;
+/// Most vCPUs (APIC IDs must fit the 8-bit MADT local APIC structure; 255 is broadcast).
+pub const MAX_CPUS: u8 = 254;
+
+/// The help text.
+pub const USAGE: &str = "\
+vtd-nest: a KVM VMM with a virtual Intel VT-d IOMMU (scalable mode, first-stage translation)
+
+Usage:
+  vtd-nest run --kernel PATH [OPTIONS]
+  vtd-nest --help | --version
+
+Options of `run` (each as `--name VALUE` or `--name=VALUE`):
+  --kernel PATH         bzImage or ELF vmlinux (PVH entry when the ELF note is present)
+  --initrd PATH         initial ramdisk
+  --cmdline STRING      kernel command line [default: console=ttyS0]
+  --memory SIZE         guest RAM, e.g. 512M, 1G (suffixes K, M, G, T) [default: 512M]
+  --cpus N              number of vCPUs, 1-254 [default: 1]
+  --iommu intel[,OPT=VALUE...]
+                        add a virtual Intel VT-d IOMMU; options use QEMU's names, e.g.
+                        x-scalable-mode=on, x-flts=on, aw-bits=48, caching-mode=off,
+                        fs1gp=on, pt=on
+  --disk path=FILE[,readonly=on|off][,iommu=on|off][,assigned=sim]
+                        add a virtio-blk disk (repeatable); iommu=on puts its DMA behind the
+                        vIOMMU (VIRTIO_F_ACCESS_PLATFORM); assigned=sim models it as a
+                        passthrough device on the software host IOMMU
+  --serial stdio|file=PATH
+                        where COM1 output goes [default: stdio]
+  --log-level LEVEL     error, warn, info, debug or trace, to stderr [default: warn]
+  --test-dma-fault IOVA test only: issue one translated DMA read of IOVA after boot setup
+
+Exit status: 0 when the guest powers off or reboots, 1 on a VM error, 2 on bad options.
+";
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Boot a VM.
+    Run(Box<VmConfig>),
+    /// Print [`USAGE`].
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// Everything needed to build a VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// bzImage or ELF vmlinux.
+    pub kernel: PathBuf,
+    /// Optional initrd.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub cpus: u8,
+    /// The vIOMMU, if any.
+    pub iommu: Option<IommuConfig>,
+    /// virtio-blk disks.
+    pub disks: Vec<DiskConfig>,
+    /// Serial output.
+    pub serial: SerialConfig,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// Test only: an IOVA to read through the vIOMMU once, to provoke a DMA fault.
+    pub test_dma_fault: Option<u64>,
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.to_owned(),
+            memory: DEFAULT_MEMORY,
+            cpus: 1,
+            iommu: None,
+            disks: Vec::new(),
+            serial: SerialConfig::Stdio,
+            log_level: LogLevel::Warn,
+            test_dma_fault: None,
+        }
+    }
+}
+
+/// `--iommu intel[,...]`: the model and its option string, handed to the vIOMMU's own parser.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IommuConfig {
+    /// Everything after `intel,` (QEMU option syntax), possibly empty.
+    pub options: String,
+}
+
+impl IommuConfig {
+    /// Default guest address width when `aw-bits` is not given.
+    pub const DEFAULT_AW_BITS: u8 = 48;
+
+    /// The value of `key` in the option string, if present.
+    pub fn option(&self, key: &str) -> Option<&str> {
+        self.options
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// `aw-bits` (guest address width), which the DMAR table also needs.
+    pub fn aw_bits(&self) -> u8 {
+        self.option("aw-bits")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(Self::DEFAULT_AW_BITS)
+    }
+}
+
+/// `--disk`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Backing file.
+    pub path: PathBuf,
+    /// Read-only.
+    pub readonly: bool,
+    /// DMA through the vIOMMU (offers VIRTIO_F_ACCESS_PLATFORM).
+    pub iommu: bool,
+    /// Modelled as an assigned (passthrough) device on this host IOMMU backend.
+    pub assigned: Option<AssignedBackend>,
+}
+
+/// Host IOMMU backend for an assigned device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AssignedBackend {
+    /// The software host IOMMU.
+    Sim,
+}
+
+/// `--serial`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialConfig {
+    /// The VMM's stdout.
+    Stdio,
+    /// A file (created or truncated).
+    File(PathBuf),
+}
+
+/// `--log-level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Informational.
+    Info,
+    /// Debugging.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The tracing filter directive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// A command-line error; its message is one sentence.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArgError {
+    /// No command.
+    #[error("No command given; try 'vtd-nest run --kernel PATH' or 'vtd-nest --help'")]
+    NoCommand,
+    /// Not `run`.
+    #[error("Unknown command '{0}'; the only command is 'run' (see 'vtd-nest --help')")]
+    UnknownCommand(String),
+    /// Unknown option.
+    #[error("Unknown option '{0}' (see 'vtd-nest --help')")]
+    UnknownOption(String),
+    /// A positional argument where an option was expected.
+    #[error("Unexpected argument '{0}'; options start with '--'")]
+    Unexpected(String),
+    /// Missing value.
+    #[error("Option '--{0}' needs a value")]
+    MissingValue(&'static str),
+    /// Given twice.
+    #[error("Option '--{0}' is given more than once")]
+    Duplicate(&'static str),
+    /// Empty value.
+    #[error("Option '--{0}' needs a non-empty value")]
+    Empty(&'static str),
+    /// No kernel.
+    #[error("Option '--kernel' is required")]
+    NoKernel,
+    /// Bad size.
+    #[error(
+        "Invalid size '{0}' for --memory: use a whole number with an optional K, M, G or T suffix"
+    )]
+    BadSize(String),
+    /// Size out of range.
+    #[error(
+        "Memory size {0} is out of range: it must be a multiple of 4 KiB between 16 MiB and 1 TiB"
+    )]
+    SizeRange(String),
+    /// Bad CPU count.
+    #[error("Invalid vCPU count '{0}': use a number from 1 to 254")]
+    BadCpus(String),
+    /// Bad IOMMU model.
+    #[error("Unsupported IOMMU '{0}': only 'intel' is available")]
+    BadIommu(String),
+    /// Malformed IOMMU option list.
+    #[error("Invalid IOMMU option '{0}': options are KEY=VALUE pairs separated by commas")]
+    BadIommuOption(String),
+    /// Bad aw-bits.
+    #[error("Invalid aw-bits '{0}': use a number of address bits such as 39 or 48")]
+    BadAwBits(String),
+    /// Bad disk option.
+    #[error("Invalid --disk '{spec}': {why}")]
+    BadDisk {
+        /// The whole spec.
+        spec: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Bad serial.
+    #[error("Invalid --serial '{0}': use 'stdio' or 'file=PATH'")]
+    BadSerial(String),
+    /// Bad log level.
+    #[error("Invalid --log-level '{0}': use error, warn, info, debug or trace")]
+    BadLogLevel(String),
+    /// Bad IOVA.
+    #[error("Invalid --test-dma-fault '{0}': use an address such as 0x1000")]
+    BadIova(String),
+}
+
+/// Parses `512M`, `1G`, `4096`, `2GiB` (binary units).
+pub fn parse_size(text: &str) -> Result<u64, ArgError> {
+    let bad = || ArgError::BadSize(text.to_owned());
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(digits_end);
+    if digits.is_empty() {
+        return Err(bad());
+    }
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(bad()),
+    };
+    let value: u64 = digits.parse().map_err(|_| bad())?;
+    value.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+fn parse_on_off(value: &str) -> Option<bool> {
+    match value {
+        "on" | "true" | "yes" => Some(true),
+        "off" | "false" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses a `--disk` value.
+pub fn parse_disk(spec: &str) -> Result<DiskConfig, ArgError> {
+    let bad = |why: String| ArgError::BadDisk {
+        spec: spec.to_owned(),
+        why,
+    };
+    let mut path = None;
+    let mut disk = DiskConfig {
+        path: PathBuf::new(),
+        readonly: false,
+        iommu: false,
+        assigned: None,
+    };
+    let mut seen = Vec::new();
+    for item in spec.split(',') {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(bad(format!("'{item}' is not KEY=VALUE")));
+        };
+        if seen.contains(&key) {
+            return Err(bad(format!("'{key}' is given twice")));
+        }
+        seen.push(key);
+        let flag = || parse_on_off(value).ok_or_else(|| bad(format!("{key} must be on or off")));
+        match key {
+            "path" if value.is_empty() => return Err(bad("path is empty".into())),
+            "path" => path = Some(PathBuf::from(value)),
+            "readonly" => disk.readonly = flag()?,
+            "iommu" => disk.iommu = flag()?,
+            "assigned" if value == "sim" => disk.assigned = Some(AssignedBackend::Sim),
+            "assigned" => return Err(bad("the only assigned backend is 'sim'".into())),
+            _ => return Err(bad(format!("unknown key '{key}'"))),
+        }
+    }
+    disk.path = path.ok_or_else(|| bad("path=FILE is required".into()))?;
+    Ok(disk)
+}
+
+/// Parses an `--iommu` value.
+pub fn parse_iommu(spec: &str) -> Result<IommuConfig, ArgError> {
+    let (model, options) = spec.split_once(',').unwrap_or((spec, ""));
+    if model != "intel" {
+        return Err(ArgError::BadIommu(model.to_owned()));
+    }
+    if !options.is_empty() {
+        for item in options.split(',') {
+            match item.split_once('=') {
+                Some((k, _)) if !k.is_empty() => {}
+                _ => return Err(ArgError::BadIommuOption(item.to_owned())),
+            }
+        }
+    }
+    let config = IommuConfig {
+        options: options.to_owned(),
+    };
+    if let Some(aw) = config.option("aw-bits") {
+        match aw.parse::<u8>() {
+            Ok(bits) if (12..=64).contains(&bits) => {}
+            _ => return Err(ArgError::BadAwBits(aw.to_owned())),
+        }
+    }
+    Ok(config)
+}
+
+fn parse_u64(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// Parses the arguments after the program name.
+pub fn parse_args<I, S>(args: I) -> Result<Command, ArgError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut args = args.into_iter().map(Into::into);
+    let command = args.next().ok_or(ArgError::NoCommand)?;
+    match command.as_str() {
+        "--help" | "-h" | "help" => return Ok(Command::Help),
+        "--version" | "-V" => return Ok(Command::Version),
+        "run" => {}
+        other if other.starts_with('-') => return Err(ArgError::UnknownOption(other.to_owned())),
+        other => return Err(ArgError::UnknownCommand(other.to_owned())),
+    }
+
+    let mut config = VmConfig::new("");
+    let mut kernel = None;
+    let mut seen: Vec<&'static str> = Vec::new();
+    while let Some(arg) = args.next() {
+        if arg == "--help" || arg == "-h" {
+            return Ok(Command::Help);
+        }
+        let Some(body) = arg.strip_prefix("--") else {
+            return Err(ArgError::Unexpected(arg));
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_owned())),
+            None => (body, None),
+        };
+        const NAMES: [&str; 10] = [
+            "kernel",
+            "initrd",
+            "cmdline",
+            "memory",
+            "cpus",
+            "iommu",
+            "disk",
+            "serial",
+            "log-level",
+            "test-dma-fault",
+        ];
+        let Some(&name) = NAMES.iter().find(|n| **n == name) else {
+            return Err(ArgError::UnknownOption(format!("--{name}")));
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => args.next().ok_or(ArgError::MissingValue(name))?,
+        };
+        if name != "disk" {
+            if seen.contains(&name) {
+                return Err(ArgError::Duplicate(name));
+            }
+            seen.push(name);
+        }
+        if value.is_empty() && name != "cmdline" {
+            return Err(ArgError::Empty(name));
+        }
+        match name {
+            "kernel" => kernel = Some(PathBuf::from(value)),
+            "initrd" => config.initrd = Some(PathBuf::from(value)),
+            "cmdline" => config.cmdline = value,
+            "memory" => {
+                let size = parse_size(&value)?;
+                if !(MIN_MEMORY..=MAX_MEMORY).contains(&size) || size % 4096 != 0 {
+                    return Err(ArgError::SizeRange(value));
+                }
+                config.memory = size;
+            }
+            "cpus" => {
+                config.cpus = match value.parse::<u8>() {
+                    Ok(n) if (1..=MAX_CPUS).contains(&n) => n,
+                    _ => return Err(ArgError::BadCpus(value)),
+                }
+            }
+            "iommu" => config.iommu = Some(parse_iommu(&value)?),
+            "disk" => config.disks.push(parse_disk(&value)?),
+            "serial" => {
+                config.serial = match value.as_str() {
+                    "stdio" => SerialConfig::Stdio,
+                    v => match v.strip_prefix("file=") {
+                        Some(p) if !p.is_empty() => SerialConfig::File(PathBuf::from(p)),
+                        _ => return Err(ArgError::BadSerial(value)),
+                    },
+                }
+            }
+            "log-level" => {
+                config.log_level = match value.as_str() {
+                    "error" => LogLevel::Error,
+                    "warn" => LogLevel::Warn,
+                    "info" => LogLevel::Info,
+                    "debug" => LogLevel::Debug,
+                    "trace" => LogLevel::Trace,
+                    _ => return Err(ArgError::BadLogLevel(value)),
+                }
+            }
+            "test-dma-fault" => {
+                config.test_dma_fault = Some(parse_u64(&value).ok_or(ArgError::BadIova(value))?)
+            }
+            _ => unreachable!("every name in NAMES is handled"),
+        }
+    }
+    config.kernel = kernel.ok_or(ArgError::NoKernel)?;
+    Ok(Command::Run(Box::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<VmConfig, ArgError> {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        match parse_args(all)? {
+            Command::Run(c) => Ok(*c),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn full_command_line() {
+        let c = run(&[
+            "--kernel",
+            "/k",
+            "--initrd=/i",
+            "--cmdline",
+            "console=ttyS0 intel_iommu=on,sm_on",
+            "--memory",
+            "1G",
+            "--cpus",
+            "2",
+            "--iommu",
+            "intel,x-scalable-mode=on,x-flts=on,aw-bits=48",
+            "--disk",
+            "path=/d1,readonly=on,iommu=on",
+            "--disk",
+            "path=/d2,assigned=sim",
+            "--serial",
+            "file=/tmp/s",
+            "--log-level",
+            "debug",
+            "--test-dma-fault",
+            "0x1000",
+        ])
+        .unwrap();
+        assert_eq!(c.kernel, PathBuf::from("/k"));
+        assert_eq!(c.initrd, Some(PathBuf::from("/i")));
+        assert_eq!(c.cmdline, "console=ttyS0 intel_iommu=on,sm_on");
+        assert_eq!((c.memory, c.cpus), (1 << 30, 2));
+        let iommu = c.iommu.unwrap();
+        assert_eq!(iommu.options, "x-scalable-mode=on,x-flts=on,aw-bits=48");
+        assert_eq!(iommu.aw_bits(), 48);
+        assert_eq!(iommu.option("x-flts"), Some("on"));
+        assert_eq!(c.disks.len(), 2);
+        assert!(c.disks[0].readonly && c.disks[0].iommu && c.disks[0].assigned.is_none());
+        assert_eq!(c.disks[1].assigned, Some(AssignedBackend::Sim));
+        assert_eq!(c.serial, SerialConfig::File("/tmp/s".into()));
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(c.test_dma_fault, Some(0x1000));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = run(&["--kernel", "/k"]).unwrap();
+        assert_eq!(c, VmConfig::new("/k"));
+        assert_eq!(c.memory, 512 << 20);
+        assert_eq!(
+            run(&["--kernel", "/k", "--iommu", "intel"])
+                .unwrap()
+                .iommu
+                .unwrap()
+                .aw_bits(),
+            48
+        );
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(parse_args(["--help"]), Ok(Command::Help));
+        assert_eq!(
+            parse_args(["run", "--kernel", "/k", "--help"]),
+            Ok(Command::Help)
+        );
+        assert_eq!(parse_args(["--version"]), Ok(Command::Version));
+        for name in [
+            "--kernel",
+            "--initrd",
+            "--cmdline",
+            "--memory",
+            "--cpus",
+            "--iommu",
+            "--disk",
+            "--serial",
+            "--log-level",
+            "--test-dma-fault",
+        ] {
+            assert!(USAGE.contains(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        for bad in [
+            "",
+            "M",
+            "12Q",
+            "1.5G",
+            "-1G",
+            "99999999999999999999",
+            "100000000000T",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_options_are_rejected() {
+        let cases: &[(&[&str], ArgError)] = &[
+            (&["--kernel"], ArgError::MissingValue("kernel")),
+            (&["--memory", "1G"], ArgError::NoKernel),
+            (
+                &["--kernel", "/k", "--frobnicate", "1"],
+                ArgError::UnknownOption("--frobnicate".into()),
+            ),
+            (
+                &["--kernel", "/k", "extra"],
+                ArgError::Unexpected("extra".into()),
+            ),
+            (
+                &["--kernel", "/k", "--memory", "12Q"],
+                ArgError::BadSize("12Q".into()),
+            ),
+            (
+                &["--kernel", "/k", "--memory", "1M"],
+                ArgError::SizeRange("1M".into()),
+            ),
+            (
+                &["--kernel", "/k", "--memory", "16777217"],
+                ArgError::SizeRange("16777217".into()),
+            ),
+            (
+                &["--kernel", "/k", "--cpus", "0"],
+                ArgError::BadCpus("0".into()),
+            ),
+            (
+                &["--kernel", "/k", "--cpus", "255"],
+                ArgError::BadCpus("255".into()),
+            ),
+            (
+                &["--kernel", "/k", "--cpus", "two"],
+                ArgError::BadCpus("two".into()),
+            ),
+            (
+                &["--kernel", "/k", "--iommu", "amd"],
+                ArgError::BadIommu("amd".into()),
+            ),
+            (
+                &["--kernel", "/k", "--iommu", "intel,pt"],
+                ArgError::BadIommuOption("pt".into()),
+            ),
+            (
+                &["--kernel", "/k", "--iommu", "intel,aw-bits=x"],
+                ArgError::BadAwBits("x".into()),
+            ),
+            (
+                &["--kernel", "/k", "--serial", "tty"],
+                ArgError::BadSerial("tty".into()),
+            ),
+            (
+                &["--kernel", "/k", "--serial", "file="],
+                ArgError::BadSerial("file=".into()),
+            ),
+            (
+                &["--kernel", "/k", "--log-level", "loud"],
+                ArgError::BadLogLevel("loud".into()),
+            ),
+            (
+                &["--kernel", "/k", "--kernel", "/k2"],
+                ArgError::Duplicate("kernel"),
+            ),
+            (&["--kernel", ""], ArgError::Empty("kernel")),
+            (
+                &["--kernel", "/k", "--test-dma-fault", "zz"],
+                ArgError::BadIova("zz".into()),
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(run(args).unwrap_err(), *want, "{args:?}");
+        }
+        assert_eq!(parse_args(Vec::<String>::new()), Err(ArgError::NoCommand));
+        assert_eq!(
+            parse_args(["boot"]),
+            Err(ArgError::UnknownCommand("boot".into()))
+        );
+        assert_eq!(
+            parse_args(["--kernel"]),
+            Err(ArgError::UnknownOption("--kernel".into()))
+        );
+    }
+
+    #[test]
+    fn bad_disks_are_rejected() {
+        for spec in [
+            "/d",
+            "readonly=on",
+            "path=",
+            "path=/d,readonly=maybe",
+            "path=/d,iommu",
+            "path=/d,assigned=vfio",
+            "path=/d,cache=none",
+            "path=/d,path=/e",
+        ] {
+            let err = parse_disk(spec).unwrap_err();
+            assert!(matches!(err, ArgError::BadDisk { .. }), "{spec}");
+            assert!(!err.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn messages_are_single_sentences() {
+        let err = run(&["--kernel", "/k", "--memory", "12Q"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("Invalid size '12Q'"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+}

@@ -1,0 +1,213 @@
+//! vCPU threads: KVM_RUN in a loop, port I/O and MMIO exits dispatched to the buses, every
+//! other exit turned into a [`VmEvent`] or ignored.
+//!
+//! ```text
+//! loop ── stop flag? ──> exit
+//!   └─ KVM_RUN ─┬─ IoIn/IoOut ───> PIO bus   (unhandled: ignored, reads all-ones)
+//!               ├─ MmioRead/Write > MMIO bus  (unhandled: ignored, reads all-ones)
+//!               ├─ Shutdown / SystemEvent ──> VmEvent::{PowerOff, Reboot}
+//!               ├─ EINTR (kick signal) ─────> loop
+//!               └─ FailEntry / InternalError > VmEvent::Error
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+
+use crate::bus::Bus;
+use crate::counters::{Counter, Counters};
+use crate::legacy::{VmEvent, VmEventSender};
+
+/// Errors creating a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// KVM_CREATE_VCPU failed.
+    #[error("Cannot create vCPU {0}")]
+    Create(u32, #[source] kvm_ioctls::Error),
+    /// Kick signal setup failed.
+    #[error("Cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+}
+
+/// The two address spaces a vCPU exit can target.
+#[derive(Debug, Default)]
+pub struct IoBuses {
+    /// Port I/O.
+    pub pio: Bus,
+    /// Memory-mapped I/O.
+    pub mmio: Bus,
+}
+
+/// Exit statistics shared by all vCPUs.
+#[derive(Debug)]
+pub struct ExitCounters {
+    pio: Arc<Counter>,
+    mmio: Arc<Counter>,
+    pio_unhandled: Arc<Counter>,
+    mmio_unhandled: Arc<Counter>,
+}
+
+impl ExitCounters {
+    /// Registers the exit counters.
+    pub fn new(counters: &Counters) -> Self {
+        ExitCounters {
+            pio: counters.register("exits_pio"),
+            mmio: counters.register("exits_mmio"),
+            pio_unhandled: counters.register("exits_pio_unhandled"),
+            mmio_unhandled: counters.register("exits_mmio_unhandled"),
+        }
+    }
+}
+
+/// What one KVM_RUN led to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Keep running.
+    Continue,
+    /// Stop the VM.
+    Stop(VmEvent),
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick signal handler, so the signal interrupts KVM_RUN with EINTR
+/// instead of killing the process.
+pub fn install_kick_handler() -> Result<(), Error> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).map_err(Error::Signal)
+}
+
+/// One vCPU.
+pub struct Vcpu {
+    index: u32,
+    fd: VcpuFd,
+    buses: Arc<IoBuses>,
+    exits: Arc<ExitCounters>,
+}
+
+impl std::fmt::Debug for Vcpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vcpu")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vcpu {
+    /// Creates vCPU `index` (its APIC ID) of `vm`.
+    pub fn new(
+        vm: &VmFd,
+        index: u32,
+        buses: Arc<IoBuses>,
+        exits: Arc<ExitCounters>,
+    ) -> Result<Self, Error> {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|e| Error::Create(index, e))?;
+        Ok(Vcpu {
+            index,
+            fd,
+            buses,
+            exits,
+        })
+    }
+
+    /// The vCPU index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The KVM vCPU, for register setup.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// Runs the guest until the next exit and handles it.
+    pub fn step(&mut self) -> Step {
+        let index = self.index;
+        match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                self.exits.pio.inc();
+                if !self.buses.pio.read(u64::from(port), data) {
+                    self.exits.pio_unhandled.inc();
+                    tracing::trace!("vCPU {index}: unhandled in from port {port:#x}");
+                    data.fill(0xff);
+                }
+                Step::Continue
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                self.exits.pio.inc();
+                if !self.buses.pio.write(u64::from(port), data) {
+                    self.exits.pio_unhandled.inc();
+                    tracing::trace!("vCPU {index}: unhandled out to port {port:#x}: {data:x?}");
+                }
+                Step::Continue
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                self.exits.mmio.inc();
+                if !self.buses.mmio.read(addr, data) {
+                    self.exits.mmio_unhandled.inc();
+                    tracing::debug!("vCPU {index}: unhandled MMIO read at {addr:#x}");
+                    data.fill(0xff);
+                }
+                Step::Continue
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                self.exits.mmio.inc();
+                if !self.buses.mmio.write(addr, data) {
+                    self.exits.mmio_unhandled.inc();
+                    tracing::debug!("vCPU {index}: unhandled MMIO write at {addr:#x}: {data:x?}");
+                }
+                Step::Continue
+            }
+            Ok(VcpuExit::Hlt) => Step::Stop(VmEvent::Halted { cpu: index }),
+            Ok(VcpuExit::Shutdown) => Step::Stop(VmEvent::Reboot {
+                how: "triple fault",
+            }),
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => Step::Stop(VmEvent::PowerOff),
+                KVM_SYSTEM_EVENT_RESET => Step::Stop(VmEvent::Reboot {
+                    how: "KVM system reset",
+                }),
+                KVM_SYSTEM_EVENT_CRASH => {
+                    Step::Stop(VmEvent::Error(format!("The guest crashed on vCPU {index}")))
+                }
+                other => {
+                    tracing::debug!("vCPU {index}: ignoring system event {other}");
+                    Step::Continue
+                }
+            },
+            Ok(VcpuExit::IrqWindowOpen | VcpuExit::Intr) => Step::Continue,
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Step::Stop(VmEvent::Error(format!(
+                "KVM cannot enter vCPU {index} (hardware reason {reason:#x} on host CPU {cpu})"
+            ))),
+            Ok(VcpuExit::InternalError) => Step::Stop(VmEvent::Error(format!(
+                "KVM internal error on vCPU {index}: an instruction could not be emulated"
+            ))),
+            Ok(other) => Step::Stop(VmEvent::Error(format!(
+                "Unexpected KVM exit on vCPU {index}: {other:?}"
+            ))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Continue,
+            Err(e) => Step::Stop(VmEvent::Error(format!(
+                "KVM_RUN failed on vCPU {index}: {e}"
+            ))),
+        }
+    }
+
+    /// Runs until `stop` is set or the guest stops the VM; sends the stopping event.
+    pub fn run(mut self, stop: &AtomicBool, events: &VmEventSender) {
+        while !stop.load(Ordering::Acquire) {
+            if let Step::Stop(event) = self.step() {
+                tracing::debug!("vCPU {} stops: {event:?}", self.index);
+                let _ = events.send(event);
+                break;
+            }
+        }
+    }
+}

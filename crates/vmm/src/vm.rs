@@ -1,0 +1,151 @@
+//! Opening /dev/kvm and creating the VM: capability checks, the TSS and identity-map pages,
+//! the in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT, and the guest memory slots.
+
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::sys;
+
+/// Where KVM puts the three-page real-mode TSS (top of the 32-bit hole, unused by devices).
+pub const TSS_ADDRESS: usize = 0xfffb_d000;
+/// Where KVM puts the one-page EPT identity map, just below the TSS.
+pub const IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// Errors opening KVM and creating the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// /dev/kvm is absent.
+    #[error("/dev/kvm does not exist: load the kvm module or run on a host with virtualization")]
+    NoKvm(#[source] kvm_ioctls::Error),
+    /// /dev/kvm is not accessible.
+    #[error("Cannot open /dev/kvm: permission denied (add the user to the kvm group)")]
+    KvmAccess(#[source] kvm_ioctls::Error),
+    /// Any other open failure.
+    #[error("Cannot open /dev/kvm")]
+    KvmOpen(#[source] kvm_ioctls::Error),
+    /// Wrong API version.
+    #[error("/dev/kvm speaks API version {0}, but version 12 is required")]
+    ApiVersion(i32),
+    /// A required capability is missing.
+    #[error("/dev/kvm lacks the {0} capability this VMM needs")]
+    MissingCap(&'static str),
+    /// A VM-level ioctl failed.
+    #[error("Cannot {what}")]
+    Vm {
+        /// What was attempted.
+        what: &'static str,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// KVM supports fewer vCPUs than asked for.
+    #[error("/dev/kvm supports at most {max} vCPUs, {wanted} were asked for")]
+    TooManyCpus {
+        /// KVM's limit.
+        max: usize,
+        /// Requested.
+        wanted: usize,
+    },
+}
+
+/// Opens /dev/kvm and checks it can run this VMM's guests.
+pub fn open_kvm() -> Result<Kvm, Error> {
+    let kvm = Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENXIO | libc::ENODEV => Error::NoKvm(e),
+        libc::EACCES | libc::EPERM => Error::KvmAccess(e),
+        _ => Error::KvmOpen(e),
+    })?;
+    let version = kvm.get_api_version();
+    if version != 12 {
+        return Err(Error::ApiVersion(version));
+    }
+    let required = [
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+        (Cap::Pit2, "KVM_CAP_PIT2"),
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING"),
+        (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+        (Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI"),
+        (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+    ];
+    for (cap, name) in required {
+        if !kvm.check_extension(cap) {
+            return Err(Error::MissingCap(name));
+        }
+    }
+    Ok(kvm)
+}
+
+/// How much of the platform KVM emulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Irqchip {
+    /// In-kernel PIC, IOAPIC, LAPICs and PIT (every Linux guest).
+    InKernel,
+    /// None: HLT and all I/O exit to the VMM (tiny test guests).
+    None,
+}
+
+/// A KVM VM together with the guest memory its slots point at. The memory is declared after
+/// the file descriptor, so it is unmapped only after the VM is gone; share the VM as
+/// `Arc<KvmVm>` and it dereferences to [`VmFd`].
+#[derive(Debug)]
+pub struct KvmVm {
+    fd: VmFd,
+    memory: GuestMemoryMmap,
+}
+
+impl std::ops::Deref for KvmVm {
+    type Target = VmFd;
+
+    fn deref(&self) -> &VmFd {
+        &self.fd
+    }
+}
+
+impl KvmVm {
+    /// The guest memory registered with this VM.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+}
+
+/// Creates the VM: TSS and identity-map pages, irqchip and PIT, and memory slots.
+pub fn create_vm(
+    kvm: &Kvm,
+    mem: &GuestMemoryMmap,
+    irqchip: Irqchip,
+    nr_cpus: usize,
+) -> Result<KvmVm, Error> {
+    let max = kvm.get_max_vcpus();
+    if nr_cpus > max {
+        return Err(Error::TooManyCpus {
+            max,
+            wanted: nr_cpus,
+        });
+    }
+    let vm_err = |what| move |source| Error::Vm { what, source };
+    let vm = kvm.create_vm().map_err(vm_err("create a KVM VM"))?;
+    vm.set_tss_address(TSS_ADDRESS)
+        .map_err(vm_err("set the TSS address"))?;
+    vm.set_identity_map_address(IDENTITY_MAP_ADDRESS)
+        .map_err(vm_err("set the identity map address"))?;
+    if irqchip == Irqchip::InKernel {
+        vm.create_irq_chip()
+            .map_err(vm_err("create the in-kernel irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit)
+            .map_err(vm_err("create the in-kernel PIT"))?;
+    }
+    let vm = KvmVm {
+        fd: vm,
+        memory: mem.clone(),
+    };
+    sys::map_guest_memory(&vm.fd, &vm.memory).map_err(vm_err("register guest memory with KVM"))?;
+    Ok(vm)
+}
