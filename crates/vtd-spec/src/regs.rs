@@ -541,12 +541,20 @@ pub enum IqeInfo {
     InvalidType = 3,
     /// A descriptor has reserved fields set, or an unsupported value in a field.
     ReservedField = 4,
-    /// A descriptor's type does not fit the queue's descriptor width.
+    /// The descriptor width programmed in IQA does not fit (IQA.DW=1 without ECAP.SMTS, or a
+    /// scalable-mode-only descriptor type in a 128-bit queue).
     InvalidWidth = 5,
     /// The tail is not 256-bit aligned while 256-bit descriptors are in use.
     TailMisaligned = 6,
-    /// An invalidation wait descriptor has an invalid field (e.g. a status address).
-    InvalidWait = 7,
+    /// The descriptor is not allowed in the current translation table mode (RTADDR.TTM).
+    InvalidTtm = 7,
+}
+
+impl IqeInfo {
+    /// The IQEI encoding.
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
 }
 
 /// Invalidation queue error record register (§11.4.11.9).
@@ -668,6 +676,20 @@ mod tests {
         assert_eq!((dword3 >> 30) & 1, 1);
         assert_eq!(dword3 >> 31, 1);
         assert_eq!((raw as u32) >> 31, 1, "PP is bit 31 of dword 2");
+    }
+
+    /// IQEI codes of §11.4.11.9 (the same numbering as VirtualBox's `VTDIQEI`).
+    #[test]
+    fn iqei_codes_follow_the_spec_table() {
+        assert_eq!(IqeInfo::InvalidTail.code(), 1);
+        assert_eq!(IqeInfo::FetchFailed.code(), 2);
+        assert_eq!(IqeInfo::InvalidType.code(), 3);
+        assert_eq!(IqeInfo::ReservedField.code(), 4);
+        assert_eq!(IqeInfo::InvalidWidth.code(), 5);
+        assert_eq!(IqeInfo::TailMisaligned.code(), 6);
+        assert_eq!(IqeInfo::InvalidTtm.code(), 7);
+        let r = Iqercd::new().with_iqei(IqeInfo::TailMisaligned.code());
+        assert_eq!(r.into_bits(), 6);
     }
 
     #[test]

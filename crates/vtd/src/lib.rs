@@ -4,7 +4,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod counters;
+pub mod fault;
 pub mod invalidation;
 pub mod memory;
+pub mod regs;
 pub mod request;
