@@ -9,5 +9,6 @@ pub mod counters;
 pub mod fault;
 pub mod invalidation;
 pub mod memory;
+pub mod qi;
 pub mod regs;
 pub mod request;
