@@ -304,7 +304,7 @@ probe_direct() {
     l2_initrd "$probe/init" "$probe/initrd"
     create_disks
     if [ "$(cat "$dir/inner")" = qemu ]; then
-        vmm=qemu-system-x86_64
+        vmm="qemu-system-x86_64"
     else
         vmm="$(vmm_binary host)"
     fi

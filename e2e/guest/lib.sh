@@ -1,0 +1,98 @@
+# shellcheck shell=sh
+# e2e/guest/lib.sh: guest-side helpers of the suite's scenarios (busybox sh). e2e/suite puts this
+# file in front of a scenario's guest script; the result is the guest's init script.
+#
+# Lines it prints for the host-side checks:
+#   CHECK-OK <what> / CHECK-FAIL <what>     one per check (a FAIL makes the script exit 1)
+#   GUEST-CAP <cap> <ecap>                  /sys/class/iommu/dmar0/intel-iommu/{cap,ecap}
+#   GUEST-DISK <name> <sha256>              the whole disk's contents after the last write
+set -e
+
+ok() {
+    echo "CHECK-OK $*"
+}
+
+# To stderr (the console too), so a failure inside $(...) still shows; set -e ends the script.
+fail() {
+    echo "CHECK-FAIL $*" >&2
+    exit 1
+}
+
+# dmesg_has EXTENDED_REGEX WHAT
+dmesg_has() {
+    if dmesg | grep -Eq "$1"; then ok "$2"; else fail "$2: no dmesg line matches /$1/"; fi
+}
+
+report_cap() {
+    d=/sys/class/iommu/dmar0/intel-iommu
+    [ -r "$d/cap" ] || fail "no $d/cap in the guest"
+    echo "GUEST-CAP $(cat "$d/cap") $(cat "$d/ecap")"
+}
+
+# The block device of the disk at position N (0 = first) in PCI order, e.g. /dev/vda.
+disk_dev() {
+    n=0
+    for b in $(ls -d /sys/bus/pci/devices/*/virtio*/block/vd* 2>/dev/null | sort); do
+        if [ "$n" = "$1" ]; then echo "/dev/${b##*/}"; return 0; fi
+        n=$((n + 1))
+    done
+    fail "no virtio disk number $1 in the guest"
+}
+
+# The PCI address (0000:00:03.0) of a /dev/vdX.
+pci_of() {
+    p=$(readlink -f "/sys/block/${1##*/}/device/..")
+    echo "${p##*/}"
+}
+
+# The IOMMU group number of a PCI address.
+group_of() {
+    g=$(readlink -f "/sys/bus/pci/devices/$1/iommu_group") || fail "$1 has no IOMMU group"
+    [ -e "/sys/bus/pci/devices/$1/iommu_group" ] || fail "$1 has no IOMMU group"
+    echo "${g##*/}"
+}
+
+# expect_domain_type PCI TYPE: the group's default domain type (DMA, DMA-FQ, identity).
+expect_domain_type() {
+    t=$(cat "/sys/kernel/iommu_groups/$(group_of "$1")/type")
+    if [ "$t" = "$2" ]; then ok "domain type of $1 is $2"; else fail "domain type of $1 is $t, want $2"; fi
+}
+
+# data_check NAME DEV WHAT: write a fresh random pattern over the whole disk with direct I/O,
+# read it back (1 MiB and 4 KiB requests, direct I/O) and compare. Prints GUEST-DISK.
+data_check() {
+    name=$1 dev=$2 what=$3
+    sectors=$(cat "/sys/block/${dev##*/}/size")
+    mib=$((sectors / 2048))
+    [ "$mib" -ge 1 ] || fail "$what: $dev is smaller than 1 MiB"
+    dd if=/dev/urandom of=/tmp/pattern bs=1M count="$mib" 2>/dev/null || fail "$what: no pattern"
+    want=$(sha256sum /tmp/pattern | cut -d' ' -f1)
+    dd if=/tmp/pattern of="$dev" bs=1M oflag=direct 2>/tmp/dd.err ||
+        fail "$what: direct write to $dev failed: $(tail -n1 /tmp/dd.err)"
+    got=$(dd if="$dev" bs=1M iflag=direct 2>/tmp/dd.err | sha256sum | cut -d' ' -f1)
+    [ "$got" = "$want" ] || fail "$what: 1 MiB direct reads of $dev differ from what was written"
+    small=$(dd if="$dev" bs=4k count=256 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+    head_=$(dd if=/tmp/pattern bs=4k count=256 2>/dev/null | sha256sum | cut -d' ' -f1)
+    [ "$small" = "$head_" ] || fail "$what: 4 KiB direct reads of $dev differ from what was written"
+    rm -f /tmp/pattern
+    ok "$what: $mib MiB written and read back identical through $dev"
+    echo "GUEST-DISK $name $got"
+}
+
+# rebind_with_type PCI TYPE: unbind the device's driver, set its group's domain type, rebind.
+rebind_with_type() {
+    pci=$1 type=$2
+    drv=$(readlink -f "/sys/bus/pci/devices/$pci/driver") || fail "$pci has no driver"
+    echo "$pci" >"$drv/unbind" || fail "cannot unbind $pci from ${drv##*/}"
+    group=$(group_of "$pci")
+    echo "$type" >"/sys/kernel/iommu_groups/$group/type" ||
+        fail "cannot set the domain type of group $group to $type"
+    echo "$pci" >"$drv/bind" || fail "cannot rebind $pci to ${drv##*/}"
+    i=0
+    until ls -d "/sys/bus/pci/devices/$pci"/virtio*/block/vd* >/dev/null 2>&1; do
+        [ "$i" -lt 50 ] || fail "no disk on $pci after rebinding it"
+        sleep 0.1
+        i=$((i + 1))
+    done
+    expect_domain_type "$pci" "$type"
+}

@@ -1,0 +1,27 @@
+# shellcheck shell=bash
+# assigned: a disk assigned through the (software) host IOMMU: its DMA is translated by the
+# host's nested page table, never by the vIOMMU. Same data checks; the VMM's exit summary must
+# show nested binds and forwarded invalidations, and no vIOMMU translation (it is the only
+# device behind the vIOMMU).
+DISKS="d1=32M"
+CMDLINE="intel_iommu=on,sm_on iommu.strict=1"
+ARGS=(--cmdline "$CMDLINE" --iommu intel,x-scalable-mode=on,x-flts=on --disk path=@d1,assigned=sim)
+QEMU_ARGS=()
+
+guest() {
+    cat <<'GUEST'
+dmesg_has 'DMAR: Intel\(R\) Virtualization Technology for Directed I/O' "DMAR is up"
+dmesg_has 'Adding to iommu group' "devices join IOMMU groups"
+dev=$(disk_dev 0)
+pci=$(pci_of "$dev")
+expect_domain_type "$pci" DMA
+data_check d1 "$dev" "assigned disk in a strict DMA domain"
+GUEST
+}
+
+check() {
+    guest_ran "$1" && disk_hash_matches d1 &&
+        counter_is accel_binds -gt 0 &&
+        counter_is accel_invalidations -gt 0 &&
+        counter_is translations -eq 0
+}
