@@ -1,6 +1,6 @@
 //! The `vtd-nest` command line: parse options, build the VM, run it, report how it ended.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use vmm::config::{Command, LogLevel, USAGE, VmConfig};
@@ -11,6 +11,7 @@ fn init_logging(level: LogLevel) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

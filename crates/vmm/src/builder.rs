@@ -36,6 +36,9 @@ use crate::vm::{self, Irqchip, KvmVm};
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A file named on the command line.
+    #[error(transparent)]
+    File(#[from] crate::config::FileError),
     /// Opening KVM or creating the VM.
     #[error(transparent)]
     Vm(#[from] vm::Error),
@@ -140,6 +143,7 @@ impl std::fmt::Debug for VmBuilder {
 impl VmBuilder {
     /// Opens /dev/kvm and creates the VM with its memory, irqchip and empty buses.
     pub fn new(config: VmConfig) -> Result<Self, Error> {
+        config.check_files()?;
         let kvm = vm::open_kvm()?;
         let memory = memory::create_guest_memory(config.memory)?;
         let vm = Arc::new(vm::create_vm(

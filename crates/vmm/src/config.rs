@@ -101,6 +101,46 @@ impl VmConfig {
     }
 }
 
+/// A file named in the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("Cannot open the {what} {}", .path.display())]
+pub struct FileError {
+    /// Which option named it.
+    pub what: &'static str,
+    /// The file.
+    pub path: PathBuf,
+    /// The I/O error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl VmConfig {
+    /// Checks that the kernel, initrd and disk files can be opened (read-write for writable
+    /// disks), before any VM is created.
+    pub fn check_files(&self) -> Result<(), FileError> {
+        let check = |what, path: &PathBuf, write: bool| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(path)
+                .map(drop)
+                .map_err(|source| FileError {
+                    what,
+                    path: path.clone(),
+                    source,
+                })
+        };
+        check("kernel", &self.kernel, false)?;
+        if let Some(initrd) = &self.initrd {
+            check("initrd", initrd, false)?;
+        }
+        for disk in &self.disks {
+            check("disk image", &disk.path, !disk.readonly)?;
+        }
+        Ok(())
+    }
+}
+
 /// `--iommu intel[,...]`: the model and its option string, handed to the vIOMMU's own parser.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IommuConfig {

@@ -44,13 +44,12 @@ pub enum Error {
         source: std::io::Error,
     },
     /// linux-loader rejected the kernel image.
-    #[error("Cannot load kernel {}: not a usable bzImage or ELF vmlinux", .path.display())]
+    #[error("Cannot load kernel {} (not a usable bzImage or ELF vmlinux): {reason}", .path.display())]
     Kernel {
         /// The kernel file.
         path: PathBuf,
-        /// The loader's error.
-        #[source]
-        source: linux_loader::loader::Error,
+        /// The loader's innermost complaint.
+        reason: String,
     },
     /// The bzImage cannot be entered in 64-bit mode.
     #[error("Kernel {} has no 64-bit entry point (boot protocol 2.12+ with XLF_KERNEL_64 is required)", .0.display())]
@@ -114,6 +113,20 @@ fn open(path: &Path) -> Result<File, Error> {
     })
 }
 
+/// The innermost message of a linux-loader error, without its "Kernel Loader: " prefixes.
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = error;
+    while let Some(next) = e.source() {
+        e = next;
+    }
+    let text = e.to_string();
+    text.rsplit("Kernel Loader: ")
+        .next()
+        .unwrap_or(&text)
+        .trim_end_matches('.')
+        .to_owned()
+}
+
 /// Checks the command line is printable ASCII and fits the boot protocol's buffer.
 pub fn validate_cmdline(cmdline: &str) -> Result<(), Error> {
     if cmdline.len() >= CMDLINE_MAX_SIZE {
@@ -131,17 +144,15 @@ pub fn validate_cmdline(cmdline: &str) -> Result<(), Error> {
 pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec<'_>) -> Result<KernelEntry, Error> {
     validate_cmdline(spec.cmdline)?;
     let mut kernel = open(spec.kernel)?;
-    let mut magic = [0u8; 4];
-    kernel
-        .read_exact(&mut magic)
-        .map_err(|source| Error::File {
-            path: spec.kernel.to_owned(),
-            source,
-        })?;
-    let kernel_err = |source| Error::Kernel {
+    let kernel_err = |source: linux_loader::loader::Error| Error::Kernel {
         path: spec.kernel.to_owned(),
-        source,
+        reason: innermost(&source),
     };
+    let mut magic = [0u8; 4];
+    kernel.read_exact(&mut magic).map_err(|_| Error::Kernel {
+        path: spec.kernel.to_owned(),
+        reason: "the file is too small".to_owned(),
+    })?;
     let himem = Some(GuestAddress(HIMEM_START));
 
     let mut cmdline = spec.cmdline.as_bytes().to_vec();

@@ -35,8 +35,9 @@ const MISC_ENABLE_FAST_STRING: u64 = 1;
 /// `IA32_MTRR_DEF_TYPE`: MTRRs enabled, default type write-back.
 const MTRR_DEF_TYPE_WB_ENABLED: u64 = (1 << 11) | 6;
 
-/// The MSRs every vCPU starts with: SYSCALL/SYSENTER state cleared, TSC 0, fast strings, and
+/// The MSRs every vCPU starts with: SYSCALL/SYSENTER state cleared, fast strings, and
 /// MTRRs enabled with write-back as the default type (Linux maps RAM uncached otherwise).
+/// The TSC is left to KVM, which synchronises it across vCPUs created together.
 pub fn boot_msrs() -> Vec<(u32, u64)> {
     vec![
         (0x174, 0),       // IA32_SYSENTER_CS
