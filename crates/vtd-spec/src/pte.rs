@@ -66,6 +66,12 @@ impl FirstStagePte {
         (self.addr() << 12) & !(level_size(level) - 1)
     }
 
+    /// Address of the next-level table referenced by a non-leaf entry: bits 51:12 as is
+    /// (§9.7: a table is 4 KiB aligned at every level, unlike a superpage).
+    pub fn next_table(self) -> u64 {
+        self.addr() << 12
+    }
+
     /// Reserved bits of a first-stage entry at `level` (§9.7): physical-address bits at and above
     /// the host address width `haw`; PS in PML5E/PML4E; PS in a PDPE without 1 GiB support; the
     /// low address bits of a 2 MiB or 1 GiB page other than PAT; XD when NXE is clear.
@@ -141,6 +147,11 @@ impl SecondStagePte {
     pub fn output_address(self, level: u32) -> u64 {
         (self.addr() << 12) & !(level_size(level) - 1)
     }
+    /// Address of the next-level table referenced by a non-leaf entry: bits 51:12 as is
+    /// (§9.8: a table is 4 KiB aligned at every level, unlike a superpage).
+    pub fn next_table(self) -> u64 {
+        self.addr() << 12
+    }
     /// Whether this entry maps a page (a leaf) at `level`.
     pub fn is_leaf(self, level: u32) -> bool {
         level == 1 || ((level == 2 || level == 3) && self.ps())
@@ -202,6 +213,15 @@ mod tests {
         assert_eq!(table_index(iova, 1), 0x001);
         assert_eq!(level_size(2), 2 << 20);
         assert_eq!(level_size(3), 1 << 30);
+    }
+
+    #[test]
+    fn next_table_is_not_masked_to_the_level_size() {
+        let pml4e = FirstStagePte::from_bits(0x0040_3000 | 0x27);
+        assert_eq!(pml4e.next_table(), 0x0040_3000);
+        assert_eq!(pml4e.output_address(4), 0, "output_address is for leaves");
+        let sl = SecondStagePte::from_bits(0x0040_3000 | 0x3);
+        assert_eq!(sl.next_table(), 0x0040_3000);
     }
 
     #[test]

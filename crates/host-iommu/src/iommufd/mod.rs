@@ -1,0 +1,1 @@
+//! The real backend (placeholder while the sim lands).
