@@ -248,7 +248,9 @@ l1_initrd() {
     echo "$BATCH_NDISKS" >"$root/e2e/ndisks"
     if batch_uses vtd-nest; then
         vmm="$(vmm_binary static)"
-        if ldd "$vmm" >/dev/null 2>&1; then die "$vmm is dynamically linked; L1 needs a static build"; fi
+        if readelf -d "$vmm" 2>/dev/null | grep -q '(NEEDED)'; then
+            die "$vmm needs shared libraries; L1 needs a static build"
+        fi
         strip -o "$root/bin/vtd-nest" "$vmm" 2>/dev/null || cp "$vmm" "$root/bin/vtd-nest"
     fi
     for dir in "$BATCH"/jobs/*; do
