@@ -55,6 +55,7 @@ fault_reasons! {
     PagingEntryReserved = 0x0c, "Non-zero reserved field in a present paging entry";
     TranslationTypeBlocked = 0x0d, "Request blocked by the context entry's translation type";
     SmInvalidRootTableAddress = 0x30, "SM: Invalid root table address";
+    SmTtmLegacyWithPasid = 0x31, "SM: TTM 0 for a request with PASID";
     SmRootEntryAccess = 0x38, "SM: Error attempting to access the root entry";
     SmRootNotPresent = 0x39, "SM: Present bit in the root entry is clear";
     SmRootReserved = 0x3a, "SM: Non-zero reserved field set in the root entry";

@@ -67,5 +67,25 @@ impl std::fmt::Display for SourceId {
     }
 }
 
+/// Whether a guest-physical address (a table pointer in a root, context, PASID-directory or
+/// PASID entry) lies at or above the host address width `haw` (CAP.MGAW + 1). Pointer bits at and
+/// above the HAW are reserved in every entry format (§9.1-§9.6).
+pub const fn beyond_haw(addr: u64, haw: u32) -> bool {
+    haw < 64 && (addr >> haw) != 0
+}
+
 /// The largest PASID value plus one: PASIDs are 20 bits (§3.4.3).
 pub const PASID_LIMIT: u32 = 1 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointers_beyond_the_host_address_width() {
+        assert!(!beyond_haw(0xffff_ffff_f000, 48));
+        assert!(beyond_haw(1 << 48, 48));
+        assert!(beyond_haw(1 << 39, 39));
+        assert!(!beyond_haw(u64::MAX, 64));
+    }
+}

@@ -1,0 +1,190 @@
+//! Bounded, sharded caches: the building block of the context cache, the PASID cache and the
+//! IOTLB.
+//!
+//! A [`ShardedCache`] is a fixed number of `RwLock<HashMap>` shards. A lookup takes one shard's
+//! read lock, so devices translating in parallel only contend when they hash to the same shard
+//! and one of them is filling. Every shard has a fixed capacity: inserting into a full shard
+//! first evicts one entry, so guest activity can never grow a cache without bound. Entries are
+//! `Copy` values; nothing borrowed escapes a lock.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// A small, fast, non-cryptographic hasher for the caches' integer keys (the keys are built by
+/// the model from guest-controlled integers; a collision only costs a longer probe).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct KeyHasher(u64);
+
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        // Final avalanche so the low bits (hashbrown's bucket index) and the high bits (control
+        // bytes and our shard index) both depend on every input bit.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(SEED);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+}
+
+/// Builds [`KeyHasher`]s.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct BuildKeyHasher;
+
+impl BuildHasher for BuildKeyHasher {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher::default()
+    }
+}
+
+type Shard<K, V> = RwLock<HashMap<K, V, BuildKeyHasher>>;
+
+/// A bounded hash map split into independently locked shards.
+pub(crate) struct ShardedCache<K, V> {
+    shards: Box<[Shard<K, V>]>,
+    shard_mask: usize,
+    shard_capacity: usize,
+}
+
+impl<K: Hash + Eq + Copy, V: Copy> ShardedCache<K, V> {
+    /// A cache of `shards` shards (rounded up to a power of two) holding at most
+    /// `shard_capacity` entries each.
+    pub(crate) fn new(shards: usize, shard_capacity: usize) -> Self {
+        let n = shards.max(1).next_power_of_two();
+        let shard_capacity = shard_capacity.max(1);
+        Self {
+            shards: (0..n)
+                .map(|_| {
+                    RwLock::new(HashMap::with_capacity_and_hasher(
+                        shard_capacity,
+                        BuildKeyHasher,
+                    ))
+                })
+                .collect(),
+            shard_mask: n - 1,
+            shard_capacity,
+        }
+    }
+
+    /// Largest number of entries the cache can hold.
+    pub(crate) fn capacity(&self) -> usize {
+        self.shards.len() * self.shard_capacity
+    }
+
+    fn shard(&self, key: &K) -> &Shard<K, V> {
+        let mut h = KeyHasher::default();
+        key.hash(&mut h);
+        // The top bits pick the shard; hashbrown uses the low bits and the top 7 bits inside the
+        // shard, which all come from a second hash of the same key, so the two do not correlate
+        // in a way that matters for correctness.
+        let idx = (h.finish() >> 40) as usize & self.shard_mask;
+        // `idx` is masked to the shard count, so this cannot fail; `get` keeps it panic-free.
+        self.shards.get(idx).unwrap_or(&self.shards[0])
+    }
+
+    fn read(shard: &Shard<K, V>) -> RwLockReadGuard<'_, HashMap<K, V, BuildKeyHasher>> {
+        // A poisoned lock only means another thread panicked while holding it; the map itself is
+        // always in a consistent state between our operations.
+        shard.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(shard: &Shard<K, V>) -> RwLockWriteGuard<'_, HashMap<K, V, BuildKeyHasher>> {
+        shard.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the entry for `key`.
+    pub(crate) fn get(&self, key: &K) -> Option<V> {
+        Self::read(self.shard(key)).get(key).copied()
+    }
+
+    /// Inserts or replaces the entry for `key`, evicting another entry of the same shard when
+    /// the shard is full.
+    pub(crate) fn insert(&self, key: K, value: V) {
+        let mut map = Self::write(self.shard(&key));
+        if map.len() >= self.shard_capacity
+            && !map.contains_key(&key)
+            && let Some(victim) = map.keys().next().copied()
+        {
+            map.remove(&victim);
+        }
+        map.insert(key, value);
+    }
+
+    /// Keeps only the entries for which `keep` returns true; returns how many were removed.
+    pub(crate) fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut map = Self::write(shard);
+            let before = map.len();
+            map.retain(|k, v| keep(k, v));
+            removed += before - map.len();
+        }
+        removed
+    }
+
+    /// Drops every entry.
+    pub(crate) fn clear(&self) {
+        for shard in self.shards.iter() {
+            Self::write(shard).clear();
+        }
+    }
+
+    /// Number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| Self::read(s).len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_by_capacity() {
+        let c: ShardedCache<u64, u64> = ShardedCache::new(4, 8);
+        assert_eq!(c.capacity(), 32);
+        for i in 0..10_000 {
+            c.insert(i, i);
+        }
+        assert!(c.len() <= 32);
+        // The last key inserted is always present.
+        assert_eq!(c.get(&9_999), Some(9_999));
+    }
+
+    #[test]
+    fn retain_remove_clear() {
+        let c: ShardedCache<u32, u32> = ShardedCache::new(2, 64);
+        for i in 0..50 {
+            c.insert(i, i * 2);
+        }
+        assert_eq!(c.retain(|k, _| k % 2 == 0), 25);
+        assert_eq!(c.get(&3), None);
+        assert_eq!(c.get(&4), Some(8));
+        c.clear();
+        assert_eq!(c.len(), 0);
+    }
+}

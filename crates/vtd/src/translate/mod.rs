@@ -1,0 +1,617 @@
+//! DMA address translation: table readers, page walks and the caches in front of them.
+//!
+//! The [`Translator`] turns one [`DmaRequest`] into a [`Translation`] of the page holding its
+//! address, or into a [`Fault`] carrying the spec's reason and qualification. It never records
+//! faults: the unit does (FRCD, FSTS, fault event), because only the unit owns those registers.
+//!
+//! ```text
+//!  translate(req)
+//!    │ TE clear ───────────────────────────────────────────────► identity
+//!    ├─► IOTLB (sid, pasid|none, page, level) ── hit, access ok ──► translation
+//!    │   miss, or the cached rights refuse (re-walk: a cache may always be missed)
+//!    ├─► context cache (sid) ─ miss ─► root entry ─► context entry        [tables]
+//!    │
+//!    ├─ legacy (TTM=00): TT=PT ─► identity
+//!    │                   TT=00/01 ─► second-stage walk (AW levels) ─────► fill IOTLB
+//!    │
+//!    └─ scalable (TTM=01): PASID = request's (needs PASIDE) or RID_PASID
+//!         PASID cache (sid, pasid) ─ miss ─► PASID dir[pasid>>6] ─► PASID entry [tables]
+//!         PGTT=PT ─► identity
+//!         PGTT=FS ─► SRE/ERE, canonical, first-stage walk + A/D ──────► fill IOTLB
+//!         PGTT=SS ─► second-stage walk (SM reasons) ──────────────────► fill IOTLB
+//!         other  ─► 0x5B
+//! ```
+//!
+//! Invalidations ([`Translator::invalidate`]) follow §6.5 and are spelled out per cache in
+//! [`iotlb`] and `entry_cache`. Beyond the spec's minimum, a context-cache invalidation also drops
+//! the PASID-cache and IOTLB entries of the sources it selects (the IOTLB is looked up per
+//! requester, so entries derived from an old context entry must not outlive it even when a
+//! guest forgets the PASID-cache flush the spec asks for — the Linux 6.7-rc2 case QEMU replays
+//! for); over-flushing is always safe. PASID-cache invalidations drop PASID-cache entries only:
+//! the spec requires the guest to follow them with a (PASID-based) IOTLB invalidation.
+//!
+//! The root table, TE and capabilities come from [`UnitState`], a copy of what the unit latched
+//! at the last SRTP/TE command. Cached entries survive an SRTP until the guest invalidates them
+//! (the spec's rule; Linux does three global invalidations right after SRTP); with CAP.ESRTPS
+//! the unit calls [`Translator::flush_all`] itself.
+
+pub mod iotlb;
+
+mod cache;
+mod entry_cache;
+mod tables;
+mod walk;
+
+use crate::counters::Counters;
+use crate::invalidation::Invalidation;
+use crate::memory::GuestRam;
+use crate::request::{Access, DmaRequest, Fault, Permissions, Translation};
+use entry_cache::{CachedPasid, ContextCache, PasidCache, sid_selected};
+use iotlb::{CachedRights, Iotlb, IotlbEntry, NO_PASID};
+use std::sync::Arc;
+use tables::{Context, TableFault};
+use vtd_spec::SourceId;
+use vtd_spec::context::{LegacyContextEntry, ScalableContextEntry, TranslationType};
+use vtd_spec::fault::FaultReason;
+use vtd_spec::pasid::{PasidEntry, Pgtt};
+use vtd_spec::pte::level_size;
+use vtd_spec::regs::{Cap, Ecap, RtAddr, TranslationTableMode};
+use walk::first_stage::{self, FsControls, FsWalk};
+use walk::second_stage::{self, SsFaults, SsWalk};
+
+/// What the translator needs of the unit's state: the root table latched by the last SRTP
+/// (not the live RTADDR register), TE status, and CAP/ECAP.
+#[derive(Clone, Copy, Debug)]
+pub struct UnitState {
+    /// Root table address and mode latched by the last SRTP.
+    pub root: RtAddr,
+    /// GSTS.TES: translation enabled.
+    pub translation_enabled: bool,
+    /// The capability register.
+    pub cap: Cap,
+    /// The extended capability register.
+    pub ecap: Ecap,
+}
+
+/// Cache sizes (entries). Fixed: guest activity cannot grow them.
+const SHARDS: usize = 16;
+const CONTEXT_CACHE_PER_SHARD: usize = 64;
+const PASID_CACHE_PER_SHARD: usize = 64;
+const IOTLB_PER_SHARD: usize = 512;
+
+/// log2 of the identity window returned for untranslated requests: a 2^52-byte aligned window
+/// (the largest VT-d physical address width), so one translation covers any run of pages.
+const IDENTITY_SHIFT: u32 = 52;
+
+/// The MSI address range 0xFEEx_xxxx: first-stage output addresses in it fault (0x87).
+const INTERRUPT_RANGE: std::ops::Range<u64> = 0xfee0_0000..0xfef0_0000;
+
+/// A fault found on the slow path, before it is tied to the request.
+type SlowFault = TableFault;
+
+/// Sizes and fill levels of the translator's caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Context-cache entries.
+    pub context_entries: usize,
+    /// Context-cache capacity.
+    pub context_capacity: usize,
+    /// PASID-cache entries.
+    pub pasid_entries: usize,
+    /// PASID-cache capacity.
+    pub pasid_capacity: usize,
+    /// IOTLB entries.
+    pub iotlb_entries: usize,
+    /// IOTLB capacity.
+    pub iotlb_capacity: usize,
+}
+
+/// The translation engine of one remapping unit: table walks plus the context cache, the PASID
+/// cache and the IOTLB. `Send + Sync`; lookups from many device threads run in parallel.
+pub struct Translator {
+    cap: Cap,
+    ecap: Ecap,
+    counters: Arc<Counters>,
+    contexts: ContextCache,
+    pasids: PasidCache,
+    iotlb: Iotlb,
+}
+
+impl std::fmt::Debug for Translator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Translator")
+            .field("cap", &self.cap)
+            .field("ecap", &self.ecap)
+            .field("caches", &self.cache_stats())
+            .finish()
+    }
+}
+
+fn identity(iova: u64) -> Translation {
+    let base = iova & !((1u64 << IDENTITY_SHIFT) - 1);
+    Translation {
+        iova_base: base,
+        gpa_base: base,
+        size: 1 << IDENTITY_SHIFT,
+        perms: Permissions {
+            read: true,
+            write: true,
+        },
+    }
+}
+
+impl Translator {
+    /// A translator for a unit with these capabilities, counting into `counters`.
+    pub fn new(cap: Cap, ecap: Ecap, counters: Arc<Counters>) -> Self {
+        Self {
+            cap,
+            ecap,
+            counters,
+            contexts: ContextCache::new(SHARDS, CONTEXT_CACHE_PER_SHARD),
+            pasids: PasidCache::new(SHARDS, PASID_CACHE_PER_SHARD),
+            iotlb: Iotlb::new(SHARDS, IOTLB_PER_SHARD),
+        }
+    }
+
+    /// The capability register this translator was built for.
+    pub fn cap(&self) -> Cap {
+        self.cap
+    }
+
+    /// The extended capability register this translator was built for.
+    pub fn ecap(&self) -> Ecap {
+        self.ecap
+    }
+
+    /// Current sizes of the caches.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            context_entries: self.contexts.len(),
+            context_capacity: self.contexts.capacity(),
+            pasid_entries: self.pasids.len(),
+            pasid_capacity: self.pasids.capacity(),
+            iotlb_entries: self.iotlb.len(),
+            iotlb_capacity: self.iotlb.capacity(),
+        }
+    }
+
+    /// Translate one page. Never records faults (the unit does): returns the Fault with reason,
+    /// sid, pasid, iova, access and fpd.
+    pub fn translate(
+        &self,
+        ram: &dyn GuestRam,
+        state: &UnitState,
+        req: &DmaRequest,
+    ) -> Result<Translation, Fault> {
+        Counters::bump(&self.counters.translations);
+        if !state.translation_enabled {
+            return Ok(identity(req.iova));
+        }
+        let tag = req.pasid.unwrap_or(NO_PASID);
+        if let Some(e) = self.iotlb.lookup(req.sid, tag, req.iova)
+            && let Some(t) = hit(&e, req)
+        {
+            Counters::bump(&self.counters.iotlb_hits);
+            tracing::trace!(target: "vtd", sid = req.sid.0, pasid = tag, iova = req.iova,
+                gpa = t.gpa_base, level = e.level, did = e.did, "vtd_iotlb_page_hit");
+            return Ok(t);
+        }
+        self.translate_slow(ram, state, req).map_err(|f| {
+            tracing::trace!(target: "vtd", sid = req.sid.0, pasid = tag, iova = req.iova,
+                reason = f.reason.code(), fpd = f.fpd, "vtd_dmar_fault");
+            Fault {
+                reason: f.reason,
+                sid: req.sid,
+                pasid: req.pasid,
+                iova: req.iova,
+                access: req.access,
+                fpd: f.fpd,
+            }
+        })
+    }
+
+    /// Apply one invalidation to every cache.
+    pub fn invalidate(&self, inv: &Invalidation) {
+        let dropped = match *inv {
+            // Scalable-mode context entries carry no DID: a domain-selective invalidation is
+            // global for them (and QEMU treats it as global too).
+            Invalidation::ContextGlobal | Invalidation::ContextDomain { .. } => {
+                let n = self.contexts.len() + self.pasids.len() + self.iotlb.len();
+                self.contexts.clear();
+                self.pasids.clear();
+                self.iotlb.clear();
+                n
+            }
+            Invalidation::ContextDevice { sid, fm, .. } => {
+                let sel = |s: u16| sid_selected(s, sid, fm);
+                self.contexts.drop_sources(sel)
+                    + self.pasids.drop_sources(sel)
+                    + self.iotlb.drop_sources(sel)
+            }
+            Invalidation::PasidCacheGlobal
+            | Invalidation::PasidCacheDomain { .. }
+            | Invalidation::PasidCachePasid { .. } => self.pasids.invalidate(inv),
+            Invalidation::IotlbGlobal
+            | Invalidation::IotlbDomain { .. }
+            | Invalidation::IotlbPage { .. }
+            | Invalidation::PasidIotlbAll { .. }
+            | Invalidation::PasidIotlbPage { .. } => self.iotlb.invalidate(inv),
+        };
+        tracing::trace!(target: "vtd", ?inv, dropped, "vtd_inv");
+    }
+
+    /// Drop everything (used on reset).
+    pub fn flush_all(&self) {
+        self.contexts.clear();
+        self.pasids.clear();
+        self.iotlb.clear();
+    }
+
+    /// Read the PASID entry for (sid, pasid) straight from guest memory, bypassing and not
+    /// filling the PASID cache (for the passthrough-device path). Context-entry and PASID-
+    /// directory faults are returned as Fault.
+    ///
+    /// The context entry is read from guest memory too. The PASID entry is returned as found,
+    /// present or not and unchecked: the caller decides what a PGTT means for its device.
+    pub fn read_pasid_entry(
+        &self,
+        ram: &dyn GuestRam,
+        state: &UnitState,
+        sid: SourceId,
+        pasid: u32,
+    ) -> Result<PasidEntry, Fault> {
+        let fault = |f: TableFault| Fault {
+            reason: f.reason,
+            sid,
+            pasid: Some(pasid),
+            iova: 0,
+            access: Access::default(),
+            fpd: f.fpd,
+        };
+        if state.root.ttm() == TranslationTableMode::Legacy {
+            return Err(fault(TableFault::new(
+                FaultReason::SmTtmLegacyWithPasid,
+                false,
+            )));
+        }
+        let ce = match tables::read_context(ram, state.root, state.cap, state.ecap, sid) {
+            Ok(Context::Scalable(ce)) => ce,
+            Ok(Context::Legacy(_)) => {
+                return Err(fault(TableFault::new(
+                    FaultReason::SmTtmLegacyWithPasid,
+                    false,
+                )));
+            }
+            Err(r) => return Err(fault(TableFault::new(r, false))),
+        };
+        let haw = tables::host_address_width(state.cap);
+        tables::read_pasid_entry_raw(ram, haw, &ce, pasid)
+            .map(|(pe, _)| pe)
+            .map_err(fault)
+    }
+
+    fn context(
+        &self,
+        ram: &dyn GuestRam,
+        state: &UnitState,
+        sid: SourceId,
+    ) -> Result<Context, FaultReason> {
+        let scalable = state.root.ttm() == TranslationTableMode::Scalable;
+        if let Some(c) = self.contexts.get(sid) {
+            // An entry read under the other table mode (an SRTP switched modes and the guest
+            // has not invalidated yet) cannot be interpreted: read again.
+            if matches!(c, Context::Scalable(_)) == scalable {
+                Counters::bump(&self.counters.context_cache_hits);
+                tracing::trace!(target: "vtd", sid = sid.0, "vtd_context_cache_hit");
+                return Ok(c);
+            }
+        }
+        Counters::bump(&self.counters.context_cache_misses);
+        tracing::trace!(target: "vtd", sid = sid.0, "vtd_context_cache_miss");
+        let c = tables::read_context(ram, state.root, state.cap, state.ecap, sid)?;
+        self.contexts.insert(sid, c);
+        Ok(c)
+    }
+
+    fn pasid_entry(
+        &self,
+        ram: &dyn GuestRam,
+        state: &UnitState,
+        sid: SourceId,
+        ce: &ScalableContextEntry,
+        pasid: u32,
+    ) -> Result<CachedPasid, SlowFault> {
+        if let Some(p) = self.pasids.get(sid, pasid) {
+            Counters::bump(&self.counters.pasid_cache_hits);
+            tracing::trace!(target: "vtd", sid = sid.0, pasid, "vtd_pasid_cache_hit");
+            return Ok(p);
+        }
+        Counters::bump(&self.counters.pasid_cache_misses);
+        tracing::trace!(target: "vtd", sid = sid.0, pasid, "vtd_pasid_cache_miss");
+        let haw = tables::host_address_width(state.cap);
+        let (entry, dir_fpd) = tables::read_pasid_entry_raw(ram, haw, ce, pasid)?;
+        tables::check_pasid_entry(&entry, state.cap, state.ecap)
+            .map_err(|r| TableFault::new(r, ce.lo.fpd() || dir_fpd))?;
+        let cached = CachedPasid { entry, dir_fpd };
+        self.pasids.insert(sid, pasid, cached);
+        Ok(cached)
+    }
+
+    fn translate_slow(
+        &self,
+        ram: &dyn GuestRam,
+        state: &UnitState,
+        req: &DmaRequest,
+    ) -> Result<Translation, SlowFault> {
+        if req.pasid.is_some_and(|p| p >= vtd_spec::PASID_LIMIT) {
+            return Err(TableFault::new(FaultReason::SmPasidTooLarge, false));
+        }
+        let ctx = self
+            .context(ram, state, req.sid)
+            .map_err(|r| TableFault::new(r, false))?;
+        match ctx {
+            Context::Legacy(ce) => self.legacy(ram, state, req, &ce),
+            Context::Scalable(ce) => self.scalable(ram, state, req, &ce),
+        }
+    }
+
+    fn legacy(
+        &self,
+        ram: &dyn GuestRam,
+        state: &UnitState,
+        req: &DmaRequest,
+        ce: &LegacyContextEntry,
+    ) -> Result<Translation, SlowFault> {
+        if req.pasid.is_some() {
+            return Err(TableFault::new(FaultReason::SmTtmLegacyWithPasid, false));
+        }
+        let fpd = ce.lo.fpd();
+        if ce.lo.tt() == TranslationType::PassThrough {
+            return Ok(identity(req.iova));
+        }
+        let levels = tables::supported_ss_levels(state.cap, ce.hi.aw())
+            .ok_or(TableFault::new(FaultReason::ContextInvalid, false))?;
+        let w = SsWalk {
+            root: ce.second_stage_table(),
+            levels,
+            haw: tables::host_address_width(state.cap),
+            sllps: state.cap.sllps(),
+            snoop: state.ecap.sc(),
+            execute: true,
+            ad: false,
+            faults: SsFaults::LEGACY,
+        };
+        self.second_stage(ram, req, &w, ce.hi.did(), NO_PASID, fpd)
+    }
+
+    fn scalable(
+        &self,
+        ram: &dyn GuestRam,
+        state: &UnitState,
+        req: &DmaRequest,
+        ce: &ScalableContextEntry,
+    ) -> Result<Translation, SlowFault> {
+        let pasid = match req.pasid {
+            Some(p) => {
+                if !ce.lo.paside() {
+                    return Err(TableFault::new(FaultReason::SmPasidEnableClear, false));
+                }
+                // PASIDs are PSS+1 bits wide (§11.4.3).
+                let bits = u32::from(state.ecap.pss()) + 1;
+                if bits < 32 && p >> bits != 0 {
+                    return Err(TableFault::new(FaultReason::SmPasidTooLarge, false));
+                }
+                p
+            }
+            None => ce.hi.rid_pasid(),
+        };
+        let privileged = if req.pasid.is_some() {
+            req.access.privileged
+        } else {
+            ce.hi.rid_priv()
+        };
+        let cached = self.pasid_entry(ram, state, req.sid, ce, pasid)?;
+        let pe = cached.entry;
+        let fpd = ce.lo.fpd() || cached.dir_fpd || pe.qw0.fpd();
+        let haw = tables::host_address_width(state.cap);
+        let did = pe.qw1.did();
+        match pe.qw0.pgtt() {
+            Pgtt::PassThrough => Ok(identity(req.iova)),
+            Pgtt::FirstStage => {
+                let controls = FsControls::of(&pe);
+                let f = |r| TableFault::new(r, fpd);
+                first_stage::check_request(controls, privileged, req.access).map_err(f)?;
+                let levels = pe.qw2.fspm().levels().unwrap_or(4);
+                first_stage::check_address(req.iova, levels, haw).map_err(f)?;
+                let w = FsWalk {
+                    root: pe.first_stage_table(),
+                    levels,
+                    haw,
+                    fs1gp: state.cap.fs1gp(),
+                    controls,
+                };
+                self.first_stage(ram, req, &w, privileged, did, pasid, fpd)
+            }
+            Pgtt::SecondStage => {
+                let levels = tables::supported_ss_levels(state.cap, pe.qw0.aw())
+                    .ok_or(TableFault::new(FaultReason::SmPasidEntryInvalid, fpd))?;
+                let root = pe.second_stage_table();
+                if vtd_spec::beyond_haw(root, haw) {
+                    return Err(TableFault::new(
+                        FaultReason::SmInvalidSecondStagePointer,
+                        fpd,
+                    ));
+                }
+                let w = SsWalk {
+                    root,
+                    levels,
+                    haw,
+                    sllps: state.cap.sllps(),
+                    snoop: state.ecap.sc(),
+                    execute: pe.qw0.ssee(),
+                    ad: pe.qw0.ssade(),
+                    faults: SsFaults::SCALABLE,
+                };
+                self.second_stage(ram, req, &w, did, pasid, fpd)
+            }
+            Pgtt::Nested | Pgtt::Reserved(_) => {
+                Err(TableFault::new(FaultReason::SmPasidEntryInvalid, fpd))
+            }
+        }
+    }
+
+    fn count_walk(&self) {
+        Counters::bump(&self.counters.iotlb_misses);
+        Counters::bump(&self.counters.walks);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn first_stage(
+        &self,
+        ram: &dyn GuestRam,
+        req: &DmaRequest,
+        w: &FsWalk,
+        privileged: bool,
+        did: u16,
+        pasid: u32,
+        fpd: bool,
+    ) -> Result<Translation, SlowFault> {
+        self.count_walk();
+        tracing::trace!(target: "vtd", sid = req.sid.0, pasid, iova = req.iova, "vtd_iotlb_page_miss");
+        let leaf = first_stage::walk(ram, w, req.iova, req.access, privileged)
+            .map_err(|r| TableFault::new(r, fpd))?;
+        let mut level = leaf.level;
+        let mut size = level_size(level);
+        let mut gpa_base = leaf.page;
+        let mut iova_base = req.iova & !(size - 1);
+        let page_gpa = leaf.page + ((req.iova & (size - 1)) & !0xfff);
+        if INTERRUPT_RANGE.contains(&page_gpa) {
+            return Err(TableFault::new(FaultReason::SmInvalidInterruptAddress, fpd));
+        }
+        if leaf.page < INTERRUPT_RANGE.end && INTERRUPT_RANGE.start < leaf.page + size {
+            // A superpage over the interrupt range: hand out (and cache) only this 4 KiB page.
+            level = 1;
+            size = level_size(1);
+            gpa_base = page_gpa;
+            iova_base = req.iova & !0xfff;
+        }
+        let write = first_stage::may_write(leaf.rights, w.controls, privileged)
+            && (leaf.dirty_ok || req.access.write);
+        self.iotlb.insert(
+            req.sid,
+            req.pasid.unwrap_or(NO_PASID),
+            IotlbEntry {
+                did,
+                pasid,
+                iova_base,
+                gpa_base,
+                level: level as u8,
+                fpd,
+                rights: CachedRights::First {
+                    rights: leaf.rights,
+                    controls: w.controls,
+                    rid_priv: privileged && req.pasid.is_none(),
+                    dirty_ok: leaf.dirty_ok,
+                },
+            },
+        );
+        Ok(Translation {
+            iova_base,
+            gpa_base,
+            size,
+            perms: Permissions { read: true, write },
+        })
+    }
+
+    fn second_stage(
+        &self,
+        ram: &dyn GuestRam,
+        req: &DmaRequest,
+        w: &SsWalk,
+        did: u16,
+        pasid: u32,
+        fpd: bool,
+    ) -> Result<Translation, SlowFault> {
+        self.count_walk();
+        tracing::trace!(target: "vtd", sid = req.sid.0, pasid, iova = req.iova, "vtd_iotlb_page_miss");
+        let leaf = second_stage::walk(ram, w, req.iova, req.access)
+            .map_err(|r| TableFault::new(r, fpd))?;
+        let size = level_size(leaf.level);
+        let iova_base = req.iova & !(size - 1);
+        self.iotlb.insert(
+            req.sid,
+            req.pasid.unwrap_or(NO_PASID),
+            IotlbEntry {
+                did,
+                pasid,
+                iova_base,
+                gpa_base: leaf.page,
+                level: leaf.level as u8,
+                fpd,
+                rights: CachedRights::Second {
+                    read: leaf.read,
+                    write: leaf.write,
+                    dirty_ok: leaf.dirty_ok,
+                },
+            },
+        );
+        Ok(Translation {
+            iova_base,
+            gpa_base: leaf.page,
+            size,
+            perms: Permissions {
+                read: leaf.read,
+                write: leaf.write && (leaf.dirty_ok || req.access.write),
+            },
+        })
+    }
+}
+
+/// Serves a request from an IOTLB entry if the cached rights allow it without any update.
+/// `None` sends the request down the slow path, which re-walks and faults if it must.
+fn hit(e: &IotlbEntry, req: &DmaRequest) -> Option<Translation> {
+    let a = req.access;
+    let write = match e.rights {
+        CachedRights::First {
+            rights,
+            controls,
+            rid_priv,
+            dirty_ok,
+        } => {
+            let privileged = if req.pasid.is_some() {
+                a.privileged
+            } else {
+                rid_priv
+            };
+            first_stage::check_request(controls, privileged, a).ok()?;
+            first_stage::check_rights(rights, controls, privileged, a).ok()?;
+            if a.write && !dirty_ok {
+                return None;
+            }
+            first_stage::may_write(rights, controls, privileged) && dirty_ok
+        }
+        CachedRights::Second {
+            read,
+            write,
+            dirty_ok,
+        } => {
+            if (a.read && !read) || (a.write && (!write || !dirty_ok)) {
+                return None;
+            }
+            write && dirty_ok
+        }
+    };
+    let perms = Permissions {
+        read: match e.rights {
+            CachedRights::First { .. } => true,
+            CachedRights::Second { read, .. } => read,
+        },
+        write,
+    };
+    Some(Translation {
+        iova_base: e.iova_base,
+        gpa_base: e.gpa_base,
+        size: e.size(),
+        perms,
+    })
+}

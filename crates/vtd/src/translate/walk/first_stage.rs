@@ -1,0 +1,220 @@
+//! The first-stage walk (§3.6): IA-32e paging structures, 4 or 5 levels, with the permission
+//! rules of §3.6.2 and the accessed/dirty updates of §3.6.3.
+//!
+//! ```text
+//!  FSPTPTR ─► PML5E? ─► PML4E ─► PDPE ─┬─► 1 GiB page   (PS=1, needs CAP.FS1GP)
+//!                                      └─► PDE ─┬─► 2 MiB page (PS=1)
+//!                                               └─► PTE ─► 4 KiB page
+//!  every entry used: A (and EA with EAFE);   the leaf on a write through R/W=1: D
+//! ```
+
+use super::{Stop, set_flags, with_retries};
+use crate::memory::GuestRam;
+use crate::request::Access;
+use vtd_spec::fault::FaultReason;
+use vtd_spec::pasid::PasidEntry;
+use vtd_spec::pte::{FirstStagePte, table_index};
+
+/// The PASID-entry controls that shape first-stage permissions (§9.6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FsControls {
+    /// SRE: supervisor requests allowed.
+    pub(crate) sre: bool,
+    /// ERE: execute requests allowed.
+    pub(crate) ere: bool,
+    /// WPE: supervisor writes honour R/W.
+    pub(crate) wpe: bool,
+    /// NXE: XD is honoured (otherwise it is reserved).
+    pub(crate) nxe: bool,
+    /// SMEP: supervisor execute of user pages is denied.
+    pub(crate) smep: bool,
+    /// EAFE: set the extended-accessed flag along with A.
+    pub(crate) eafe: bool,
+}
+
+impl FsControls {
+    /// The controls of a PASID entry.
+    pub(crate) fn of(pe: &PasidEntry) -> Self {
+        Self {
+            sre: pe.qw2.sre(),
+            ere: pe.qw2.ere(),
+            wpe: pe.qw2.wpe(),
+            nxe: pe.qw2.nxe(),
+            smep: pe.qw2.smep(),
+            eafe: pe.qw2.eafe(),
+        }
+    }
+}
+
+/// Rights accumulated over every entry of a walk: R/W and U/S are ANDed, XD is ORed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FsRights {
+    /// Every entry allows writes.
+    pub(crate) rw: bool,
+    /// Every entry allows user accesses.
+    pub(crate) us: bool,
+    /// Some entry disables execution (only with NXE).
+    pub(crate) xd: bool,
+}
+
+/// Where and how to walk.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FsWalk {
+    /// FSPTPTR: the top-level table.
+    pub(crate) root: u64,
+    /// 4 or 5.
+    pub(crate) levels: u32,
+    /// Host address width for reserved-bit checks.
+    pub(crate) haw: u32,
+    /// CAP.FS1GP.
+    pub(crate) fs1gp: bool,
+    /// PASID-entry controls.
+    pub(crate) controls: FsControls,
+}
+
+/// The leaf a walk ended at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FsLeaf {
+    /// Guest-physical base of the page.
+    pub(crate) page: u64,
+    /// 1 (4 KiB), 2 (2 MiB) or 3 (1 GiB).
+    pub(crate) level: u32,
+    /// Accumulated rights.
+    pub(crate) rights: FsRights,
+    /// A write needs no D update: D is set, or the leaf is not writable.
+    pub(crate) dirty_ok: bool,
+}
+
+/// Checks a request against the PASID entry before any walk: supervisor requests need SRE
+/// (0x5D), execute requests need ERE (0x5C).
+pub(crate) fn check_request(
+    c: FsControls,
+    privileged: bool,
+    access: Access,
+) -> Result<(), FaultReason> {
+    if privileged && !c.sre {
+        return Err(FaultReason::SmSreClear);
+    }
+    if access.execute && !c.ere {
+        return Err(FaultReason::SmEreClear);
+    }
+    Ok(())
+}
+
+/// Checks the input address: canonical for the paging mode (0x80), and within the host address
+/// width when the paging mode is wider (0x83).
+pub(crate) fn check_address(iova: u64, levels: u32, haw: u32) -> Result<(), FaultReason> {
+    let width = 12 + 9 * levels.clamp(4, 5);
+    let shift = 64 - width;
+    let canonical = (((iova << shift) as i64) >> shift) as u64;
+    if canonical != iova {
+        return Err(FaultReason::SmNonCanonical);
+    }
+    // The magnitude of a canonical address: the address itself in the lower half, its
+    // complement in the upper half.
+    let magnitude = if (iova as i64) < 0 { !iova } else { iova };
+    if haw < width && (magnitude >> haw.saturating_sub(1)) != 0 {
+        return Err(FaultReason::SmBeyondHardwareMax);
+    }
+    Ok(())
+}
+
+/// Whether a request of this privilege may write through pages with these rights.
+pub(crate) fn may_write(rights: FsRights, c: FsControls, privileged: bool) -> bool {
+    rights.rw || (privileged && !c.wpe)
+}
+
+/// Checks an access against the rights of a translation (§3.6.2).
+pub(crate) fn check_rights(
+    rights: FsRights,
+    c: FsControls,
+    privileged: bool,
+    access: Access,
+) -> Result<(), FaultReason> {
+    if !privileged && !rights.us {
+        return Err(FaultReason::SmUserDenied);
+    }
+    if access.execute && (rights.xd || (privileged && c.smep && rights.us)) {
+        return Err(FaultReason::SmExecuteDenied);
+    }
+    if access.write && !may_write(rights, c, privileged) {
+        return Err(FaultReason::SmWriteDenied);
+    }
+    Ok(())
+}
+
+/// Walks the first-stage tables for `iova`, checking every entry and the access, and sets A/D.
+/// The caller has already run [`check_request`] and [`check_address`].
+pub(crate) fn walk(
+    ram: &dyn GuestRam,
+    w: &FsWalk,
+    iova: u64,
+    access: Access,
+    privileged: bool,
+) -> Result<FsLeaf, FaultReason> {
+    with_retries(FaultReason::SmFirstStageAccess, || {
+        walk_once(ram, w, iova, access, privileged)
+    })
+}
+
+fn walk_once(
+    ram: &dyn GuestRam,
+    w: &FsWalk,
+    iova: u64,
+    access: Access,
+    privileged: bool,
+) -> Result<FsLeaf, Stop> {
+    let c = w.controls;
+    let accessed = FirstStagePte::new()
+        .with_accessed(true)
+        .with_ea(c.eafe)
+        .into_bits();
+    let dirty = FirstStagePte::new().with_dirty(true).into_bits();
+    let top = w.levels;
+    let mut table = w.root;
+    let mut rights = FsRights {
+        rw: true,
+        us: true,
+        xd: false,
+    };
+    for level in (1..=top).rev() {
+        let access_fault = if level == top {
+            FaultReason::SmFirstStageRootAccess
+        } else {
+            FaultReason::SmFirstStageAccess
+        };
+        let addr = table + table_index(iova, level) * 8;
+        let raw = ram.read_u64(addr).map_err(|_| access_fault)?;
+        let pte = FirstStagePte::from_bits(raw);
+        tracing::trace!(target: "vtd", level, addr, pte = raw, "vtd_fs_page_walk_level");
+        if !pte.present() {
+            return Err(FaultReason::SmFirstStageNotPresent.into());
+        }
+        if raw & pte.reserved_mask(level, w.haw, c.nxe, w.fs1gp) != 0 {
+            return Err(FaultReason::SmFirstStageReserved.into());
+        }
+        rights.rw &= pte.rw();
+        rights.us &= pte.us();
+        rights.xd |= c.nxe && pte.xd();
+        if pte.is_leaf(level) {
+            check_rights(rights, c, privileged, access)?;
+            // D only for a write through a writable leaf, in the same update as A.
+            let bits = if access.write && pte.rw() {
+                accessed | dirty
+            } else {
+                accessed
+            };
+            let now = FirstStagePte::from_bits(set_flags(ram, addr, raw, bits, access_fault)?);
+            return Ok(FsLeaf {
+                page: pte.output_address(level),
+                level,
+                rights,
+                dirty_ok: now.dirty() || !now.rw(),
+            });
+        }
+        set_flags(ram, addr, raw, accessed, access_fault)?;
+        table = pte.addr() << 12;
+    }
+    // Level 1 is always a leaf, so the loop returns; this keeps the function total.
+    Err(FaultReason::SmFirstStageNotPresent.into())
+}
