@@ -312,7 +312,8 @@ probe_direct() {
     fi
     mapfile -t cmd < <(render_command "$(cat "$dir/inner")" "$vmm" "$E2E_CACHE/l2/vmlinuz" \
         "$probe/initrd" "$dir/callargs" | host_paths "$dir")
-    timeout -k 5 "$t" "${cmd[@]}" </dev/null >"$probe/log" 2>&1 || true
+    # In a subshell, so the shell's "Aborted" report of a crashing VMM lands in the log too.
+    (timeout -k 5 "$t" "${cmd[@]}" </dev/null || true) >"$probe/log" 2>&1
     grep -q '^E2E-PROBE-OK' "$probe/log"
 }
 

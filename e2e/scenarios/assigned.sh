@@ -3,7 +3,7 @@
 # host's nested page table, never by the vIOMMU. Same data checks; the VMM's exit summary must
 # show nested binds and forwarded invalidations, and no vIOMMU translation (it is the only
 # device behind the vIOMMU).
-DISKS="d1=32M"
+DISKS="d1=16M"
 CMDLINE="intel_iommu=on,sm_on iommu.strict=1"
 ARGS=(--cmdline "$CMDLINE" --iommu intel,x-scalable-mode=on,x-flts=on --disk path=@d1,assigned=sim)
 QEMU_ARGS=()

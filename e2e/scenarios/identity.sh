@@ -2,7 +2,7 @@
 # identity: iommu=pt gives the disk an identity (pass-through) domain; then the guest switches
 # its group at run time DMA -> identity -> DMA (unbind, write the group's type, rebind), with
 # data written and read back correctly after every step.
-DISKS="d0=32M"
+DISKS="d0=16M"
 CMDLINE="intel_iommu=on,sm_on iommu=pt"
 ARGS=(--cmdline "$CMDLINE" --iommu intel,x-scalable-mode=on,x-flts=on --disk path=@d0,iommu=on)
 QEMU_ARGS=("${QEMU_BASE[@]}" -append "$CMDLINE" -device "$QEMU_SM_IOMMU" "${QEMU_DISK_D0[@]}")

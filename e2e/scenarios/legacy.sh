@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # legacy: the vIOMMU without scalable mode (legacy context entries, second-stage tables); the
 # guest runs with sm_off. Same DMAR, group, CAP/ECAP and data checks as sm-strict.
-DISKS="d0=32M"
+DISKS="d0=16M"
 CMDLINE="intel_iommu=on,sm_off"
 ARGS=(--cmdline "$CMDLINE" --iommu intel --disk path=@d0,iommu=on)
 QEMU_ARGS=("${QEMU_BASE[@]}" -append "$CMDLINE" -device intel-iommu,intremap=on "${QEMU_DISK_D0[@]}")

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # sm-lazy: as sm-strict with iommu.strict=0: the device's domain is DMA-FQ (lazy invalidation).
-DISKS="d0=32M"
+DISKS="d0=16M"
 CMDLINE="intel_iommu=on,sm_on iommu.strict=0"
 ARGS=(--cmdline "$CMDLINE" --iommu intel,x-scalable-mode=on,x-flts=on --disk path=@d0,iommu=on)
 QEMU_ARGS=("${QEMU_BASE[@]}" -append "$CMDLINE" -device "$QEMU_SM_IOMMU" "${QEMU_DISK_D0[@]}")

@@ -3,7 +3,7 @@
 # virtio-blk disk behind the vIOMMU. DMAR comes up, the device joins a group with a strict DMA
 # domain, the guest sees the CAP/ECAP the VMM reports, and data written with direct I/O reads
 # back identical and lands on the host image unchanged.
-DISKS="d0=32M"
+DISKS="d0=16M"
 CMDLINE="intel_iommu=on,sm_on iommu.strict=1"
 ARGS=(--cmdline "$CMDLINE" --iommu intel,x-scalable-mode=on,x-flts=on --disk path=@d0,iommu=on)
 QEMU_ARGS=("${QEMU_BASE[@]}" -append "$CMDLINE" -device "$QEMU_SM_IOMMU" "${QEMU_DISK_D0[@]}")
