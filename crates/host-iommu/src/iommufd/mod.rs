@@ -3,7 +3,7 @@
 //!
 //! It builds everywhere. Where the host lacks what nesting needs it fails at start with one
 //! sentence: no `/dev/iommu` (`CONFIG_IOMMUFD`), no device cdev (`CONFIG_VFIO_DEVICE_CDEV`),
-//! not VT-d, or no nesting (ECAP.NEST). All `unsafe` is in [`sys`].
+//! not VT-d, or no nesting (ECAP.NEST). All `unsafe` is in the private `sys` module.
 //!
 //! ```no_run
 //! use std::sync::Arc;

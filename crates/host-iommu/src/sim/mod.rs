@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vtd_spec::regs::{Cap, Ecap};
 
 pub use memory::{HostMemory, HostMemoryError, VecHostMemory};
-pub use vm::{GuestRamRegion, SimIommu};
+pub use vm::{GuestRamMemory, GuestRamRegion, SimIommu};
 pub use walk::{DmaAccess, DmaFault};
 
 use crate::{
@@ -735,3 +735,5 @@ impl HostIommu for SimHost {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_walk;

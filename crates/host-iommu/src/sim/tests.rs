@@ -8,26 +8,26 @@ use crate::handles::{Attachment, DeviceAttachment, Ioas, NestParentHwpt, NestedH
 use crate::{DmaPerm, HostIommu, HostIommuError, VtdS1HwptData, VtdS1Invalidation};
 
 /// Host VA of guest RAM (GPA 0).
-const RAM_HVA: u64 = 0x7f00_0000_0000;
+pub(super) const RAM_HVA: u64 = 0x7f00_0000_0000;
 /// Guest RAM size.
-const RAM_SIZE: u64 = 8 << 20;
+pub(super) const RAM_SIZE: u64 = 8 << 20;
 /// Where the guest's page-table pages are allocated from.
-const TABLES_GPA: u64 = 0x40_0000;
+pub(super) const TABLES_GPA: u64 = 0x40_0000;
 
-const P: u64 = 1;
-const RW: u64 = 1 << 1;
-const US: u64 = 1 << 2;
+pub(super) const P: u64 = 1;
+pub(super) const RW: u64 = 1 << 1;
+pub(super) const US: u64 = 1 << 2;
 
 /// A guest with RAM, a first-stage table it edits, and the host IOMMU under it.
-struct Guest {
-    mem: Arc<VecHostMemory>,
-    host: Arc<SimHost>,
-    dyn_host: Arc<dyn HostIommu>,
-    next_table: u64,
+pub(super) struct Guest {
+    pub(super) mem: Arc<VecHostMemory>,
+    pub(super) host: Arc<SimHost>,
+    pub(super) dyn_host: Arc<dyn HostIommu>,
+    pub(super) next_table: u64,
 }
 
 impl Guest {
-    fn new(config: SimConfig) -> Self {
+    pub(super) fn new(config: SimConfig) -> Self {
         let mem = Arc::new(VecHostMemory::new(&[(RAM_HVA, RAM_SIZE as usize)]));
         let host = Arc::new(SimHost::new(config, mem.clone()));
         let dyn_host: Arc<dyn HostIommu> = host.clone();
@@ -38,23 +38,23 @@ impl Guest {
             next_table: TABLES_GPA,
         }
     }
-    fn read(&self, gpa: u64) -> u64 {
+    pub(super) fn read(&self, gpa: u64) -> u64 {
         self.mem.read_u64(RAM_HVA + gpa).unwrap()
     }
-    fn write(&self, gpa: u64, v: u64) {
+    pub(super) fn write(&self, gpa: u64, v: u64) {
         self.mem.write_u64(RAM_HVA + gpa, v).unwrap()
     }
-    fn new_table(&mut self) -> u64 {
+    pub(super) fn new_table(&mut self) -> u64 {
         let t = self.next_table;
         self.next_table += 0x1000;
         t
     }
     /// A fresh root table (PML4 or PML5).
-    fn root(&mut self) -> u64 {
+    pub(super) fn root(&mut self) -> u64 {
         self.new_table()
     }
     /// The GPA of the entry for `iova` at `leaf_level`, creating tables on the way.
-    fn entry_gpa(&mut self, root: u64, levels: u32, iova: u64, leaf_level: u32) -> u64 {
+    pub(super) fn entry_gpa(&mut self, root: u64, levels: u32, iova: u64, leaf_level: u32) -> u64 {
         let mut table = root;
         for level in (leaf_level + 1..=levels).rev() {
             let e = table + vtd_spec::pte::table_index(iova, level) * 8;
@@ -70,19 +70,19 @@ impl Guest {
         table + vtd_spec::pte::table_index(iova, leaf_level) * 8
     }
     /// Maps a 4 KiB page in a 4-level table.
-    fn map(&mut self, root: u64, iova: u64, gpa: u64, flags: u64) -> u64 {
+    pub(super) fn map(&mut self, root: u64, iova: u64, gpa: u64, flags: u64) -> u64 {
         let e = self.entry_gpa(root, 4, iova, 1);
         self.write(e, gpa | flags);
         e
     }
-    fn ram_ioas(&self, perm: DmaPerm) -> Arc<Ioas> {
+    pub(super) fn ram_ioas(&self, perm: DmaPerm) -> Arc<Ioas> {
         let ioas = Arc::new(Ioas::new(self.dyn_host.clone()).unwrap());
         ioas.map(0, RAM_HVA, RAM_SIZE, perm).unwrap();
         ioas
     }
 }
 
-fn s1(root: u64) -> VtdS1HwptData {
+pub(super) fn s1(root: u64) -> VtdS1HwptData {
     VtdS1HwptData {
         pgtbl_addr: root,
         addr_width: 48,
@@ -90,12 +90,12 @@ fn s1(root: u64) -> VtdS1HwptData {
     }
 }
 
-fn errno<T: std::fmt::Debug>(r: crate::Result<T>) -> i32 {
+pub(super) fn errno<T: std::fmt::Debug>(r: crate::Result<T>) -> i32 {
     r.unwrap_err().errno().expect("an errno")
 }
 
 /// Guest RAM, an IOAS over it, a nest parent, a device: the usual start.
-fn setup(config: SimConfig) -> (Guest, Arc<NestParentHwpt>, DeviceAttachment) {
+pub(super) fn setup(config: SimConfig) -> (Guest, Arc<NestParentHwpt>, DeviceAttachment) {
     let g = Guest::new(config);
     let dev = g.host.add_device("0000:01:00.0");
     let ioas = g.ram_ioas(DmaPerm::READ_WRITE);

@@ -4,13 +4,19 @@
 //! for every call, so there is no cache here that an invalidation could miss.
 //!
 //! The VMM wraps a device's memory as `IommuMemory<GuestMemoryMmap, SimIommu>`.
+//!
+//! [`GuestRamMemory`] is the matching [`HostMemory`] over the same guest RAM: the sim reads
+//! the guest's page tables and sets A/D bits through it, with no pointer in sight.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use vm_memory::iommu::{Error as IommuError, IotlbIterator, IovaRange};
-use vm_memory::{GuestAddress, Iommu, Iotlb, Permissions};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, Iommu, Iotlb, Permissions, VolatileMemory,
+};
 
-use super::{DmaAccess, SimHost};
+use super::{DmaAccess, HostMemory, HostMemoryError, SimHost};
 use crate::DeviceId;
 
 /// One guest RAM region: `size` bytes at guest-physical `gpa`, mapped at host VA `hva`.
@@ -22,6 +28,66 @@ pub struct GuestRamRegion {
     pub size: u64,
     /// Host virtual address.
     pub hva: u64,
+}
+
+fn hva_to_gpa(ram: &[GuestRamRegion], hva: u64) -> Option<(u64, u64)> {
+    ram.iter().find_map(|r| {
+        let off = hva.checked_sub(r.hva)?;
+        (off < r.size).then(|| (r.gpa + off, r.size - off))
+    })
+}
+
+/// Host memory = the VMM's guest RAM: host VAs from the RAM table, accessed through
+/// vm-memory (atomic compare-exchange included).
+#[derive(Debug)]
+pub struct GuestRamMemory<M> {
+    mem: M,
+    ram: Vec<GuestRamRegion>,
+}
+
+impl<M: GuestMemoryBackend> GuestRamMemory<M> {
+    /// Host memory over `mem`, whose regions are at the host VAs `ram` lists.
+    pub fn new(mem: M, ram: Vec<GuestRamRegion>) -> Self {
+        Self { mem, ram }
+    }
+    /// The GPA of `[hva, hva + len)`, if it lies in one region.
+    fn gpa(&self, hva: u64, len: usize) -> Result<GuestAddress, HostMemoryError> {
+        match hva_to_gpa(&self.ram, hva) {
+            Some((gpa, room)) if room >= len as u64 => Ok(GuestAddress(gpa)),
+            _ => Err(HostMemoryError { hva, len }),
+        }
+    }
+}
+
+impl<M: GuestMemoryBackend + Send + Sync> HostMemory for GuestRamMemory<M> {
+    fn read(&self, hva: u64, buf: &mut [u8]) -> Result<(), HostMemoryError> {
+        let err = HostMemoryError {
+            hva,
+            len: buf.len(),
+        };
+        let gpa = self.gpa(hva, buf.len())?;
+        self.mem.read_slice(buf, gpa).map_err(|_| err)
+    }
+    fn write(&self, hva: u64, data: &[u8]) -> Result<(), HostMemoryError> {
+        let err = HostMemoryError {
+            hva,
+            len: data.len(),
+        };
+        let gpa = self.gpa(hva, data.len())?;
+        self.mem.write_slice(data, gpa).map_err(|_| err)
+    }
+    fn compare_exchange_u64(
+        &self,
+        hva: u64,
+        old: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, HostMemoryError> {
+        let err = HostMemoryError { hva, len: 8 };
+        let gpa = self.gpa(hva, 8)?;
+        let slice = self.mem.get_slice(gpa, 8).map_err(|_| err)?;
+        let atomic = slice.get_atomic_ref::<AtomicU64>(0).map_err(|_| err)?;
+        Ok(atomic.compare_exchange(old, new, Ordering::SeqCst, Ordering::SeqCst))
+    }
 }
 
 /// The sim's translation for one device, as vm-memory's [`Iommu`].
@@ -40,12 +106,6 @@ impl SimIommu {
     /// The device.
     pub fn device(&self) -> DeviceId {
         self.dev
-    }
-    fn hva_to_gpa(&self, hva: u64) -> Option<(u64, u64)> {
-        self.ram.iter().find_map(|r| {
-            let off = hva.checked_sub(r.hva)?;
-            (off < r.size).then(|| (r.gpa + off, r.size - off))
-        })
     }
 }
 
@@ -85,7 +145,7 @@ impl Iommu for SimIommu {
                 .host
                 .dma_translate_access(self.dev, at, dma)
                 .map_err(|f| cannot(start, length, f.to_string()))?;
-            let (gpa, room) = self.hva_to_gpa(hva).ok_or_else(|| {
+            let (gpa, room) = hva_to_gpa(&self.ram, hva).ok_or_else(|| {
                 cannot(
                     start,
                     length,
