@@ -1,6 +1,36 @@
-//! A model of an Intel VT-d remapping unit as a guest sees it.
+//! A model of an Intel VT-d remapping unit as a guest sees it: scalable mode with first-stage
+//! (and optionally second-stage) translation, legacy mode, queued and register-based
+//! invalidation, fault recording and event interrupts. No KVM, no unsafe code.
 //!
-//! (Crate documentation with the flow diagram is completed as the modules land.)
+//! [`Vtd`] is the unit. It is configured with QEMU's `intel-iommu` option names
+//! ([`Config::parse`]), serves the 4 KiB register page ([`Vtd::mmio_read`],
+//! [`Vtd::mmio_write`]), translates DMA ([`request::Remapper`]) and tells passthrough bindings
+//! what the guest invalidated ([`InvalidationObserver`]).
+//!
+//! ```text
+//!  1. Guest programs the unit (vCPU thread, MMIO exit)
+//!     mmio_write ─► regs (attributes, W1C) ─► GCMD: SRTP/TE/QIE ─► GSTS (synchronously)
+//!                                          │                 └─► UnitState (root, TE) ─┐
+//!                                          ├─► IQT: queue ─► qi::interpret ─► dispatch ─┤
+//!                                          │    wait: status write, ICS/IECTL event     │
+//!                                          ├─► CCMD / IOTLB register ─────► dispatch ───┤
+//!                                          └─► FSTS/FRCD/FECTL: W1C, PPF, IP ─► MSI     │
+//!                        dispatch = translator caches, then every observer ◄────────────┘
+//!
+//!  2. Emulated-device DMA (device thread)
+//!     iommu adapter ─► Vtd::remap ─► Translator (IOTLB hit, or root ─► context ─► PASID
+//!                                    ─► first/second-stage walk) with UnitState (RwLock read)
+//!                                └─► on a fault: fault::record (FRCD, FSTS.PPF/PFO, FRI)
+//!                                                 ─► fault event MSI via FaultInterrupt
+//!
+//!  3. Passthrough devices (no DMA through the unit)
+//!     InvalidationObserver::invalidated / submission_done / root_or_translation_changed
+//!       ─► binding logic reads PASID entries through UnitView ─► host IOMMU (nested HWPT)
+//! ```
+//!
+//! Locks: a register mutex for MMIO and fault recording; the translation hot path reads
+//! [`translate::UnitState`] from an `RwLock` and never takes the register mutex. Observers and
+//! the interrupt sink are always called with no lock held.
 
 #![forbid(unsafe_code)]
 
@@ -10,7 +40,14 @@ pub mod fault;
 pub mod invalidation;
 pub mod iommu;
 pub mod memory;
+pub mod observer;
 pub mod qi;
 pub mod regs;
 pub mod request;
 pub mod translate;
+pub mod unit;
+
+pub use config::{Config, ConfigError};
+pub use fault::FaultInterrupt;
+pub use observer::{InvalidationObserver, UnitView};
+pub use unit::Vtd;

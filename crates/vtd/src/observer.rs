@@ -1,0 +1,35 @@
+//! The seam for passthrough devices: whoever keeps a host IOMMU in sync with what the guest
+//! programmed registers an [`InvalidationObserver`] with the unit and is told, in order, about
+//! every invalidation the guest requested, the end of each queue submission, and every change of
+//! the root table pointer or of translation enable.
+//!
+//! Observers are called on the vCPU thread that made the MMIO access, **with no lock of the unit
+//! held**, after the unit's own caches have applied the same invalidation. They may read the
+//! unit's state and PASID entries through the [`UnitView`] they are given; they must not write
+//! the unit's registers from inside a callback.
+
+use crate::invalidation::Invalidation;
+use crate::request::Fault;
+use crate::translate::UnitState;
+use vtd_spec::SourceId;
+use vtd_spec::pasid::PasidEntry;
+
+/// Read access to the unit for observers.
+pub trait UnitView {
+    /// The state translation currently uses (root pointer latched at SRTP, TE, CAP, ECAP).
+    fn state(&self) -> UnitState;
+    /// Reads the PASID table entry `(sid, pasid)` through the guest's current tables, with the
+    /// unit's PASID cache.
+    fn read_pasid_entry(&self, sid: SourceId, pasid: u32) -> Result<PasidEntry, Fault>;
+}
+
+/// Told about the guest's invalidations and translation changes (see the module docs).
+pub trait InvalidationObserver: Send + Sync {
+    /// One invalidation, from a queue descriptor or from the CCMD / IOTLB registers.
+    fn invalidated(&self, unit: &dyn UnitView, inv: &Invalidation);
+    /// The end of one batch: everything one IQT write (or one register command) asked for has
+    /// been reported. Forwarded invalidations can be flushed to the host here.
+    fn submission_done(&self, unit: &dyn UnitView);
+    /// SRTP latched a root table pointer, or TE changed: bindings must be replayed.
+    fn root_or_translation_changed(&self, unit: &dyn UnitView);
+}

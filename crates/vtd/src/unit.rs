@@ -1,0 +1,666 @@
+//! The remapping unit: registers, commands, the invalidation queue, fault reporting and
+//! translation tied together behind MMIO accesses and [`Remapper`].
+//!
+//! **Locking.** One mutex guards the register page and the queue/fault bookkeeping; MMIO
+//! accesses and fault recording take it. The state translation needs ([`UnitState`]) is kept in
+//! a separate `RwLock` that is written only by SRTP / TE / reset, so the DMA hot path takes a
+//! read lock and never the register mutex (except to record a fault). Observers and the
+//! interrupt sink are called after every lock is released: work done under the mutex is
+//! collected as `Effects` and carried out afterwards.
+//!
+//! **Queue processing** is synchronous on the IQT write (and on enabling QI, and on clearing
+//! FSTS.IQE, which resumes from IQH). It runs in segments: under the mutex, descriptors are
+//! fetched and checked from IQH up to the next wait descriptor; the segment's invalidations are
+//! then applied (translator, then observers) with no lock held, and only then, back under the
+//! mutex, the wait's status write and completion event happen — so a guest that sees the status
+//! word knows every earlier invalidation reached the caches and the observers. One call
+//! processes at most twice the queue size; a concurrent IQT write while a call is running just
+//! moves the tail, which the running call picks up.
+
+use crate::config::Config;
+use crate::counters::{Counters, CountersSnapshot};
+use crate::fault::{self, EventKind, FaultInterrupt, Msi, Recorded};
+use crate::invalidation::Invalidation;
+use crate::memory::GuestRam;
+use crate::observer::{InvalidationObserver, UnitView};
+use crate::qi::{self, Action, QueueFeatures};
+use crate::regs::{Register, RegisterFile, overlay};
+use crate::request::{DmaRequest, Fault, Remapper, Translation};
+use crate::translate::{Translator, UnitState};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use tracing::{debug, trace, warn};
+use vtd_spec::SourceId;
+use vtd_spec::inv::Descriptor;
+use vtd_spec::pasid::PasidEntry;
+use vtd_spec::regs::{
+    Cap, Ccmd, Ecap, Fsts, Gcmd, Gsts, IotlbReg, Iqa, IqeInfo, Iqercd, QueuePointer, RtAddr, offset,
+};
+
+/// Work decided under the register mutex and done after it is released.
+#[derive(Default)]
+struct Effects {
+    invalidations: Vec<Invalidation>,
+    flush_all: bool,
+    submission_done: bool,
+    state_changed: bool,
+    process_queue: bool,
+    messages: Vec<(EventKind, Msi)>,
+}
+
+impl Effects {
+    fn message(&mut self, kind: EventKind, msi: Option<Msi>) {
+        if let Some(m) = msi {
+            self.messages.push((kind, m));
+        }
+    }
+}
+
+struct Inner {
+    regs: RegisterFile,
+    /// The next fault recording register to fill (§7.2.1).
+    next_fault_record: usize,
+    /// A queue-processing call is running.
+    queue_busy: bool,
+}
+
+/// A virtual VT-d remapping unit (DMA remapping hardware unit, one DRHD).
+pub struct Vtd {
+    config: Config,
+    cap: Cap,
+    ecap: Ecap,
+    ram: Arc<dyn GuestRam>,
+    irq: Arc<dyn FaultInterrupt>,
+    counters: Arc<Counters>,
+    translator: Translator,
+    state: RwLock<UnitState>,
+    inner: Mutex<Inner>,
+    observers: RwLock<Vec<Arc<dyn InvalidationObserver>>>,
+}
+
+/// How a queue segment ended.
+enum SegmentEnd {
+    /// The queue is empty, stopped, disabled, or the budget is spent.
+    Done,
+    /// A wait descriptor at this slot follows the segment's invalidations.
+    Wait {
+        slot: u64,
+        status: Option<(u64, u32)>,
+        interrupt: bool,
+    },
+}
+
+/// Geometry of the queue as IQA describes it.
+#[derive(Clone, Copy)]
+struct Queue {
+    base: u64,
+    wide: bool,
+    entries: u64,
+}
+
+impl Queue {
+    fn of(iqa: Iqa) -> Self {
+        Self {
+            base: iqa.base(),
+            wide: iqa.dw(),
+            entries: iqa.entries(),
+        }
+    }
+    /// Slot index of a head/tail register value.
+    fn slot(&self, pointer: u64) -> u64 {
+        let index16 = u64::from(QueuePointer::from_bits(pointer).index16());
+        if self.wide { index16 >> 1 } else { index16 }
+    }
+    /// Register value for a slot index.
+    fn pointer(&self, slot: u64) -> u64 {
+        slot << if self.wide { 5 } else { 4 }
+    }
+}
+
+/// Upper bound of descriptors one processing call handles: twice the largest queue.
+const QUEUE_BUDGET: u64 = 2 * (4096 << 7) / 16;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Vtd {
+    /// A unit with `config` (which should have passed [`Config::validate`]), reading and
+    /// writing guest memory through `ram` and sending its interrupts through `irq`.
+    pub fn new(config: Config, ram: Arc<dyn GuestRam>, irq: Arc<dyn FaultInterrupt>) -> Self {
+        let (cap, ecap) = (config.cap(), config.ecap());
+        let counters = Arc::new(Counters::default());
+        Self {
+            config,
+            cap,
+            ecap,
+            ram,
+            irq,
+            translator: Translator::new(cap, ecap, counters.clone()),
+            counters,
+            state: RwLock::new(Self::initial_state(cap, ecap)),
+            inner: Mutex::new(Inner {
+                regs: RegisterFile::new(&config),
+                next_fault_record: 0,
+                queue_busy: false,
+            }),
+            observers: RwLock::new(Vec::new()),
+        }
+    }
+
+    fn initial_state(cap: Cap, ecap: Ecap) -> UnitState {
+        UnitState {
+            root: RtAddr::new(),
+            translation_enabled: false,
+            cap,
+            ecap,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// The capability register value.
+    pub fn cap(&self) -> Cap {
+        self.cap
+    }
+    /// The extended capability register value.
+    pub fn ecap(&self) -> Ecap {
+        self.ecap
+    }
+    /// A copy of the counters.
+    pub fn counters(&self) -> CountersSnapshot {
+        self.counters.snapshot()
+    }
+    /// The translator (caches and walks), e.g. for adapters that translate in bulk.
+    pub fn translator(&self) -> &Translator {
+        &self.translator
+    }
+
+    /// Registers an observer of invalidations and translation changes.
+    pub fn add_observer(&self, observer: Arc<dyn InvalidationObserver>) {
+        self.observers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(observer);
+    }
+
+    fn observers(&self) -> Vec<Arc<dyn InvalidationObserver>> {
+        self.observers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn current_state(&self) -> UnitState {
+        *self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update_state(&self, f: impl FnOnce(&mut UnitState)) {
+        f(&mut self.state.write().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Every register back to its reset value, translation off, caches flushed.
+    pub fn reset(&self) {
+        {
+            let mut inner = lock(&self.inner);
+            inner.regs.reset();
+            inner.next_fault_record = 0;
+            inner.queue_busy = false;
+            self.update_state(|s| *s = Self::initial_state(self.cap, self.ecap));
+        }
+        debug!(target: "vtd", "reset");
+        self.finish(Effects {
+            flush_all: true,
+            state_changed: true,
+            ..Effects::default()
+        });
+    }
+
+    /// A guest read of `data.len()` bytes at `offset` in the register page. Never fails: bytes
+    /// that hold no register read as 0.
+    pub fn mmio_read(&self, offset: u64, data: &mut [u8]) {
+        lock(&self.inner).regs.read(offset, data);
+        trace!(target: "vtd", offset, len = data.len(), value = ?data, "register read");
+    }
+
+    /// A guest write of `data` at `offset` in the register page. Never fails; see
+    /// [`crate::regs`] for the access rule and the unit docs for what each write does.
+    pub fn mmio_write(&self, offset: u64, data: &[u8]) {
+        trace!(target: "vtd", offset, len = data.len(), value = ?data, "register write");
+        let mut fx = Effects::default();
+        {
+            let mut guard = lock(&self.inner);
+            self.write_locked(&mut guard, offset, data, &mut fx);
+        }
+        self.finish(fx);
+    }
+
+    fn write_locked(&self, inner: &mut Inner, at: u64, data: &[u8], fx: &mut Effects) {
+        let regs = &mut inner.regs;
+        let fectl = regs.get32(offset::FECTL);
+        let iectl = regs.get32(offset::IECTL);
+        let fsts = Fsts::from_bits(regs.get32(offset::FSTS));
+        let enables = Self::current_enables(Gsts::from_bits(regs.get32(offset::GSTS)));
+        let (start, end) = regs.write(at, data);
+        if start >= end {
+            return;
+        }
+        let layout = *regs.layout();
+        let touched = |r: Register| r.touched_by(start, end);
+        if let Some(v) = overlay(Register::r32(offset::GCMD), enables.into(), at, data) {
+            self.command(inner, Gcmd::from_bits(v as u32), fx);
+        }
+        let regs = &mut inner.regs;
+        if touched(Register::r64(offset::CCMD)) {
+            self.context_command(regs, fx);
+        }
+        let frcd_touched =
+            (0..layout.frcd_count).any(|i| touched(Register::r64(layout.frcd(i) + 8)));
+        if touched(Register::r32(offset::FSTS)) || frcd_touched {
+            fault::status_serviced(regs);
+            if fsts.iqe() && !Fsts::from_bits(regs.get32(offset::FSTS)).iqe() {
+                fx.process_queue = true;
+            }
+        }
+        if touched(Register::r32(offset::FECTL)) {
+            let msi = fault::control_written(regs, EventKind::Fault, fectl);
+            fx.message(EventKind::Fault, msi);
+        }
+        if touched(Register::r64(offset::IQT)) && Gsts::from_bits(regs.get32(offset::GSTS)).qies() {
+            fx.process_queue = true;
+        }
+        if touched(Register::r32(offset::ICS)) {
+            fault::completion_serviced(regs);
+        }
+        if touched(Register::r32(offset::IECTL)) {
+            let msi = fault::control_written(regs, EventKind::InvalidationCompletion, iectl);
+            fx.message(EventKind::InvalidationCompletion, msi);
+        }
+        if touched(layout.iotlb) {
+            self.iotlb_command(regs, layout.iotlb.offset, layout.iva.offset, fx);
+        }
+    }
+
+    /// The GCMD value that leaves every enable as it is: bytes a narrow write does not cover
+    /// take these values.
+    fn current_enables(gsts: Gsts) -> u32 {
+        Gcmd::new()
+            .with_te(gsts.tes())
+            .with_qie(gsts.qies())
+            .with_ire(gsts.ires())
+            .with_cfi(gsts.cfis())
+            .with_eafl(gsts.afls())
+            .into_bits()
+    }
+
+    /// GCMD (§10.4.4 / §11.4.4): each command updates GSTS before the write completes.
+    fn command(&self, inner: &mut Inner, gcmd: Gcmd, fx: &mut Effects) {
+        let regs = &mut inner.regs;
+        let mut gsts = Gsts::from_bits(regs.get32(offset::GSTS));
+        if gcmd.srtp() {
+            let root = RtAddr::from_bits(regs.get64(offset::RTADDR));
+            debug!(target: "vtd", root = format_args!("{:#x}", root.into_bits()), "set root table pointer");
+            self.update_state(|s| s.root = root);
+            gsts.set_rtps(true);
+            fx.flush_all |= self.cap.esrtps();
+            fx.state_changed = true;
+        }
+        if gcmd.te() != gsts.tes() {
+            debug!(target: "vtd", enable = gcmd.te(), "translation enable");
+            gsts.set_tes(gcmd.te());
+            self.update_state(|s| s.translation_enabled = gcmd.te());
+            fx.state_changed = true;
+        }
+        if gcmd.qie() != gsts.qies() {
+            if gcmd.qie() {
+                debug!(target: "vtd", "queued invalidation enabled");
+                gsts.set_qies(true);
+                fx.process_queue = true;
+            } else {
+                let (head, tail) = (regs.get64(offset::IQH), regs.get64(offset::IQT));
+                if head == tail || tail == 0 {
+                    debug!(target: "vtd", "queued invalidation disabled");
+                    gsts.set_qies(false);
+                    regs.set64(offset::IQH, 0);
+                } else {
+                    warn!(target: "vtd", head, tail, "QI disable refused: the queue is not empty");
+                }
+            }
+        }
+        // WBF needs CAP.RWBF, SFL/EAFL need CAP.AFL, SIRTP/IRE/CFI need ECAP.IR: none is
+        // offered, so those commands are ignored and their status bits stay clear.
+        regs.set32(offset::GSTS, gsts.into_bits());
+    }
+
+    /// CCMD with ICC (§6.5.1.1); refused while queued invalidation is enabled.
+    fn context_command(&self, regs: &mut RegisterFile, fx: &mut Effects) {
+        let ccmd = Ccmd::from_bits(regs.get64(offset::CCMD));
+        if !ccmd.icc() {
+            return;
+        }
+        let result = if Gsts::from_bits(regs.get32(offset::GSTS)).qies() {
+            warn!(target: "vtd", "CCMD invalidation refused: queued invalidation is enabled");
+            qi::RegisterInvalidation {
+                invalidation: None,
+                actual: 0,
+            }
+        } else {
+            qi::context_command(ccmd)
+        };
+        regs.set64(
+            offset::CCMD,
+            ccmd.with_icc(false).with_caig(result.actual).into_bits(),
+        );
+        self.register_invalidation(result, fx);
+    }
+
+    /// IOTLB register with IVT (§6.5.1.2); refused while queued invalidation is enabled.
+    fn iotlb_command(&self, regs: &mut RegisterFile, at: u64, iva_at: u64, fx: &mut Effects) {
+        let reg = IotlbReg::from_bits(regs.get64(at));
+        if !reg.ivt() {
+            return;
+        }
+        let result = if Gsts::from_bits(regs.get32(offset::GSTS)).qies() {
+            warn!(target: "vtd", "IOTLB register invalidation refused: queued invalidation is enabled");
+            qi::RegisterInvalidation {
+                invalidation: None,
+                actual: 0,
+            }
+        } else {
+            qi::iotlb_command(reg, regs.get64(iva_at))
+        };
+        regs.set64(at, reg.with_ivt(false).with_iaig(result.actual).into_bits());
+        self.register_invalidation(result, fx);
+    }
+
+    fn register_invalidation(&self, result: qi::RegisterInvalidation, fx: &mut Effects) {
+        if let Some(inv) = result.invalidation {
+            debug!(target: "vtd", ?inv, "register-based invalidation");
+            Counters::bump(&self.counters.register_invalidations);
+            fx.invalidations.push(inv);
+            fx.submission_done = true;
+        }
+    }
+
+    /// Carries out what was decided under the mutex; no lock is held here.
+    fn finish(&self, fx: Effects) {
+        if fx.flush_all {
+            self.translator.flush_all();
+        }
+        self.dispatch(&fx.invalidations);
+        let observers = if fx.submission_done || fx.state_changed {
+            self.observers()
+        } else {
+            Vec::new()
+        };
+        if fx.state_changed {
+            for o in &observers {
+                o.root_or_translation_changed(self);
+            }
+        }
+        if fx.submission_done {
+            for o in &observers {
+                o.submission_done(self);
+            }
+        }
+        self.deliver(&fx.messages);
+        if fx.process_queue {
+            self.process_queue();
+        }
+    }
+
+    /// The one place invalidations are applied: the translator's caches, then every observer.
+    fn dispatch(&self, invalidations: &[Invalidation]) {
+        if invalidations.is_empty() {
+            return;
+        }
+        for inv in invalidations {
+            self.translator.invalidate(inv);
+        }
+        let observers = self.observers();
+        for inv in invalidations {
+            for o in &observers {
+                o.invalidated(self, inv);
+            }
+        }
+    }
+
+    fn deliver(&self, messages: &[(EventKind, Msi)]) {
+        for (kind, msi) in messages {
+            if *kind == EventKind::Fault {
+                Counters::bump(&self.counters.fault_events);
+            }
+            debug!(target: "vtd", ?kind, address = format_args!("{:#x}", msi.address), data = msi.data, "event interrupt");
+            self.irq.deliver(msi.address, msi.data);
+        }
+    }
+
+    /// Processes the invalidation queue from IQH to IQT (see the module docs).
+    fn process_queue(&self) {
+        {
+            let mut inner = lock(&self.inner);
+            if inner.queue_busy {
+                return;
+            }
+            inner.queue_busy = true;
+        }
+        let mut budget = QUEUE_BUDGET;
+        let mut pending_wait: Option<SegmentEnd> = None;
+        let mut processed = 0u64;
+        loop {
+            let mut fx = Effects::default();
+            let end = {
+                let mut inner = lock(&self.inner);
+                let end = self.segment(&mut inner, pending_wait.take(), &mut budget, &mut fx);
+                if matches!(end, SegmentEnd::Done) {
+                    inner.queue_busy = false;
+                }
+                end
+            };
+            processed += fx.invalidations.len() as u64;
+            self.dispatch(&fx.invalidations);
+            self.deliver(&fx.messages);
+            match end {
+                SegmentEnd::Done => break,
+                wait => {
+                    processed += 1;
+                    pending_wait = Some(wait);
+                }
+            }
+        }
+        if processed > 0 || budget < QUEUE_BUDGET {
+            Counters::bump(&self.counters.qi_submissions);
+            for o in self.observers() {
+                o.submission_done(self);
+            }
+        }
+    }
+
+    /// Stops the queue with IQE: IQH stays at the offending descriptor (§6.5.2.10).
+    fn queue_error(
+        &self,
+        regs: &mut RegisterFile,
+        slot: Option<(Queue, u64)>,
+        why: IqeInfo,
+        fx: &mut Effects,
+    ) {
+        warn!(target: "vtd", ?why, slot = slot.map(|s| s.1), "invalidation queue error");
+        Counters::bump(&self.counters.qi_errors);
+        if let Some((queue, slot)) = slot {
+            regs.set64(offset::IQH, queue.pointer(slot));
+        }
+        let rec = Iqercd::from_bits(regs.get64(offset::IQERCD)).with_iqei(why.code());
+        regs.set64(offset::IQERCD, rec.into_bits());
+        let msi = fault::set_status(regs, Fsts::new().with_iqe(true).into_bits());
+        fx.message(EventKind::Fault, msi);
+    }
+
+    /// One locked step: finish the wait left by the previous segment, then fetch and check
+    /// descriptors up to the next wait that follows an invalidation.
+    fn segment(
+        &self,
+        inner: &mut Inner,
+        pending: Option<SegmentEnd>,
+        budget: &mut u64,
+        fx: &mut Effects,
+    ) -> SegmentEnd {
+        let regs = &mut inner.regs;
+        let gsts = Gsts::from_bits(regs.get32(offset::GSTS));
+        if !gsts.qies() || Fsts::from_bits(regs.get32(offset::FSTS)).iqe() {
+            return SegmentEnd::Done;
+        }
+        let queue = Queue::of(Iqa::from_bits(regs.get64(offset::IQA)));
+        if let Some(SegmentEnd::Wait {
+            slot,
+            status,
+            interrupt,
+        }) = pending
+            && !self.complete_wait(regs, queue, slot, status, interrupt, fx)
+        {
+            return SegmentEnd::Done;
+        }
+        let tail_reg = regs.get64(offset::IQT);
+        if queue.wide && tail_reg & 0x10 != 0 {
+            self.queue_error(regs, None, IqeInfo::TailMisaligned, fx);
+            return SegmentEnd::Done;
+        }
+        let tail = queue.slot(tail_reg);
+        let mut head = queue.slot(regs.get64(offset::IQH));
+        if tail >= queue.entries || head >= queue.entries {
+            self.queue_error(regs, None, IqeInfo::InvalidTail, fx);
+            return SegmentEnd::Done;
+        }
+        let features = QueueFeatures::from_ecap(self.ecap);
+        while head != tail {
+            if *budget == 0 {
+                return SegmentEnd::Done;
+            }
+            *budget -= 1;
+            let size = if queue.wide { 32 } else { 16 };
+            let mut raw = [0u8; 32];
+            let at = queue.base.wrapping_add(head * size);
+            if self.ram.read_at(at, &mut raw[..size as usize]).is_err() {
+                self.queue_error(regs, Some((queue, head)), IqeInfo::FetchFailed, fx);
+                return SegmentEnd::Done;
+            }
+            let q: [u64; 4] = std::array::from_fn(|i| {
+                u64::from_le_bytes(raw[8 * i..8 * i + 8].try_into().unwrap_or_default())
+            });
+            let desc = Descriptor::decode(q);
+            trace!(target: "vtd", desc = qi::name(&desc), q0 = format_args!("{:#x}", q[0]), q1 = format_args!("{:#x}", q[1]), slot = head, "queued invalidation");
+            let action = match qi::interpret(q, queue.wide, features) {
+                Ok(a) => a,
+                Err(why) => {
+                    self.queue_error(regs, Some((queue, head)), why, fx);
+                    return SegmentEnd::Done;
+                }
+            };
+            if let Some(c) = qi::counter_for(&self.counters, &desc) {
+                Counters::bump(c);
+            }
+            match action {
+                Action::Invalidate(inv) => fx.invalidations.push(inv),
+                Action::Nothing => {}
+                Action::Wait { status, interrupt } => {
+                    if !fx.invalidations.is_empty() {
+                        return SegmentEnd::Wait {
+                            slot: head,
+                            status,
+                            interrupt,
+                        };
+                    }
+                    if !self.complete_wait(regs, queue, head, status, interrupt, fx) {
+                        return SegmentEnd::Done;
+                    }
+                }
+            }
+            head = (head + 1) % queue.entries;
+            regs.set64(offset::IQH, queue.pointer(head));
+        }
+        SegmentEnd::Done
+    }
+
+    /// Carries out a wait descriptor at `slot` and moves IQH past it. A status address outside
+    /// guest RAM stops the queue (IQE, fetch/access error). Returns whether the queue goes on.
+    fn complete_wait(
+        &self,
+        regs: &mut RegisterFile,
+        queue: Queue,
+        slot: u64,
+        status: Option<(u64, u32)>,
+        interrupt: bool,
+        fx: &mut Effects,
+    ) -> bool {
+        if let Some((address, data)) = status
+            && self.ram.write_u32(address, data).is_err()
+        {
+            self.queue_error(regs, Some((queue, slot)), IqeInfo::FetchFailed, fx);
+            return false;
+        }
+        if interrupt {
+            let msi = fault::wait_completed(regs);
+            fx.message(EventKind::InvalidationCompletion, msi);
+        }
+        regs.set64(offset::IQH, queue.pointer((slot + 1) % queue.entries));
+        true
+    }
+
+    /// Records a fault as the spec says (unless FPD), and sends the fault event.
+    fn report_fault(&self, fault: &Fault) {
+        Counters::bump(&self.counters.faults);
+        if fault.fpd {
+            debug!(target: "vtd", ?fault, "fault not recorded: fault processing disabled");
+            return;
+        }
+        let (recorded, msi) = {
+            let mut guard = lock(&self.inner);
+            let inner = &mut *guard;
+            fault::record(&mut inner.regs, &mut inner.next_fault_record, fault)
+        };
+        match recorded {
+            Recorded::At(index) => {
+                Counters::bump(&self.counters.faults_recorded);
+                debug!(target: "vtd", sid = %fault.sid, pasid = ?fault.pasid, iova = format_args!("{:#x}", fault.iova), reason = %fault.reason, index, "fault recorded");
+            }
+            Recorded::Collapsed(index) => {
+                trace!(target: "vtd", index, "fault identical to a pending record");
+            }
+            Recorded::Overflow => {
+                warn!(target: "vtd", sid = %fault.sid, reason = %fault.reason, "fault dropped: recording registers full (PFO)");
+            }
+        }
+        if let Some(m) = msi {
+            self.deliver(&[(EventKind::Fault, m)]);
+        }
+    }
+}
+
+impl Remapper for Vtd {
+    fn remap(&self, req: &DmaRequest) -> Result<Translation, Fault> {
+        let state = self.current_state();
+        self.translator
+            .translate(&*self.ram, &state, req)
+            .inspect_err(|fault| self.report_fault(fault))
+    }
+}
+
+impl UnitView for Vtd {
+    fn state(&self) -> UnitState {
+        self.current_state()
+    }
+    fn read_pasid_entry(&self, sid: SourceId, pasid: u32) -> Result<PasidEntry, Fault> {
+        let state = self.current_state();
+        self.translator
+            .read_pasid_entry(&*self.ram, &state, sid, pasid)
+    }
+}
+
+impl std::fmt::Debug for Vtd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vtd")
+            .field("config", &self.config)
+            .field("state", &self.current_state())
+            .finish_non_exhaustive()
+    }
+}
