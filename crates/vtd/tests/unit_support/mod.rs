@@ -12,12 +12,13 @@ use vtd::observer::{InvalidationObserver, UnitView};
 use vtd::unit::Vtd;
 use vtd_spec::regs::offset;
 
-/// Guest RAM size used by the tests.
-pub const RAM_SIZE: u64 = 4 << 20;
-/// Where tests put the invalidation queue.
-pub const QUEUE: u64 = 0x10_0000;
+/// Guest RAM size used by the tests (the same 64 MiB as the translator's test helpers, whose
+/// table area is 1-32 MiB).
+pub const RAM_SIZE: u64 = 64 << 20;
+/// Where tests put the invalidation queue (above the table and data areas).
+pub const QUEUE: u64 = 0x300_0000;
 /// Where tests put wait status words.
-pub const STATUS: u64 = 0x20_0000;
+pub const STATUS: u64 = 0x380_0000;
 
 /// Interrupts sent by the unit.
 #[derive(Default)]
@@ -109,9 +110,17 @@ pub struct Rig {
 impl Rig {
     /// A unit with `options` (see `Config::parse`).
     pub fn new(options: &str) -> Self {
-        let ram = Arc::new(
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).unwrap(),
-        );
+        Self::with_ram(
+            options,
+            Arc::new(
+                GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)])
+                    .unwrap(),
+            ),
+        )
+    }
+
+    /// A unit with `options` over existing guest RAM.
+    pub fn with_ram(options: &str, ram: Arc<GuestMemoryMmap<()>>) -> Self {
         let irqs = Arc::new(Irqs::default());
         let vtd = Vtd::new(Config::parse(options).unwrap(), ram.clone(), irqs.clone());
         let rec = Arc::new(Recorder {
@@ -201,6 +210,13 @@ impl Rig {
     /// The queue head as a slot index.
     pub fn head(&self) -> u64 {
         self.r64(offset::IQH) >> if self.wide() { 5 } else { 4 }
+    }
+
+    /// Points RTADDR at `rtaddr`, latches it (SRTP) and enables translation, as Linux does.
+    pub fn enable_translation(&self, rtaddr: u64) {
+        self.w64(offset::RTADDR, rtaddr);
+        self.command(1 << 30);
+        self.command(1 << 31);
     }
 
     /// The status word at `STATUS + 4 * i`.

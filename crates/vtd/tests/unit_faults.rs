@@ -1,0 +1,214 @@
+//! Fault reporting through the unit with the real translator: recording, the fault event and its
+//! mask protocol, overflow, FRI wrap, PPF recomputation, FPD suppression, PASID fields.
+
+#[path = "translate_support/mod.rs"]
+mod translate_support;
+mod unit_support;
+
+use translate_support::{DATA_BASE, Mem, PageTable, SID, Stage, Tables, fs_entry};
+use unit_support::*;
+use vtd::request::{Access, DmaRequest, Remapper};
+use vtd_spec::context::{ScalableContextEntry, ScalableContextHi, ScalableContextLo};
+use vtd_spec::fault::FaultReason;
+use vtd_spec::regs::{FrcdHi, Fsts, offset};
+
+const FEADDR: u32 = 0xfee0_1000;
+const FEUADDR: u32 = 0x3;
+const FEDATA: u32 = 0x4029;
+const MSI: (u64, u32) = (0x3_fee0_1000, 0x4029);
+/// Mapped IOVA (one page).
+const MAPPED: u64 = 0x1000;
+
+/// A first-stage unit with device `SID` attached (PASID 0, DID 2) and one page mapped.
+fn rig(mem: &Mem) -> Rig {
+    let rig = Rig::with_ram("x-scalable-mode=on,x-flts=on", mem.ram.clone());
+    let tables = Tables::scalable(mem);
+    tables.sm_device(SID, false);
+    let pt = PageTable::new(mem, 4, Stage::First);
+    pt.map4k(mem, MAPPED, DATA_BASE);
+    tables.pasid_entry(SID, 0, fs_entry(&pt, 2));
+    rig.enable_translation(tables.rtaddr().into_bits());
+    rig.w32(offset::FEDATA, FEDATA);
+    rig.w32(offset::FEADDR, FEADDR);
+    rig.w32(offset::FEUADDR, FEUADDR);
+    rig
+}
+
+fn read(iova: u64) -> DmaRequest {
+    DmaRequest {
+        sid: SID,
+        pasid: None,
+        iova,
+        access: Access::READ,
+    }
+}
+
+fn record(rig: &Rig, i: usize) -> (u64, FrcdHi) {
+    let at = 0x220 + 16 * i as u64;
+    (rig.r64(at), FrcdHi::from_bits(rig.r64(at + 8)))
+}
+
+fn fsts(rig: &Rig) -> Fsts {
+    Fsts::from_bits(rig.r32(offset::FSTS))
+}
+
+/// Linux's `dmar_fault()`: walk from FRI, clear each F with a dword write, then W1C FSTS.
+fn service(rig: &Rig) -> usize {
+    let mut i = fsts(rig).fri() as usize;
+    let mut n = 0;
+    while rig.r32(0x220 + 16 * i as u64 + 12) >> 31 == 1 {
+        rig.w32(0x220 + 16 * i as u64 + 12, 0x8000_0000);
+        i = (i + 1) % 8;
+        n += 1;
+    }
+    rig.w32(offset::FSTS, 0x7d);
+    n
+}
+
+#[test]
+fn a_fault_is_recorded_with_its_fields_and_signalled() {
+    let mem = Mem::new();
+    let rig = rig(&mem);
+    rig.w32(offset::FECTL, 0);
+    assert_eq!(
+        rig.vtd.remap(&read(MAPPED + 8)).unwrap().gpa(MAPPED + 8),
+        DATA_BASE + 8
+    );
+    let fault = rig.vtd.remap(&read(0x7_5678)).unwrap_err();
+    assert_eq!(fault.reason, FaultReason::SmFirstStageNotPresent);
+    let (lo, hi) = record(&rig, 0);
+    assert_eq!(lo, 0x7_5000, "FI is the page address");
+    assert_eq!(hi.sid(), SID.0);
+    assert!(hi.f() && hi.t1() && !hi.pp(), "read, no PASID");
+    assert_eq!(hi.fr(), 0x71);
+    assert!(fsts(&rig).ppf());
+    assert_eq!(fsts(&rig).fri(), 0);
+    assert_eq!(rig.irqs.take(), vec![MSI]);
+    let c = rig.vtd.counters();
+    assert_eq!((c.faults, c.faults_recorded, c.fault_events), (1, 1, 1));
+}
+
+#[test]
+fn writes_and_pasid_requests_fill_t_pp_and_pv() {
+    let mem = Mem::new();
+    let rig = rig(&mem);
+    let req = DmaRequest {
+        pasid: Some(0x1234),
+        access: Access::WRITE,
+        ..read(0x9000)
+    };
+    let fault = rig.vtd.remap(&req).unwrap_err();
+    let (_, hi) = record(&rig, 0);
+    assert!(!hi.t1(), "T1=0: write");
+    assert!(hi.pp());
+    assert_eq!(hi.pv(), 0x1234);
+    assert_eq!(hi.fr(), fault.reason.code());
+}
+
+#[test]
+fn masked_events_are_held_pending_until_unmasked() {
+    let mem = Mem::new();
+    let rig = rig(&mem);
+    rig.vtd.remap(&read(0x9000)).unwrap_err();
+    assert!(rig.irqs.take().is_empty(), "FECTL.IM is set at reset");
+    assert_eq!(rig.r32(offset::FECTL), 0xc000_0000);
+    rig.w32(offset::FECTL, 0);
+    assert_eq!(rig.irqs.take(), vec![MSI]);
+    assert_eq!(rig.r32(offset::FECTL), 0);
+    // Serviced while masked: IP clears and unmasking sends nothing.
+    service(&rig);
+    rig.w32(offset::FECTL, 0x8000_0000);
+    rig.vtd.remap(&read(0xa000)).unwrap_err();
+    assert_eq!(rig.r32(offset::FECTL), 0xc000_0000);
+    service(&rig);
+    assert_eq!(rig.r32(offset::FECTL), 0x8000_0000);
+    rig.w32(offset::FECTL, 0);
+    assert!(rig.irqs.take().is_empty());
+}
+
+#[test]
+fn overflow_sets_pfo_and_a_storm_stays_bounded() {
+    let mem = Mem::new();
+    let rig = rig(&mem);
+    rig.w32(offset::FECTL, 0);
+    for page in 0..10_000u64 {
+        rig.vtd.remap(&read(0x10_0000 + page * 4096)).unwrap_err();
+    }
+    let f = fsts(&rig);
+    assert!(f.ppf() && f.pfo());
+    assert_eq!(rig.irqs.take(), vec![MSI], "one event for the whole storm");
+    let c = rig.vtd.counters();
+    assert_eq!((c.faults, c.faults_recorded), (10_000, 8));
+    assert_eq!(record(&rig, 7).0, 0x10_7000);
+    // Identical faults collapse into the pending record.
+    assert_eq!(service(&rig), 8);
+    assert_eq!(rig.r32(offset::FSTS) & 0xff, 0);
+    for _ in 0..100 {
+        rig.vtd.remap(&read(0x5000)).unwrap_err();
+    }
+    assert_eq!(rig.vtd.counters().faults_recorded, 9);
+}
+
+#[test]
+fn fri_names_the_first_pending_record_and_wraps() {
+    let mem = Mem::new();
+    let rig = rig(&mem);
+    for page in 0..5u64 {
+        rig.vtd.remap(&read(0x10_0000 + page * 4096)).unwrap_err();
+    }
+    assert_eq!(service(&rig), 5);
+    assert!(!fsts(&rig).ppf(), "PPF recomputed when every F is clear");
+    for page in 0..5u64 {
+        rig.vtd.remap(&read(0x20_0000 + page * 4096)).unwrap_err();
+    }
+    assert_eq!(fsts(&rig).fri(), 5);
+    assert_eq!(record(&rig, 0).0, 0x20_3000, "wrapped to record 0");
+    assert_eq!(record(&rig, 1).0, 0x20_4000);
+    // Clearing some records keeps PPF; clearing the rest clears it.
+    for i in [5, 6, 7] {
+        rig.w32(0x220 + 16 * i + 12, 0x8000_0000);
+    }
+    assert!(fsts(&rig).ppf());
+    rig.w64(0x220 + 8, 1 << 63);
+    rig.w64(0x220 + 16 + 8, 1 << 63);
+    assert!(!fsts(&rig).ppf());
+}
+
+#[test]
+fn fault_processing_disable_suppresses_recording() {
+    let mem = Mem::new();
+    let rig = rig(&mem);
+    let tables = Tables {
+        mem: &mem,
+        root: vtd::UnitView::state(&rig.vtd).root.root_table(),
+        scalable: true,
+    };
+    // A second device whose context entry has FPD set and a PASID directory with nothing in it.
+    let other = vtd_spec::SourceId::new(0, 4, 0);
+    let dir = mem.page();
+    tables.sm_context(
+        other,
+        ScalableContextEntry {
+            lo: ScalableContextLo::new()
+                .with_present(true)
+                .with_fpd(true)
+                .with_pdts(2)
+                .with_pasid_dir_ptr(dir >> 12),
+            hi: ScalableContextHi::new(),
+            upper: [0, 0],
+        },
+    );
+    rig.w32(offset::FECTL, 0);
+    let fault = rig
+        .vtd
+        .remap(&DmaRequest {
+            sid: other,
+            ..read(0x1000)
+        })
+        .unwrap_err();
+    assert!(fault.fpd);
+    assert_eq!(rig.r32(offset::FSTS), 0, "nothing recorded");
+    assert!(rig.irqs.take().is_empty());
+    let c = rig.vtd.counters();
+    assert_eq!((c.faults, c.faults_recorded), (1, 0));
+}
