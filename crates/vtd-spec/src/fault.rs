@@ -54,6 +54,7 @@ fault_reasons! {
     ContextReserved = 0x0b, "Non-zero reserved field in a present context entry";
     PagingEntryReserved = 0x0c, "Non-zero reserved field in a present paging entry";
     TranslationTypeBlocked = 0x0d, "Request blocked by the context entry's translation type";
+    InterruptAddress = 0x0e, "Output address in the interrupt address range";
     SmInvalidRootTableAddress = 0x30, "SM: Invalid root table address";
     SmTtmLegacyWithPasid = 0x31, "SM: TTM 0 for a request with PASID";
     SmRootEntryAccess = 0x38, "SM: Error attempting to access the root entry";
@@ -93,6 +94,7 @@ fault_reasons! {
     SmWriteDenied = 0x85, "SM: No write permission for a write request";
     SmReadDenied = 0x86, "SM: No read permission for a read request";
     SmInvalidInterruptAddress = 0x87, "SM: Request to the interrupt address range";
+    SmFirstStageBitUpdateFailed = 0x91, "SM: Failed to update the A/D bits of a first-stage paging entry";
 }
 
 impl std::fmt::Display for FaultReason {

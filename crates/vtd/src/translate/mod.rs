@@ -480,21 +480,10 @@ impl Translator {
         tracing::trace!(target: "vtd", sid = req.sid.0, pasid, iova = req.iova, "vtd_iotlb_page_miss");
         let leaf = first_stage::walk(ram, w, req.iova, req.access, privileged)
             .map_err(|r| TableFault::new(r, fpd))?;
-        let mut level = leaf.level;
-        let mut size = level_size(level);
-        let mut gpa_base = leaf.page;
-        let mut iova_base = req.iova & !(size - 1);
-        let page_gpa = leaf.page + ((req.iova & (size - 1)) & !0xfff);
-        if INTERRUPT_RANGE.contains(&page_gpa) {
-            return Err(TableFault::new(FaultReason::SmInvalidInterruptAddress, fpd));
-        }
-        if leaf.page < INTERRUPT_RANGE.end && INTERRUPT_RANGE.start < leaf.page + size {
-            // A superpage over the interrupt range: hand out (and cache) only this 4 KiB page.
-            level = 1;
-            size = level_size(1);
-            gpa_base = page_gpa;
-            iova_base = req.iova & !0xfff;
-        }
+        let (iova_base, gpa_base, level) =
+            avoid_interrupt_range(req.iova, leaf.page, leaf.level)
+                .ok_or(TableFault::new(FaultReason::SmInvalidInterruptAddress, fpd))?;
+        let size = level_size(level);
         let write = first_stage::may_write(leaf.rights, w.controls, privileged)
             && (leaf.dirty_ok || req.access.write);
         self.iotlb.insert(
@@ -536,8 +525,9 @@ impl Translator {
         tracing::trace!(target: "vtd", sid = req.sid.0, pasid, iova = req.iova, "vtd_iotlb_page_miss");
         let leaf = second_stage::walk(ram, w, req.iova, req.access)
             .map_err(|r| TableFault::new(r, fpd))?;
-        let size = level_size(leaf.level);
-        let iova_base = req.iova & !(size - 1);
+        let (iova_base, gpa_base, level) = avoid_interrupt_range(req.iova, leaf.page, leaf.level)
+            .ok_or(TableFault::new(w.faults.interrupt, fpd))?;
+        let size = level_size(level);
         self.iotlb.insert(
             req.sid,
             req.pasid.unwrap_or(NO_PASID),
@@ -545,8 +535,8 @@ impl Translator {
                 did,
                 pasid,
                 iova_base,
-                gpa_base: leaf.page,
-                level: leaf.level as u8,
+                gpa_base,
+                level: level as u8,
                 fpd,
                 rights: CachedRights::Second {
                     read: leaf.read,
@@ -557,7 +547,7 @@ impl Translator {
         );
         Ok(Translation {
             iova_base,
-            gpa_base: leaf.page,
+            gpa_base,
             size,
             perms: Permissions {
                 read: leaf.read,
@@ -565,6 +555,24 @@ impl Translator {
             },
         })
     }
+}
+
+/// Blocks output addresses in the interrupt range (§3.15: untranslated requests whose result
+/// is in 0xFEEx_xxxx are blocked). The 4 KiB page holding the output address must lie outside
+/// it; a larger page overlapping it is narrowed to that 4 KiB page, so the rest of the
+/// superpage stays usable and nothing handed out (or cached) covers the range. Returns the
+/// input base, output base and level to use.
+fn avoid_interrupt_range(iova: u64, page: u64, level: u32) -> Option<(u64, u64, u32)> {
+    let size = level_size(level);
+    let offset = iova & (size - 1);
+    let page_4k = page + (offset & !0xfff);
+    if INTERRUPT_RANGE.contains(&page_4k) {
+        return None;
+    }
+    if page < INTERRUPT_RANGE.end && INTERRUPT_RANGE.start < page + size {
+        return Some((iova & !0xfff, page_4k, 1));
+    }
+    Some((iova & !(size - 1), page, level))
 }
 
 /// Serves a request from an IOTLB entry if the cached rights allow it without any update.

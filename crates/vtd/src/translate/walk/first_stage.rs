@@ -152,10 +152,14 @@ pub(crate) fn walk(
     access: Access,
     privileged: bool,
 ) -> Result<FsLeaf, FaultReason> {
-    with_retries(FaultReason::SmFirstStageAccess, || {
+    with_retries(FaultReason::SmFirstStageBitUpdateFailed, || {
         walk_once(ram, w, iova, access, privileged)
     })
 }
+
+/// An A/D update could not be made (SFS.10): the entry is no longer in RAM, or the guest kept
+/// changing it under us.
+const UPDATE_FAILED: FaultReason = FaultReason::SmFirstStageBitUpdateFailed;
 
 fn walk_once(
     ram: &dyn GuestRam,
@@ -204,7 +208,7 @@ fn walk_once(
             } else {
                 accessed
             };
-            let now = FirstStagePte::from_bits(set_flags(ram, addr, raw, bits, access_fault)?);
+            let now = FirstStagePte::from_bits(set_flags(ram, addr, raw, bits, UPDATE_FAILED)?);
             return Ok(FsLeaf {
                 page: pte.output_address(level),
                 level,
@@ -212,7 +216,7 @@ fn walk_once(
                 dirty_ok: now.dirty() || !now.rw(),
             });
         }
-        set_flags(ram, addr, raw, accessed, access_fault)?;
+        set_flags(ram, addr, raw, accessed, UPDATE_FAILED)?;
         table = pte.addr() << 12;
     }
     // Level 1 is always a leaf, so the loop returns; this keeps the function total.

@@ -32,6 +32,8 @@ pub(crate) struct SsFaults {
     pub(crate) read: FaultReason,
     /// Write without W.
     pub(crate) write: FaultReason,
+    /// Output address in the interrupt range (§3.15).
+    pub(crate) interrupt: FaultReason,
 }
 
 impl SsFaults {
@@ -44,6 +46,7 @@ impl SsFaults {
         reserved: FaultReason::PagingEntryReserved,
         read: FaultReason::ReadDenied,
         write: FaultReason::WriteDenied,
+        interrupt: FaultReason::InterruptAddress,
     };
     /// Scalable mode (§7.1.3, SM reasons).
     pub(crate) const SCALABLE: SsFaults = SsFaults {
@@ -54,6 +57,7 @@ impl SsFaults {
         reserved: FaultReason::SmSecondStageReserved,
         read: FaultReason::SmReadDenied,
         write: FaultReason::SmWriteDenied,
+        interrupt: FaultReason::SmInvalidInterruptAddress,
     };
 }
 
