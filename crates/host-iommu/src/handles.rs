@@ -15,7 +15,8 @@
 use std::sync::Arc;
 
 use crate::{
-    DeviceId, DmaPerm, HostIommu, HwptId, IoasId, PtId, Result, VtdS1HwptData, VtdS1Invalidation,
+    DeviceId, DmaPerm, HostIommu, HostIommuError, HwptId, IoasId, PtId, Result, VtdS1HwptData,
+    VtdS1Invalidation,
 };
 
 /// An IO address space; destroyed on drop.
@@ -272,7 +273,8 @@ impl Drop for DeviceAttachment {
             return;
         }
         match self.iommu.detach(self.dev) {
-            Ok(()) => self.current = Attachment::Blocked,
+            // Unbound already: closing the device detached it.
+            Ok(()) | Err(HostIommuError::UnknownDevice(_)) => self.current = Attachment::Blocked,
             Err(e) => {
                 tracing::error!("Failed to detach {} on release: {e}", self.dev);
                 // The objects it still uses cannot be destroyed (EBUSY); keep them alive

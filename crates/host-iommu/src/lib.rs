@@ -52,7 +52,8 @@
 //! let data = VtdS1HwptData { pgtbl_addr: 0x10_0000, addr_width: 48, ..Default::default() };
 //! att.bind_nested(&parent, &data).unwrap();
 //!
-//! // Guest PASID-based IOTLB invalidation (page-selective, IH=1) → forwarded as is.
+//! // Guest PASID-based IOTLB invalidation (page-selective, IH=1) → forwarded as is
+//! // (`VtdS1Invalidation::from_piotlb` converts the descriptor). Batch entries per call.
 //! let done = att.invalidate(&[VtdS1Invalidation::range(0x1000, 1, true)]).unwrap();
 //! assert_eq!(done, 1);
 //!
@@ -358,6 +359,19 @@ impl VtdS1Invalidation {
             reserved: 0,
         }
     }
+    /// The entry that forwards a guest PASID-based IOTLB invalidation descriptor (VT-d spec
+    /// §6.5.2.4): G=2 (PASID-selective) → everything; G=3 (page-selective within PASID) →
+    /// the 2^AM pages at ADDR with IH as the leaf hint. `None` for the reserved G=0/1.
+    pub fn from_piotlb(
+        desc: &vtd_spec::inv::PasidIotlbDesc,
+        addr: &vtd_spec::inv::InvAddress,
+    ) -> Option<Self> {
+        match desc.g() {
+            2 => Some(Self::all()),
+            3 => Some(Self::range(addr.base(), addr.pages(), addr.ih())),
+            _ => None,
+        }
+    }
     /// Whether this entry covers the whole address space.
     pub fn is_all(&self) -> bool {
         self.npages == u64::MAX
@@ -544,6 +558,29 @@ mod tests {
         assert_eq!(d.pgtbl_addr, 0x0012_3456_7000);
         let reserved_fspm = PasidEntry::from_qwords([q0, 0, 3 << 2, 0, 0, 0, 0, 0]);
         assert_eq!(VtdS1HwptData::from_pasid_entry(&reserved_fspm), None);
+    }
+
+    #[test]
+    fn piotlb_descriptors_become_invalidation_entries() {
+        use vtd_spec::inv::{InvAddress, PasidIotlbDesc};
+        let psi = PasidIotlbDesc::new().with_g(3);
+        let addr = InvAddress::new()
+            .with_addr(0x12345)
+            .with_am(2)
+            .with_ih(true);
+        assert_eq!(
+            VtdS1Invalidation::from_piotlb(&psi, &addr),
+            Some(VtdS1Invalidation::range(0x1234_4000, 4, true))
+        );
+        let all = PasidIotlbDesc::new().with_g(2);
+        assert_eq!(
+            VtdS1Invalidation::from_piotlb(&all, &addr),
+            Some(VtdS1Invalidation::all())
+        );
+        assert_eq!(
+            VtdS1Invalidation::from_piotlb(&PasidIotlbDesc::new(), &addr),
+            None
+        );
     }
 
     #[test]

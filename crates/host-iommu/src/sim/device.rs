@@ -3,7 +3,7 @@
 //! nested HWPT (the guest's first stage over stage 2, with the HWPT's caches).
 
 use super::walk::{self, DmaAccess, DmaFault, WalkConfig};
-use super::{HwptKind, Object, SimHost};
+use super::{HwptKind, Object, SimHost, bump, lock_caches};
 use crate::DeviceId;
 
 impl SimHost {
@@ -25,26 +25,22 @@ impl SimHost {
         iova: u64,
         access: DmaAccess,
     ) -> Result<u64, DmaFault> {
-        let mut st = self.lock();
-        st.counters.dma_translations += 1;
-        let result = self.translate_locked(&mut st, dev, iova, access);
+        let st = self.read();
+        let c = &self.counters;
+        bump(&c.dma_translations, 1);
+        let result = self.translate_locked(&st, dev, iova, access);
         match result {
-            Ok((_, Some(hit))) => {
-                if hit {
-                    st.counters.iotlb_hits += 1;
-                } else {
-                    st.counters.iotlb_misses += 1;
-                }
-            }
+            Ok((_, Some(true))) => bump(&c.iotlb_hits, 1),
+            Ok((_, Some(false))) => bump(&c.iotlb_misses, 1),
             Ok((_, None)) => {}
-            Err(_) => st.counters.dma_faults += 1,
+            Err(_) => bump(&c.dma_faults, 1),
         }
         result.map(|(hva, _)| hva)
     }
 
     fn translate_locked(
         &self,
-        st: &mut super::State,
+        st: &super::State,
         dev: DeviceId,
         iova: u64,
         access: DmaAccess,
@@ -54,40 +50,33 @@ impl SimHost {
             _ => return Err(DmaFault::Blocked),
         };
         let ioas = st.hwpt_ioas(hwpt).ok_or(DmaFault::Blocked)?;
-        let (data, mut caches) = match st.objects.get_mut(&hwpt) {
-            Some(Object::Hwpt(h)) => match &mut h.kind {
-                HwptKind::Paging { .. } => {
-                    let Some(Object::Ioas(io)) = st.objects.get(&ioas) else {
-                        return Err(DmaFault::Blocked);
-                    };
-                    return walk::translate_s2(&io.map, iova, access).map(|h| (h, None));
-                }
-                HwptKind::Nested { data, caches, .. } => (*data, std::mem::take(caches)),
-            },
-            _ => return Err(DmaFault::Blocked),
+        let Some(Object::Ioas(io)) = st.objects.get(&ioas) else {
+            return Err(DmaFault::Blocked);
         };
-        let cfg = WalkConfig {
-            fs1gp: self.config.fs1gp,
-            haw: self.config.aw_bits,
+        let Some(Object::Hwpt(h)) = st.objects.get(&hwpt) else {
+            return Err(DmaFault::Blocked);
         };
-        let result = match st.objects.get(&ioas) {
-            Some(Object::Ioas(io)) => walk::translate_nested(
-                self.mem.as_ref(),
-                &io.map,
-                &mut caches,
-                &data,
-                cfg,
-                iova,
-                access,
-            ),
-            _ => Err(DmaFault::Blocked),
-        };
-        if let Some(Object::Hwpt(h)) = st.objects.get_mut(&hwpt)
-            && let HwptKind::Nested { caches: slot, .. } = &mut h.kind
-        {
-            *slot = caches;
+        match &h.kind {
+            HwptKind::Paging { .. } => {
+                walk::translate_s2(&io.map, iova, access).map(|hva| (hva, None))
+            }
+            HwptKind::Nested { data, caches, .. } => {
+                let cfg = WalkConfig {
+                    fs1gp: self.config.fs1gp,
+                    haw: self.config.aw_bits,
+                };
+                walk::translate_nested(
+                    self.mem.as_ref(),
+                    &io.map,
+                    &mut lock_caches(caches),
+                    data,
+                    cfg,
+                    iova,
+                    access,
+                )
+                .map(|t| (t.hva, Some(t.iotlb_hit)))
+            }
         }
-        result.map(|t| (t.hva, Some(t.iotlb_hit)))
     }
 
     /// DMA read of `buf.len()` bytes at `iova`, page by page, into `buf`.

@@ -30,7 +30,8 @@ pub mod walk;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use vtd_spec::regs::{Cap, Ecap};
 
@@ -176,7 +177,8 @@ enum HwptKind {
     Nested {
         parent: u32,
         data: VtdS1HwptData,
-        caches: NestedCaches,
+        /// Locked on its own: DMA through one HWPT never waits for another's walk.
+        caches: Mutex<NestedCaches>,
     },
 }
 
@@ -213,15 +215,62 @@ enum Object {
 struct State {
     next_id: u32,
     objects: BTreeMap<u32, Object>,
-    counters: SimCounters,
-    inject: Inject,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    nest_parent_allocs: AtomicU64,
+    binds: AtomicU64,
+    attaches: AtomicU64,
+    replaces: AtomicU64,
+    detaches: AtomicU64,
+    invalidation_calls: AtomicU64,
+    invalidation_entries: AtomicU64,
+    dma_translations: AtomicU64,
+    dma_faults: AtomicU64,
+    iotlb_hits: AtomicU64,
+    iotlb_misses: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Counters {
+    fn snapshot(&self) -> SimCounters {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SimCounters {
+            nest_parent_allocs: g(&self.nest_parent_allocs),
+            binds: g(&self.binds),
+            attaches: g(&self.attaches),
+            replaces: g(&self.replaces),
+            detaches: g(&self.detaches),
+            invalidation_calls: g(&self.invalidation_calls),
+            invalidation_entries: g(&self.invalidation_entries),
+            dma_translations: g(&self.dma_translations),
+            dma_faults: g(&self.dma_faults),
+            iotlb_hits: g(&self.iotlb_hits),
+            iotlb_misses: g(&self.iotlb_misses),
+        }
+    }
+}
+
+/// Locks a cache mutex; a panic elsewhere never makes the caches unusable.
+fn lock_caches(m: &Mutex<NestedCaches>) -> MutexGuard<'_, NestedCaches> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The software host IOMMU (see the [module docs](self)).
+///
+/// Object operations take a write lock on the object table; DMA translation and
+/// invalidation take a read lock plus the one nested HWPT's cache lock, so devices on
+/// different HWPTs translate in parallel. Counters are atomics.
 pub struct SimHost {
     config: SimConfig,
     mem: Arc<dyn HostMemory>,
-    state: Mutex<State>,
+    state: RwLock<State>,
+    counters: Counters,
+    inject: Mutex<Inject>,
 }
 
 impl fmt::Debug for SimHost {
@@ -312,14 +361,14 @@ impl State {
                 _ => None,
             })
             .collect();
-        for o in self.objects.values_mut() {
+        for o in self.objects.values() {
             if let Object::Hwpt(HwptObj {
                 kind: HwptKind::Nested { parent, caches, .. },
                 ..
             }) = o
                 && parents.contains(parent)
             {
-                caches.flush();
+                lock_caches(caches).flush();
             }
         }
     }
@@ -344,7 +393,9 @@ impl SimHost {
         Self {
             config,
             mem,
-            state: Mutex::new(State::default()),
+            state: RwLock::new(State::default()),
+            counters: Counters::default(),
+            inject: Mutex::new(Inject::default()),
         }
     }
     /// Its configuration.
@@ -355,32 +406,50 @@ impl SimHost {
     pub fn memory(&self) -> &Arc<dyn HostMemory> {
         &self.mem
     }
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn inject(&self) -> MutexGuard<'_, Inject> {
+        self.inject.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Binds a (simulated) passthrough device to this host IOMMU; it starts detached.
     pub fn add_device(&self, name: &str) -> DeviceId {
-        DeviceId(self.lock().alloc_id(Object::Device(DeviceObj {
+        DeviceId(self.write().alloc_id(Object::Device(DeviceObj {
             name: name.to_owned(),
             attached: None,
         })))
     }
+    /// Unbinds a device (its cdev closed): it is detached first, as the kernel does. Drop
+    /// its [`DeviceAttachment`](crate::DeviceAttachment) before this.
+    pub fn remove_device(&self, dev: DeviceId) -> Result<()> {
+        let mut st = self.write();
+        let old = st.device(dev)?.attached;
+        if old.is_some() {
+            bump(&self.counters.detaches, 1);
+        }
+        st.objects.remove(&dev.0);
+        st.release_attachment(old);
+        Ok(())
+    }
     /// The name a device was added with.
     pub fn device_name(&self, dev: DeviceId) -> Option<String> {
-        self.lock().device(dev).ok().map(|d| d.name.clone())
+        self.read().device(dev).ok().map(|d| d.name.clone())
     }
     /// The HWPT a device is attached to.
     pub fn attached_hwpt(&self, dev: DeviceId) -> Option<HwptId> {
-        self.lock().device(dev).ok()?.attached.map(HwptId)
+        self.read().device(dev).ok()?.attached.map(HwptId)
     }
     /// Counters so far.
     pub fn counters(&self) -> SimCounters {
-        self.lock().counters
+        self.counters.snapshot()
     }
     /// Live objects now.
     pub fn live_objects(&self) -> LiveObjects {
-        let st = self.lock();
+        let st = self.read();
         let mut live = LiveObjects::default();
         for o in st.objects.values() {
             match o {
@@ -397,22 +466,22 @@ impl SimHost {
     }
     /// (IOTLB, paging-structure cache) entries of a nested HWPT.
     pub fn cache_sizes(&self, hwpt: HwptId) -> Option<(usize, usize)> {
-        match &self.lock().hwpt(hwpt.0, Op::Invalidate).ok()?.kind {
-            HwptKind::Nested { caches, .. } => Some(caches.sizes()),
+        match &self.read().hwpt(hwpt.0, Op::Invalidate).ok()?.kind {
+            HwptKind::Nested { caches, .. } => Some(lock_caches(caches).sizes()),
             HwptKind::Paging { .. } => None,
         }
     }
     /// Makes the next HWPT allocation (nest parent or nested) fail with `errno`.
     pub fn fail_next_alloc(&self, errno: i32) {
-        self.lock().inject.alloc = Some(errno);
+        self.inject().alloc = Some(errno);
     }
     /// Makes the next attach fail with `errno` (the old attachment stays).
     pub fn fail_next_attach(&self, errno: i32) {
-        self.lock().inject.attach = Some(errno);
+        self.inject().attach = Some(errno);
     }
     /// Makes the next invalidation fail with `errno` after processing `after` entries.
     pub fn fail_next_invalidate(&self, errno: i32, after: u32) {
-        self.lock().inject.invalidate = Some((errno, after));
+        self.inject().invalidate = Some((errno, after));
     }
 
     fn hw_info_now(&self) -> HwInfo {
@@ -456,18 +525,18 @@ impl SimHost {
 
 impl HostIommu for SimHost {
     fn hw_info(&self, dev: DeviceId) -> Result<HwInfo> {
-        self.lock().device(dev)?;
+        self.read().device(dev)?;
         Ok(self.hw_info_now())
     }
 
     fn ioas_alloc(&self) -> Result<IoasId> {
-        Ok(IoasId(self.lock().alloc_id(Object::Ioas(IoasObj {
+        Ok(IoasId(self.write().alloc_id(Object::Ioas(IoasObj {
             map: IoasMap::default(),
         }))))
     }
 
     fn ioas_map(&self, ioas: IoasId, iova: u64, hva: u64, len: u64, perm: DmaPerm) -> Result<()> {
-        let mut st = self.lock();
+        let mut st = self.write();
         let errata_ro =
             self.config.errata_772415 && !perm.write && st.ioas_backs_nest_parent(ioas.0);
         let obj = st.ioas_mut(ioas.0, Op::IoasMap)?;
@@ -486,7 +555,7 @@ impl HostIommu for SimHost {
     }
 
     fn ioas_unmap(&self, ioas: IoasId, iova: u64, len: u64) -> Result<u64> {
-        let mut st = self.lock();
+        let mut st = self.write();
         let n = st
             .ioas_mut(ioas.0, Op::IoasUnmap)?
             .map
@@ -498,10 +567,10 @@ impl HostIommu for SimHost {
 
     fn hwpt_alloc_nest_parent(&self, dev: DeviceId, ioas: IoasId) -> Result<HwptId> {
         let op = Op::AllocNestParent;
-        let mut st = self.lock();
+        let mut st = self.write();
         st.device(dev)?;
         let has_ro = st.ioas(ioas.0, op)?.map.has_read_only();
-        if let Some(errno) = st.inject.alloc.take() {
+        if let Some(errno) = self.inject().alloc.take() {
             return Err(err(op, errno));
         }
         if !self.config.nesting {
@@ -520,7 +589,7 @@ impl HostIommu for SimHost {
             users: 0,
             children: 0,
         }));
-        st.counters.nest_parent_allocs += 1;
+        bump(&self.counters.nest_parent_allocs, 1);
         Ok(HwptId(id))
     }
 
@@ -531,7 +600,7 @@ impl HostIommu for SimHost {
         data: &VtdS1HwptData,
     ) -> Result<HwptId> {
         let op = Op::AllocNested;
-        let mut st = self.lock();
+        let mut st = self.write();
         st.device(dev)?;
         match st.objects.get(&parent.0) {
             Some(Object::Hwpt(HwptObj {
@@ -546,7 +615,7 @@ impl HostIommu for SimHost {
             Some(Object::Hwpt(_)) => return Err(err(op, libc::EINVAL)),
             _ => return Err(err(op, libc::ENOENT)),
         }
-        if let Some(errno) = st.inject.alloc.take() {
+        if let Some(errno) = self.inject().alloc.take() {
             return Err(err(op, errno));
         }
         if data.flags & !VtdS1HwptData::ALL_FLAGS != 0 || data.reserved != 0 {
@@ -556,19 +625,19 @@ impl HostIommu for SimHost {
             kind: HwptKind::Nested {
                 parent: parent.0,
                 data: *data,
-                caches: NestedCaches::default(),
+                caches: Mutex::new(NestedCaches::default()),
             },
             users: 0,
             children: 0,
         }));
         st.hwpt_mut(parent.0, op)?.children += 1;
-        st.counters.binds += 1;
+        bump(&self.counters.binds, 1);
         Ok(HwptId(id))
     }
 
     fn attach(&self, dev: DeviceId, pt: PtId) -> Result<HwptId> {
         let op = Op::Attach;
-        let mut st = self.lock();
+        let mut st = self.write();
         let old = st.device(dev)?.attached;
         // Resolve the target (an IOAS gets an automatic HWPT, reused if one exists).
         let target = match st.objects.get(&pt.raw()) {
@@ -581,7 +650,7 @@ impl HostIommu for SimHost {
             }
             _ => return Err(err(op, libc::ENOENT)),
         };
-        if let Some(errno) = st.inject.attach.take() {
+        if let Some(errno) = self.inject().attach.take() {
             return Err(err(op, errno));
         }
         let target = match target {
@@ -621,18 +690,18 @@ impl HostIommu for SimHost {
         st.device_mut(dev)?.attached = Some(target);
         st.release_attachment(old);
         if old.is_some() {
-            st.counters.replaces += 1;
+            bump(&self.counters.replaces, 1);
         } else {
-            st.counters.attaches += 1;
+            bump(&self.counters.attaches, 1);
         }
         Ok(HwptId(target))
     }
 
     fn detach(&self, dev: DeviceId) -> Result<()> {
-        let mut st = self.lock();
+        let mut st = self.write();
         let old = st.device_mut(dev)?.attached.take();
         if old.is_some() {
-            st.counters.detaches += 1;
+            bump(&self.counters.detaches, 1);
         }
         st.release_attachment(old);
         Ok(())
@@ -640,12 +709,12 @@ impl HostIommu for SimHost {
 
     fn hwpt_invalidate(&self, hwpt: HwptId, entries: &[VtdS1Invalidation]) -> Result<u32> {
         let op = Op::Invalidate;
-        let mut st = self.lock();
-        st.counters.invalidation_calls += 1;
-        let inject = st.inject.invalidate.take();
+        let st = self.read();
+        bump(&self.counters.invalidation_calls, 1);
+        let inject = self.inject().invalidate.take();
         let total = u32::try_from(entries.len()).unwrap_or(u32::MAX);
-        let caches = match &mut st.hwpt_mut(hwpt.0, op)?.kind {
-            HwptKind::Nested { caches, .. } => caches,
+        let mut caches = match &st.hwpt(hwpt.0, op)?.kind {
+            HwptKind::Nested { caches, .. } => lock_caches(caches),
             HwptKind::Paging { .. } => return Err(err(op, libc::EINVAL)),
         };
         let mut processed = 0u32;
@@ -683,7 +752,7 @@ impl HostIommu for SimHost {
         {
             failure = Some(errno);
         }
-        st.counters.invalidation_entries += u64::from(processed);
+        bump(&self.counters.invalidation_entries, u64::from(processed));
         match failure {
             None => Ok(processed),
             Some(errno) => Err(HostIommuError::Invalidate {
@@ -696,7 +765,7 @@ impl HostIommu for SimHost {
 
     fn hwpt_destroy(&self, hwpt: HwptId) -> Result<()> {
         let op = Op::Destroy;
-        let mut st = self.lock();
+        let mut st = self.write();
         let h = st.hwpt(hwpt.0, op)?;
         if h.users > 0 || h.children > 0 {
             return Err(err(op, libc::EBUSY));
@@ -716,7 +785,7 @@ impl HostIommu for SimHost {
 
     fn ioas_destroy(&self, ioas: IoasId) -> Result<()> {
         let op = Op::Destroy;
-        let mut st = self.lock();
+        let mut st = self.write();
         st.ioas(ioas.0, op)?;
         let in_use = st.objects.values().any(|o| {
             matches!(o, Object::Hwpt(HwptObj { kind: HwptKind::Paging { ioas: i, .. }, .. }) if *i == ioas.0)
