@@ -401,6 +401,7 @@ impl Vm {
                 "Every vCPU thread ended without a reason".to_owned(),
             ))),
         };
+        tracing::info!("Stopping the VM: {event:?}");
         stop.store(true, Ordering::Release);
         for t in &threads {
             while !t.is_finished() {

@@ -18,8 +18,8 @@ use acpi_tables::xsdt::XSDT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use crate::arch::x86_64::layout::{
-    ACPI_PM_START, ACPI_RESET_REG, ACPI_RESET_VALUE, ACPI_SIZE, ACPI_SLEEP_CONTROL,
-    ACPI_SLEEP_STATUS, ACPI_START, ECAM_START,
+    ACPI_PM_START, ACPI_RESET_REG, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL, ACPI_SLEEP_STATUS,
+    ACPI_START, ECAM_START, RESET_VECTOR,
 };
 
 /// OEM id in every table.
@@ -33,7 +33,7 @@ pub const OEM_REVISION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The tables outgrew the BIOS area.
-    #[error("ACPI tables need {0} bytes, more than the 128 KiB BIOS area")]
+    #[error("ACPI tables need {0} bytes, more than the BIOS area below the reset vector")]
     TooLarge(u64),
     /// A guest memory write failed.
     #[error("Cannot write the ACPI tables to guest memory")]
@@ -145,7 +145,7 @@ pub fn write_tables(mem: &GuestMemoryMmap, config: &AcpiConfig) -> Result<u64, E
         .map(|(a, b)| a + b.len() as u64)
         .max()
         .unwrap_or(ACPI_START);
-    if end > ACPI_START + ACPI_SIZE {
+    if end > RESET_VECTOR {
         return Err(Error::TooLarge(end - ACPI_START));
     }
     for (addr, bytes) in tables {
@@ -249,7 +249,7 @@ pub(crate) mod tests {
             }
         }
         let end = all.iter().map(|(a, b)| a + b.len() as u64).max().unwrap();
-        assert!(end <= ACPI_START + ACPI_SIZE);
+        assert!(end <= RESET_VECTOR);
     }
 
     #[test]

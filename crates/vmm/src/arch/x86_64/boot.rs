@@ -27,7 +27,7 @@ use super::e820::{self, E820Entry};
 use super::gdt;
 use super::layout::{
     CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, PVH_INFO_START, PVH_MEMMAP_START,
-    PVH_MODLIST_START, ZERO_PAGE_START,
+    PVH_MODLIST_START, RESET_VECTOR, ZERO_PAGE_START,
 };
 use super::regs::EntryMode;
 
@@ -140,9 +140,16 @@ pub fn validate_cmdline(cmdline: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Real-mode code at the reset vector: `mov al, 1; mov dx, 0x602; out dx, al; hlt; jmp $-1`.
+/// Linux's BIOS reboot method (chosen after the EFI method on hardware-reduced ACPI) jumps
+/// here; without it the vCPU would execute zeros forever.
+pub const RESET_STUB: [u8; 9] = [0xb0, 0x01, 0xba, 0x02, 0x06, 0xee, 0xf4, 0xeb, 0xfd];
+
 /// Loads the kernel, initrd and command line and writes the boot structures; returns the entry.
 pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec<'_>) -> Result<KernelEntry, Error> {
     validate_cmdline(spec.cmdline)?;
+    mem.write_slice(&RESET_STUB, GuestAddress(RESET_VECTOR))
+        .map_err(Error::Memory)?;
     let mut kernel = open(spec.kernel)?;
     let kernel_err = |source: linux_loader::loader::Error| Error::Kernel {
         path: spec.kernel.to_owned(),
@@ -340,6 +347,15 @@ mod tests {
     fn initrd_must_not_overlap_the_kernel() {
         assert_eq!(initrd_address(64 * MIB, 60 * MIB, u64::MAX, 8 * MIB), None);
         assert_eq!(initrd_address(64 * MIB, 0, u64::MAX, 65 * MIB), None);
+    }
+
+    #[test]
+    fn reset_stub_targets_the_acpi_reset_register() {
+        use crate::arch::x86_64::layout::{ACPI_PM_START, ACPI_RESET_REG, ACPI_RESET_VALUE};
+        let port = ACPI_PM_START + ACPI_RESET_REG;
+        assert_eq!(RESET_STUB[1], ACPI_RESET_VALUE);
+        assert_eq!(u16::from_le_bytes([RESET_STUB[3], RESET_STUB[4]]), port);
+        assert!(RESET_VECTOR + RESET_STUB.len() as u64 <= 0x10_0000);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! 0x0000_0000 .. 0x0009_fc00   RAM (boot structures: GDT, page tables, zero page, cmdline)
-//! 0x000e_0000 .. 0x0010_0000   ACPI tables (RSDP first), reserved
+//! 0x000e_0000 .. 0x0010_0000   ACPI tables (RSDP first), reset-vector stub at 0xffff0; reserved
 //! 0x0010_0000 .. LOW_RAM_END   RAM (kernel at 1 MiB, initrd at the top)
 //! 0xc000_0000 .. 0xe000_0000   32-bit PCI BAR window
 //! 0xe000_0000 .. 0xe010_0000   PCI ECAM, bus 0 (reserved in e820)
@@ -43,6 +43,9 @@ pub const EBDA_START: u64 = 0x9_fc00;
 pub const ACPI_START: u64 = 0xe_0000;
 /// Size of the ACPI area.
 pub const ACPI_SIZE: u64 = 0x2_0000;
+/// The real-mode reset vector (f000:fff0), where Linux's BIOS reboot method jumps; a stub
+/// there resets the VM through the ACPI reset register.
+pub const RESET_VECTOR: u64 = 0xf_fff0;
 /// Where high memory (the kernel) starts.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole; RAM below it ends here at most.
