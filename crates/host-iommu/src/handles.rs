@@ -241,6 +241,23 @@ impl DeviceAttachment {
         self.attach_nested(nested.clone())?;
         Ok(nested)
     }
+    /// Bind only if needed (PASID-cache sync and replay): a no-op returning `false` when the
+    /// device is already attached to a nested HWPT on `parent` with exactly `data`,
+    /// otherwise [`bind_nested`](Self::bind_nested) and `true`.
+    pub fn ensure_nested(
+        &mut self,
+        parent: &Arc<NestParentHwpt>,
+        data: &VtdS1HwptData,
+    ) -> Result<bool> {
+        if let Attachment::Nested(n) = &self.current
+            && n.data() == data
+            && Arc::ptr_eq(n.parent(), parent)
+        {
+            return Ok(false);
+        }
+        self.bind_nested(parent, data)?;
+        Ok(true)
+    }
     /// Unbind: detaches the device, which blocks its DMA. Already blocked is a no-op.
     pub fn block(&mut self) -> Result<()> {
         if matches!(self.current, Attachment::Blocked) {

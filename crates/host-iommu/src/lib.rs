@@ -51,6 +51,7 @@
 //! // the entry is the same call: a new nested HWPT, an atomic replace, the old one freed.
 //! let data = VtdS1HwptData { pgtbl_addr: 0x10_0000, addr_width: 48, ..Default::default() };
 //! att.bind_nested(&parent, &data).unwrap();
+//! assert!(!att.ensure_nested(&parent, &data).unwrap(), "unchanged: nothing to do");
 //!
 //! // Guest PASID-based IOTLB invalidation (page-selective, IH=1) → forwarded as is
 //! // (`VtdS1Invalidation::from_piotlb` converts the descriptor). Batch entries per call.
@@ -60,6 +61,23 @@
 //! // Guest clears the PASID entry: unbind leaves the device's DMA blocked.
 //! att.block().unwrap();
 //! ```
+//!
+//! What the accel step does on each guest event (QEMU `intel_iommu_accel.c` as merged for
+//! 11.0, qemu-intel-iommu.md §1.3), one [`DeviceAttachment`] per passthrough device and one
+//! shared [`NestParentHwpt`] (guest RAM mapped at IOVA = GPA):
+//!
+//! | guest event | call |
+//! |---|---|
+//! | device realize | `hw_info(dev)?.require_vtd_nesting()?`: type, FS1GP, erratum |
+//! | PASID entry valid, PGTT=FST, new or changed | `ensure_nested(&parent, &VtdS1HwptData::from_pasid_entry(&pe)?)` |
+//! | PASID entry valid, PGTT=PT | `attach_parent(parent)` |
+//! | PASID entry invalid (or bind failed) | `block()`: DMA blocked, never stale |
+//! | TE off / legacy mode | `attach_parent(parent)` (DMA keeps working, as QEMU) |
+//! | PASID-IOTLB descriptor (G=2/3) for the entry's DID | `invalidate(&[VtdS1Invalidation::from_piotlb(..)?])` |
+//! | SRTP, TE, global context-cache invalidation | re-read every PASID entry and `ensure_nested` again |
+//!
+//! Keep the vIOMMU's own locks out of these calls (they are host ioctls); a per-device lock
+//! around its `DeviceAttachment` is enough.
 //!
 //! Dropping handles in any order is safe: a [`DeviceAttachment`] holds the object it is
 //! attached to, a [`NestedHwpt`] holds its [`NestParentHwpt`], which holds its [`Ioas`], so a

@@ -589,3 +589,18 @@ fn stage_2_unmap_flushes_every_nested_hwpt_on_the_parent() {
     .unwrap();
     assert_eq!(g.host.dma_translate(dev, 0x5000, false), Ok(other_hva));
 }
+
+#[test]
+fn ensure_nested_rebinds_only_on_change() {
+    let (mut g, parent, mut att) = setup(SimConfig::default());
+    let (r1, r2) = (g.root(), g.root());
+    assert!(att.ensure_nested(&parent, &s1(r1)).unwrap());
+    let first = att.current().hwpt();
+    assert!(!att.ensure_nested(&parent, &s1(r1)).unwrap());
+    assert_eq!(att.current().hwpt(), first, "replay of an unchanged entry");
+    assert!(att.ensure_nested(&parent, &s1(r2)).unwrap());
+    assert_ne!(att.current().hwpt(), first);
+    let c = g.host.counters();
+    assert_eq!((c.binds, c.attaches, c.replaces), (2, 1, 1));
+    assert_eq!(g.host.live_objects().nested, 1);
+}
