@@ -188,6 +188,16 @@ impl VmBuilder {
         &self.routing
     }
 
+    /// A fresh per-device MSI-X controller (vectors get GSIs and irqfds on first use).
+    pub fn msi_controller(&self) -> interrupt::KvmMsiController {
+        interrupt::KvmMsiController::new(self.vm.clone(), self.routing.clone())
+    }
+
+    /// The ioeventfd registrar for MMIO doorbells.
+    pub fn io_events(&self) -> interrupt::KvmIoEvents {
+        interrupt::KvmIoEvents::new(self.vm.clone())
+    }
+
     /// An MSI injector (the vIOMMU's fault event).
     pub fn msi_signaller(&self) -> MsiSignaller {
         MsiSignaller::new(self.vm.clone())

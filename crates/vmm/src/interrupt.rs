@@ -10,7 +10,7 @@
 //! IOAPIC routes for GSIs 0..24 and adds one MSI route per allocated vector above them.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use kvm_bindings::{
     KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
@@ -284,6 +284,89 @@ impl MsiVector {
     /// The irqfd, for devices that signal it from their own threads.
     pub fn eventfd(&self) -> &EventFd {
         &self.evt
+    }
+}
+
+/// The MSI-X vectors of one device: vector `n` gets its own GSI and irqfd the first time it is
+/// configured. This is what a PCI device's MSI-X capability drives (it keeps mask and pending
+/// state itself, and never triggers a masked vector).
+pub struct KvmMsiController {
+    vm: Arc<KvmVm>,
+    routing: Arc<GsiRouting>,
+    vectors: RwLock<BTreeMap<u16, MsiVector>>,
+}
+
+impl std::fmt::Debug for KvmMsiController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let vectors = self.vectors.read().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("KvmMsiController")
+            .field("vectors", &vectors.len())
+            .finish()
+    }
+}
+
+impl KvmMsiController {
+    /// A controller with no vectors yet.
+    pub fn new(vm: Arc<KvmVm>, routing: Arc<GsiRouting>) -> Self {
+        KvmMsiController {
+            vm,
+            routing,
+            vectors: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    /// Installs `msi` for `vector` (allocating its GSI and irqfd on first use).
+    pub fn configure(&self, vector: u16, msi: Msi, masked: bool) -> std::io::Result<()> {
+        let mut vectors = self.vectors.write().unwrap_or_else(|e| e.into_inner());
+        if !vectors.contains_key(&vector) {
+            let v =
+                MsiVector::new(&self.vm, self.routing.clone()).map_err(std::io::Error::other)?;
+            vectors.insert(vector, v);
+        }
+        let v = vectors
+            .get(&vector)
+            .ok_or_else(|| std::io::Error::other("vector vanished"))?;
+        v.configure(msi, masked).map_err(std::io::Error::other)
+    }
+
+    /// Fires `vector`; unconfigured or masked vectors are ignored (logged at debug level).
+    pub fn trigger(&self, vector: u16) {
+        let vectors = self.vectors.read().unwrap_or_else(|e| e.into_inner());
+        match vectors.get(&vector).map(MsiVector::trigger) {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) | None => tracing::debug!("MSI-X vector {vector} is not deliverable"),
+            Some(Err(e)) => tracing::warn!("MSI-X vector {vector}: {e}"),
+        }
+    }
+}
+
+/// Registers KVM ioeventfds for MMIO doorbells (virtio queue notifications): a guest write of
+/// any width at the address signals the eventfd without an exit to the VMM.
+#[derive(Clone, Debug)]
+pub struct KvmIoEvents {
+    vm: Arc<KvmVm>,
+}
+
+impl KvmIoEvents {
+    /// For `vm`.
+    pub fn new(vm: Arc<KvmVm>) -> Self {
+        KvmIoEvents { vm }
+    }
+
+    /// Makes writes at `addr` signal `fd`.
+    pub fn register(&self, addr: u64, fd: &EventFd) -> std::io::Result<()> {
+        let at = kvm_ioctls::IoEventAddress::Mmio(addr);
+        self.vm
+            .register_ioevent(fd, &at, kvm_ioctls::NoDatamatch)
+            .map_err(std::io::Error::from)
+    }
+
+    /// Undoes [`KvmIoEvents::register`].
+    pub fn unregister(&self, addr: u64, fd: &EventFd) -> std::io::Result<()> {
+        let at = kvm_ioctls::IoEventAddress::Mmio(addr);
+        self.vm
+            .unregister_ioevent(fd, &at, kvm_ioctls::NoDatamatch)
+            .map_err(std::io::Error::from)
     }
 }
 
