@@ -318,14 +318,12 @@ impl KvmMsiController {
     /// Installs `msi` for `vector` (allocating its GSI and irqfd on first use).
     pub fn configure(&self, vector: u16, msi: Msi, masked: bool) -> std::io::Result<()> {
         let mut vectors = self.vectors.write().unwrap_or_else(|e| e.into_inner());
-        if !vectors.contains_key(&vector) {
-            let v =
-                MsiVector::new(&self.vm, self.routing.clone()).map_err(std::io::Error::other)?;
-            vectors.insert(vector, v);
-        }
-        let v = vectors
-            .get(&vector)
-            .ok_or_else(|| std::io::Error::other("vector vanished"))?;
+        let v = match vectors.entry(vector) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(
+                MsiVector::new(&self.vm, self.routing.clone()).map_err(std::io::Error::other)?,
+            ),
+        };
         v.configure(msi, masked).map_err(std::io::Error::other)
     }
 
