@@ -37,6 +37,7 @@
 pub mod config;
 pub mod counters;
 pub mod fault;
+pub mod fuzzing;
 pub mod invalidation;
 pub mod iommu;
 pub mod memory;

@@ -1,0 +1,330 @@
+//! One deterministic driver of the whole unit from arbitrary bytes, shared by the cargo-fuzz
+//! target `unit` (`fuzz/`) and a stable `#[test]` that replays random inputs.
+//!
+//! The input chooses a configuration, then up to [`MAX_OPS`] operations: register writes and
+//! reads of any width at any offset, guest-RAM writes, table entries at a fixed layout (so walks
+//! go deep), queue submissions, translations and resets. After every operation the driver checks
+//! invariants that hold whatever the guest does: read-only registers keep their values, GSTS only
+//! reports what the unit offers, IQH stays inside the queue, and nothing panics.
+
+use crate::config::Config;
+use crate::counters::CountersSnapshot;
+use crate::fault::FaultInterrupt;
+use crate::memory::GuestRam;
+use crate::observer::UnitView;
+use crate::request::{Access, DmaRequest, Remapper};
+use crate::unit::Vtd;
+use std::sync::Arc;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vtd_spec::SourceId;
+use vtd_spec::regs::{Gsts, Iqa, TranslationTableMode, offset};
+
+/// Guest RAM of a fuzz run.
+pub const RAM_SIZE: u64 = 2 << 20;
+/// Operations per input at most.
+pub const MAX_OPS: usize = 256;
+const ROOT: u64 = 0x1000;
+const CONTEXT: u64 = 0x2000;
+const PASID_DIR: u64 = 0x3000;
+const PASID_TABLE: u64 = 0x4000;
+const PAGE_TABLES: u64 = 0x5000;
+const QUEUE: u64 = 0x1_0000;
+const STATUS: u64 = 0x2_0000;
+/// Devices on bus 0 the driver uses: devfn 0, 1 (low context table half), 0x80, 0x81 (high).
+const DEVFN_MASK: u8 = 0x81;
+
+struct Input<'a> {
+    data: &'a [u8],
+}
+
+impl Input<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((b, rest)) => {
+                self.data = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.byte(), self.byte()])
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(std::array::from_fn(|_| self.byte()))
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.byte()).collect()
+    }
+    fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+struct Sink;
+
+impl FaultInterrupt for Sink {
+    fn deliver(&self, _address: u64, _data: u32) {}
+}
+
+fn config(choice: u8) -> Config {
+    let options = match choice % 5 {
+        0 => "",
+        1 => "x-scalable-mode=on",
+        2 => "x-scalable-mode=on,x-flts=on",
+        3 => "x-scalable-mode=on,x-flts=on,x-ssts=on,x-pasid-mode=20,device-iotlb=on",
+        _ => "aw-bits=39,caching-mode=on,pt=off",
+    };
+    Config::parse(options).unwrap_or_default()
+}
+
+/// Runs one input and returns the unit's counters. Panics only if an invariant of the unit is
+/// broken.
+pub fn run(data: &[u8]) -> CountersSnapshot {
+    let mut input = Input { data };
+    let config = config(input.byte());
+    let Ok(ram) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)])
+    else {
+        return CountersSnapshot::default();
+    };
+    let ram = Arc::new(ram);
+    let vtd = Vtd::new(config, ram.clone(), Arc::new(Sink));
+    let (ver, cap, ecap) = (read32(&vtd, offset::VER), vtd.cap(), vtd.ecap());
+    for _ in 0..MAX_OPS {
+        if input.is_empty() {
+            break;
+        }
+        step(&vtd, &*ram, &mut input);
+        assert_eq!(read32(&vtd, offset::VER), ver);
+        assert_eq!(read64(&vtd, offset::CAP), cap.into_bits());
+        assert_eq!(read64(&vtd, offset::ECAP), ecap.into_bits());
+        let gsts = Gsts::from_bits(read32(&vtd, offset::GSTS));
+        assert!(!gsts.ires() && !gsts.irtps() && !gsts.cfis() && !gsts.wbfs() && !gsts.fls());
+        let iqa = Iqa::from_bits(read64(&vtd, offset::IQA));
+        let head = read64(&vtd, offset::IQH) >> 4;
+        assert!(head < (4096u64 << iqa.qs()) / 16, "IQH inside the queue");
+    }
+    vtd.counters()
+}
+
+fn read32(vtd: &Vtd, at: u64) -> u32 {
+    let mut b = [0u8; 4];
+    vtd.mmio_read(at, &mut b);
+    u32::from_le_bytes(b)
+}
+
+fn read64(vtd: &Vtd, at: u64) -> u64 {
+    let mut b = [0u8; 8];
+    vtd.mmio_read(at, &mut b);
+    u64::from_le_bytes(b)
+}
+
+fn write(vtd: &Vtd, at: u64, value: u64, width: usize) {
+    vtd.mmio_write(at, &value.to_le_bytes()[..width]);
+}
+
+fn step(vtd: &Vtd, ram: &dyn GuestRam, input: &mut Input<'_>) {
+    match input.byte() % 9 {
+        0 => {
+            let at = u64::from(input.u16() & 0x1fff);
+            let width = [1, 2, 4, 8, 16, 3][usize::from(input.byte() % 6)];
+            vtd.mmio_write(at, &input.bytes(width));
+        }
+        1 => {
+            let at = u64::from(input.u16());
+            let mut buf = vec![0u8; usize::from(input.byte() % 17)];
+            vtd.mmio_read(at, &mut buf);
+        }
+        2 => {
+            let at = u64::from(input.u16()) << 5;
+            let len = usize::from(input.byte() % 64);
+            let _ = ram.write_at(at, &input.bytes(len));
+        }
+        3 => tables(vtd, ram, input),
+        4 => submit(vtd, ram, input),
+        5 => {
+            let access = input.byte();
+            let req = DmaRequest {
+                sid: SourceId(u16::from(input.byte() & DEVFN_MASK)),
+                pasid: (access & 0x10 != 0).then(|| u32::from(input.u16())),
+                iova: input.u64()
+                    & [0xffff_f000, 0x0000_ffff_ffff_ffff, u64::MAX][usize::from(access >> 6) % 3],
+                access: Access {
+                    read: access & 1 != 0,
+                    write: access & 2 != 0,
+                    execute: access & 0x24 == 0x24,
+                    privileged: access & 0x28 == 0x28,
+                },
+            };
+            let _ = vtd.remap(&req);
+        }
+        6 => {
+            // Linux's bring-up: root table, SRTP, QI, TE.
+            // The TTM the unit supports, or (rarely) the other one.
+            let scalable = vtd.ecap().smts() != (input.byte() == 0xff);
+            write(vtd, offset::RTADDR, ROOT | (u64::from(scalable) << 10), 8);
+            write(vtd, offset::GCMD, 1 << 30, 4);
+            write(vtd, offset::IQT, 0, 4);
+            let dw = u64::from(vtd.ecap().smts()) << 11;
+            write(vtd, offset::IQA, QUEUE | dw, 8);
+            write(
+                vtd,
+                offset::GCMD,
+                (1 << 26) | (u64::from(input.byte() & 1) << 31),
+                4,
+            );
+            write(vtd, offset::FECTL, 0, 4);
+        }
+        7 => {
+            let at = [
+                offset::FSTS,
+                offset::ICS,
+                0x220 + 12,
+                offset::FECTL,
+                offset::IECTL,
+            ][usize::from(input.byte() % 5)];
+            write(
+                vtd,
+                at,
+                u64::from(input.byte()) << 24 | u64::from(input.byte()),
+                4,
+            );
+        }
+        _ => {
+            if input.byte() == 0xff {
+                vtd.reset();
+            }
+        }
+    }
+}
+
+/// Writes table entries at the fixed layout, pointers forced to the next level so walks go
+/// deep, other bits from the input.
+fn tables(vtd: &Vtd, ram: &dyn GuestRam, input: &mut Input<'_>) {
+    let which = input.byte();
+    if which & 0x80 == 0 {
+        let scalable = UnitView::state(vtd).root.ttm() == TranslationTableMode::Scalable;
+        let four_levels = vtd.cap().sagaw() & 0b100 != 0;
+        return chain(ram, input, scalable, four_levels);
+    }
+    let index = u64::from(input.byte());
+    let low = input.u64() & 0xfff;
+    let high = input.u64();
+    let (at, first) = match which % 6 {
+        0 => (ROOT + (index & 0xf) * 16, CONTEXT | low),
+        1 => (CONTEXT + (index & 0x7f) * 32, PASID_DIR | low),
+        2 => (PASID_DIR + (index & 0x7) * 8, PASID_TABLE | low),
+        3 => (PASID_TABLE + (index & 0x3f) * 64, low),
+        4 => {
+            let level = index % 5;
+            let next = PAGE_TABLES + (level + 1) * 0x1000;
+            (PAGE_TABLES + level * 0x1000 + (index >> 3) * 8, next | low)
+        }
+        _ => (
+            PASID_TABLE + (index & 0x3f) * 64 + 16,
+            PAGE_TABLES | low | (high << 52),
+        ),
+    };
+    let _ = ram.write_at(at, &first.to_le_bytes());
+    let _ = ram.write_at(at + 8, &high.to_le_bytes());
+}
+
+/// Writes up to 8 descriptors at the queue tail and moves IQT, sometimes to a hostile value.
+fn submit(vtd: &Vtd, ram: &dyn GuestRam, input: &mut Input<'_>) {
+    let iqa = Iqa::from_bits(read64(vtd, offset::IQA));
+    let size = iqa.descriptor_size();
+    let entries = iqa.entries();
+    let mut tail = (read64(vtd, offset::IQT) >> 4) / (size / 16);
+    if read32(vtd, offset::FSTS) & 0x10 != 0 && input.byte() & 1 == 0 {
+        // Linux's recovery: overwrite the refused descriptor with a wait, clear IQE.
+        let head = (read64(vtd, offset::IQH) >> 4) / (size / 16);
+        let at = iqa.base().wrapping_add(head * size);
+        let _ = ram.write_at(
+            at,
+            &[5u64, 0, 0, 0].map(u64::to_le_bytes).concat()[..size as usize],
+        );
+        write(vtd, offset::FSTS, 0x10, 4);
+    }
+    let count = input.byte() % 9;
+    for _ in 0..count {
+        let mode = input.byte();
+        // Mostly the types Linux sends; sometimes any of the sixteen low type codes.
+        let kind = match mode & 0x40 {
+            0 => [1u64, 2, 5, 6, 7, 6, 5, 2][usize::from(mode % 8)],
+            _ => u64::from(mode % 16),
+        };
+        let (mut q0, mut q1) = (input.u64(), input.u64());
+        if mode & 0x80 == 0 {
+            // Mostly well-formed: only the fields a driver fills.
+            q0 &= if kind == 5 {
+                0xffff_ffff_0000_0070
+            } else {
+                0x000f_ffff_ffff_0030
+            };
+            q1 &= !0xf80;
+        }
+        let mut q = [(q0 & !0xf) | kind, q1, 0, 0];
+        if kind == 5 && input.byte() & 1 == 0 {
+            q[1] = STATUS;
+        }
+        if input.byte() == 0xee {
+            q[2] = input.u64();
+        }
+        let at = iqa.base().wrapping_add(tail % entries * size);
+        for (i, qw) in q.iter().take(size as usize / 8).enumerate() {
+            let _ = ram.write_at(at + 8 * i as u64, &qw.to_le_bytes());
+        }
+        tail = (tail + 1) % entries;
+    }
+    let value = if input.byte() == 0xbb {
+        input.u64()
+    } else {
+        tail * size
+    };
+    write(vtd, offset::IQT, value, 4);
+}
+
+/// Writes a whole, mostly valid chain for one device on bus 0 (PASID 0 in scalable mode) and a
+/// 4-level page-table path for one IOVA, as a driver would, with some fields from the input.
+fn chain(ram: &dyn GuestRam, input: &mut Input<'_>, scalable: bool, four_levels: bool) {
+    let put = |at: u64, v: u64| {
+        let _ = ram.write_at(at, &v.to_le_bytes());
+    };
+    let devfn = u64::from(input.byte() & DEVFN_MASK);
+    let did = u64::from(input.u16());
+    put(ROOT, CONTEXT | 1);
+    put(ROOT + 8, if scalable { CONTEXT | 1 } else { 0 });
+    if scalable {
+        // FPD and PASIDE from the input; DTE and PRE would be reserved here.
+        let flags = u64::from(input.byte()) & 0x0a;
+        put(CONTEXT + (devfn & 0x7f) * 32, PASID_DIR | 1 | flags);
+        put(CONTEXT + (devfn & 0x7f) * 32 + 8, 0);
+        put(PASID_DIR, PASID_TABLE | 1);
+        let pgtt = [1u64, 1, 1, 2, 4, 3][usize::from(input.byte() % 6)];
+        put(PASID_TABLE, PAGE_TABLES | (pgtt << 6) | (2 << 2) | 1);
+        put(PASID_TABLE + 8, did);
+        put(PASID_TABLE + 16, PAGE_TABLES);
+    } else {
+        // Mostly translated (TT=0), sometimes pass-through or device-TLB.
+        let tt = [0u64, 0, 0, 2, 1][usize::from(input.byte() % 5)] << 2;
+        let (aw, root) = if four_levels {
+            (2, PAGE_TABLES)
+        } else {
+            (1, PAGE_TABLES + 0x1000)
+        };
+        put(CONTEXT + devfn * 16, root | tt | 1);
+        put(CONTEXT + devfn * 16 + 8, aw | (did << 8));
+    }
+    let iova = input.u64();
+    let leaf_flags = u64::from(input.byte()) | 1;
+    for level in (1..=4u64).rev() {
+        let index = (iova >> (12 + 9 * (level - 1))) & 0x1ff;
+        let table = PAGE_TABLES + (4 - level) * 0x1000;
+        let entry = if level == 1 {
+            (iova & 0xf_f000) | 0x10_0000 | leaf_flags
+        } else {
+            (table + 0x1000) | 0x7
+        };
+        put(table + index * 8, entry);
+    }
+}
