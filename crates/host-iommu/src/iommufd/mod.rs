@@ -141,6 +141,11 @@ impl IommufdHost {
         Some(DeviceId(id))
     }
 
+    /// Forgets a device (before the VMM drops its `VfioDevice`, which detaches and closes it).
+    pub fn remove_device(&self, dev: DeviceId) -> Option<Arc<VfioDevice>> {
+        self.lock().remove(&dev.0)
+    }
+
     /// Checks that `dev`'s host IOMMU is VT-d with nesting; the VT-d info, or the one
     /// sentence that says why not.
     pub fn check_nesting(&self, dev: DeviceId) -> std::result::Result<VtdHwInfo, IommufdHostError> {
