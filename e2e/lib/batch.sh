@@ -162,24 +162,20 @@ batch_uses() {
     grep -qx "$1" "$BATCH"/jobs/*/inner
 }
 
-# The vtd-nest binary: $VTD_NEST_BIN, or a release build of this repository (static for L1).
+# The vtd-nest binary: $VTD_NEST_BIN, or a static release build of this repository in
+# target-static/. One static build serves every place the VMM runs: directly on this host, in
+# the probe, and inside L1 (which has no shared libraries).
 vmm_binary() {
-    local kind="$1" bin
+    local bin
     if [ -n "${VTD_NEST_BIN:-}" ]; then
         echo "$VTD_NEST_BIN"
         return
     fi
-    if [ "$kind" = static ]; then
-        log "building the static VMM (cargo build --release, target-static)"
-        (cd "$REPO_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
-            cargo build -q --release --target x86_64-unknown-linux-gnu --target-dir target-static) >&2 ||
-            die "cargo build (static) failed"
-        bin="$REPO_ROOT/target-static/x86_64-unknown-linux-gnu/release/vtd-nest"
-    else
-        log "building the VMM (cargo build --release)"
-        (cd "$REPO_ROOT" && cargo build -q --release) >&2 || die "cargo build failed"
-        bin="$REPO_ROOT/target/release/vtd-nest"
-    fi
+    log "building the VMM (static cargo build --release, target-static/)"
+    (cd "$REPO_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build -q --release --target x86_64-unknown-linux-gnu --target-dir target-static) >&2 ||
+        die "cargo build of the static VMM failed"
+    bin="$REPO_ROOT/target-static/x86_64-unknown-linux-gnu/release/vtd-nest"
     [ -x "$bin" ] || die "no VMM binary at $bin"
     echo "$bin"
 }
@@ -195,8 +191,11 @@ run_logged() {
         echo "$!" >"$BATCH/.child.pid"
         rc=0
         wait "$!" || rc=$?
-        echo "$rc" >"$BATCH/.child.rc"
-    } | sed -u -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' -e 's/\r$//' | tee_console "$live"
+        # (The work directory may be gone when a trap ended the run.)
+        { echo "$rc" >"$BATCH/.child.rc"; } 2>/dev/null || true
+    } | sed -u -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' -e 's/\r*$//' | tee_console "$live" &
+    # A background pipeline and wait: the callers' INT/TERM traps run at once, not at its end.
+    wait "$!" || true
     rm -f "$BATCH/.child.pid"
     rc="$(cat "$BATCH/.child.rc" 2>/dev/null || echo 255)"
     return "$rc"
@@ -214,7 +213,7 @@ batch_cleanup() {
 
 launch_direct() {
     local live="$1" dir vmm="" cmd=() rc t
-    batch_uses vtd-nest && vmm="$(vmm_binary host)"
+    if batch_uses vtd-nest; then vmm="$(vmm_binary)"; fi
     create_disks
     for dir in "$BATCH"/jobs/*; do
         l2_initrd "$dir/init" "$dir/initrd"
@@ -247,7 +246,7 @@ l1_initrd() {
     cp "$E2E_CACHE/l2/vmlinuz" "$root/l2/vmlinuz"
     echo "$BATCH_NDISKS" >"$root/e2e/ndisks"
     if batch_uses vtd-nest; then
-        vmm="$(vmm_binary static)"
+        vmm="$(vmm_binary)"
         if readelf -d "$vmm" 2>/dev/null | grep -q '(NEEDED)'; then
             die "$vmm needs shared libraries; L1 needs a static build"
         fi
@@ -289,6 +288,7 @@ launch_nested() {
     log "booting L1 (QEMU TCG) for $BATCH_NJOBS job(s), limit ${total}s"
     run_logged "$live" timeout -k 5 "$total" "${qemu[@]}" || rc=$?
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        touch "$BATCH/l1-timed-out"
         echo "e2e: L1 timed out after ${total}s" | tee_console "$live" >&2
     elif [ "$rc" != 0 ]; then
         echo "e2e: L1 QEMU exited with status $rc" | tee_console "$live" >&2
@@ -308,7 +308,7 @@ probe_direct() {
     if [ "$(cat "$dir/inner")" = qemu ]; then
         vmm="qemu-system-x86_64"
     else
-        vmm="$(vmm_binary host)"
+        vmm="$(vmm_binary)"
     fi
     mapfile -t cmd < <(render_command "$(cat "$dir/inner")" "$vmm" "$E2E_CACHE/l2/vmlinuz" \
         "$probe/initrd" "$dir/callargs" | host_paths "$dir")
@@ -372,8 +372,13 @@ for i, job in enumerate(jobs):
 PY
 }
 
+# batch_result INDEX: the job's VMM exit status, "timeout" (the job, or L1 before the job
+# finished, ran out of time) or "missing" (no status reported).
 batch_result() {
-    cat "$(batch_job_dir "$1")/status"
+    local status
+    status="$(cat "$(batch_job_dir "$1")/status")"
+    if [ "$status" = missing ] && [ -f "$BATCH/l1-timed-out" ]; then status=timeout; fi
+    echo "$status"
 }
 
 batch_disks() {
