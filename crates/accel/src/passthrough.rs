@@ -1,0 +1,300 @@
+//! The registry of passthrough devices and the vIOMMU observer that keeps them in sync.
+
+use crate::binding::{Binding, BlockReason, Target};
+use crate::checks::{CompatError, check_host_device};
+use crate::counters::{AccelCounters, AccelCountersSnapshot, bump};
+use crate::stage2::{RamRegion, Stage2};
+use host_iommu::{
+    DeviceAttachment, DeviceId, HostIommu, HostIommuError, VtdS1HwptData, VtdS1Invalidation,
+};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tracing::{debug, info};
+use vtd::invalidation::Invalidation;
+use vtd::observer::{InvalidationObserver, UnitView};
+use vtd_spec::SourceId;
+use vtd_spec::pasid::Pgtt;
+use vtd_spec::regs::TranslationTableMode;
+
+/// The PASID used for requests without PASID. Like QEMU 11.0, only PASID 0 (Linux's RID_PASID)
+/// is bound.
+const PASID_0: u32 = 0;
+
+/// A passthrough device to put behind the vIOMMU.
+#[derive(Clone, Debug)]
+pub struct HostDevice {
+    /// The requester id the guest sees.
+    pub sid: SourceId,
+    /// A name for messages (e.g. the host PCI address or the VMM's disk name).
+    pub name: String,
+    /// The host IOMMU the device is bound to.
+    pub host: Arc<dyn HostIommu>,
+    /// The device's id in that host IOMMU.
+    pub dev: DeviceId,
+    /// Whether the device sits behind a PCI bridge (its requester id is aliased).
+    pub behind_bridge: bool,
+}
+
+/// A passthrough device could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum AccelError {
+    /// The device does not fit the vIOMMU configuration or the host.
+    #[error("Cannot assign {device}: {source}")]
+    Incompatible {
+        /// The device name.
+        device: String,
+        /// Which check failed.
+        #[source]
+        source: CompatError,
+    },
+    /// The host refused an operation while setting the device up.
+    #[error("Cannot assign {device}")]
+    Host {
+        /// The device name.
+        device: String,
+        /// The host's refusal.
+        #[source]
+        source: HostIommuError,
+    },
+}
+
+/// Passthrough devices behind one vIOMMU. Register it with `Vtd::add_observer`.
+#[derive(Debug)]
+pub struct Accel {
+    config: vtd::config::Config,
+    ram: Vec<RamRegion>,
+    inner: Mutex<Inner>,
+    counters: AccelCounters,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    stage2: Vec<Stage2>,
+    bindings: BTreeMap<SourceId, Binding>,
+}
+
+impl Accel {
+    /// A registry for a vIOMMU with `config`, whose guest RAM is `ram`.
+    pub fn new(config: vtd::config::Config, ram: Vec<RamRegion>) -> Self {
+        Self {
+            config,
+            ram,
+            inner: Mutex::new(Inner::default()),
+            counters: AccelCounters::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks and adds a device (at start or hot-plug): it is attached to a stage-2 nest parent
+    /// that maps all guest RAM, shared with other devices on the same host IOMMU, and then
+    /// synced with the guest's current tables.
+    pub fn add_device(&self, unit: &dyn UnitView, device: HostDevice) -> Result<(), AccelError> {
+        let name = device.name.clone();
+        let incompatible = |source| AccelError::Incompatible {
+            device: name.clone(),
+            source,
+        };
+        let host_err = |source| AccelError::Host {
+            device: name.clone(),
+            source,
+        };
+        let mut inner = self.lock();
+        if inner.bindings.contains_key(&device.sid) {
+            return Err(incompatible(CompatError::Duplicate(device.sid.to_string())));
+        }
+        let info = device.host.hw_info(device.dev).map_err(host_err)?;
+        check_host_device(&self.config, &info, device.behind_bridge).map_err(incompatible)?;
+        let errata = info.vtd.is_some_and(|v| v.errata_772415());
+
+        let mut attachment = DeviceAttachment::new(device.host.clone(), device.dev);
+        let mut parent = None;
+        for s2 in inner
+            .stage2
+            .iter()
+            .filter(|s| Arc::ptr_eq(&s.host, &device.host))
+        {
+            // A nest parent belongs to one host IOMMU instance; the kernel refuses (EINVAL) to
+            // attach a device of another instance, which then gets a parent of its own.
+            match attachment.attach_parent(s2.parent.clone()) {
+                Ok(()) => {
+                    parent = Some(s2.parent.clone());
+                    break;
+                }
+                Err(e) if e.errno() == Some(libc::EINVAL) => continue,
+                Err(e) => return Err(host_err(e)),
+            }
+        }
+        let parent = match parent {
+            Some(p) => p,
+            None => {
+                let s2 = Stage2::build(device.host.clone(), device.dev, &self.ram, errata)
+                    .map_err(host_err)?;
+                attachment
+                    .attach_parent(s2.parent.clone())
+                    .map_err(host_err)?;
+                let p = s2.parent.clone();
+                inner.stage2.push(s2);
+                p
+            }
+        };
+        bump(&self.counters.stage2_attaches);
+        info!(target: "accel", device = %device.name, sid = %device.sid, "passthrough device added behind the vIOMMU");
+        let mut binding = Binding::new(device.sid, device.name, attachment, parent);
+        binding.apply(target(unit, device.sid), &self.counters);
+        inner.bindings.insert(device.sid, binding);
+        Ok(())
+    }
+
+    /// Removes a device (hot-unplug): it is detached, and its nested HWPT freed.
+    pub fn remove_device(&self, sid: SourceId) -> bool {
+        let mut inner = self.lock();
+        let removed = inner.bindings.remove(&sid).is_some();
+        let used: Vec<_> = inner.bindings.values().map(|b| b.parent_id()).collect();
+        inner.stage2.retain(|s| used.contains(&s.parent.id()));
+        removed
+    }
+
+    /// What the host does with the DMA of the device at `sid`.
+    pub fn state(&self, sid: SourceId) -> Option<Target> {
+        self.lock().bindings.get(&sid).map(Binding::current)
+    }
+
+    /// Number of stage-2 nest parents in use (one per host IOMMU instance with devices).
+    pub fn nest_parents(&self) -> usize {
+        self.lock().stage2.len()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> AccelCountersSnapshot {
+        self.counters.snapshot()
+    }
+
+    /// Re-reads the PASID entry of every device `filter` selects and moves the host to match.
+    fn sync(&self, unit: &dyn UnitView, filter: impl Fn(&Binding, &Target) -> bool) {
+        let mut inner = self.lock();
+        for b in inner.bindings.values_mut() {
+            bump(&self.counters.syncs);
+            let t = target(unit, b.sid);
+            if filter(b, &t) {
+                b.apply(t, &self.counters);
+            }
+        }
+    }
+
+    fn replay(&self, unit: &dyn UnitView) {
+        bump(&self.counters.replays);
+        self.sync(unit, |_, _| true);
+    }
+
+    /// Queues `inv` for every nested device in domain `did` (and PASID 0 when given).
+    fn forward(&self, did: Option<u16>, pasid: Option<u32>, inv: VtdS1Invalidation) {
+        if pasid.is_some_and(|p| p != PASID_0) {
+            return;
+        }
+        let mut inner = self.lock();
+        for b in inner.bindings.values_mut() {
+            if let Target::Nested { did: bound, .. } = b.current()
+                && did.is_none_or(|d| d == bound)
+            {
+                b.queue(inv);
+            }
+        }
+    }
+}
+
+/// In the same domain as `did`: by the DID the host was bound from, or the one the guest now has.
+fn in_domain(b: &Binding, t: &Target, did: u16) -> bool {
+    b.current().did() == Some(did) || t.did() == Some(did)
+}
+
+/// What the guest's current programming asks for the device at `sid` (requests without PASID).
+fn target(unit: &dyn UnitView, sid: SourceId) -> Target {
+    let state = unit.state();
+    if !state.translation_enabled {
+        return Target::Stage2 { did: None };
+    }
+    if state.root.ttm() != TranslationTableMode::Scalable {
+        return Target::Blocked(BlockReason::LegacyMode);
+    }
+    let entry = match unit.read_pasid_entry(sid, PASID_0) {
+        Ok(e) if e.qw0.present() => e,
+        Ok(_) | Err(_) => return Target::Blocked(BlockReason::NoEntry),
+    };
+    let did = entry.qw1.did();
+    match entry.qw0.pgtt() {
+        Pgtt::FirstStage => match VtdS1HwptData::from_pasid_entry(&entry) {
+            Some(data) => Target::Nested { data, did },
+            None => Target::Blocked(BlockReason::Unsupported),
+        },
+        Pgtt::PassThrough => Target::Stage2 { did: Some(did) },
+        Pgtt::SecondStage | Pgtt::Nested | Pgtt::Reserved(_) => {
+            Target::Blocked(BlockReason::Unsupported)
+        }
+    }
+}
+
+fn pages(am: u8) -> u64 {
+    1u64 << am.min(52)
+}
+
+impl InvalidationObserver for Accel {
+    fn invalidated(&self, unit: &dyn UnitView, inv: &Invalidation) {
+        debug!(target: "accel", ?inv, "guest invalidation");
+        match *inv {
+            Invalidation::PasidCacheGlobal => self.sync(unit, |_, _| true),
+            Invalidation::PasidCacheDomain { did } => self.sync(unit, |b, t| in_domain(b, t, did)),
+            Invalidation::PasidCachePasid { did, pasid } => {
+                if pasid == PASID_0 {
+                    self.sync(unit, |b, t| in_domain(b, t, did));
+                }
+            }
+            // Spec §6.5.2.1: after a context-cache invalidation the guest may skip the
+            // PASID-cache flush, so every binding is re-read (QEMU does the same).
+            Invalidation::ContextGlobal | Invalidation::ContextDomain { .. } => self.replay(unit),
+            Invalidation::ContextDevice { sid, fm, .. } => {
+                let mask = !(match fm & 3 {
+                    0 => 0u16,
+                    1 => 0b100,
+                    2 => 0b110,
+                    _ => 0b111,
+                });
+                self.sync(unit, |b, _| b.sid.0 & mask == sid.0 & mask);
+            }
+            Invalidation::IotlbGlobal => self.forward(None, None, VtdS1Invalidation::all()),
+            Invalidation::IotlbDomain { did } | Invalidation::IotlbPage { did, .. } => {
+                self.forward(Some(did), None, VtdS1Invalidation::all());
+            }
+            Invalidation::PasidIotlbAll { did, pasid } => {
+                self.forward(Some(did), Some(pasid), VtdS1Invalidation::all());
+            }
+            Invalidation::PasidIotlbPage {
+                did,
+                pasid,
+                addr,
+                am,
+                ih,
+            } => {
+                let inv = if am >= 52 {
+                    VtdS1Invalidation::all()
+                } else {
+                    VtdS1Invalidation::range(addr, pages(am), ih)
+                };
+                self.forward(Some(did), Some(pasid), inv);
+            }
+        }
+    }
+
+    fn submission_done(&self, _unit: &dyn UnitView) {
+        let mut inner = self.lock();
+        for b in inner.bindings.values_mut() {
+            b.flush(&self.counters);
+        }
+    }
+
+    fn root_or_translation_changed(&self, unit: &dyn UnitView) {
+        self.replay(unit);
+    }
+}
