@@ -45,8 +45,8 @@ impl SimHost {
         iova: u64,
         access: DmaAccess,
     ) -> Result<(u64, Option<bool>), DmaFault> {
-        let hwpt = match st.objects.get(&dev.0) {
-            Some(Object::Device(d)) => d.attached.ok_or(DmaFault::Blocked)?,
+        let (hwpt, unit) = match st.objects.get(&dev.0) {
+            Some(Object::Device(d)) => (d.attached.ok_or(DmaFault::Blocked)?, self.unit(d.unit)),
             _ => return Err(DmaFault::Blocked),
         };
         let ioas = st.hwpt_ioas(hwpt).ok_or(DmaFault::Blocked)?;
@@ -62,8 +62,8 @@ impl SimHost {
             }
             HwptKind::Nested { data, caches, .. } => {
                 let cfg = WalkConfig {
-                    fs1gp: self.config.fs1gp,
-                    haw: self.config.aw_bits,
+                    fs1gp: unit.fs1gp,
+                    haw: unit.aw_bits,
                 };
                 walk::translate_nested(
                     self.mem.as_ref(),

@@ -5,15 +5,14 @@ use std::sync::Mutex;
 use super::ioas::IoasMap;
 use super::iotlb::NestedCaches;
 use super::objects::{HwptKind, HwptObj, IoasObj, Object, err};
-use super::{SimHost, bump, lock_caches};
+use super::{SimConfig, SimHost, bump, lock_caches};
 use crate::{
     DeviceId, DmaPerm, HostIommu, HostIommuError, HwCaps, HwInfo, HwInfoType, HwptId, IoasId, Op,
     PtId, Result, VtdHwInfo, VtdS1HwptData, VtdS1Invalidation,
 };
 
 impl SimHost {
-    fn hw_info_now(&self) -> HwInfo {
-        let c = &self.config;
+    fn hw_info_of(c: &SimConfig) -> HwInfo {
         HwInfo {
             kind: HwInfoType::IntelVtd,
             vtd: Some(VtdHwInfo {
@@ -35,16 +34,16 @@ impl SimHost {
     }
 
     /// `intel_pasid_setup_nested`'s checks of the stage-1 configuration, done at attach.
-    fn check_s1_for_attach(&self, data: &VtdS1HwptData) -> std::result::Result<(), i32> {
+    fn check_s1_for_attach(c: &SimConfig, data: &VtdS1HwptData) -> std::result::Result<(), i32> {
         match data.addr_width {
             48 => {}
-            57 if self.config.aw_bits >= 57 => {}
+            57 if c.aw_bits >= 57 => {}
             _ => return Err(libc::EINVAL),
         }
-        if data.sre() && !self.config.srs {
+        if data.sre() && !c.srs {
             return Err(libc::EINVAL);
         }
-        if data.eafe() && !self.config.eafs {
+        if data.eafe() && !c.eafs {
             return Err(libc::EINVAL);
         }
         Ok(())
@@ -53,8 +52,8 @@ impl SimHost {
 
 impl HostIommu for SimHost {
     fn hw_info(&self, dev: DeviceId) -> Result<HwInfo> {
-        self.read().device(dev)?;
-        Ok(self.hw_info_now())
+        let unit = self.read().device(dev)?.unit;
+        Ok(Self::hw_info_of(self.unit(unit)))
     }
 
     fn ioas_alloc(&self) -> Result<IoasId> {
@@ -65,8 +64,7 @@ impl HostIommu for SimHost {
 
     fn ioas_map(&self, ioas: IoasId, iova: u64, hva: u64, len: u64, perm: DmaPerm) -> Result<()> {
         let mut st = self.write();
-        let errata_ro =
-            self.config.errata_772415 && !perm.write && st.ioas_backs_nest_parent(ioas.0);
+        let errata_ro = !perm.write && st.ioas_backs_errata_parent(ioas.0);
         let obj = st.ioas_mut(ioas.0, Op::IoasMap)?;
         obj.map
             .check_map(iova, hva, len, perm)
@@ -96,15 +94,15 @@ impl HostIommu for SimHost {
     fn hwpt_alloc_nest_parent(&self, dev: DeviceId, ioas: IoasId) -> Result<HwptId> {
         let op = Op::AllocNestParent;
         let mut st = self.write();
-        st.device(dev)?;
+        let unit = self.unit(st.device(dev)?.unit);
         let has_ro = st.ioas(ioas.0, op)?.map.has_read_only();
         if let Some(errno) = self.inject().alloc.take() {
             return Err(err(op, errno));
         }
-        if !self.config.nesting {
+        if !unit.nesting {
             return Err(err(op, libc::EOPNOTSUPP));
         }
-        if self.config.errata_772415 && has_ro {
+        if unit.errata_772415 && has_ro {
             // Filling the new domain from the IOAS hits a read-only area.
             return Err(err(op, libc::EINVAL));
         }
@@ -113,6 +111,8 @@ impl HostIommu for SimHost {
                 ioas: ioas.0,
                 nest_parent: true,
                 auto: false,
+                errata: unit.errata_772415,
+                aw_bits: unit.aw_bits,
             },
             users: 0,
             children: 0,
@@ -166,13 +166,20 @@ impl HostIommu for SimHost {
     fn attach(&self, dev: DeviceId, pt: PtId) -> Result<HwptId> {
         let op = Op::Attach;
         let mut st = self.write();
-        let old = st.device(dev)?.attached;
+        let (old, unit) = {
+            let d = st.device(dev)?;
+            (d.attached, self.unit(d.unit))
+        };
         // Resolve the target (an IOAS gets an automatic HWPT, reused if one exists).
         let target = match st.objects.get(&pt.raw()) {
             Some(Object::Ioas(_)) if matches!(pt, PtId::Ioas(_)) => None,
             Some(Object::Hwpt(h)) if matches!(pt, PtId::Hwpt(_)) => {
+                // The stage 2 must fit this unit (`paging_domain_compatible`).
+                if st.hwpt_s2_aw(pt.raw()).is_some_and(|aw| aw > unit.aw_bits) {
+                    return Err(err(op, libc::EINVAL));
+                }
                 if let HwptKind::Nested { data, .. } = &h.kind {
-                    self.check_s1_for_attach(data).map_err(|e| err(op, e))?;
+                    Self::check_s1_for_attach(unit, data).map_err(|e| err(op, e))?;
                 }
                 Some(pt.raw())
             }
@@ -191,10 +198,11 @@ impl HostIommu for SimHost {
                             HwptKind::Paging {
                                 ioas: i,
                                 auto: true,
+                                aw_bits,
                                 ..
                             },
                         ..
-                    }) if *i == ioas => Some(*id),
+                    }) if *i == ioas && *aw_bits <= unit.aw_bits => Some(*id),
                     _ => None,
                 });
                 match reuse {
@@ -204,6 +212,8 @@ impl HostIommu for SimHost {
                             ioas,
                             nest_parent: false,
                             auto: true,
+                            errata: false,
+                            aw_bits: unit.aw_bits,
                         },
                         users: 0,
                         children: 0,

@@ -14,6 +14,10 @@
 //!   ([`walk`]) with per-HWPT caches ([`iotlb`]) that only `IOMMU_HWPT_INVALIDATE` (stage 1) or an
 //!   IOAS unmap (stage 2: every nested HWPT on that IOAS is flushed, as the kernel's
 //!   `cache_tag_flush_range` on the parent does) clear.
+//! - **Several units**: [`SimHost::with_units`] builds a host with several VT-d units, each
+//!   with its own [`SimConfig`] (erratum, FS1GP, width, ...); a device reports, is checked
+//!   against and walks with its own unit; a nest parent keeps the erratum and width of the
+//!   unit it was allocated for.
 //! - **Test hooks**: [`SimCounters`], live-object counts, and one-shot failure injection.
 //!
 //! The sim never dereferences pointers: host memory is reached through [`HostMemory`], which
@@ -142,7 +146,8 @@ pub(crate) fn lock_caches(m: &Mutex<NestedCaches>) -> MutexGuard<'_, NestedCache
 /// invalidation take a read lock plus the one nested HWPT's cache lock, so devices on
 /// different HWPTs translate in parallel. Counters are atomics.
 pub struct SimHost {
-    pub(crate) config: SimConfig,
+    /// One configuration per host VT-d unit (index = unit number).
+    pub(crate) units: Vec<SimConfig>,
     pub(crate) mem: Arc<dyn HostMemory>,
     state: RwLock<State>,
     pub(crate) counters: Counters,
@@ -152,25 +157,42 @@ pub struct SimHost {
 impl fmt::Debug for SimHost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimHost")
-            .field("config", &self.config)
+            .field("units", &self.units)
             .finish_non_exhaustive()
     }
 }
 
 impl SimHost {
-    /// A simulated host IOMMU over the VMM's host memory.
+    /// A simulated host with one VT-d unit, over the VMM's host memory.
     pub fn new(config: SimConfig, mem: Arc<dyn HostMemory>) -> Self {
+        Self::with_units(vec![config], mem)
+    }
+    /// A simulated host with several VT-d units (say, one with ERRATA_772415 and one
+    /// without); devices are placed on a unit with [`add_device_on`](Self::add_device_on).
+    /// An empty list means one default unit.
+    pub fn with_units(mut units: Vec<SimConfig>, mem: Arc<dyn HostMemory>) -> Self {
+        if units.is_empty() {
+            units.push(SimConfig::default());
+        }
         Self {
-            config,
+            units,
             mem,
             state: RwLock::new(State::default()),
             counters: Counters::default(),
             inject: Mutex::new(Inject::default()),
         }
     }
-    /// Its configuration.
+    /// The configuration of unit 0.
     pub fn config(&self) -> &SimConfig {
-        &self.config
+        &self.units[0]
+    }
+    /// The configuration of every unit.
+    pub fn units(&self) -> &[SimConfig] {
+        &self.units
+    }
+    /// The configuration of a device's unit.
+    pub(crate) fn unit(&self, unit: usize) -> &SimConfig {
+        self.units.get(unit).unwrap_or(&self.units[0])
     }
     /// The host memory it reads and writes.
     pub fn memory(&self) -> &Arc<dyn HostMemory> {
@@ -186,12 +208,20 @@ impl SimHost {
         self.inject.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Binds a (simulated) passthrough device to this host IOMMU; it starts detached.
+    /// Binds a (simulated) passthrough device behind unit 0; it starts detached.
     pub fn add_device(&self, name: &str) -> DeviceId {
-        DeviceId(self.write().alloc_id(Object::Device(DeviceObj {
-            name: name.to_owned(),
-            attached: None,
-        })))
+        self.add_device_on(name, 0)
+            .unwrap_or_else(|| unreachable!("unit 0 always exists"))
+    }
+    /// Binds a device behind `unit`; `None` if there is no such unit.
+    pub fn add_device_on(&self, name: &str, unit: usize) -> Option<DeviceId> {
+        (unit < self.units.len()).then(|| {
+            DeviceId(self.write().alloc_id(Object::Device(DeviceObj {
+                name: name.to_owned(),
+                attached: None,
+                unit,
+            })))
+        })
     }
     /// Unbinds a device (its cdev closed): it is detached first, as the kernel does. Drop
     /// its [`DeviceAttachment`](crate::DeviceAttachment) before this.

@@ -21,6 +21,10 @@ pub(crate) enum HwptKind {
         ioas: u32,
         nest_parent: bool,
         auto: bool,
+        /// Allocated for a unit with ERRATA_772415: no read-only mappings (nest parent).
+        errata: bool,
+        /// Address width of the unit it was allocated for.
+        aw_bits: u32,
     },
     /// A user-managed stage-1 HWPT on a nest parent.
     Nested {
@@ -44,6 +48,8 @@ pub(crate) struct HwptObj {
 pub(crate) struct DeviceObj {
     pub(crate) name: String,
     pub(crate) attached: Option<u32>,
+    /// The host VT-d unit the device sits behind.
+    pub(crate) unit: usize,
 }
 
 #[derive(Debug)]
@@ -121,10 +127,24 @@ impl State {
         }
     }
     /// Whether any nest parent sits on `ioas`.
-    pub(crate) fn ioas_backs_nest_parent(&self, ioas: u32) -> bool {
+    pub(crate) fn ioas_backs_errata_parent(&self, ioas: u32) -> bool {
         self.objects.values().any(|o| {
-            matches!(o, Object::Hwpt(HwptObj { kind: HwptKind::Paging { ioas: i, nest_parent: true, .. }, .. }) if *i == ioas)
+            matches!(o, Object::Hwpt(HwptObj { kind: HwptKind::Paging { ioas: i, nest_parent: true, errata: true, .. }, .. }) if *i == ioas)
         })
+    }
+    /// The address width of the stage-2 HWPT `id` translates through.
+    pub(crate) fn hwpt_s2_aw(&self, id: u32) -> Option<u32> {
+        match self.objects.get(&id) {
+            Some(Object::Hwpt(HwptObj {
+                kind: HwptKind::Paging { aw_bits, .. },
+                ..
+            })) => Some(*aw_bits),
+            Some(Object::Hwpt(HwptObj {
+                kind: HwptKind::Nested { parent, .. },
+                ..
+            })) => self.hwpt_s2_aw(*parent),
+            _ => None,
+        }
     }
     /// Stage-2 change on `ioas`: flush every nested HWPT built over it.
     pub(crate) fn flush_nested_on_ioas(&mut self, ioas: u32) {

@@ -683,3 +683,73 @@ fn random_tables_match_a_reference() {
         }
     }
 }
+
+// ---------------------------------------------------------------- several host units
+
+/// One unit with ERRATA_772415 and one without (the cover letter's mixed host): each
+/// device reports its own unit, the erratum binds only parents built for the erratum unit,
+/// a 57-bit parent does not fit a 48-bit unit, and the walk uses the device's unit.
+#[test]
+fn several_units_each_with_their_own_rules() {
+    let mem = Arc::new(VecHostMemory::new(&[(RAM_HVA, RAM_SIZE as usize)]));
+    let errata = SimConfig {
+        errata_772415: true,
+        fs1gp: false,
+        ..SimConfig::default()
+    };
+    let wide = SimConfig {
+        aw_bits: 57,
+        ..SimConfig::default()
+    };
+    let host = Arc::new(SimHost::with_units(vec![errata, wide], mem.clone()));
+    let dyn_host: Arc<dyn HostIommu> = host.clone();
+    let d0 = host.add_device_on("0000:01:00.0", 0).unwrap();
+    let d1 = host.add_device_on("0000:81:00.0", 1).unwrap();
+    assert_eq!(host.add_device_on("nowhere", 2), None);
+    let i0 = host.hw_info(d0).unwrap();
+    let i1 = host.hw_info(d1).unwrap();
+    assert!(i0.vtd.unwrap().errata_772415() && !i1.vtd.unwrap().errata_772415());
+    assert!(i1.vtd.unwrap().fs5lp() && !i0.vtd.unwrap().fs1gp());
+
+    let map_ram = |ioas: &crate::Ioas| {
+        ioas.map(0, RAM_HVA, RAM_SIZE, DmaPerm::READ_WRITE).unwrap();
+    };
+    let ioas0 = Arc::new(crate::Ioas::new(dyn_host.clone()).unwrap());
+    map_ram(&ioas0);
+    let p0 = Arc::new(NestParentHwpt::new(ioas0.clone(), d0).unwrap());
+    assert_eq!(
+        errno(ioas0.map(RAM_SIZE, RAM_HVA, 0x1000, DmaPerm::READ)),
+        libc::EINVAL
+    );
+    let ioas1 = Arc::new(crate::Ioas::new(dyn_host.clone()).unwrap());
+    map_ram(&ioas1);
+    let p1 = Arc::new(NestParentHwpt::new(ioas1.clone(), d1).unwrap());
+    ioas1.map(RAM_SIZE, RAM_HVA, 0x1000, DmaPerm::READ).unwrap();
+
+    // The 57-bit unit's parent does not fit the 48-bit unit's device; the other way is fine.
+    let mut a0 = DeviceAttachment::new(dyn_host.clone(), d0);
+    let mut a1 = DeviceAttachment::new(dyn_host.clone(), d1);
+    assert_eq!(errno(a0.attach_parent(p1.clone())), libc::EINVAL);
+    a1.attach_parent(p0.clone()).unwrap();
+
+    // A 1 GiB page: walked fine behind the FS1GP unit, reserved behind the other.
+    let root = super::tests::TABLES_GPA;
+    let mut g = Guest {
+        mem,
+        host: host.clone(),
+        dyn_host: dyn_host.clone(),
+        next_table: root + 0x1000,
+    };
+    let pdpe = g.entry_gpa(root, 4, 1 << 30, 3);
+    g.write(pdpe, P | RW | US | PS);
+    a0.bind_nested(&p0, &s1(root)).unwrap();
+    a1.bind_nested(&p0, &s1(root)).unwrap();
+    assert_eq!(
+        host.dma_translate(d1, (1 << 30) + 0x5000, false),
+        Ok(RAM_HVA + 0x5000)
+    );
+    assert!(matches!(
+        host.dma_translate(d0, (1 << 30) + 0x5000, false),
+        Err(DmaFault::S1Reserved { level: 3, .. })
+    ));
+}
