@@ -61,7 +61,8 @@ pub struct FirstStagePte {
 }
 
 impl FirstStagePte {
-    /// Address of the next table, or of the mapped page/superpage at `level`.
+    /// Address of the page or superpage a *leaf* entry at `level` maps (aligned to the level
+    /// size). For a non-leaf entry use `next_table`.
     pub fn output_address(self, level: u32) -> u64 {
         (self.addr() << 12) & !(level_size(level) - 1)
     }
@@ -143,7 +144,8 @@ impl SecondStagePte {
     pub fn present(self) -> bool {
         self.read() || self.write()
     }
-    /// Address of the next table, or of the mapped page/superpage at `level`.
+    /// Address of the page or superpage a *leaf* entry at `level` maps (aligned to the level
+    /// size). For a non-leaf entry use `next_table`.
     pub fn output_address(self, level: u32) -> u64 {
         (self.addr() << 12) & !(level_size(level) - 1)
     }
