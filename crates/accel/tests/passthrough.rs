@@ -417,3 +417,58 @@ fn failed_invalidation_blocks_until_resync() {
 fn libc_enomem() -> i32 {
     12
 }
+
+/// One iommufd, two VT-d units. Compatible units share one nest parent (a paging domain may
+/// span units); when the first parent does not fit the second unit (`paging_domain_compatible`:
+/// a 57-bit stage 2 on a 48-bit unit) the kernel refuses the attach with EINVAL and the second
+/// device gets a parent of its own. Both devices are bound and DMA through the guest's table.
+#[test]
+fn devices_on_two_units_of_one_host() {
+    for (first_aw, parents) in [(48, 1), (57, 2)] {
+        let mut g = Guest::new(OPTIONS);
+        g.boot();
+        let mem = host_iommu::sim::GuestRamMemory::new(
+            (*g.ram).clone(),
+            vec![host_iommu::sim::GuestRamRegion {
+                gpa: 0,
+                size: RAM,
+                hva: HVA,
+            }],
+        );
+        let units = vec![
+            SimConfig {
+                aw_bits: first_aw,
+                ..SimConfig::default()
+            },
+            SimConfig::default(),
+        ];
+        let sim = Arc::new(SimHost::with_units(units, Arc::new(mem)));
+        let host: Arc<dyn HostIommu> = sim.clone();
+        let sids = [SID, SourceId::new(0, 5, 0)];
+        let mut devs = Vec::new();
+        for (unit, sid) in sids.into_iter().enumerate() {
+            let dev = sim.add_device_on(&sid.to_string(), unit).unwrap();
+            let d = accel::HostDevice {
+                sid,
+                name: sid.to_string(),
+                host: host.clone(),
+                dev,
+                behind_bridge: false,
+            };
+            g.accel.add_device(&*g.vtd, d).unwrap();
+            devs.push(dev);
+        }
+        assert_eq!(g.accel.nest_parents(), parents, "first unit {first_aw}-bit");
+        let table = g.new_table();
+        let page = g.page();
+        g.fill(page, 0x6b);
+        g.map(table, IOVA, page, true);
+        for sid in sids {
+            g.set_first_stage(sid, DID, table);
+        }
+        g.translation(true);
+        for dev in devs {
+            assert_eq!(dma(&sim, dev, IOVA), Some(0x6b));
+        }
+    }
+}
