@@ -30,7 +30,13 @@ fn report(error: &dyn std::error::Error) {
 
 fn run(config: VmConfig) -> ExitCode {
     init_logging(config.log_level);
-    let vm = match VmBuilder::new(config).and_then(VmBuilder::build) {
+    let built = VmBuilder::new(config).and_then(|builder| {
+        if let Some(unit) = builder.vtd() {
+            println!("{}", vmm::iommu::cap_line(unit));
+        }
+        builder.build()
+    });
+    let vm = match built {
         Ok(vm) => vm,
         Err(e) => {
             report(&e);

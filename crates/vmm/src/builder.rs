@@ -39,6 +39,9 @@ pub enum Error {
     /// A file named on the command line.
     #[error(transparent)]
     File(#[from] crate::config::FileError),
+    /// The vIOMMU configuration.
+    #[error(transparent)]
+    Iommu(#[from] crate::iommu::Error),
     /// Opening KVM or creating the VM.
     #[error(transparent)]
     Vm(#[from] vm::Error),
@@ -128,7 +131,8 @@ pub struct VmBuilder {
     routing: Arc<GsiRouting>,
     events: VmEventSender,
     receiver: Receiver<VmEvent>,
-    iommu_device: bool,
+    iommu_aw_bits: Option<u8>,
+    vtd: Option<Arc<vtd::Vtd>>,
     hooks: Vec<ShutdownHook>,
 }
 
@@ -153,7 +157,7 @@ impl VmBuilder {
             usize::from(config.cpus),
         )?);
         let (events, receiver) = channel();
-        Ok(VmBuilder {
+        let mut builder = VmBuilder {
             routing: Arc::new(GsiRouting::new(vm.clone())),
             config,
             kvm,
@@ -163,9 +167,27 @@ impl VmBuilder {
             counters: Arc::new(Counters::new()),
             events,
             receiver,
-            iommu_device: false,
+            iommu_aw_bits: None,
+            vtd: None,
             hooks: Vec::new(),
-        })
+        };
+        if let Some(iommu) = &builder.config.iommu {
+            let unit = crate::iommu::create_unit(
+                &iommu.options,
+                &builder.memory,
+                builder.msi_signaller(),
+            )?;
+            let page = Arc::new(crate::iommu::VtdRegisterPage(unit.clone()));
+            builder.set_iommu_device(page, unit.config().aw_bits)?;
+            crate::iommu::add_counters(&builder.counters, &unit);
+            builder.vtd = Some(unit);
+        }
+        Ok(builder)
+    }
+
+    /// The virtual VT-d unit, when `--iommu intel` was given.
+    pub fn vtd(&self) -> Option<&Arc<vtd::Vtd>> {
+        self.vtd.as_ref()
     }
 
     /// The configuration.
@@ -243,10 +265,15 @@ impl VmBuilder {
         Ok(self.buses.mmio.insert(name, base, len, device)?)
     }
 
-    /// Registers the vIOMMU's 4 KiB register page at 0xfed90000 (the DRHD base in DMAR).
-    pub fn set_iommu_device(&mut self, device: Arc<dyn BusDevice>) -> Result<(), Error> {
+    /// Registers a vIOMMU's 4 KiB register page at 0xfed90000 and announces it in a DMAR table
+    /// with host address width `aw_bits` (one DRHD, INCLUDE_PCI_ALL).
+    pub fn set_iommu_device(
+        &mut self,
+        device: Arc<dyn BusDevice>,
+        aw_bits: u8,
+    ) -> Result<(), Error> {
         self.add_mmio_device("dmar0", DRHD_START, DRHD_SIZE, device)?;
-        self.iommu_device = true;
+        self.iommu_aw_bits = Some(aw_bits);
         Ok(())
     }
 
@@ -288,17 +315,9 @@ impl VmBuilder {
     /// Adds the platform devices, writes ACPI tables and boot structures, creates the vCPUs.
     pub fn build(self) -> Result<Vm, Error> {
         self.add_platform_devices()?;
-        let dmar = self.config.iommu.as_ref().map(|iommu| {
-            if !self.iommu_device {
-                tracing::warn!(
-                    "No vIOMMU model is wired into this build: the DMAR table is present but \
-                     its register page at {DRHD_START:#x} reads as all ones"
-                );
-            }
-            DmarConfig {
-                aw_bits: iommu.aw_bits(),
-                base: DRHD_START,
-            }
+        let dmar = self.iommu_aw_bits.map(|aw_bits| DmarConfig {
+            aw_bits,
+            base: DRHD_START,
         });
         let acpi = AcpiConfig {
             nr_cpus: self.config.cpus,

@@ -148,27 +148,6 @@ pub struct IommuConfig {
     pub options: String,
 }
 
-impl IommuConfig {
-    /// Default guest address width when `aw-bits` is not given.
-    pub const DEFAULT_AW_BITS: u8 = 48;
-
-    /// The value of `key` in the option string, if present.
-    pub fn option(&self, key: &str) -> Option<&str> {
-        self.options
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v)
-    }
-
-    /// `aw-bits` (guest address width), which the DMAR table also needs.
-    pub fn aw_bits(&self) -> u8 {
-        self.option("aw-bits")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(Self::DEFAULT_AW_BITS)
-    }
-}
-
 /// `--disk`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -269,12 +248,9 @@ pub enum ArgError {
     /// Bad IOMMU model.
     #[error("Unsupported IOMMU '{0}': only 'intel' is available")]
     BadIommu(String),
-    /// Malformed IOMMU option list.
-    #[error("Invalid IOMMU option '{0}': options are KEY=VALUE pairs separated by commas")]
-    BadIommuOption(String),
-    /// Bad aw-bits.
-    #[error("Invalid aw-bits '{0}': use a number of address bits such as 39 or 48")]
-    BadAwBits(String),
+    /// Options the vIOMMU model refuses.
+    #[error("Invalid --iommu option: {0}")]
+    BadIommuOptions(String),
     /// Bad disk option.
     #[error("Invalid --disk '{spec}': {why}")]
     BadDisk {
@@ -361,30 +337,16 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ArgError> {
     Ok(disk)
 }
 
-/// Parses an `--iommu` value.
+/// Parses an `--iommu` value: the model name here, the options by the model itself.
 pub fn parse_iommu(spec: &str) -> Result<IommuConfig, ArgError> {
     let (model, options) = spec.split_once(',').unwrap_or((spec, ""));
     if model != "intel" {
         return Err(ArgError::BadIommu(model.to_owned()));
     }
-    if !options.is_empty() {
-        for item in options.split(',') {
-            match item.split_once('=') {
-                Some((k, _)) if !k.is_empty() => {}
-                _ => return Err(ArgError::BadIommuOption(item.to_owned())),
-            }
-        }
-    }
-    let config = IommuConfig {
+    vtd::Config::parse(options).map_err(|e| ArgError::BadIommuOptions(e.to_string()))?;
+    Ok(IommuConfig {
         options: options.to_owned(),
-    };
-    if let Some(aw) = config.option("aw-bits") {
-        match aw.parse::<u8>() {
-            Ok(bits) if (12..=64).contains(&bits) => {}
-            _ => return Err(ArgError::BadAwBits(aw.to_owned())),
-        }
-    }
-    Ok(config)
+    })
 }
 
 fn parse_u64(text: &str) -> Option<u64> {
@@ -545,8 +507,6 @@ mod tests {
         assert_eq!((c.memory, c.cpus), (1 << 30, 2));
         let iommu = c.iommu.unwrap();
         assert_eq!(iommu.options, "x-scalable-mode=on,x-flts=on,aw-bits=48");
-        assert_eq!(iommu.aw_bits(), 48);
-        assert_eq!(iommu.option("x-flts"), Some("on"));
         assert_eq!(c.disks.len(), 2);
         assert!(c.disks[0].readonly && c.disks[0].iommu && c.disks[0].assigned.is_none());
         assert_eq!(c.disks[1].assigned, Some(AssignedBackend::Sim));
@@ -560,14 +520,8 @@ mod tests {
         let c = run(&["--kernel", "/k"]).unwrap();
         assert_eq!(c, VmConfig::new("/k"));
         assert_eq!(c.memory, 512 << 20);
-        assert_eq!(
-            run(&["--kernel", "/k", "--iommu", "intel"])
-                .unwrap()
-                .iommu
-                .unwrap()
-                .aw_bits(),
-            48
-        );
+        let iommu = run(&["--kernel", "/k", "--iommu", "intel"]).unwrap().iommu;
+        assert_eq!(iommu.unwrap().options, "");
     }
 
     #[test]
@@ -656,12 +610,8 @@ mod tests {
                 ArgError::BadIommu("amd".into()),
             ),
             (
-                &["--kernel", "/k", "--iommu", "intel,pt"],
-                ArgError::BadIommuOption("pt".into()),
-            ),
-            (
-                &["--kernel", "/k", "--iommu", "intel,aw-bits=x"],
-                ArgError::BadAwBits("x".into()),
+                &["--kernel", "/k", "--iommu", "intelx,pt=on"],
+                ArgError::BadIommu("intelx".into()),
             ),
             (
                 &["--kernel", "/k", "--serial", "tty"],
@@ -688,6 +638,8 @@ mod tests {
         for (args, want) in cases {
             assert_eq!(run(args).unwrap_err(), *want, "{args:?}");
         }
+        let err = run(&["--kernel", "/k", "--iommu", "intel,frobnicate=on"]).unwrap_err();
+        assert!(matches!(err, ArgError::BadIommuOptions(_)), "{err}");
         assert_eq!(parse_args(Vec::<String>::new()), Err(ArgError::NoCommand));
         assert_eq!(
             parse_args(["boot"]),

@@ -28,6 +28,7 @@ pub mod bus;
 pub mod config;
 pub mod counters;
 pub mod interrupt;
+pub mod iommu;
 pub mod legacy;
 pub mod memory;
 pub mod serial;
