@@ -8,9 +8,10 @@
 //!   exit summary <── Vtd::counters() as `counter vtd_<name> <value>` lines
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use vm_memory::{GuestAddress, GuestMemoryMmap, IommuMemory, Permissions};
+use vm_memory::iommu::IotlbIterator;
+use vm_memory::{GuestAddress, GuestMemoryMmap, Iommu, IommuMemory, Permissions};
 use vtd::Vtd;
 use vtd::iommu::DeviceIommu;
 use vtd_spec::SourceId;
@@ -28,7 +29,62 @@ pub enum Error {
 }
 
 /// Guest memory as a device behind the vIOMMU sees it.
-pub type TranslatedMemory = IommuMemory<GuestMemoryMmap, DeviceIommu>;
+pub type TranslatedMemory = IommuMemory<GuestMemoryMmap, DeviceDma>;
+
+/// One device's DMA path into the unit: its [`DeviceIommu`], plus the test-only probe of
+/// `--test-dma-fault`, which issues one extra read of a chosen IOVA just before the device's
+/// first translated access (by then the guest has attached the device to a DMA domain, so an
+/// IOVA it never mapped faults with reason 0x71 against this device's requester id).
+#[derive(Debug)]
+pub struct DeviceDma {
+    inner: DeviceIommu,
+    probe: Mutex<Option<u64>>,
+}
+
+impl DeviceDma {
+    /// The DMA path of device `sid` behind `unit`, with an optional one-shot fault probe.
+    pub fn new(unit: &Arc<Vtd>, sid: SourceId, probe: Option<u64>) -> Self {
+        let remapper: Arc<dyn vtd::request::Remapper> = unit.clone();
+        DeviceDma {
+            inner: DeviceIommu::new(remapper, sid),
+            probe: Mutex::new(probe),
+        }
+    }
+
+    /// The requester id.
+    pub fn sid(&self) -> SourceId {
+        self.inner.sid()
+    }
+
+    fn run_probe(&self) {
+        let pending = self.probe.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(iova) = pending {
+            let refused = self
+                .inner
+                .translate(GuestAddress(iova), 4, Permissions::Read)
+                .is_err();
+            tracing::info!(
+                "--test-dma-fault: read of IOVA {iova:#x} by {} {}",
+                self.inner.sid(),
+                if refused { "faulted" } else { "was translated" }
+            );
+        }
+    }
+}
+
+impl Iommu for DeviceDma {
+    type IotlbGuard<'a> = <DeviceIommu as Iommu>::IotlbGuard<'a>;
+
+    fn translate(
+        &self,
+        iova: GuestAddress,
+        length: usize,
+        access: Permissions,
+    ) -> Result<IotlbIterator<Self::IotlbGuard<'_>>, vm_memory::iommu::Error> {
+        self.run_probe();
+        self.inner.translate(iova, length, access)
+    }
+}
 
 /// The unit's 4 KiB register page as an MMIO bus device.
 #[derive(Debug)]
@@ -97,15 +153,60 @@ pub fn translated_memory(
     memory: &GuestMemoryMmap,
     unit: &Arc<Vtd>,
     sid: SourceId,
+    fault_probe: Option<u64>,
 ) -> TranslatedMemory {
-    let remapper: Arc<dyn vtd::request::Remapper> = unit.clone();
-    IommuMemory::new(memory.clone(), DeviceIommu::new(remapper, sid), true, ())
+    IommuMemory::new(
+        memory.clone(),
+        DeviceDma::new(unit, sid, fault_probe),
+        true,
+        (),
+    )
 }
 
-/// Test hook (`--test-dma-fault`): one translated read of `iova` by the device at `sid`, which
-/// records a fault (and raises the fault event) if the guest never mapped it. Returns whether
-/// the read was refused.
-pub fn probe_dma(memory: &TranslatedMemory, iova: u64) -> bool {
-    use vm_memory::GuestMemory;
-    !memory.check_range(GuestAddress(iova), 4, Permissions::Read)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    struct NoIrq;
+
+    impl vtd::FaultInterrupt for NoIrq {
+        fn deliver(&self, _address: u64, _data: u32) {}
+    }
+
+    fn unit(memory: &GuestMemoryMmap) -> Arc<Vtd> {
+        let config = vtd::Config::parse("x-scalable-mode=on,x-flts=on").unwrap();
+        Arc::new(Vtd::new(config, Arc::new(memory.clone()), Arc::new(NoIrq)))
+    }
+
+    #[test]
+    fn cap_line_matches_the_registers() {
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let unit = unit(&memory);
+        let mut cap = [0u8; 8];
+        VtdRegisterPage(unit.clone()).read(0x08, &mut cap);
+        let line = cap_line(&unit);
+        assert!(line.starts_with(&format!("VTD cap={:x} ecap=", u64::from_le_bytes(cap))));
+    }
+
+    #[test]
+    fn probe_runs_once_before_the_first_access() {
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        memory
+            .write_obj(0x1234_5678u32, GuestAddress(0x2000))
+            .unwrap();
+        let unit = unit(&memory);
+        let dma = translated_memory(&memory, &unit, bus0_sid(3), Some(0xdead000));
+        assert_eq!(dma.iommu().sid(), SourceId::new(0, 3, 0));
+        // Translation is off until the guest enables it: accesses pass through.
+        assert_eq!(
+            dma.read_obj::<u32>(GuestAddress(0x2000)).unwrap(),
+            0x1234_5678
+        );
+        assert!(dma.iommu().probe.lock().unwrap().is_none(), "the probe ran");
+        assert_eq!(
+            dma.read_obj::<u32>(GuestAddress(0x2000)).unwrap(),
+            0x1234_5678
+        );
+    }
 }
