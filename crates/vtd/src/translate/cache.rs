@@ -50,18 +50,70 @@ impl Hasher for KeyHasher {
     }
 }
 
-/// Builds [`KeyHasher`]s.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct BuildKeyHasher;
+/// A key with its hash computed once: the shard index and the shard's hash table both use it,
+/// so a lookup hashes the key a single time.
+#[derive(Clone, Copy, Debug)]
+struct Hashed<K> {
+    hash: u64,
+    key: K,
+}
 
-impl BuildHasher for BuildKeyHasher {
-    type Hasher = KeyHasher;
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher::default()
+impl<K: Hash> Hashed<K> {
+    fn new(key: K) -> Self {
+        let mut h = KeyHasher::default();
+        key.hash(&mut h);
+        Self {
+            hash: h.finish(),
+            key,
+        }
     }
 }
 
-type Shard<K, V> = RwLock<HashMap<K, V, BuildKeyHasher>>;
+impl<K: PartialEq> PartialEq for Hashed<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.key == other.key
+    }
+}
+
+impl<K: Eq> Eq for Hashed<K> {}
+
+impl<K> Hash for Hashed<K> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// Hands a [`Hashed`] key's precomputed hash to the hash table unchanged.
+#[derive(Clone, Copy, Default)]
+struct PrehashedHasher(u64);
+
+impl Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `Hashed`; fold anything else in anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = i;
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct BuildPrehashed;
+
+impl BuildHasher for BuildPrehashed {
+    type Hasher = PrehashedHasher;
+    fn build_hasher(&self) -> PrehashedHasher {
+        PrehashedHasher::default()
+    }
+}
+
+type Map<K, V> = HashMap<Hashed<K>, V, BuildPrehashed>;
+type Shard<K, V> = RwLock<Map<K, V>>;
 
 /// A bounded hash map split into independently locked shards.
 pub(crate) struct ShardedCache<K, V> {
@@ -81,7 +133,7 @@ impl<K: Hash + Eq + Copy, V: Copy> ShardedCache<K, V> {
                 .map(|_| {
                     RwLock::new(HashMap::with_capacity_and_hasher(
                         shard_capacity,
-                        BuildKeyHasher,
+                        BuildPrehashed,
                     ))
                 })
                 .collect(),
@@ -95,35 +147,34 @@ impl<K: Hash + Eq + Copy, V: Copy> ShardedCache<K, V> {
         self.shards.len() * self.shard_capacity
     }
 
-    fn shard(&self, key: &K) -> &Shard<K, V> {
-        let mut h = KeyHasher::default();
-        key.hash(&mut h);
-        // The top bits pick the shard; hashbrown uses the low bits and the top 7 bits inside the
-        // shard, which all come from a second hash of the same key, so the two do not correlate
-        // in a way that matters for correctness.
-        let idx = (h.finish() >> 40) as usize & self.shard_mask;
+    fn shard(&self, key: &Hashed<K>) -> &Shard<K, V> {
+        // Bits 40+ pick the shard; the hash table inside uses the low bits (bucket) and the top
+        // 7 bits (control byte), so the three do not overlap.
+        let idx = (key.hash >> 40) as usize & self.shard_mask;
         // `idx` is masked to the shard count, so this cannot fail; `get` keeps it panic-free.
         self.shards.get(idx).unwrap_or(&self.shards[0])
     }
 
-    fn read(shard: &Shard<K, V>) -> RwLockReadGuard<'_, HashMap<K, V, BuildKeyHasher>> {
+    fn read(shard: &Shard<K, V>) -> RwLockReadGuard<'_, Map<K, V>> {
         // A poisoned lock only means another thread panicked while holding it; the map itself is
         // always in a consistent state between our operations.
         shard.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(shard: &Shard<K, V>) -> RwLockWriteGuard<'_, HashMap<K, V, BuildKeyHasher>> {
+    fn write(shard: &Shard<K, V>) -> RwLockWriteGuard<'_, Map<K, V>> {
         shard.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A copy of the entry for `key`.
     pub(crate) fn get(&self, key: &K) -> Option<V> {
-        Self::read(self.shard(key)).get(key).copied()
+        let key = Hashed::new(*key);
+        Self::read(self.shard(&key)).get(&key).copied()
     }
 
     /// Inserts or replaces the entry for `key`, evicting another entry of the same shard when
     /// the shard is full.
     pub(crate) fn insert(&self, key: K, value: V) {
+        let key = Hashed::new(key);
         let mut map = Self::write(self.shard(&key));
         if map.len() >= self.shard_capacity
             && !map.contains_key(&key)
@@ -140,7 +191,7 @@ impl<K: Hash + Eq + Copy, V: Copy> ShardedCache<K, V> {
         for shard in self.shards.iter() {
             let mut map = Self::write(shard);
             let before = map.len();
-            map.retain(|k, v| keep(k, v));
+            map.retain(|k, v| keep(&k.key, v));
             removed += before - map.len();
         }
         removed

@@ -29,12 +29,20 @@ use vtd_spec::pte::level_size;
 pub(crate) const NO_PASID: u32 = u32::MAX;
 
 /// IOTLB lookup key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct IotlbKey {
     sid: u16,
     pasid: u32,
     vpn: u64,
     level: u8,
+}
+
+/// Two words instead of four: the key is hashed on every lookup.
+impl std::hash::Hash for IotlbKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64((u64::from(self.sid) << 32) | u64::from(self.pasid));
+        state.write_u64((self.vpn << 2) ^ u64::from(self.level));
+    }
 }
 
 impl IotlbKey {

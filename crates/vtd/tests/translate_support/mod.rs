@@ -28,7 +28,7 @@ use vtd_spec::root::RootHalf;
 /// Guest RAM size: 64 MiB at GPA 0.
 pub const RAM_SIZE: u64 = 64 << 20;
 /// Table pages are allocated from here up.
-const TABLES_BASE: u64 = 0x10_0000;
+pub const TABLES_BASE: u64 = 0x10_0000;
 /// Data pages tests DMA into live above this.
 pub const DATA_BASE: u64 = 0x200_0000;
 /// A GPA beyond guest RAM but within the 48-bit host address width.

@@ -1,0 +1,71 @@
+//! Translation hot paths: an IOTLB hit, and a 4-level first-stage walk on a miss.
+
+// criterion's macros generate undocumented public functions.
+#![allow(missing_docs)]
+
+#[path = "../tests/translate_support/mod.rs"]
+#[allow(unused_imports)]
+mod translate_support;
+
+use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use translate_support::*;
+use vtd::request::{Access, DmaRequest};
+use vtd::translate::Translator;
+
+const IOVA: u64 = 0x1_0000_0000;
+/// More distinct pages than the IOTLB holds, so cycling through them misses.
+const MISS_PAGES: u64 = 65_536;
+
+fn bench(c: &mut Criterion) {
+    let mem = Mem::new();
+    let t = Tables::scalable(&mem);
+    t.sm_device(SID, false);
+    let pt = PageTable::new(&mem, 4, Stage::First);
+    for i in 0..MISS_PAGES {
+        pt.map4k(&mem, IOVA + i * 0x1000, DATA_BASE + (i % 1024) * 0x1000);
+    }
+    t.pasid_entry(SID, 0, fs_entry(&pt, 2));
+    let state = t.state();
+    let translator = Translator::new(cap(), ecap(), Default::default());
+    let ram = &*mem.ram;
+    let req = |iova| DmaRequest {
+        sid: SID,
+        pasid: None,
+        iova,
+        access: Access::READ,
+    };
+
+    translator.translate(ram, &state, &req(IOVA)).unwrap();
+    c.bench_function("iotlb_hit", |b| {
+        b.iter(|| {
+            translator
+                .translate(ram, &state, black_box(&req(IOVA)))
+                .unwrap()
+        })
+    });
+
+    // Warm the A bits once so the steady-state miss is read-only, as for a re-walk.
+    for i in 0..MISS_PAGES {
+        translator
+            .translate(ram, &state, &req(IOVA + i * 0x1000))
+            .unwrap();
+    }
+    let mut i = 0u64;
+    c.bench_function("fs_4level_walk_miss", |b| {
+        b.iter(|| {
+            // A stride co-prime with the page count visits every page before repeating.
+            i = (i + 4099) % MISS_PAGES;
+            translator
+                .translate(ram, &state, black_box(&req(IOVA + i * 0x1000)))
+                .unwrap()
+        })
+    });
+    let s = translator.cache_stats();
+    eprintln!(
+        "IOTLB {} / {} entries after the miss benchmark",
+        s.iotlb_entries, s.iotlb_capacity
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
