@@ -5,7 +5,7 @@
 //!   DRHD page 0xfed90000 (MMIO bus) ──> VtdRegisterPage ──> Vtd::mmio_read / mmio_write
 //!   fault / invalidation-completion events ──> MsiSignaller (KVM_SIGNAL_MSI)
 //!   device DMA ──> IommuMemory<GuestMemoryMmap, DeviceIommu(sid)> ──> Vtd (Remapper)
-//!   exit summary <── Vtd::counters() as `counter vtd_<name> <value>` lines
+//!   exit summary <── Vtd::counters() as `counter <name> <value>` lines
 //! ```
 
 use std::sync::{Arc, Mutex};
@@ -131,14 +131,15 @@ pub fn cap_line(unit: &Vtd) -> String {
     )
 }
 
-/// Adds the unit's counters (prefixed `vtd_`) to the exit summary.
+/// Adds the unit's counters (under the model's own names, e.g. `translations`) to the exit
+/// summary.
 pub fn add_counters(counters: &Counters, unit: &Arc<Vtd>) {
     let unit = unit.clone();
     counters.add_source(move || {
         unit.counters()
             .pairs()
             .into_iter()
-            .map(|(name, value)| (format!("vtd_{name}"), value))
+            .map(|(name, value)| (name.to_owned(), value))
             .collect()
     });
 }
