@@ -7,7 +7,7 @@
 guest_ran() {
     local status="$1" failed
     case "$status" in
-        timeout) echo "the VMM timed out"; return 1 ;;
+        timeout) echo "the VMM timed out$(vmm_said)"; return 1 ;;
         missing) echo "the VMM never reported an exit status (L1 died or timed out)"; return 1 ;;
     esac
     if ! grep -q '^E2E-GUEST-START' "$OUT"; then
@@ -26,7 +26,7 @@ guest_ran() {
 # ": <last line the VMM printed>" for failure messages, if it printed anything.
 vmm_said() {
     local last
-    last="$(grep -v '^VTD-NEST-' "$OUT" | grep -v '^[[:space:]]*$' | tail -n1 | cut -c1-160)"
+    last="$(grep -Ev '^(VTD-NEST-|Killed$|[[:space:]]*$)' "$OUT" | tail -n1 | cut -c1-160)"
     if [ -n "$last" ]; then printf '; last output: %s' "$last"; fi
 }
 
