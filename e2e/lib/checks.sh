@@ -26,7 +26,7 @@ guest_ran() {
 # ": <last line the VMM printed>" for failure messages, if it printed anything.
 vmm_said() {
     local last
-    last="$(grep -Ev '^(VTD-NEST-|Killed$|[[:space:]]*$)' "$OUT" | tail -n1 | cut -c1-160)"
+    last="$(grep -Ev '^(VTD-NEST-|HOST-DISK |Killed$|[[:space:]]*$)' "$OUT" | tail -n1 | cut -c1-160)"
     if [ -n "$last" ]; then printf '; last output: %s' "$last"; fi
 }
 
