@@ -23,22 +23,28 @@
 //! ```
 //!
 //! Invalidations ([`Translator::invalidate`]) follow §6.5 and are spelled out per cache in
-//! [`iotlb`] and `entry_cache`. Beyond the spec's minimum, a context-cache invalidation also drops
+//! `iotlb.rs` and `entry_cache.rs`. Beyond the spec's minimum, a context-cache invalidation also drops
 //! the PASID-cache and IOTLB entries of the sources it selects (the IOTLB is looked up per
 //! requester, so entries derived from an old context entry must not outlive it even when a
 //! guest forgets the PASID-cache flush the spec asks for — the Linux 6.7-rc2 case QEMU replays
 //! for); over-flushing is always safe. PASID-cache invalidations drop PASID-cache entries only:
 //! the spec requires the guest to follow them with a (PASID-based) IOTLB invalidation.
 //!
+//! Fault qualification: faults on the root and context entries are always reported; faults on
+//! a PASID-directory entry are qualified by the context entry's FPD, on a PASID entry also by
+//! the directory entry's FPD, and faults of the walk by all three and the PASID entry's own
+//! FPD. Counters: `translations` counts every request, `iotlb_hits` the requests served from the
+//! IOTLB, `iotlb_misses` and `walks` the page walks (pass-through requests are not IOTLB
+//! traffic: they are served from the context and PASID caches); the unit counts faults.
+//!
 //! The root table, TE and capabilities come from [`UnitState`], a copy of what the unit latched
 //! at the last SRTP/TE command. Cached entries survive an SRTP until the guest invalidates them
 //! (the spec's rule; Linux does three global invalidations right after SRTP); with CAP.ESRTPS
 //! the unit calls [`Translator::flush_all`] itself.
 
-pub mod iotlb;
-
 mod cache;
 mod entry_cache;
+mod iotlb;
 mod tables;
 mod walk;
 

@@ -217,7 +217,7 @@ fn walk_once(
             });
         }
         set_flags(ram, addr, raw, accessed, UPDATE_FAILED)?;
-        table = pte.addr() << 12;
+        table = pte.next_table();
     }
     // Level 1 is always a leaf, so the loop returns; this keeps the function total.
     Err(FaultReason::SmFirstStageNotPresent.into())

@@ -161,7 +161,7 @@ fn walk_once(ram: &dyn GuestRam, w: &SsWalk, iova: u64, access: Access) -> Resul
                 dirty_ok: !w.ad || now.dirty() || !now.write(),
             });
         }
-        table = pte.addr() << 12;
+        table = pte.next_table();
     }
     Err(f.not_present_read.into())
 }
