@@ -31,6 +31,7 @@ pub mod interrupt;
 pub mod iommu;
 pub mod legacy;
 pub mod memory;
+pub mod passthrough;
 pub mod serial;
 pub mod sys;
 pub mod vcpu;
