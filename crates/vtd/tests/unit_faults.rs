@@ -180,7 +180,7 @@ fn fault_processing_disable_suppresses_recording() {
     let rig = rig(&mem);
     let tables = Tables {
         mem: &mem,
-        root: vtd::UnitView::state(&rig.vtd).root.root_table(),
+        root: vtd::UnitView::state(&*rig.vtd).root.root_table(),
         scalable: true,
     };
     // A second device whose context entry has FPD set and a PASID directory with nothing in it.

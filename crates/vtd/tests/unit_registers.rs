@@ -35,7 +35,7 @@ fn reset_restores_every_register() {
     assert_ne!(snapshot(&rig), clean);
     rig.vtd.reset();
     assert_eq!(snapshot(&rig), clean);
-    let state = vtd::observer::UnitView::state(&rig.vtd);
+    let state = vtd::observer::UnitView::state(&*rig.vtd);
     assert!(!state.translation_enabled);
     assert_eq!(state.root.into_bits(), 0);
 }
@@ -133,22 +133,22 @@ fn gcmd_commands_update_gsts_and_the_translation_state() {
     let root = 0x5000 | (1 << 10);
     rig.w64(offset::RTADDR, root);
     assert_eq!(
-        vtd::observer::UnitView::state(&rig.vtd).root.into_bits(),
+        vtd::observer::UnitView::state(&*rig.vtd).root.into_bits(),
         0,
         "not latched yet"
     );
     rig.command(SRTP);
     assert_eq!(rig.r32(offset::GSTS), 1 << 30, "RTPS");
-    let s = vtd::observer::UnitView::state(&rig.vtd);
+    let s = vtd::observer::UnitView::state(&*rig.vtd);
     assert_eq!(s.root.into_bits(), root);
     rig.w64(offset::RTADDR, 0x9000);
     assert_eq!(
-        vtd::observer::UnitView::state(&rig.vtd).root.into_bits(),
+        vtd::observer::UnitView::state(&*rig.vtd).root.into_bits(),
         root
     );
     rig.command(TE);
     assert_eq!(rig.r32(offset::GSTS) & TE, TE);
-    assert!(vtd::observer::UnitView::state(&rig.vtd).translation_enabled);
+    assert!(vtd::observer::UnitView::state(&*rig.vtd).translation_enabled);
     let seen = rig.rec.take();
     assert_eq!(seen.len(), 2, "one replay notice per change: {seen:?}");
     assert_eq!(seen[1], Seen::Changed(root, true));
@@ -167,7 +167,7 @@ fn gcmd_commands_update_gsts_and_the_translation_state() {
     assert_eq!(rig.r32(offset::GSTS), TE | QIE | (1 << 30));
     assert_eq!(rig.r32(offset::GCMD), 0, "GCMD reads 0");
     rig.w32(offset::GCMD, QIE);
-    assert!(!vtd::observer::UnitView::state(&rig.vtd).translation_enabled);
+    assert!(!vtd::observer::UnitView::state(&*rig.vtd).translation_enabled);
 }
 
 #[test]

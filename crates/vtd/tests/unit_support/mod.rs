@@ -95,8 +95,8 @@ impl InvalidationObserver for Recorder {
 
 /// A unit with its RAM, interrupt sink and a registered recorder.
 pub struct Rig {
-    /// The unit.
-    pub vtd: Vtd,
+    /// The unit (shared, so tests can use it from several threads).
+    pub vtd: Arc<Vtd>,
     /// Its guest RAM.
     pub ram: Arc<GuestMemoryMmap<()>>,
     /// Its interrupt sink.
@@ -122,7 +122,11 @@ impl Rig {
     /// A unit with `options` over existing guest RAM.
     pub fn with_ram(options: &str, ram: Arc<GuestMemoryMmap<()>>) -> Self {
         let irqs = Arc::new(Irqs::default());
-        let vtd = Vtd::new(Config::parse(options).unwrap(), ram.clone(), irqs.clone());
+        let vtd = Arc::new(Vtd::new(
+            Config::parse(options).unwrap(),
+            ram.clone(),
+            irqs.clone(),
+        ));
         let rec = Arc::new(Recorder {
             seen: Mutex::new(Vec::new()),
             ram: ram.clone(),
