@@ -291,7 +291,8 @@ impl Config {
         !self.scalable_mode || !self.first_stage || self.second_stage_too
     }
 
-    /// The capability register (§11.4.2) for this configuration.
+    /// The capability register (§11.4.2) for this configuration. Out-of-range fields of a
+    /// configuration that did not pass [`Config::validate`] are clamped, never a panic.
     ///
     /// Against QEMU's (`cap=1d2008c222f0606` with x-flts): same ND, SAGAW, MGAW, FRO, SLLPS,
     /// PSI, MAMV, DWD, DRD, FS1GP; NFR is 7 here (8 records) where QEMU has 0 (1 record).
@@ -301,7 +302,7 @@ impl Config {
             .with_nd(DOMAIN_ID_FIELD)
             .with_cm(self.caching_mode)
             .with_sagaw(sagaw)
-            .with_mgaw(self.aw_bits - 1)
+            .with_mgaw(self.aw_bits.clamp(1, 64) - 1)
             .with_fro(FAULT_RECORD_OFFSET_UNITS)
             .with_sllps(0b11)
             .with_psi(true)
@@ -333,7 +334,7 @@ impl Config {
                 .with_ssts(self.offers_second_stage());
         }
         if let Some(bits) = self.pasid_bits {
-            ecap = ecap.with_pasid(true).with_pss(bits - 1);
+            ecap = ecap.with_pasid(true).with_pss(bits.clamp(1, 20) - 1);
         }
         ecap
     }
@@ -431,6 +432,12 @@ mod tests {
         let mut c = Config::first_stage();
         c.pasid_bits = Some(0);
         assert!(c.validate().is_err());
+        // Unvalidated values still give registers, clamped.
+        c.aw_bits = 0;
+        assert_eq!((c.cap().mgaw(), c.ecap().pss()), (0, 0));
+        c.aw_bits = 255;
+        c.pasid_bits = Some(255);
+        assert_eq!((c.cap().mgaw(), c.ecap().pss()), (63, 19));
     }
 
     /// QEMU `x-scalable-mode=on,x-flts=on,intremap=on`: cap=1d2008c222f0606 ecap=880000f00f5a.
