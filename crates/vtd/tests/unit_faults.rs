@@ -212,3 +212,42 @@ fn fault_processing_disable_suppresses_recording() {
     let c = rig.vtd.counters();
     assert_eq!((c.faults, c.faults_recorded), (1, 0));
 }
+
+/// The interrupt sink is called with no lock held: a sink that reads the fault registers (as a
+/// handler would) from inside `deliver` must not deadlock.
+#[test]
+fn the_interrupt_sink_may_read_the_unit() {
+    use std::sync::{Arc, Mutex, OnceLock, Weak};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    #[derive(Default)]
+    struct Handler {
+        unit: OnceLock<Weak<vtd::Vtd>>,
+        fsts: Mutex<Vec<u32>>,
+    }
+    impl vtd::FaultInterrupt for Handler {
+        fn deliver(&self, _address: u64, _data: u32) {
+            let unit = self.unit.get().and_then(Weak::upgrade).unwrap();
+            let mut b = [0u8; 4];
+            unit.mmio_read(offset::FSTS, &mut b);
+            self.fsts.lock().unwrap().push(u32::from_le_bytes(b));
+            unit.mmio_write(offset::FSTS, &0x7du32.to_le_bytes());
+        }
+    }
+
+    let ram = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+    let handler = Arc::new(Handler::default());
+    let config = vtd::Config::first_stage();
+    let unit = Arc::new(vtd::Vtd::new(config, ram, handler.clone()));
+    handler.unit.set(Arc::downgrade(&unit)).unwrap();
+    unit.mmio_write(offset::RTADDR, &(0x1000u64 | 1 << 10).to_le_bytes());
+    unit.mmio_write(offset::GCMD, &(1u32 << 30).to_le_bytes());
+    unit.mmio_write(offset::GCMD, &(1u32 << 31).to_le_bytes());
+    unit.mmio_write(offset::FECTL, &0u32.to_le_bytes());
+    unit.remap(&read(0x1000)).unwrap_err();
+    assert_eq!(
+        handler.fsts.lock().unwrap().clone(),
+        vec![0x2],
+        "PPF, FRI 0"
+    );
+}

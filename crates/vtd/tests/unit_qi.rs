@@ -411,3 +411,50 @@ fn submissions_and_translations_run_concurrently() {
     assert_eq!((c.qi_submissions, c.faults), (200, 6000));
     assert!(c.faults_recorded >= 1 && c.faults_recorded <= 8);
 }
+
+/// Observers are called with no lock of the unit held: one that reads the unit's registers and
+/// state from inside every callback must not deadlock.
+#[test]
+fn observers_may_read_the_unit_from_their_callbacks() {
+    use std::sync::{Arc, Mutex, OnceLock, Weak};
+    use vtd::observer::{InvalidationObserver, UnitView};
+
+    #[derive(Default)]
+    struct Reader {
+        unit: OnceLock<Weak<vtd::Vtd>>,
+        gsts: Mutex<Vec<u32>>,
+    }
+    impl Reader {
+        fn read(&self, view: &dyn UnitView) {
+            let _ = view.state();
+            let _ = view.read_pasid_entry(SourceId(0), 0);
+            let unit = self.unit.get().and_then(Weak::upgrade).unwrap();
+            let mut b = [0u8; 4];
+            unit.mmio_read(offset::GSTS, &mut b);
+            self.gsts.lock().unwrap().push(u32::from_le_bytes(b));
+        }
+    }
+    impl InvalidationObserver for Reader {
+        fn invalidated(&self, unit: &dyn UnitView, _inv: &Invalidation) {
+            self.read(unit);
+        }
+        fn submission_done(&self, unit: &dyn UnitView) {
+            self.read(unit);
+        }
+        fn root_or_translation_changed(&self, unit: &dyn UnitView) {
+            self.read(unit);
+        }
+    }
+
+    let mut rig = Rig::first_stage();
+    let reader = Arc::new(Reader::default());
+    reader.unit.set(Arc::downgrade(&rig.vtd)).unwrap();
+    rig.vtd.add_observer(reader.clone());
+    rig.enable_qi(true, 0);
+    rig.enable_translation(0x1000 | (1 << 10));
+    rig.submit(&[piotlb(2, 2, 0, 0), pasid_cache(1, 2, 0), wait(0, 1)]);
+    rig.w64(offset::CCMD, 1 << 63 | 1 << 61); // refused under QI: no callback
+    assert_eq!(rig.status(0), 1);
+    // SRTP, TE, two invalidations, one submission.
+    assert_eq!(reader.gsts.lock().unwrap().len(), 5);
+}
