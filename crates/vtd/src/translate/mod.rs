@@ -83,7 +83,7 @@ pub struct UnitState {
 const SHARDS: usize = 16;
 const CONTEXT_CACHE_PER_SHARD: usize = 64;
 const PASID_CACHE_PER_SHARD: usize = 64;
-const IOTLB_PER_SHARD: usize = 512;
+const IOTLB_ENTRIES: usize = 8192;
 
 /// log2 of the identity window returned for untranslated requests: a 2^52-byte aligned window
 /// (the largest VT-d physical address width), so one translation covers any run of pages.
@@ -155,7 +155,7 @@ impl Translator {
             counters,
             contexts: ContextCache::new(SHARDS, CONTEXT_CACHE_PER_SHARD),
             pasids: PasidCache::new(SHARDS, PASID_CACHE_PER_SHARD),
-            iotlb: Iotlb::new(SHARDS, IOTLB_PER_SHARD),
+            iotlb: Iotlb::new(IOTLB_ENTRIES),
         }
     }
 
@@ -222,11 +222,10 @@ impl Translator {
             // Scalable-mode context entries carry no DID: a domain-selective invalidation is
             // global for them (and QEMU treats it as global too).
             Invalidation::ContextGlobal | Invalidation::ContextDomain { .. } => {
-                let n = self.contexts.len() + self.pasids.len() + self.iotlb.len();
+                let n = self.contexts.len() + self.pasids.len();
                 self.contexts.clear();
                 self.pasids.clear();
-                self.iotlb.clear();
-                n
+                n + self.iotlb.clear()
             }
             Invalidation::ContextDevice { sid, fm, .. } => {
                 let sel = |s: u16| sid_selected(s, sid, fm);
@@ -343,6 +342,7 @@ impl Translator {
         Ok(cached)
     }
 
+    #[inline(never)]
     fn translate_slow(
         &self,
         ram: &dyn GuestRam,
