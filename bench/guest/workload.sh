@@ -1,0 +1,107 @@
+# shellcheck shell=sh
+# bench/guest/workload.sh: the guest side of bench/compare (busybox sh; runs as the L2 guest's
+# /e2e-init after e2e/lib/l2-init has mounted /proc, /sys, /dev and loaded virtio_blk).
+#
+# BENCH_IDLE=1 (set by bench/compare in front of this file) skips the disk workload: the same
+# guest, boot and probes only, as the baseline that per-I/O VMM counters are taken against.
+#
+# Lines it prints (parsed by bench/lib/report.py):
+#   BENCH-BOOT <s>            kernel timestamp of "Run /init as init process" (dmesg), i.e. L2
+#                             uptime when /init started; "-" if the line is missing
+#   BENCH-READY <s>           /proc/uptime when this script starts (modules loaded, disk found)
+#   BENCH-CLOCK <name>        the guest's clocksource (timing quality)
+#   BENCH-TIMER <source>      where phase times come from: timer_list (ns) or uptime (10 ms)
+#   BENCH-IOMMU <domain>      default domain type of the disk's IOMMU group, or "none"
+#   BENCH-CAP <cap> <ecap>    the vIOMMU's capability registers as the guest sees them
+#   BENCH-PHASE <name> <seconds> <requests> <interrupts> <bytes>
+#                             one disk phase: elapsed time, block requests completed (from
+#                             /sys/block/X/stat), interrupts delivered (sum of /proc/interrupts)
+#   BENCH-FAIL <what>         something went wrong; the script exits 1
+#   BENCH-DONE                everything ran
+set -u
+
+fail() {
+    echo "BENCH-FAIL $*"
+    exit 1
+}
+
+# Monotonic time in seconds: nanoseconds from /proc/timer_list, else /proc/uptime (10 ms).
+now() {
+    if [ "$TIMER" = timer_list ]; then
+        awk '/^now at/ { printf "%.6f\n", $3 / 1e9; exit }' /proc/timer_list
+    else
+        cut -d' ' -f1 /proc/uptime
+    fi
+}
+
+pick_timer() {
+    TIMER=uptime
+    if awk '/^now at/ { found = 1 } END { exit !found }' /proc/timer_list 2>/dev/null; then
+        TIMER=timer_list
+    fi
+    echo "BENCH-TIMER $TIMER"
+}
+
+report_boot() {
+    boot=$(dmesg | sed -n 's/^\[ *\([0-9.]*\)\] Run \/init as init process.*/\1/p' | head -n1)
+    echo "BENCH-BOOT ${boot:--}"
+    echo "BENCH-READY $(cut -d' ' -f1 /proc/uptime)"
+    echo "BENCH-CLOCK $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+}
+
+# The first virtio disk, e.g. vda.
+find_disk() {
+    for b in /sys/block/vd*; do
+        [ -e "$b" ] && { DISK=${b##*/}; return 0; }
+    done
+    fail "no virtio disk in the guest"
+}
+
+report_iommu() {
+    grp=/sys/block/$DISK/device/../iommu_group
+    if [ -e "$grp" ]; then
+        g=$(readlink -f "$grp")
+        echo "BENCH-IOMMU $(cat "/sys/kernel/iommu_groups/${g##*/}/type")"
+    else
+        echo "BENCH-IOMMU none"
+    fi
+    d=/sys/class/iommu/dmar0/intel-iommu
+    if [ -r "$d/cap" ]; then echo "BENCH-CAP $(cat "$d/cap") $(cat "$d/ecap")"; fi
+}
+
+# Block requests completed so far (reads + writes) on the disk.
+requests() {
+    awk '{ print $1 + $5 }' "/sys/block/$DISK/stat"
+}
+
+# Interrupts delivered so far, all sources.
+interrupts() {
+    awk 'NR > 1 { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i } END { print s + 0 }' \
+        /proc/interrupts
+}
+
+# phase NAME BYTES DD-ARGS...: time one dd run and print its BENCH-PHASE line.
+phase() {
+    name=$1 bytes=$2
+    shift 2
+    r0=$(requests) i0=$(interrupts) t0=$(now)
+    dd "$@" 2>/tmp/dd.err || fail "$name: dd $*: $(tail -n1 /tmp/dd.err)"
+    t1=$(now) r1=$(requests) i1=$(interrupts)
+    echo "BENCH-PHASE $name $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f", b - a }') \
+$((r1 - r0)) $((i1 - i0)) $bytes"
+}
+
+workload() {
+    dev=/dev/$DISK
+    phase read4k $((4096 * 4096)) if="$dev" of=/dev/null bs=4k count=4096 iflag=direct
+    phase read1m $((64 << 20)) if="$dev" of=/dev/null bs=1M count=64 iflag=direct
+    phase write64k $((256 << 16)) if=/dev/zero of="$dev" bs=64k count=256 oflag=direct
+    sync
+}
+
+report_boot
+pick_timer
+find_disk
+report_iommu
+if [ "${BENCH_IDLE:-0}" != 1 ]; then workload; fi
+echo "BENCH-DONE"

@@ -1,0 +1,523 @@
+#!/usr/bin/env python3
+"""bench/lib/report.py: turn one bench/compare run into RESULT lines, tables and an SVG plot.
+
+Usage: report.py OUT_DIR [--plot FILE.svg] [--doc FILE.md]
+
+OUT_DIR (written by bench/compare) holds jobs.list ("<job> <vmm> <config> <work|idle>" per
+line), jobs/<job>/{output,status}, optional failed-<job> (why a job was never started) and
+launch-failed (why the whole batch did not run), plus date, machine, mode and seconds.
+
+Flow: parse every job's console section (the guest's BENCH-* lines, the VMM's `counter` lines)
+-> figures per (vmm, config) -> overhead factors against the same VMM's `off` row -> per-I/O
+VMM counters (workload job minus its boot-only baseline, over the guest's block requests) ->
+print the markdown table and the RESULT lines, write results.txt, table.md, counters.md and
+overhead.svg into OUT_DIR (and the plot / doc section where asked).
+
+Exit status: 1 if a QEMU configuration failed, else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+
+VMMS = ("qemu", "vtd-nest")
+CONFIGS = ("strict", "lazy", "off", "assigned")
+PHASES = {  # name: (requests issued by dd, bytes moved)
+    "read4k": (4096, 4096 * 4096),
+    "read1m": (64, 64 << 20),
+    "write64k": (256, 256 << 16),
+}
+MIB = float(1 << 20)
+DOC_BEGIN = "<!-- bench:begin -->"
+DOC_END = "<!-- bench:end -->"
+
+
+@dataclass
+class Job:
+    name: str
+    vmm: str
+    config: str
+    kind: str  # work | idle
+    status: str = "missing"
+    lines: list[str] = field(default_factory=list)
+    failure: str | None = None
+    notes: list[str] = field(default_factory=list)
+    boot: float | None = None
+    ready: float | None = None
+    clock: str = "?"
+    timer: str = "?"
+    domain: str = "?"
+    cap: str | None = None
+    phases: dict[str, tuple[float, int, int, int]] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def read(path: str, default: str = "") -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+def parse_guest(job: Job) -> None:
+    for line in job.lines:
+        parts = line.split()
+        if not parts:
+            continue
+        key, args = parts[0], parts[1:]
+        try:
+            if key == "BENCH-BOOT" and args and args[0] != "-":
+                job.boot = float(args[0])
+            elif key == "BENCH-READY" and args:
+                job.ready = float(args[0])
+            elif key == "BENCH-CLOCK" and args:
+                job.clock = args[0]
+            elif key == "BENCH-TIMER" and args:
+                job.timer = args[0]
+            elif key == "BENCH-IOMMU" and args:
+                job.domain = args[0]
+            elif key == "BENCH-CAP" and len(args) == 2:
+                job.cap = f"cap={args[0]} ecap={args[1]}"
+            elif key == "BENCH-PHASE" and len(args) == 5:
+                job.phases[args[0]] = (float(args[1]), int(args[2]), int(args[3]), int(args[4]))
+            elif key == "counter" and len(args) == 2:
+                # The vIOMMU's counters were once printed with a vtd_ prefix.
+                name = args[0][4:] if args[0].startswith("vtd_") else args[0]
+                job.counters[name] = int(args[1])
+        except ValueError:
+            job.notes.append(f"unparsable line: {line[:120]}")
+
+
+def last_vmm_line(job: Job) -> str:
+    for line in reversed(job.lines):
+        s = line.strip()
+        if s and not s.startswith(("VTD-NEST-", "counter ", "BENCH-", "E2E-")):
+            return s[:160]
+    return ""
+
+
+def judge(job: Job, out: str) -> None:
+    """Sets job.failure to one sentence if the job did not produce its figures."""
+    said = last_vmm_line(job)
+    said = f"; last output: {said}" if said else ""
+    text = "\n".join(job.lines)
+    fail = re.search(r"^BENCH-FAIL (.*)$", text, re.M)
+    if os.path.exists(os.path.join(out, f"failed-{job.name}")):
+        job.failure = read(os.path.join(out, f"failed-{job.name}")).strip()
+    elif not job.lines and os.path.exists(os.path.join(out, "launch-failed")):
+        job.failure = "the batch did not run: " + read(os.path.join(out, "launch-failed")).strip()
+    elif job.status == "timeout":
+        job.failure = f"the VMM did not finish in time and was killed{said}"
+    elif job.status in ("missing", ""):
+        job.failure = "the VMM never reported an exit status (L1 died or timed out)"
+    elif not re.search(r"^E2E-GUEST-START", text, re.M):
+        job.failure = f"the guest never reached its init (VMM exit status {job.status}{said})"
+    elif fail:
+        job.failure = f"the guest workload failed: {fail.group(1)}"
+    elif not re.search(r"^BENCH-DONE", text, re.M):
+        job.failure = f"the guest workload did not finish (VMM exit status {job.status}{said})"
+    elif job.kind == "work" and set(job.phases) != set(PHASES):
+        job.failure = "the guest printed no time for some disk phase"
+    elif job.status != "0":
+        job.notes.append(f"the VMM exited with status {job.status} after the guest finished")
+    if job.failure is None and job.boot is None:
+        job.notes.append("no 'Run /init' line in dmesg: boot time unknown")
+
+
+def load_jobs(out: str) -> list[Job]:
+    jobs = []
+    for line in read(os.path.join(out, "jobs.list")).splitlines():
+        if not line.strip():
+            continue
+        name, vmm, config, kind = line.split()
+        job = Job(name, vmm, config, kind)
+        d = os.path.join(out, "jobs", name)
+        job.status = read(os.path.join(d, "status"), "missing").strip()
+        job.lines = read(os.path.join(d, "output")).splitlines()
+        parse_guest(job)
+        judge(job, out)
+        jobs.append(job)
+    return jobs
+
+
+def fmt(v: float) -> str:
+    """Numbers as RESULT values and table cells: enough digits, no exponent."""
+    if v == 0:
+        return "0"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+class Figures:
+    """All figures of the run, keyed by (vmm, config)."""
+
+    def __init__(self, jobs: list[Job]):
+        self.work = {(j.vmm, j.config): j for j in jobs if j.kind == "work"}
+        self.idle = {(j.vmm, j.config): j for j in jobs if j.kind == "idle"}
+        self.metrics: dict[tuple[str, str], dict[str, float]] = {}
+        self.counter_rows: dict[tuple[str, str], list[tuple[str, int, int, int]]] = {}
+        for key, job in self.work.items():
+            if job.failure is None:
+                self.metrics[key] = self.basic(job)
+        for key, m in self.metrics.items():
+            self.add_overheads(key, m)
+            self.add_counters(key, m)
+
+    @staticmethod
+    def basic(job: Job) -> dict[str, float]:
+        m: dict[str, float] = {}
+        if job.boot is not None:
+            m["boot_s"] = job.boot
+        if job.ready is not None:
+            m["ready_s"] = job.ready
+        r4, r1, w64 = job.phases["read4k"], job.phases["read1m"], job.phases["write64k"]
+        for name, (secs, _, _, nbytes) in job.phases.items():
+            m[f"{name}_s"] = secs
+        if r4[0] > 0:
+            m["read4k_iops"] = PHASES["read4k"][0] / r4[0]
+        if r1[0] > 0:
+            m["read1m_mbps"] = r1[3] / MIB / r1[0]
+        if w64[0] > 0:
+            m["write64k_mbps"] = w64[3] / MIB / w64[0]
+        reqs = sum(p[1] for p in job.phases.values())
+        irqs = sum(p[2] for p in job.phases.values())
+        m["io_requests"] = reqs
+        if reqs:
+            m["irqs_per_io"] = irqs / reqs
+        return m
+
+    def add_overheads(self, key: tuple[str, str], m: dict[str, float]) -> None:
+        vmm, config = key
+        base = self.metrics.get((vmm, "off"))
+        if config == "off" or base is None:
+            return
+        for name in PHASES:
+            if base.get(f"{name}_s", 0) > 0:
+                m[f"overhead_{name}"] = m[f"{name}_s"] / base[f"{name}_s"]
+
+    def add_counters(self, key: tuple[str, str], m: dict[str, float]) -> None:
+        work, idle = self.work[key], self.idle.get(key)
+        if not work.counters or idle is None or idle.failure is not None or not idle.counters:
+            return
+        reqs = m.get("io_requests", 0)
+        names = sorted(set(work.counters) | set(idle.counters))
+        delta = {n: work.counters.get(n, 0) - idle.counters.get(n, 0) for n in names}
+        self.counter_rows[key] = [
+            (n, work.counters.get(n, 0), idle.counters.get(n, 0), delta[n]) for n in names
+        ]
+        exits = [n for n in names if n.startswith("exits_") and not n.endswith("_unhandled")]
+        m["boot_exits"] = sum(idle.counters.get(n, 0) for n in exits)
+        if reqs <= 0:
+            return
+        m["exits_per_io"] = sum(delta[n] for n in exits) / reqs
+        for n in exits:
+            m[f"{n[len('exits_'):]}_exits_per_io"] = delta[n] / reqs
+        per_io = {
+            "translations": "translations_per_io",
+            "walks": "walks_per_io",
+            "qi_submissions": "qi_submissions_per_io",
+            "accel_invalidations": "accel_invalidations_per_io",
+        }
+        for counter, metric in per_io.items():
+            if counter in delta:
+                m[metric] = delta[counter] / reqs
+        descs = [n for n in names if n.startswith("qi_") and n not in
+                 ("qi_submissions", "qi_errors")]
+        if descs:
+            m["qi_descriptors_per_io"] = sum(delta[n] for n in descs) / reqs
+        hits, misses = delta.get("iotlb_hits", 0), delta.get("iotlb_misses", 0)
+        if hits + misses > 0:
+            m["iotlb_hit_pct"] = 100.0 * hits / (hits + misses)
+        if delta.get("faults", 0):
+            m["faults"] = delta["faults"]
+
+
+def ordered_keys(fig: Figures) -> list[tuple[str, str]]:
+    keys = set(fig.work)
+    return [(v, c) for v in VMMS for c in CONFIGS if (v, c) in keys]
+
+
+def cell(m: dict[str, float] | None, name: str) -> str:
+    if m is None or name not in m:
+        return "–"
+    suffix = "×" if name.startswith("overhead_") else ""
+    return fmt(m[name]) + suffix
+
+
+def main_table(fig: Figures) -> str:
+    cols = [
+        ("boot to init (s)", "boot_s"),
+        ("4 KiB reads ×4096 (s)", "read4k_s"),
+        ("4 KiB IOPS", "read4k_iops"),
+        ("1 MiB reads ×64 (s)", "read1m_s"),
+        ("1 MiB MiB/s", "read1m_mbps"),
+        ("64 KiB writes ×256 (s)", "write64k_s"),
+        ("64 KiB MiB/s", "write64k_mbps"),
+        ("overhead 4 KiB", "overhead_read4k"),
+        ("overhead 1 MiB", "overhead_read1m"),
+        ("overhead writes", "overhead_write64k"),
+    ]
+    rows = ["| VMM | configuration | " + " | ".join(c[0] for c in cols) + " |",
+            "|---|---|" + "---:|" * len(cols)]
+    for key in ordered_keys(fig):
+        job, m = fig.work[key], fig.metrics.get(key)
+        if m is None:
+            rows.append(f"| {key[0]} | {key[1]} | **failed**: {md(job.failure or '')} |"
+                        + " |" * (len(cols) - 1))
+        else:
+            rows.append(f"| {key[0]} | {key[1]} | " + " | ".join(cell(m, c[1]) for c in cols) + " |")
+    return "\n".join(rows)
+
+
+def counters_table(fig: Figures) -> str:
+    cols = [
+        ("I/O requests", "io_requests"),
+        ("interrupts / I/O", "irqs_per_io"),
+        ("boot exits", "boot_exits"),
+        ("exits / I/O", "exits_per_io"),
+        ("MMIO exits / I/O", "mmio_exits_per_io"),
+        ("PIO exits / I/O", "pio_exits_per_io"),
+        ("translations / I/O", "translations_per_io"),
+        ("walks / I/O", "walks_per_io"),
+        ("IOTLB hit %", "iotlb_hit_pct"),
+        ("IQT submissions / I/O", "qi_submissions_per_io"),
+        ("QI descriptors / I/O", "qi_descriptors_per_io"),
+        ("forwarded invalidations / I/O", "accel_invalidations_per_io"),
+    ]
+    rows = ["| VMM | configuration | " + " | ".join(c[0] for c in cols) + " |",
+            "|---|---|" + "---:|" * len(cols)]
+    for key in ordered_keys(fig):
+        m = fig.metrics.get(key)
+        if m is not None:
+            rows.append(f"| {key[0]} | {key[1]} | " + " | ".join(cell(m, c[1]) for c in cols) + " |")
+    return "\n".join(rows)
+
+
+def raw_counters(fig: Figures) -> str:
+    out = []
+    for key, rows in fig.counter_rows.items():
+        out.append(f"### {key[0]} {key[1]}\n")
+        out.append("| counter | workload run | boot-only run | difference |")
+        out.append("|---|---:|---:|---:|")
+        out += [f"| {n} | {w} | {i} | {d} |" for n, w, i, d in rows if w or i]
+        out.append("")
+    return "\n".join(out)
+
+
+def md(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def result_lines(fig: Figures) -> list[str]:
+    lines = []
+    for key in ordered_keys(fig):
+        vmm, config = key
+        m = fig.metrics.get(key)
+        if m is None:
+            lines.append(f"RESULT vmm={vmm} config={config} metric=status value=failed")
+            continue
+        for name, value in m.items():
+            lines.append(f"RESULT vmm={vmm} config={config} metric={name} value={fmt(value)}")
+    return lines
+
+
+def failure_sentences(jobs: list[Job]) -> list[str]:
+    out = []
+    for j in jobs:
+        if j.failure:
+            what = "run" if j.kind == "work" else "boot-only baseline (per-I/O counters)"
+            out.append(f"FAILED {j.vmm} {j.config} {what}: {j.failure}")
+        for n in j.notes:
+            out.append(f"NOTE {j.name}: {n}")
+    return out
+
+
+def details(jobs: list[Job]) -> list[str]:
+    out = []
+    for j in jobs:
+        if j.kind == "work" and j.failure is None:
+            cap = f", {j.cap}" if j.cap else ""
+            out.append(f"- {j.vmm} {j.config}: guest clocksource {j.clock}, phase timer {j.timer}, "
+                       f"disk's IOMMU domain {j.domain}{cap}")
+    return out
+
+
+# ---------------------------------------------------------------------------- SVG plot
+
+SERIES = [  # (vmm, config, colour)
+    ("qemu", "strict", "#1f4e99"),
+    ("qemu", "lazy", "#6f9fd8"),
+    ("vtd-nest", "strict", "#c4501b"),
+    ("vtd-nest", "lazy", "#f0a060"),
+    ("vtd-nest", "assigned", "#3a8f3a"),
+]
+GROUPS = [("read4k", "4 KiB direct reads ×4096"), ("read1m", "1 MiB direct reads ×64"),
+          ("write64k", "64 KiB direct writes ×256")]
+
+
+def nice_max(v: float) -> float:
+    for mag in (1, 10, 100, 1000):
+        for step in (1, 2, 2.5, 5):
+            if step * mag >= v:
+                return step * mag
+    return v
+
+
+def svg_plot(fig: Figures, subtitle: str) -> str:
+    w, h = 900, 520
+    left, right, top, bottom = 70, 20, 80, 120
+    pw, ph = w - left - right, h - top - bottom
+    vals = [m[f"overhead_{g}"] for m in fig.metrics.values() for g, _ in GROUPS
+            if f"overhead_{g}" in m]
+    ymax = nice_max(max(vals + [1.0]) * 1.1)
+    ticks = [ymax * i / 5 for i in range(6)]
+
+    def y(v: float) -> float:
+        return top + ph - ph * v / ymax
+
+    e = html.escape
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+         f'viewBox="0 0 {w} {h}" font-family="DejaVu Sans, Arial, sans-serif" font-size="12">',
+         f'<rect width="{w}" height="{h}" fill="white"/>',
+         f'<text x="{w / 2}" y="28" text-anchor="middle" font-size="18" font-weight="bold">'
+         'vIOMMU overhead: time with the vIOMMU / time without (same VMM)</text>',
+         f'<text x="{w / 2}" y="50" text-anchor="middle" fill="#555">{e(subtitle)}</text>']
+    for t in ticks:
+        s.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" '
+                 'stroke="#ddd"/>')
+        s.append(f'<text x="{left - 8}" y="{y(t) + 4:.1f}" text-anchor="end">{t:g}×</text>')
+    s.append(f'<text transform="translate(20,{top + ph / 2}) rotate(-90)" text-anchor="middle">'
+             'overhead factor (1 = no vIOMMU)</text>')
+    gw = pw / len(GROUPS)
+    bw = gw * 0.8 / len(SERIES)
+    for gi, (g, label) in enumerate(GROUPS):
+        gx = left + gi * gw + gw * 0.1
+        for si, (vmm, config, colour) in enumerate(SERIES):
+            x = gx + si * bw
+            m = fig.metrics.get((vmm, config))
+            v = m.get(f"overhead_{g}") if m else None
+            if v is None:
+                s.append(f'<text x="{x + bw / 2:.1f}" y="{y(0) - 6:.1f}" text-anchor="middle" '
+                         'font-size="10" fill="#999">n/a</text>')
+                continue
+            s.append(f'<rect x="{x + 2:.1f}" y="{y(v):.1f}" width="{bw - 4:.1f}" '
+                     f'height="{y(0) - y(v):.1f}" fill="{colour}"/>')
+            s.append(f'<text x="{x + bw / 2:.1f}" y="{y(v) - 5:.1f}" text-anchor="middle" '
+                     f'font-size="11">{fmt(v)}×</text>')
+        s.append(f'<text x="{left + gi * gw + gw / 2:.1f}" y="{top + ph + 20}" '
+                 f'text-anchor="middle" font-size="13">{e(label)}</text>')
+    s.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(1):.1f}" y2="{y(1):.1f}" '
+             'stroke="#333" stroke-dasharray="6,4"/>')
+    s.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}" stroke="#333"/>')
+    s.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="#333"/>')
+    lx, ly = left, h - 60
+    for si, (vmm, config, colour) in enumerate(SERIES):
+        x = lx + (si % 3) * 290
+        yy = ly + (si // 3) * 22
+        ok = (vmm, config) in fig.metrics
+        ran = (vmm, config) in fig.work
+        label = f"{vmm} {config}" + ("" if ok else (" (failed)" if ran else " (not run)"))
+        fade = "" if ok else ' opacity="0.3"'
+        s.append(f'<rect x="{x}" y="{yy - 11}" width="14" height="14" fill="{colour}"{fade}/>')
+        s.append(f'<text x="{x + 20}" y="{yy}">{e(label)}</text>')
+    s.append(f'<text x="{w - right}" y="{h - 8}" text-anchor="end" font-size="10" fill="#777">'
+             'dashed line: the same VMM without vIOMMU; generated by bench/compare</text>')
+    s.append("</svg>")
+    return "\n".join(s) + "\n"
+
+
+# ---------------------------------------------------------------------------- output
+
+def doc_section(out: str, fig: Figures, jobs: list[Job], svg_name: str | None) -> str:
+    date, machine = read(os.path.join(out, "date")).strip(), read(os.path.join(out, "machine")).strip()
+    mode, secs = read(os.path.join(out, "mode")).strip(), read(os.path.join(out, "seconds")).strip()
+    where = "L2 guests inside one L1 Linux under QEMU TCG" if mode == "nested" else \
+        "directly on this host's /dev/kvm"
+    load = (f"host load average (1/5/15 min) {read(os.path.join(out, 'load-before')).strip()} "
+            f"before, {read(os.path.join(out, 'load-after')).strip()} after")
+    parts = [f"Run of {date} on a {machine} host; mode {mode} ({where}); the whole run took "
+             f"{secs} s; {load}.", "", main_table(fig), ""]
+    fails = [s for s in failure_sentences(jobs) if s.startswith("FAILED")]
+    if fails:
+        parts += ["Configurations that did not produce figures:", ""]
+        parts += [f"- {s[len('FAILED '):]}" for s in fails] + [""]
+    counters = counters_table(fig)
+    if counters.count("\n") > 1:
+        parts += ["Per-I/O figures (an I/O is one block request the guest completed during the "
+                  "three phases; VMM counters are the workload run minus a boot-only run of the "
+                  "same configuration):", "", counters, ""]
+    det = details(jobs)
+    if det:
+        parts += ["Guest details:", ""] + det + [""]
+    if svg_name:
+        parts += [f"![overhead factors per VMM and configuration]({svg_name})", ""]
+    return "\n".join(parts)
+
+
+def update_doc(path: str, section: str) -> None:
+    text = read(path)
+    if DOC_BEGIN not in text or DOC_END not in text:
+        print(f"report: {path} has no {DOC_BEGIN} ... {DOC_END} markers; not updated",
+              file=sys.stderr)
+        return
+    head, rest = text.split(DOC_BEGIN, 1)
+    _, tail = rest.split(DOC_END, 1)
+    with open(path, "w") as f:
+        f.write(f"{head}{DOC_BEGIN}\n{section}\n{DOC_END}{tail}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--plot")
+    ap.add_argument("--doc")
+    a = ap.parse_args()
+    jobs = load_jobs(a.out)
+    fig = Figures(jobs)
+    subtitle = (f"{read(os.path.join(a.out, 'date')).strip()}, "
+                f"{read(os.path.join(a.out, 'machine')).strip()}, "
+                f"mode {read(os.path.join(a.out, 'mode')).strip()}: "
+                "compare ratios, not absolute times")
+    svg = svg_plot(fig, subtitle)
+    svg_path = os.path.join(a.out, "overhead.svg")
+    with open(svg_path, "w") as f:
+        f.write(svg)
+    if a.plot:
+        shutil.copyfile(svg_path, a.plot)
+    table = main_table(fig)
+    results = result_lines(fig)
+    with open(os.path.join(a.out, "table.md"), "w") as f:
+        f.write(table + "\n\n" + counters_table(fig) + "\n")
+    with open(os.path.join(a.out, "counters.md"), "w") as f:
+        f.write(raw_counters(fig))
+    with open(os.path.join(a.out, "results.txt"), "w") as f:
+        f.write("\n".join(results) + "\n")
+    if a.doc:
+        svg_name = os.path.basename(a.plot) if a.plot else None
+        update_doc(a.doc, doc_section(a.out, fig, jobs, svg_name))
+    print(table)
+    print()
+    print(counters_table(fig))
+    print()
+    for s in failure_sentences(jobs):
+        print(s)
+    for line in results:
+        print(line)
+    qemu_failed = any(j.failure for j in jobs if j.vmm == "qemu")
+    return 1 if qemu_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
