@@ -84,6 +84,10 @@ impl Mem {
         self.ram.write_at(p, &[0u8; 4096]).unwrap();
         p
     }
+    /// End of the table pages allocated so far.
+    pub fn allocated_end(&self) -> u64 {
+        self.next.get()
+    }
     pub fn w64(&self, gpa: u64, v: u64) {
         self.ram.write_at(gpa, &v.to_le_bytes()).unwrap();
     }
