@@ -91,7 +91,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let sid = prop_oneof![3 => (0u16..4).prop_map(|d| d << 3), 1 => any::<u16>()];
     let pasid = prop_oneof![3 => Just(None), 2 => (0u32..130).prop_map(Some), 1 => any::<u32>().prop_map(Some)];
-    let iova = prop_oneof![3 => (0u64..1 << 22), 1 => any::<u64>()];
+    let iova = prop_oneof![3 => 0u64..(1 << 22), 1 => any::<u64>()];
     let access = (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
         |(read, write, execute, privileged)| Access {
             read,
