@@ -4,11 +4,14 @@
 //! ```text
 //!  vtd-nest run ... ──> config::parse_args ──> VmConfig
 //!                                                │
-//!  VmBuilder::new ── vm::open_kvm, memory::create_guest_memory,
+//!  VmBuilder::new ── config::check_files, vm::open_kvm, memory::create_guest_memory,
 //!        │           vm::create_vm (TSS, irqchip, PIT, memory slots via sys)
-//!        │  (caller adds devices: set_iommu_device → MMIO bus @ 0xfed90000, PCI, ...)
+//!        │           --iommu: iommu::create_unit (vtd::Vtd) → MMIO bus @ 0xfed90000,
+//!        │                    fault events → KVM_SIGNAL_MSI, counters → exit summary
 //!        ▼
 //!  VmBuilder::build ── platform devices: COM1 (irqfd → IOAPIC pin 4), ACPI PM block, i8042
+//!        │             PCI bus 0 + virtio-blk disks, DMA memory per disk:
+//!        │               plain RAM | iommu::TranslatedMemory | passthrough::AssignedMemory
 //!        │             acpi::write_tables (RSDP, XSDT, FADT, DSDT, MADT, MCFG, DMAR)
 //!        │             arch::x86_64::boot::load (bzImage / PVH / ELF, initrd, cmdline, e820)
 //!        │             vCPUs: CPUID, MSRs, FPU, LINTs, BSP registers, AP mp_state
