@@ -318,13 +318,18 @@ impl Vtd {
                 gsts.set_qies(true);
                 fx.process_queue = true;
             } else {
+                // Software must empty the queue first (§6.5.2). Processing is synchronous, so a
+                // non-empty queue is either stopped by an error — nothing more will run, and a
+                // rebooting or kexec'd driver disables QI exactly then — or being processed by
+                // another vCPU right now, the only case refused.
                 let (head, tail) = (regs.get64(offset::IQH), regs.get64(offset::IQT));
-                if head == tail || tail == 0 {
+                let stopped = Fsts::from_bits(regs.get32(offset::FSTS)).iqe();
+                if head == tail || tail == 0 || stopped {
                     debug!(target: "vtd", "queued invalidation disabled");
                     gsts.set_qies(false);
                     regs.set64(offset::IQH, 0);
                 } else {
-                    warn!(target: "vtd", head, tail, "QI disable refused: the queue is not empty");
+                    warn!(target: "vtd", head, tail, "QI disable refused: the queue is being processed");
                 }
             }
         }
