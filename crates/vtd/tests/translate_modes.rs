@@ -156,3 +156,98 @@ fn concurrent_translations_and_invalidations() {
     assert_eq!(c.translations, 8_000);
     assert_eq!(c.iotlb_hits + c.walks, 8_000);
 }
+
+#[test]
+fn legacy_device_tlb_translation_type_with_ecap_dt() {
+    let mem = Mem::new();
+    let t = Tables::legacy(&mem);
+    let pt = PageTable::new(&mem, 4, Stage::Second);
+    pt.map4k(&mem, 0x5000, DATA_BASE);
+    t.legacy_context(
+        SID,
+        vtd_spec::context::LegacyContextEntry {
+            lo: vtd_spec::context::LegacyContextLo::new()
+                .with_present(true)
+                .with_tt(vtd_spec::context::TranslationType::DeviceTlb)
+                .with_ssptptr(pt.root >> 12),
+            hi: vtd_spec::context::LegacyContextHi::new()
+                .with_aw(2)
+                .with_did(DID),
+        },
+    );
+    let mut state = t.state();
+    state.ecap = state.ecap.with_dt(true);
+    let unit = Unit::new(&mem, state);
+    assert_eq!(unit.gpa(SID, 0x5123).unwrap(), DATA_BASE + 0x123);
+}
+
+#[test]
+fn read_pasid_entry_bypasses_the_pasid_cache() {
+    let mem = Mem::new();
+    let t = Tables::scalable(&mem);
+    t.sm_device(SID, true);
+    let pt = PageTable::new(&mem, 4, Stage::First);
+    let pe = fs_entry(&pt, DID);
+    t.pasid_entry(SID, 3, pe);
+    let unit = Unit::new(&mem, t.state());
+    let state = unit.state();
+    let read = |pasid| {
+        unit.translator
+            .read_pasid_entry(&*mem.ram, &state, SID, pasid)
+    };
+    assert_eq!(read(3).unwrap(), pe);
+    // Not-present entries are returned as found: the caller decides.
+    assert!(!read(4).unwrap().qw0.present());
+    // A missing directory entry or context entry is a fault.
+    assert_eq!(
+        read(64).unwrap_err().reason,
+        FaultReason::SmPasidDirNotPresent
+    );
+    assert_eq!(
+        unit.translator
+            .read_pasid_entry(&*mem.ram, &state, SID2, 0)
+            .unwrap_err()
+            .reason,
+        FaultReason::SmRootNotPresent
+    );
+    // Nothing was cached, and later changes are seen at once.
+    assert_eq!(unit.translator.cache_stats().pasid_entries, 0);
+    let mut pe2 = pe;
+    pe2.qw1 = pe2.qw1.with_did(DID + 1);
+    t.pasid_entry(SID, 3, pe2);
+    assert_eq!(read(3).unwrap().qw1.did(), DID + 1);
+    // Legacy mode has no PASID tables.
+    let mem = Mem::new();
+    let t = Tables::legacy(&mem);
+    let unit = Unit::new(&mem, t.state());
+    assert_eq!(
+        unit.translator
+            .read_pasid_entry(&*mem.ram, &unit.state(), SID, 0)
+            .unwrap_err()
+            .reason,
+        FaultReason::SmTtmLegacyWithPasid
+    );
+}
+
+#[test]
+fn requests_with_pasid_use_their_own_entry() {
+    let mem = Mem::new();
+    let t = Tables::scalable(&mem);
+    t.sm_device(SID, true);
+    let pt0 = PageTable::new(&mem, 4, Stage::First);
+    pt0.map4k(&mem, 0x7000, DATA_BASE);
+    let pt9 = PageTable::new(&mem, 4, Stage::First);
+    pt9.map4k(&mem, 0x7000, DATA_BASE + 0x9000);
+    t.pasid_entry(SID, 0, fs_entry(&pt0, DID));
+    t.pasid_entry(SID, 9, fs_entry(&pt9, DID));
+    t.pasid_entry(
+        SID,
+        70,
+        pasid_entry(vtd_spec::pasid::Pgtt::PassThrough, DID),
+    );
+    let unit = Unit::new(&mem, t.state());
+    assert_eq!(unit.gpa(SID, 0x7000).unwrap(), DATA_BASE);
+    assert_eq!(unit.gpa_pasid(SID, 9, 0x7000).unwrap(), DATA_BASE + 0x9000);
+    assert_eq!(unit.gpa_pasid(SID, 0, 0x7000).unwrap(), DATA_BASE);
+    assert_eq!(unit.gpa_pasid(SID, 70, 0x7000).unwrap(), 0x7000);
+}
