@@ -629,3 +629,44 @@ fn hit(e: &IotlbEntry, req: &DmaRequest) -> Option<Translation> {
         perms,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn translator_is_shareable_between_device_threads() {
+        send_sync::<Translator>();
+        send_sync::<crate::iommu::DeviceIommu>();
+    }
+
+    #[test]
+    fn identity_covers_any_address() {
+        for iova in [0, 0xfff, 0x1234_5678_9abc, u64::MAX] {
+            let t = identity(iova);
+            assert!(t.iova_base <= iova && iova - t.iova_base < t.size);
+            assert_eq!(t.gpa(iova), iova);
+        }
+    }
+
+    #[test]
+    fn interrupt_range_narrowing() {
+        // 2 MiB page at 0xfee00000: the first 1 MiB is the interrupt range.
+        assert_eq!(avoid_interrupt_range(0x20_0000, 0xfee0_0000, 2), None);
+        assert_eq!(
+            avoid_interrupt_range(0x30_0000, 0xfee0_0000, 2),
+            Some((0x30_0000, 0xfef0_0000, 1))
+        );
+        // 1 GiB page at 3 GiB covers it.
+        assert_eq!(
+            avoid_interrupt_range(0x4000_1234, 0xc000_0000, 3),
+            Some((0x4000_1000, 0xc000_1000, 1))
+        );
+        assert_eq!(
+            avoid_interrupt_range(0x4000_1234, 0x1_0000_0000, 3),
+            Some((0x4000_0000, 0x1_0000_0000, 3))
+        );
+    }
+}
