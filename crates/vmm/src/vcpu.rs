@@ -83,6 +83,21 @@ pub fn install_kick_handler() -> Result<(), Error> {
     vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).map_err(Error::Signal)
 }
 
+/// Reports a panicking vCPU thread as a VM error.
+struct PanicReporter<'a> {
+    cpu: u32,
+    events: &'a VmEventSender,
+}
+
+impl Drop for PanicReporter<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let message = format!("The thread of vCPU {} panicked", self.cpu);
+            let _ = self.events.send(VmEvent::Error(message));
+        }
+    }
+}
+
 /// One vCPU.
 pub struct Vcpu {
     index: u32,
@@ -200,8 +215,13 @@ impl Vcpu {
         }
     }
 
-    /// Runs until `stop` is set or the guest stops the VM; sends the stopping event.
+    /// Runs until `stop` is set or the guest stops the VM; sends the stopping event (also if
+    /// the thread panics, so the VM never waits for a dead vCPU).
     pub fn run(mut self, stop: &AtomicBool, events: &VmEventSender) {
+        let _guard = PanicReporter {
+            cpu: self.index,
+            events,
+        };
         while !stop.load(Ordering::Acquire) {
             if let Step::Stop(event) = self.step() {
                 tracing::debug!("vCPU {} stops: {event:?}", self.index);
