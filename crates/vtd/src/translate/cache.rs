@@ -1,5 +1,6 @@
-//! Bounded, sharded caches: the building block of the context cache, the PASID cache and the
-//! IOTLB.
+//! Bounded, sharded caches: the building block of the context cache and the PASID cache (the
+//! IOTLB, on the hottest path, has its own lock-free layout in `iotlb.rs`), and the key hasher
+//! both use.
 //!
 //! A [`ShardedCache`] is a fixed number of `RwLock<HashMap>` shards. A lookup takes one shard's
 //! read lock, so devices translating in parallel only contend when they hash to the same shard

@@ -23,11 +23,11 @@
 //! ```
 //!
 //! Invalidations ([`Translator::invalidate`]) follow §6.5 and are spelled out per cache in
-//! `iotlb.rs` and `entry_cache.rs`. Beyond the spec's minimum, a context-cache invalidation also drops
-//! the PASID-cache and IOTLB entries of the sources it selects (the IOTLB is looked up per
-//! requester, so entries derived from an old context entry must not outlive it even when a
-//! guest forgets the PASID-cache flush the spec asks for — the Linux 6.7-rc2 case QEMU replays
-//! for); over-flushing is always safe. PASID-cache invalidations drop PASID-cache entries only:
+//! `iotlb.rs` and `entry_cache.rs`. Beyond the spec's minimum, a context-cache invalidation
+//! also drops the PASID-cache and IOTLB entries of the sources it selects (the IOTLB is looked
+//! up per requester, so entries derived from an old context entry must not outlive it even
+//! when a guest forgets the PASID-cache flush the spec asks for — the Linux 6.7-rc2 case QEMU
+//! replays for); over-flushing is always safe. PASID-cache invalidations drop PASID-cache entries only:
 //! the spec requires the guest to follow them with a (PASID-based) IOTLB invalidation.
 //!
 //! Fault qualification: faults on the root and context entries are always reported; faults on
