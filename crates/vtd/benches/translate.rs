@@ -10,6 +10,7 @@ mod translate_support;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use translate_support::*;
 use vm_memory::{GuestAddress, Iommu, Permissions};
+use vtd::invalidation::Invalidation;
 use vtd::iommu::DeviceIommu;
 use vtd::request::{Access, DmaRequest};
 use vtd::translate::Translator;
@@ -71,6 +72,18 @@ fn bench(c: &mut Criterion) {
             view.translate(black_box(GuestAddress(IOVA)), 4096, Permissions::Read)
                 .unwrap()
                 .count()
+        })
+    });
+    // Linux's lazy-mode flush (PASID-IOTLB, PASID-selective) over a full IOTLB of another
+    // domain: a scan of every slot.
+    for i in 0..MISS_PAGES {
+        translator
+            .translate(ram, &state, &req(IOVA + i * 0x1000))
+            .unwrap();
+    }
+    c.bench_function("piotlb_flush_scan_full_iotlb", |b| {
+        b.iter(|| {
+            translator.invalidate(black_box(&Invalidation::PasidIotlbAll { did: 9, pasid: 0 }))
         })
     });
     let s = translator.cache_stats();

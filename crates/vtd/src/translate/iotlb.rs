@@ -26,13 +26,15 @@
 //! a slot that changed meanwhile (or is being written) is treated as a miss, which is always
 //! safe. So the hit path takes no lock and does no atomic read-modify-write: devices
 //! translating in parallel never wait for each other. Writers (fills, invalidations) hold one
-//! of `STRIPES` mutexes covering the set, and replace a set's slots round-robin.
+//! of `STRIPES` mutexes covering a block of sets, and replace a set's slots round-robin. A
+//! dense array of per-slot tags (valid, DID) lets an invalidation scan 32 KiB instead of every
+//! slot, and decode only the entries of the domain it targets.
 
 use super::cache::KeyHasher;
 use super::walk::first_stage::{FsControls, FsRights};
 use crate::invalidation::Invalidation;
 use std::hash::Hasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Mutex, MutexGuard};
 use vtd_spec::SourceId;
 use vtd_spec::pte::level_size;
@@ -42,8 +44,13 @@ pub(crate) const NO_PASID: u32 = u32::MAX;
 
 /// Slots per set.
 const WAYS: usize = 4;
-/// Writer locks; set `i` is covered by stripe `i % STRIPES`.
+/// Writer locks, each covering a contiguous block of sets.
 const STRIPES: usize = 64;
+
+/// Slot tag: bit 0 valid, bits 31:16 the entry's DID.
+fn tag(did: u16) -> u32 {
+    (u32::from(did) << 16) | 1
+}
 
 /// What a cached translation allows, per stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,6 +326,8 @@ const PASID_AM_WHOLE: u8 = 52;
 /// The IOTLB.
 pub(crate) struct Iotlb {
     sets: Box<[Set]>,
+    /// `tags[set * WAYS + way]`, written with the slot under the stripe lock.
+    tags: Box<[AtomicU32]>,
     stripes: Box<[Mutex<()>]>,
     /// Whether any 2 MiB / 1 GiB entry may be cached: lookups skip those levels otherwise.
     superpages: AtomicBool,
@@ -330,6 +339,7 @@ impl Iotlb {
         let sets = entries.div_ceil(WAYS).max(STRIPES).next_power_of_two();
         Self {
             sets: (0..sets).map(|_| Set::default()).collect(),
+            tags: (0..sets * WAYS).map(|_| AtomicU32::new(0)).collect(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             superpages: AtomicBool::new(false),
         }
@@ -344,9 +354,14 @@ impl Iotlb {
         (key.set_hash() >> 32) as usize & (self.sets.len() - 1)
     }
 
-    fn lock(&self, set: usize) -> MutexGuard<'_, ()> {
+    /// Sets per stripe (the set count is a power of two of at least `STRIPES`).
+    fn sets_per_stripe(&self) -> usize {
+        self.sets.len() / STRIPES
+    }
+
+    fn lock_stripe(&self, stripe: usize) -> MutexGuard<'_, ()> {
         // Poisoning only means a panic elsewhere; the slots are consistent between writes.
-        self.stripes[set % STRIPES]
+        self.stripes[stripe % STRIPES]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
@@ -391,37 +406,45 @@ impl Iotlb {
         let Some(set) = self.sets.get(index) else {
             return;
         };
-        let _guard = self.lock(index);
-        let slot = set
-            .slots
-            .iter()
-            .find(|s| s.key() == key)
-            .or_else(|| set.slots.iter().find(|s| s.key().k1 & VALID == 0))
+        let _guard = self.lock_stripe(index / self.sets_per_stripe());
+        let way = (0..WAYS)
+            .find(|&w| set.slots[w].key() == key)
+            .or_else(|| (0..WAYS).find(|&w| set.slots[w].key().k1 & VALID == 0))
             .unwrap_or_else(|| {
                 let v = set.victim.load(Ordering::Relaxed) % WAYS;
                 set.victim.store((v + 1) % WAYS, Ordering::Relaxed);
-                &set.slots[v]
+                v
             });
-        slot.write(key, v0, v1);
+        set.slots[way].write(key, v0, v1);
+        self.tags[index * WAYS + way].store(tag(entry.did), Ordering::Relaxed);
     }
 
-    /// Drops the entries for which `drop` is true; returns how many.
-    fn drop_where(&self, drop: impl Fn(Key, &IotlbEntry) -> bool) -> usize {
+    /// Drops the entries for which `drop` is true; returns how many. `did` pre-selects slots
+    /// by domain from the raw value word, so a domain-scoped flush decodes only that domain's
+    /// entries.
+    fn drop_where(&self, did: Option<u16>, drop: impl Fn(Key, &IotlbEntry) -> bool) -> usize {
         let mut dropped = 0;
+        let per = self.sets_per_stripe();
         for stripe in 0..STRIPES {
-            let _guard = self.lock(stripe);
-            for set in self.sets.iter().skip(stripe).step_by(STRIPES) {
-                for slot in &set.slots {
-                    let key = slot.key();
-                    if key.k1 & VALID == 0 {
-                        continue;
-                    }
-                    let v0 = slot.v0.load(Ordering::Relaxed);
-                    let v1 = slot.v1.load(Ordering::Relaxed);
-                    if drop(key, &decode(key, v0, v1)) {
-                        slot.clear();
-                        dropped += 1;
-                    }
+            let _guard = self.lock_stripe(stripe);
+            let first = stripe * per * WAYS;
+            let tags = self.tags.get(first..first + per * WAYS).unwrap_or(&[]);
+            for (i, t) in tags.iter().enumerate() {
+                let t = t.load(Ordering::Relaxed);
+                if t & 1 == 0 || did.is_some_and(|d| t != tag(d)) {
+                    continue;
+                }
+                let (set, way) = ((first + i) / WAYS, (first + i) % WAYS);
+                let Some(slot) = self.sets.get(set).map(|s| &s.slots[way]) else {
+                    continue;
+                };
+                let key = slot.key();
+                let v0 = slot.v0.load(Ordering::Relaxed);
+                let v1 = slot.v1.load(Ordering::Relaxed);
+                if key.k1 & VALID != 0 && drop(key, &decode(key, v0, v1)) {
+                    slot.clear();
+                    self.tags[first + i].store(0, Ordering::Relaxed);
+                    dropped += 1;
                 }
             }
         }
@@ -430,26 +453,24 @@ impl Iotlb {
 
     /// Drops every entry.
     pub(crate) fn clear(&self) -> usize {
-        let n = self.drop_where(|_, _| true);
+        let n = self.drop_where(None, |_, _| true);
         self.superpages.store(false, Ordering::Relaxed);
         n
     }
 
     /// Drops the entries of requesters matching `sid_matches`.
     pub(crate) fn drop_sources(&self, sid_matches: impl Fn(u16) -> bool) -> usize {
-        self.drop_where(|k, _| sid_matches(k.sid()))
+        self.drop_where(None, |k, _| sid_matches(k.sid()))
     }
 
     /// Applies one invalidation; returns the number of entries dropped.
     pub(crate) fn invalidate(&self, inv: &Invalidation) -> usize {
         match *inv {
             Invalidation::IotlbGlobal => self.clear(),
-            Invalidation::IotlbDomain { did } => self.drop_where(|_, e| e.did == did),
+            Invalidation::IotlbDomain { did } => self.drop_where(Some(did), |_, _| true),
             Invalidation::IotlbPage { did, addr, am, .. } => match Range::pages(addr, am) {
-                None => self.drop_where(|_, e| e.did == did),
-                Some(r) => {
-                    self.drop_where(|_, e| e.did == did && (e.is_first_stage() || e.overlaps(&r)))
-                }
+                None => self.drop_where(Some(did), |_, _| true),
+                Some(r) => self.drop_where(Some(did), |_, e| e.is_first_stage() || e.overlaps(&r)),
             },
             Invalidation::PasidIotlbAll { did, pasid } => self.drop_pasid(did, pasid),
             Invalidation::PasidIotlbPage {
@@ -459,8 +480,8 @@ impl Iotlb {
                 am,
                 ..
             } => match Range::pages(addr, am) {
-                Some(r) if am < PASID_AM_WHOLE => self.drop_where(|_, e| {
-                    e.did == did && e.pasid == pasid && e.is_first_stage() && e.overlaps(&r)
+                Some(r) if am < PASID_AM_WHOLE => self.drop_where(Some(did), |_, e| {
+                    e.pasid == pasid && e.is_first_stage() && e.overlaps(&r)
                 }),
                 _ => self.drop_pasid(did, pasid),
             },
@@ -474,7 +495,7 @@ impl Iotlb {
     }
 
     fn drop_pasid(&self, did: u16, pasid: u32) -> usize {
-        self.drop_where(|_, e| e.did == did && e.pasid == pasid)
+        self.drop_where(Some(did), |_, e| e.pasid == pasid)
     }
 }
 
