@@ -2,8 +2,9 @@
 # bench/guest/workload.sh: the guest side of bench/compare (busybox sh; runs as the L2 guest's
 # /e2e-init after e2e/lib/l2-init has mounted /proc, /sys, /dev and loaded virtio_blk).
 #
-# BENCH_IDLE=1 (set by bench/compare in front of this file) skips the disk workload: the same
-# guest, boot and probes only, as the baseline that per-I/O VMM counters are taken against.
+# Set by bench/compare in front of this file: BENCH_IDLE=1 skips the disk workload (the same
+# guest, boot and probes only: the baseline per-I/O VMM counters are taken against);
+# BENCH_REPEAT=N runs the three phases N times in turn (one BENCH-PHASE line per run).
 #
 # Lines it prints (parsed by bench/lib/report.py):
 #   BENCH-BOOT <s>            kernel timestamp of "Run /init as init process" (dmesg), i.e. L2
@@ -14,7 +15,7 @@
 #   BENCH-IOMMU <domain>      default domain type of the disk's IOMMU group, or "none"
 #   BENCH-CAP <cap> <ecap>    the vIOMMU's capability registers as the guest sees them
 #   BENCH-PHASE <name> <seconds> <requests> <interrupts> <bytes>
-#                             one disk phase: elapsed time, block requests completed (from
+#                             one run of a disk phase: elapsed time, block requests completed (from
 #                             /sys/block/X/stat), interrupts delivered (sum of /proc/interrupts)
 #   BENCH-FAIL <what>         something went wrong; the script exits 1
 #   BENCH-DONE                everything ran
@@ -57,6 +58,11 @@ find_disk() {
     fail "no virtio disk in the guest"
 }
 
+report_cap() {
+    d=/sys/class/iommu/dmar0/intel-iommu
+    if [ -r "$d/cap" ]; then echo "BENCH-CAP $(cat "$d/cap") $(cat "$d/ecap")"; fi
+}
+
 report_iommu() {
     grp=/sys/block/$DISK/device/../iommu_group
     if [ -e "$grp" ]; then
@@ -65,8 +71,6 @@ report_iommu() {
     else
         echo "BENCH-IOMMU none"
     fi
-    d=/sys/class/iommu/dmar0/intel-iommu
-    if [ -r "$d/cap" ]; then echo "BENCH-CAP $(cat "$d/cap") $(cat "$d/ecap")"; fi
 }
 
 # Block requests completed so far (reads + writes) on the disk.
@@ -93,14 +97,19 @@ $((r1 - r0)) $((i1 - i0)) $bytes"
 
 workload() {
     dev=/dev/$DISK
-    phase read4k $((4096 * 4096)) if="$dev" of=/dev/null bs=4k count=4096 iflag=direct
-    phase read1m $((64 << 20)) if="$dev" of=/dev/null bs=1M count=64 iflag=direct
-    phase write64k $((256 << 16)) if=/dev/zero of="$dev" bs=64k count=256 oflag=direct
+    n=0
+    while [ "$n" -lt "${BENCH_REPEAT:-1}" ]; do
+        phase read4k $((4096 * 4096)) if="$dev" of=/dev/null bs=4k count=4096 iflag=direct
+        phase read1m $((64 << 20)) if="$dev" of=/dev/null bs=1M count=64 iflag=direct
+        phase write64k $((256 << 16)) if=/dev/zero of="$dev" bs=64k count=256 oflag=direct
+        n=$((n + 1))
+    done
     sync
 }
 
 report_boot
 pick_timer
+report_cap
 find_disk
 report_iommu
 if [ "${BENCH_IDLE:-0}" != 1 ]; then workload; fi

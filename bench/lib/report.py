@@ -23,6 +23,7 @@ import html
 import os
 import re
 import shutil
+import statistics
 import sys
 from dataclasses import dataclass, field
 
@@ -54,7 +55,8 @@ class Job:
     timer: str = "?"
     domain: str = "?"
     cap: str | None = None
-    phases: dict[str, tuple[float, int, int, int]] = field(default_factory=dict)
+    # name -> one (seconds, requests, interrupts, bytes) per run of the phase
+    phases: dict[str, list[tuple[float, int, int, int]]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
 
 
@@ -86,7 +88,8 @@ def parse_guest(job: Job) -> None:
             elif key == "BENCH-CAP" and len(args) == 2:
                 job.cap = f"cap={args[0]} ecap={args[1]}"
             elif key == "BENCH-PHASE" and len(args) == 5:
-                job.phases[args[0]] = (float(args[1]), int(args[2]), int(args[3]), int(args[4]))
+                run = (float(args[1]), int(args[2]), int(args[3]), int(args[4]))
+                job.phases.setdefault(args[0], []).append(run)
             elif key == "counter" and len(args) == 2:
                 # The vIOMMU's counters were once printed with a vtd_ prefix.
                 name = args[0][4:] if args[0].startswith("vtd_") else args[0]
@@ -167,10 +170,14 @@ class Figures:
         self.work = {(j.vmm, j.config): j for j in jobs if j.kind == "work"}
         self.idle = {(j.vmm, j.config): j for j in jobs if j.kind == "idle"}
         self.metrics: dict[tuple[str, str], dict[str, float]] = {}
+        # What a failed configuration still measured (its boot time, if the guest booted).
+        self.partial: dict[tuple[str, str], dict[str, float]] = {}
         self.counter_rows: dict[tuple[str, str], list[tuple[str, int, int, int]]] = {}
         for key, job in self.work.items():
             if job.failure is None:
                 self.metrics[key] = self.basic(job)
+            elif job.boot is not None:
+                self.partial[key] = {"boot_s": job.boot}
         for key, m in self.metrics.items():
             self.add_overheads(key, m)
             self.add_counters(key, m)
@@ -182,17 +189,17 @@ class Figures:
             m["boot_s"] = job.boot
         if job.ready is not None:
             m["ready_s"] = job.ready
-        r4, r1, w64 = job.phases["read4k"], job.phases["read1m"], job.phases["write64k"]
-        for name, (secs, _, _, nbytes) in job.phases.items():
-            m[f"{name}_s"] = secs
-        if r4[0] > 0:
-            m["read4k_iops"] = PHASES["read4k"][0] / r4[0]
-        if r1[0] > 0:
-            m["read1m_mbps"] = r1[3] / MIB / r1[0]
-        if w64[0] > 0:
-            m["write64k_mbps"] = w64[3] / MIB / w64[0]
-        reqs = sum(p[1] for p in job.phases.values())
-        irqs = sum(p[2] for p in job.phases.values())
+        for name, runs in job.phases.items():
+            m[f"{name}_s"] = statistics.median(r[0] for r in runs)
+        if m["read4k_s"] > 0:
+            m["read4k_iops"] = PHASES["read4k"][0] / m["read4k_s"]
+        if m["read1m_s"] > 0:
+            m["read1m_mbps"] = PHASES["read1m"][1] / MIB / m["read1m_s"]
+        if m["write64k_s"] > 0:
+            m["write64k_mbps"] = PHASES["write64k"][1] / MIB / m["write64k_s"]
+        runs = [r for rs in job.phases.values() for r in rs]
+        reqs = sum(r[1] for r in runs)
+        irqs = sum(r[2] for r in runs)
         m["io_requests"] = reqs
         if reqs:
             m["irqs_per_io"] = irqs / reqs
@@ -274,8 +281,9 @@ def main_table(fig: Figures) -> str:
     for key in ordered_keys(fig):
         job, m = fig.work[key], fig.metrics.get(key)
         if m is None:
-            rows.append(f"| {key[0]} | {key[1]} | **failed**: {md(job.failure or '')} |"
-                        + " |" * (len(cols) - 1))
+            boot = cell(fig.partial.get(key), "boot_s")
+            rows.append(f"| {key[0]} | {key[1]} | {boot} | **failed**: {md(job.failure or '')} |"
+                        + " |" * (len(cols) - 2))
         else:
             rows.append(f"| {key[0]} | {key[1]} | " + " | ".join(cell(m, c[1]) for c in cols) + " |")
     return "\n".join(rows)
@@ -327,6 +335,8 @@ def result_lines(fig: Figures) -> list[str]:
         m = fig.metrics.get(key)
         if m is None:
             lines.append(f"RESULT vmm={vmm} config={config} metric=status value=failed")
+            for name, value in fig.partial.get(key, {}).items():
+                lines.append(f"RESULT vmm={vmm} config={config} metric={name} value={fmt(value)}")
             continue
         for name, value in m.items():
             lines.append(f"RESULT vmm={vmm} config={config} metric={name} value={fmt(value)}")
@@ -447,12 +457,17 @@ def doc_section(out: str, fig: Figures, jobs: list[Job], svg_name: str | None) -
         "directly on this host's /dev/kvm"
     load = (f"host load average (1/5/15 min) {read(os.path.join(out, 'load-before')).strip()} "
             f"before, {read(os.path.join(out, 'load-after')).strip()} after")
-    parts = [f"Run of {date} on a {machine} host; mode {mode} ({where}); the whole run took "
-             f"{secs} s; {load}.", "", main_table(fig), ""]
-    fails = [s for s in failure_sentences(jobs) if s.startswith("FAILED")]
+    repeat = read(os.path.join(out, "repeat"), "1").strip()
+    times = "each phase ran once" if repeat == "1" else f"phase times are the median of {repeat} runs"
+    parts = [f"Run of {date} on a {machine} host; mode {mode} ({where}); {times}; the whole run "
+             f"took {secs} s; {load}.", "", main_table(fig), ""]
+    work_failed = {(j.vmm, j.config) for j in jobs if j.kind == "work" and j.failure}
+    fails = [f"{j.vmm} {j.config}" + ("" if j.kind == "work" else " boot-only baseline")
+             + f": {j.failure}" for j in jobs
+             if j.failure and (j.kind == "work" or (j.vmm, j.config) not in work_failed)]
     if fails:
         parts += ["Configurations that did not produce figures:", ""]
-        parts += [f"- {s[len('FAILED '):]}" for s in fails] + [""]
+        parts += [f"- {md(f)}" for f in fails] + [""]
     counters = counters_table(fig)
     if counters.count("\n") > 1:
         parts += ["Per-I/O figures (an I/O is one block request the guest completed during the "

@@ -10,10 +10,14 @@
 //!   previous read), in a 32 KiB table (L1-resident, as when the page-table lines are hot) and
 //!   in a 256 MiB one (each read misses the caches and the TLB: DRAM latency). The floor of a
 //!   4-level page walk.
-//! * `qi16_read`: reading 16 16-byte descriptors and a wait descriptor from a ring and
-//!   writing the wait's 4-byte status. `qi16_hash`: the same plus removing (and re-inserting,
+//! * `qi16_read`: reading 16 256-bit descriptors and a wait descriptor from a ring (their first
+//!   128 bits, which hold every field these descriptors use) and writing the wait's 4-byte
+//!   status. `qi16_hash`: the same plus removing (and re-inserting,
 //!   to keep the state) one entry per descriptor in a 1024-entry IOTLB-like map. The floor of
 //!   one queue submission of 16 PASID-IOTLB invalidations and a wait.
+//! * `scan8192`: comparing the domain and PASID of every entry of an 8192-entry table of
+//!   32-byte entries (clearing the matching ones: none match). The floor of a PASID-selective
+//!   flush that has to visit every IOTLB slot.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -114,15 +118,15 @@ fn walks() {
 }
 
 fn queue() {
-    // 64 descriptors of 16 bytes (two u64 each); a submission is 16 invalidations and a wait.
-    let ring: Vec<u64> = (0..128u64).map(|i| 0x0000_0010_0000_0006 ^ (i << 20)).collect();
+    // 64 slots of 32 bytes (four u64 each); a submission is 16 invalidations and a wait.
+    let ring: Vec<u64> = (0..256u64).map(|i| 0x0000_0010_0000_0006 ^ (i << 20)).collect();
     let mut status = vec![0u32; 16];
     let mut head = 0usize;
     let mut submit = |status: &mut Vec<u32>| {
         let mut acc = 0u64;
         for d in 0..17 {
             let slot = (head + d) % 64;
-            acc = acc.wrapping_add(black_box(ring[2 * slot]) ^ black_box(ring[2 * slot + 1]));
+            acc = acc.wrapping_add(black_box(ring[4 * slot]) ^ black_box(ring[4 * slot + 1]));
         }
         head = (head + 17) % 64;
         status[(acc & 15) as usize] = 1;
@@ -146,8 +150,39 @@ fn queue() {
     );
 }
 
+/// An IOTLB-like entry: tag, domain id, PASID, translation.
+#[derive(Clone, Copy)]
+struct Entry {
+    tag: u64,
+    did: u16,
+    pasid: u32,
+    out: u64,
+    valid: bool,
+}
+
+fn scan() {
+    let mut table: Vec<Entry> = (0..8192u64)
+        .map(|i| Entry { tag: i, did: 2, pasid: 0, out: i << 12, valid: true })
+        .collect();
+    report(
+        "scan8192",
+        measure(20_000, |_| {
+            let (did, pasid) = black_box((9u16, 0u32));
+            let mut cleared = 0u64;
+            for e in table.iter_mut() {
+                if e.valid && e.did == did && e.pasid == pasid {
+                    e.valid = false;
+                    cleared += 1;
+                }
+            }
+            cleared + table[0].tag + table[0].out
+        }),
+    );
+}
+
 fn main() {
     hash_hits();
     walks();
     queue();
+    scan();
 }
