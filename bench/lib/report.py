@@ -419,8 +419,9 @@ def svg_plot(fig: Figures, subtitle: str) -> str:
             m = fig.metrics.get((vmm, config))
             v = m.get(f"overhead_{g}") if m else None
             if v is None:
+                why = "failed" if (vmm, config) in fig.work and m is None else "n/a"
                 s.append(f'<text x="{x + bw / 2:.1f}" y="{y(0) - 6:.1f}" text-anchor="middle" '
-                         'font-size="10" fill="#999">n/a</text>')
+                         f'font-size="10" fill="#999">{why}</text>')
                 continue
             s.append(f'<rect x="{x + 2:.1f}" y="{y(v):.1f}" width="{bw - 4:.1f}" '
                      f'height="{y(0) - y(v):.1f}" fill="{colour}"/>')
