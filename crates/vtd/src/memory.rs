@@ -87,6 +87,22 @@ impl<M: GuestMemoryBackend + Send + Sync> GuestRam for M {
             .map_err(|_| out_of_range(gpa, buf.len()))
     }
 
+    /// One aligned 64-bit atomic load when `gpa` is 8-byte aligned (every table entry is): a
+    /// page-table entry the guest updates concurrently is never seen torn, and the load skips
+    /// vm-memory's byte-copy path, which dominates a page walk otherwise.
+    fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
+        if !gpa.is_multiple_of(8) {
+            let mut b = [0u8; 8];
+            self.read_at(gpa, &mut b)?;
+            return Ok(u64::from_le_bytes(b));
+        }
+        let slice = self
+            .get_slice(GuestAddress(gpa), 8)
+            .map_err(|_: GuestMemoryError| out_of_range(gpa, 8))?;
+        let atomic: &AtomicU64 = slice.get_atomic_ref(0).map_err(|_| out_of_range(gpa, 8))?;
+        Ok(u64::from_le(atomic.load(Ordering::Acquire)))
+    }
+
     fn compare_exchange_u64(
         &self,
         gpa: u64,
@@ -147,5 +163,15 @@ mod tests {
         );
         assert!(m.compare_exchange_u64(0x20000, 0, 1).is_err());
         assert_eq!(read_qwords::<2>(&m, 0x200).unwrap(), [9, 0]);
+        m.write_at(0x301, &0x1122_3344_5566_7788u64.to_le_bytes())
+            .unwrap();
+        assert_eq!(
+            m.read_u64(0x301).unwrap(),
+            0x1122_3344_5566_7788,
+            "unaligned read"
+        );
+        assert_eq!(m.read_u64(0xfff8).unwrap(), 0, "last qword of RAM");
+        assert!(m.read_u64(0x10000).is_err());
+        assert!(m.read_u64(0xfffc).is_err(), "straddles the end of RAM");
     }
 }
