@@ -4,8 +4,15 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+/// A device on a bus: reads and writes by offset into its range, called from vCPU threads
+/// concurrently (the devices crate's seam, shared by every device model).
+#[cfg(feature = "pci")]
+pub use devices::bus::BusDevice;
+
 /// A device on a bus: reads and writes by offset into its range. Called from vCPU threads
-/// concurrently, hence `&self` and `Send + Sync`.
+/// concurrently, hence `&self` and `Send + Sync`. (Same shape as the devices crate's trait,
+/// which replaces this one with the `pci` feature.)
+#[cfg(not(feature = "pci"))]
 pub trait BusDevice: Send + Sync {
     /// Fills `data` from `offset`.
     fn read(&self, offset: u64, data: &mut [u8]);
