@@ -27,8 +27,10 @@ pub trait UnitView {
 pub trait InvalidationObserver: Send + Sync {
     /// One invalidation, from a queue descriptor or from the CCMD / IOTLB registers.
     fn invalidated(&self, unit: &dyn UnitView, inv: &Invalidation);
-    /// The end of one batch: everything one IQT write (or one register command) asked for has
-    /// been reported. Forwarded invalidations can be flushed to the host here.
+    /// The end of one batch: every invalidation before the next wait descriptor (or up to the
+    /// tail, or of one register command) has been reported. Called *before* that wait's status
+    /// word is written, so invalidations forwarded here (e.g. to the host IOMMU) are complete
+    /// when the guest sees the wait complete. Not called for a batch with no invalidation.
     fn submission_done(&self, unit: &dyn UnitView);
     /// SRTP latched a root table pointer, or TE changed: bindings must be replayed.
     fn root_or_translation_changed(&self, unit: &dyn UnitView);

@@ -453,6 +453,7 @@ impl Vtd {
         let mut budget = QUEUE_BUDGET;
         let mut pending_wait: Option<SegmentEnd> = None;
         let mut processed = 0u64;
+        let mut unflushed = false;
         loop {
             let mut fx = Effects::default();
             let end = {
@@ -464,11 +465,18 @@ impl Vtd {
                 end
             };
             processed += fx.invalidations.len() as u64;
+            unflushed |= !fx.invalidations.is_empty();
             self.dispatch(&fx.invalidations);
             self.deliver(&fx.messages);
             match end {
                 SegmentEnd::Done => break,
                 wait => {
+                    // The batch before a wait is complete: observers flush what they forward
+                    // (e.g. to the host IOMMU) before the wait's status word is written.
+                    if unflushed {
+                        self.submission_done();
+                        unflushed = false;
+                    }
                     processed += 1;
                     pending_wait = Some(wait);
                 }
@@ -476,9 +484,16 @@ impl Vtd {
         }
         if processed > 0 || budget < QUEUE_BUDGET {
             Counters::bump(&self.counters.qi_submissions);
-            for o in self.observers() {
-                o.submission_done(self);
-            }
+        }
+        if unflushed {
+            self.submission_done();
+        }
+    }
+
+    /// Tells every observer that a batch of invalidations is complete.
+    fn submission_done(&self) {
+        for o in self.observers() {
+            o.submission_done(self);
         }
     }
 

@@ -461,3 +461,30 @@ fn observers_may_read_the_unit_from_their_callbacks() {
     // SRTP, TE, two invalidations, one submission.
     assert_eq!(reader.gsts.lock().unwrap().len(), 5);
 }
+
+/// Observers that forward invalidations (the passthrough path) flush them at `submission_done`,
+/// so it must come after each batch and *before* the wait that ends the batch is completed: two
+/// batches in one IQT write give two calls, each seeing its own wait's status word unwritten.
+#[test]
+fn submission_done_precedes_each_wait_status_write() {
+    let mut rig = Rig::first_stage();
+    rig.enable_qi(true, 0);
+    rig.rec.take();
+    rig.submit(&[
+        piotlb(2, 2, 0, 0),
+        wait(0, 2),
+        piotlb(2, 3, 0, 0),
+        wait(1, 2),
+    ]);
+    assert_eq!(rig.status(0), 2);
+    assert_eq!(rig.status(1), 2);
+    assert_eq!(
+        *rig.rec.done_status.lock().unwrap(),
+        vec![(0, 0), (2, 0)],
+        "each batch is flushed before its wait completes"
+    );
+    // A wait with no invalidation before it asks observers for nothing.
+    rig.rec.done_status.lock().unwrap().clear();
+    rig.submit(&[wait(0, 3)]);
+    assert!(rig.rec.done_status.lock().unwrap().is_empty());
+}

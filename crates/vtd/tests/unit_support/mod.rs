@@ -52,6 +52,8 @@ pub enum Seen {
 pub struct Recorder {
     /// The calls, in order.
     pub seen: Mutex<Vec<Seen>>,
+    /// The status words at `STATUS` and `STATUS + 4` at each `submission_done`.
+    pub done_status: Mutex<Vec<(u32, u32)>>,
     ram: Arc<GuestMemoryMmap<()>>,
 }
 
@@ -82,6 +84,13 @@ impl InvalidationObserver for Recorder {
             .push(Seen::Invalidated(*inv, u32::from_le_bytes(b)));
     }
     fn submission_done(&self, _unit: &dyn UnitView) {
+        let word = |at| {
+            let mut b = [0u8; 4];
+            self.ram.read_at(at, &mut b).unwrap();
+            u32::from_le_bytes(b)
+        };
+        let status = (word(STATUS), word(STATUS + 4));
+        self.done_status.lock().unwrap().push(status);
         self.seen.lock().unwrap().push(Seen::SubmissionDone);
     }
     fn root_or_translation_changed(&self, unit: &dyn UnitView) {
@@ -129,6 +138,7 @@ impl Rig {
         ));
         let rec = Arc::new(Recorder {
             seen: Mutex::new(Vec::new()),
+            done_status: Mutex::new(Vec::new()),
             ram: ram.clone(),
         });
         vtd.add_observer(rec.clone());
