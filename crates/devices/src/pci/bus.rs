@@ -78,6 +78,11 @@ impl BarAllocator {
         self.base
     }
 
+    /// Whether `[address, address + size)` lies inside the window.
+    pub fn contains(&self, address: u64, size: u64) -> bool {
+        address >= self.base && address.checked_add(size).is_some_and(|end| end <= self.end)
+    }
+
     /// Returns a `size`-aligned block of `size` bytes (`size` is a power of two), below 4 GiB
     /// when `below_4g`.
     pub fn allocate(&mut self, size: u64, below_4g: bool) -> Option<u64> {
@@ -189,7 +194,11 @@ impl PciBus {
         };
         let mut target = lock(&target);
         target.write_config(offset, data);
-        let decoded = target.config().decoded_bars();
+        let window = *lock(&self.allocator);
+        // Only the BAR window is routed to the bus: a BAR the guest placed elsewhere is not
+        // decoded (and gets no ioeventfds that could shadow other MMIO).
+        let mut decoded = target.config().decoded_bars();
+        decoded.retain(|bar| window.contains(bar.address, bar.size));
         let mut mappings = self.mappings.write().unwrap_or_else(|e| e.into_inner());
         let old: Vec<DecodedBar> = mappings
             .iter()
@@ -673,6 +682,17 @@ mod tests {
                 (2, None, bar2),
             ]
         );
+        // A BAR moved outside the window is not decoded.
+        ecam.write(base | 4, &[0x00]);
+        ecam.write(base | 0x14, &1u32.to_le_bytes());
+        ecam.write(base | 4, &[0x02]);
+        assert_eq!(lock(&device).moves.last(), Some(&(2, None, bar2)));
+        assert!(
+            !lock(&device)
+                .moves
+                .contains(&(0, None, Some(0x1_0000_0000 | new)))
+        );
+        ecam.write(base | 0x14, &0u32.to_le_bytes());
         let mut data = [0u8; 4];
         window.read(new - WINDOW_BASE + 4, &mut data);
         assert_eq!(u32::from_le_bytes(data), 4);
@@ -691,6 +711,9 @@ mod tests {
         assert_eq!(high.allocate(0x1000, true), Some(0xffff_f000));
         assert_eq!(high.allocate(0x1000, true), None);
         assert_eq!(high.allocate(0x1000, false), Some(0x1_0000_0000));
+        assert!(high.contains(0xffff_f000, 0x1000));
+        assert!(!high.contains(0xffff_f000, 0x3000));
+        assert!(!high.contains(u64::MAX, 2));
         let mut full = BarAllocator::new(u64::MAX - 0xfff, 0x1000);
         assert_eq!(full.allocate(0x1000, false), None);
     }

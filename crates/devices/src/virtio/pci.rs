@@ -76,6 +76,12 @@ const CAP_COMMON_CFG: u8 = 1;
 const CAP_NOTIFY_CFG: u8 = 2;
 const CAP_ISR_CFG: u8 = 3;
 const CAP_DEVICE_CFG: u8 = 4;
+const CAP_PCI_CFG: u8 = 5;
+/// Offsets inside the VIRTIO_PCI_CAP_PCI_CFG capability.
+const PCI_CFG_BAR: usize = 4;
+const PCI_CFG_OFFSET: usize = 8;
+const PCI_CFG_LENGTH: usize = 12;
+const PCI_CFG_DATA: usize = 16;
 
 const ISR_QUEUE: u8 = 1;
 const ISR_CONFIG: u8 = 2;
@@ -199,6 +205,7 @@ impl VirtioInterrupt for SharedState {
 pub struct VirtioPciDevice<M> {
     config: PciConfiguration,
     msix_capability: usize,
+    pci_cfg_capability: usize,
     device: Box<dyn VirtioDevice<M>>,
     memory: M,
     shared: Arc<SharedState>,
@@ -305,6 +312,16 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
         config
             .add_capability(VENDOR_CAPABILITY_ID, &body, &[])
             .map_err(VirtioPciError::Config)?;
+        // VIRTIO_PCI_CAP_PCI_CFG: a window into the BARs through configuration space.
+        let mut body = vendor_capability(CAP_PCI_CFG, 0, 0, None);
+        body[0] = 20;
+        body.extend_from_slice(&[0; 4]);
+        let mut writable = vec![0u8; body.len()];
+        writable[PCI_CFG_BAR - 2] = 0xff;
+        writable[PCI_CFG_OFFSET - 2..].fill(0xff);
+        let pci_cfg_capability = config
+            .add_capability(VENDOR_CAPABILITY_ID, &body, &writable)
+            .map_err(VirtioPciError::Config)?;
         let (body, writable) = layout.capability().map_err(VirtioPciError::Msix)?;
         let msix_capability = config
             .add_capability(crate::pci::msix::MSIX_CAPABILITY_ID, &body, &writable)
@@ -322,6 +339,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
         Ok(VirtioPciDevice {
             config,
             msix_capability,
+            pci_cfg_capability,
             memory,
             shared: Arc::new(SharedState {
                 status: AtomicU8::new(0),
@@ -643,6 +661,18 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
     }
 }
 
+impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
+    /// The BAR access the VIRTIO_PCI_CAP_PCI_CFG fields describe: (bar, offset, length), if
+    /// the length is 1, 2 or 4.
+    fn pci_cfg_access(&self) -> Option<(usize, u64, usize)> {
+        let cap = self.pci_cfg_capability;
+        let bar = (self.config.read_u32(cap + PCI_CFG_BAR) & 0xff) as usize;
+        let offset = u64::from(self.config.read_u32(cap + PCI_CFG_OFFSET));
+        let length = self.config.read_u32(cap + PCI_CFG_LENGTH) as usize;
+        matches!(length, 1 | 2 | 4).then_some((bar, offset, length))
+    }
+}
+
 fn notify_offset(queue: usize) -> u64 {
     queue as u64 * u64::from(NOTIFY_OFF_MULTIPLIER)
 }
@@ -669,8 +699,30 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> PciDevice for VirtioPciDevi
         &mut self.config
     }
 
+    fn read_config(&mut self, offset: usize, data: &mut [u8]) {
+        let window = self.pci_cfg_capability + PCI_CFG_DATA;
+        if offset < window + 4
+            && offset.saturating_add(data.len()) > window
+            && let Some((bar, bar_offset, length)) = self.pci_cfg_access()
+        {
+            let mut value = [0u8; 4];
+            self.read_bar(bar, bar_offset, &mut value[..length]);
+            self.config.set_bytes(window, &value);
+        }
+        self.config.read(offset, data);
+    }
+
     fn write_config(&mut self, offset: usize, data: &[u8]) {
         self.config.write(offset, data);
+        let window = self.pci_cfg_capability + PCI_CFG_DATA;
+        if offset < window + 4
+            && offset.saturating_add(data.len()) > window
+            && let Some((bar, bar_offset, length)) = self.pci_cfg_access()
+        {
+            let mut value = [0u8; 4];
+            self.config.read(window, &mut value);
+            self.write_bar(bar, bar_offset, &value[..length]);
+        }
         let control = self.msix_capability + 2;
         let end = offset.saturating_add(data.len());
         if offset < control + 2 && end > control {

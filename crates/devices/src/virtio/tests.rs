@@ -178,7 +178,7 @@ fn identity_and_capabilities() {
     );
     let caps = capabilities(&mut h);
     let vendor: Vec<_> = caps.iter().filter(|(_, id)| *id == 0x09).collect();
-    assert_eq!(vendor.len(), 4);
+    assert_eq!(vendor.len(), 5);
     let mut types = Vec::new();
     for &&(offset, _) in &vendor {
         let cfg_type = h.config_read(offset + 3, 1) as u8;
@@ -195,12 +195,13 @@ fn identity_and_capabilities() {
             }
             3 => assert_eq!(region, ISR_OFFSET),
             4 => assert_eq!((region, length), (DEVICE_CONFIG_OFFSET, 8)),
+            5 => assert_eq!(h.config_read(offset + 2, 1), 20, "cap_len"),
             other => panic!("unexpected cfg_type {other}"),
         }
         types.push(cfg_type);
     }
     types.sort();
-    assert_eq!(types, [1, 2, 3, 4]);
+    assert_eq!(types, [1, 2, 3, 4, 5]);
     let &(msix, _) = caps.iter().find(|(_, id)| *id == 0x11).unwrap();
     assert_eq!(h.config_read(msix + 2, 2) & 0x7ff, 2, "3 vectors");
     assert_eq!(h.config_read(msix + 4, 4), MSIX_TABLE_OFFSET);
@@ -427,4 +428,30 @@ fn device_config_window_and_odd_accesses() {
     h.device.read_bar(3, 0, &mut data);
     h.device.write_bar(3, u64::MAX, &data);
     h.device.read_bar(0, u64::MAX, &mut data);
+}
+
+#[test]
+fn pci_cfg_capability_reaches_the_bar() {
+    let mut h = harness(VirtioPciOptions::default());
+    let cap = capabilities(&mut h)
+        .into_iter()
+        .map(|(offset, _)| offset)
+        .find(|&offset| h.config_read(offset + 3, 1) == 5)
+        .unwrap();
+    // Read num_queues (common config 0x12, 2 bytes) through the window.
+    h.device.write_config(cap + 4, &[0]);
+    h.device.write_config(cap + 8, &0x12u32.to_le_bytes());
+    h.device.write_config(cap + 12, &2u32.to_le_bytes());
+    assert_eq!(h.config_read(cap + 16, 2), 2);
+    // Write queue_select = 1 through the window.
+    h.device.write_config(cap + 8, &0x16u32.to_le_bytes());
+    h.device.write_config(cap + 16, &1u32.to_le_bytes());
+    assert_eq!(h.read(0x16, 2), 1);
+    // Bad lengths and BARs do nothing.
+    h.device.write_config(cap + 12, &3u32.to_le_bytes());
+    h.device.write_config(cap + 16, &0u32.to_le_bytes());
+    assert_eq!(h.read(0x16, 2), 1);
+    h.device.write_config(cap + 4, &[9]);
+    h.device.write_config(cap + 12, &4u32.to_le_bytes());
+    h.config_read(cap + 16, 4);
 }
