@@ -43,12 +43,8 @@ pub enum Error {
     #[error(transparent)]
     Iommu(#[from] crate::iommu::Error),
     /// PCI devices.
-    #[cfg(feature = "pci")]
     #[error(transparent)]
     Pci(#[from] crate::pci::Error),
-    /// Disks were asked for in a build without PCI.
-    #[error("--disk needs PCI, which this build leaves out (build vmm with the pci feature)")]
-    NoPci,
     /// Opening KVM or creating the VM.
     #[error(transparent)]
     Vm(#[from] vm::Error),
@@ -322,15 +318,8 @@ impl VmBuilder {
     /// Adds the platform devices, writes ACPI tables and boot structures, creates the vCPUs.
     pub fn build(self) -> Result<Vm, Error> {
         self.add_platform_devices()?;
-        #[cfg(feature = "pci")]
-        {
-            let pci = crate::pci::add_bus(&self)?;
-            crate::pci::add_disks(&self, &pci)?;
-        }
-        #[cfg(not(feature = "pci"))]
-        if !self.config.disks.is_empty() {
-            return Err(Error::NoPci);
-        }
+        let pci = crate::pci::add_bus(&self)?;
+        crate::pci::add_disks(&self, &pci)?;
         let dmar = self.iommu_aw_bits.map(|aw_bits| DmarConfig {
             aw_bits,
             base: DRHD_START,

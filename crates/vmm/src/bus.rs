@@ -6,19 +6,7 @@ use std::sync::{Arc, RwLock};
 
 /// A device on a bus: reads and writes by offset into its range, called from vCPU threads
 /// concurrently (the devices crate's seam, shared by every device model).
-#[cfg(feature = "pci")]
 pub use devices::bus::BusDevice;
-
-/// A device on a bus: reads and writes by offset into its range. Called from vCPU threads
-/// concurrently, hence `&self` and `Send + Sync`. (Same shape as the devices crate's trait,
-/// which replaces this one with the `pci` feature.)
-#[cfg(not(feature = "pci"))]
-pub trait BusDevice: Send + Sync {
-    /// Fills `data` from `offset`.
-    fn read(&self, offset: u64, data: &mut [u8]);
-    /// Writes `data` at `offset`.
-    fn write(&self, offset: u64, data: &[u8]);
-}
 
 /// Errors registering a device.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

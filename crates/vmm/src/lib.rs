@@ -35,7 +35,6 @@ pub mod iommu;
 pub mod legacy;
 pub mod memory;
 pub mod passthrough;
-#[cfg(feature = "pci")]
 pub mod pci;
 pub mod serial;
 pub mod sys;
