@@ -145,6 +145,11 @@ impl QueueRegisters {
     }
 
     fn build(&self, event_idx: bool) -> Option<Queue> {
+        // Ring areas that wrap around the address space are refused before any translation.
+        let size = u64::from(self.size);
+        self.desc.checked_add(16 * size)?;
+        self.driver.checked_add(6 + 2 * size)?;
+        self.device.checked_add(6 + 8 * size)?;
         let mut queue = Queue::new(self.max_size).ok()?;
         queue.try_set_size(self.size).ok()?;
         queue

@@ -306,6 +306,14 @@ fn misconfigured_queue_sets_needs_reset() {
     h.setup_queue(0, 12, 0x1_0000);
     h.write(0x14, 1, 0xf);
     assert_eq!(h.status() & 0x40, 0x40);
+    // Rings that wrap around the address space.
+    h.write(0x14, 1, 0);
+    h.negotiate(VIRTIO_F_VERSION_1);
+    h.setup_queue(0, 16, 0);
+    h.write(0x20, 8, u64::MAX - 0x7f);
+    h.write(0x14, 1, 0xf);
+    assert_eq!(h.status() & 0x40, 0x40);
+    assert!(lock(&h.log).activations.is_empty());
 }
 
 #[test]

@@ -119,6 +119,10 @@ pub fn walk_chain<M: GuestMemory>(
             {
                 return Err(RequestError::BadIndirect);
             }
+            descriptor
+                .addr()
+                .checked_add(u64::from(descriptor.len()))
+                .ok_or(RequestError::BadIndirect)?;
             indirect = true;
             table = descriptor.addr();
             size = entries as u16;
@@ -128,6 +132,16 @@ pub fn walk_chain<M: GuestMemory>(
         }
         if chain.readable.len() + chain.writable.len() >= max_segments {
             return Err(RequestError::TooManyDescriptors);
+        }
+        // A buffer that wraps around the address space is never valid.
+        if descriptor
+            .addr()
+            .checked_add(u64::from(descriptor.len()))
+            .is_none()
+        {
+            return Err(RequestError::Memory(
+                vm_memory::GuestMemoryError::GuestAddressOverflow,
+            ));
         }
         let segment = Segment {
             address: descriptor.addr(),

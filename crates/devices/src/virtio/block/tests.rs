@@ -393,6 +393,9 @@ fn malformed_chains_are_skipped_and_the_queue_goes_on() {
     driver.descriptor(14, HEADER, 16, NEXT, 15);
     driver.descriptor(15, HEADER, 16, NEXT, 14);
     driver.publish(14);
+    // 10: a buffer that wraps around the address space.
+    driver.descriptor(10, u64::MAX - 8, 16, 0, 0);
+    driver.publish(10);
     // A good request after all that.
     driver.header(HEADER + 0x200, VIRTIO_BLK_T_IN, 1);
     driver.descriptor(11, HEADER + 0x200, 16, NEXT, 12);
@@ -400,15 +403,15 @@ fn malformed_chains_are_skipped_and_the_queue_goes_on() {
     driver.descriptor(13, STATUS + 2, 1, WRITE, 0);
     driver.publish(11);
     worker.process_queue(0);
-    assert_eq!(driver.used_idx(), 8, "every valid head is returned");
-    let lengths: Vec<_> = (0..8).map(|slot| driver.used(slot).1).collect();
-    assert_eq!(lengths, [0, 0, 0, 0, 1, 1, 0, 513]);
+    assert_eq!(driver.used_idx(), 9, "every valid head is returned");
+    let lengths: Vec<_> = (0..9).map(|slot| driver.used(slot).1).collect();
+    assert_eq!(lengths, [0, 0, 0, 0, 1, 1, 0, 0, 513]);
     assert_eq!(driver.byte(STATUS), VIRTIO_BLK_S_IOERR as u8);
     assert_eq!(driver.byte(STATUS + 1), VIRTIO_BLK_S_IOERR as u8);
     assert_eq!(driver.byte(STATUS + 2), VIRTIO_BLK_S_OK as u8);
     assert_eq!(driver.byte(DATA), 1);
     assert!(!interrupt.needs_reset.load(Ordering::SeqCst));
-    assert_eq!(counters.snapshot().errors, 8);
+    assert_eq!(counters.snapshot().errors, 9);
 }
 
 #[test]
