@@ -463,3 +463,40 @@ fn pci_cfg_capability_reaches_the_bar() {
     h.device.write_config(cap + 12, &4u32.to_le_bytes());
     h.config_read(cap + 16, 4);
 }
+
+#[test]
+fn random_register_traffic_never_panics() {
+    let mut h = harness(VirtioPciOptions {
+        behind_iommu: true,
+        msix_vectors: Some(4),
+    });
+    let mut state = 0x1234_5678_9abc_def1u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..20_000 {
+        let width = [1usize, 2, 4, 8][(next() % 4) as usize];
+        let value = next();
+        match next() % 4 {
+            0 => {
+                let offset = (next() % 0x100) as usize;
+                let mut data = vec![0u8; width];
+                put_le_value(&mut data, value);
+                h.device.write_config(offset, &data);
+            }
+            1 => {
+                h.config_read((next() % 0x1100) as usize, width);
+            }
+            2 => {
+                let offset = next() % (BAR0_SIZE + 0x10);
+                h.write(offset, width, value);
+            }
+            _ => {
+                h.read(next() % (BAR0_SIZE + 0x10), width);
+            }
+        }
+    }
+}

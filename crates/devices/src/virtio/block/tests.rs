@@ -703,3 +703,68 @@ fn activated_device_runs_its_own_thread() {
     assert!(stats.notifications <= 1);
     assert_eq!(*lock(&interrupt.queue_signals), vec![0]);
 }
+
+/// A small deterministic generator for hostile-input tests (xorshift64*).
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Mostly plausible values, sometimes extreme ones.
+    fn address(&mut self) -> u64 {
+        match self.next() % 8 {
+            0 => u64::MAX - (self.next() % 64),
+            1 => self.next(),
+            _ => self.next() % 0x10_0000,
+        }
+    }
+}
+
+#[test]
+fn random_descriptor_tables_never_panic() {
+    let image = disk_image();
+    let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
+    for round in 0..200 {
+        let memory = ram();
+        let (mut worker, _, _) = worker(memory.clone(), &image, round % 3 == 0);
+        for index in 0..QUEUE_SIZE {
+            let flags = (noise.next() % 8) as u16;
+            let length = match noise.next() % 4 {
+                0 => u32::MAX,
+                1 => (noise.next() % 64) as u32,
+                _ => (noise.next() % 4096) as u32,
+            };
+            let descriptor =
+                Descriptor::new(noise.address(), length, flags, (noise.next() % 20) as u16);
+            memory
+                .write_obj(descriptor, GuestAddress(DESC_TABLE + u64::from(index) * 16))
+                .unwrap();
+        }
+        // Random bytes for headers and indirect tables that descriptors may point at.
+        for offset in (0..0x1000).step_by(8) {
+            memory
+                .write_obj(noise.next(), GuestAddress(HEADER + offset))
+                .unwrap();
+        }
+        let published = (noise.next() % u64::from(QUEUE_SIZE + 4)) as u16;
+        for slot in 0..QUEUE_SIZE {
+            memory
+                .write_obj(
+                    (noise.next() % 20) as u16,
+                    GuestAddress(AVAIL_RING + 4 + u64::from(slot) * 2),
+                )
+                .unwrap();
+        }
+        memory
+            .write_obj(published, GuestAddress(AVAIL_RING + 2))
+            .unwrap();
+        worker.process_queue(0);
+        let used: u16 = memory.read_obj(GuestAddress(USED_RING + 2)).unwrap();
+        assert!(used <= published);
+    }
+}
