@@ -18,6 +18,7 @@ pub mod pci;
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use thiserror::Error;
 use virtio_queue::Queue;
@@ -68,6 +69,10 @@ pub struct Activation<M> {
     pub interrupt: Arc<dyn VirtioInterrupt>,
     /// The features the driver accepted.
     pub acked_features: u64,
+    /// Whether the function may master the bus (PCI command register bit 2). While false the
+    /// device must not touch guest memory; when it becomes true again the transport signals
+    /// every queue's notify eventfd so pending work is picked up.
+    pub dma_enabled: Arc<AtomicBool>,
 }
 
 /// Errors activating a device.

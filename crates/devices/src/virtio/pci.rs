@@ -19,7 +19,7 @@
 //! Interrupts are MSI-X only (no INTx).
 
 use std::io;
-use std::sync::atomic::{AtomicU8, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
@@ -174,6 +174,7 @@ struct SharedState {
     config_vector: AtomicU16,
     queue_vectors: Vec<AtomicU16>,
     msix: Mutex<MsixConfig>,
+    bus_master: Arc<AtomicBool>,
 }
 
 impl SharedState {
@@ -355,6 +356,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
                     .map(|_| AtomicU16::new(VIRTIO_MSI_NO_VECTOR))
                     .collect(),
                 msix: Mutex::new(msix),
+                bus_master: Arc::new(AtomicBool::new(false)),
             }),
             options,
             device_features,
@@ -617,6 +619,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
             queues,
             interrupt: self.shared.clone(),
             acked_features: self.driver_features,
+            dma_enabled: self.shared.bus_master.clone(),
         })
     }
 
@@ -719,6 +722,13 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> PciDevice for VirtioPciDevi
 
     fn write_config(&mut self, offset: usize, data: &[u8]) {
         self.config.write(offset, data);
+        let bus_master = self.config.bus_master_enabled();
+        if self.shared.bus_master.swap(bus_master, Ordering::SeqCst) != bus_master && bus_master {
+            // Work the driver queued while DMA was off is picked up now.
+            for fd in &self.notify {
+                let _ = fd.write(1);
+            }
+        }
         let window = self.pci_cfg_capability + PCI_CFG_DATA;
         if offset < window + 4
             && offset.saturating_add(data.len()) > window

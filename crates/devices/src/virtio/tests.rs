@@ -23,6 +23,7 @@ struct DeviceLog {
     interrupt: Option<Arc<dyn VirtioInterrupt>>,
     resets: usize,
     config_writes: Vec<(u64, Vec<u8>)>,
+    dma_enabled: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 struct FakeDevice {
@@ -50,6 +51,7 @@ impl VirtioDevice<Memory> for FakeDevice {
     }
     fn activate(&mut self, activation: Activation<Memory>) -> Result<(), ActivateError> {
         let mut log = lock(&self.log);
+        log.dma_enabled = Some(activation.dma_enabled.clone());
         let queues = activation
             .queues
             .iter()
@@ -499,4 +501,25 @@ fn random_register_traffic_never_panics() {
             }
         }
     }
+}
+
+#[test]
+fn bus_master_enable_gates_dma_and_kicks_queues() {
+    use std::sync::atomic::Ordering;
+    let mut h = harness(VirtioPciOptions::default());
+    h.negotiate(VIRTIO_F_VERSION_1);
+    h.setup_queue(0, 16, 0x1_0000);
+    h.write(0x14, 1, 0xf);
+    let dma = lock(&h.log).dma_enabled.clone().unwrap();
+    assert!(!dma.load(Ordering::SeqCst));
+    h.device.write_config(4, &[0x06]);
+    assert!(dma.load(Ordering::SeqCst));
+    let kicks: Vec<u64> = h
+        .device
+        .notify_events()
+        .map(|(_, fd)| fd.read().unwrap_or(0))
+        .collect();
+    assert_eq!(kicks, [1, 1]);
+    h.device.write_config(4, &[0x02]);
+    assert!(!dma.load(Ordering::SeqCst));
 }

@@ -344,6 +344,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioDevice<M> for Block<M
             counters: self.counters.clone(),
             kill: kill.try_clone().map_err(ActivateError::EventFd)?,
             max_segments: self.max_segments(),
+            dma_enabled: activation.dma_enabled,
         };
         let thread = std::thread::Builder::new()
             .name(String::from("virtio-blk"))

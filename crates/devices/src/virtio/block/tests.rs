@@ -185,6 +185,7 @@ fn worker<M: GuestMemory>(
         kill: EventFd::new(EFD_NONBLOCK).unwrap(),
         max_segments: 8,
         broken: vec![false],
+        dma_enabled: Arc::new(AtomicBool::new(true)),
     };
     (worker, interrupt, counters)
 }
@@ -255,6 +256,24 @@ fn write_then_flush() {
     assert_eq!(sector, [0xab; 512]);
     let stats = counters.snapshot();
     assert_eq!((stats.write_bytes, stats.flushes), (512, 1));
+}
+
+#[test]
+fn no_dma_while_bus_mastering_is_off() {
+    let memory = ram();
+    let image = disk_image();
+    let (mut worker, _, _) = worker(memory.clone(), &image, false);
+    let mut driver = Driver::new(&memory);
+    driver.header(HEADER, VIRTIO_BLK_T_IN, 3);
+    driver.chain(&[(HEADER, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
+    worker.dma_enabled.store(false, Ordering::SeqCst);
+    worker.process_queue(0);
+    assert_eq!(driver.used_idx(), 0);
+    assert_eq!(driver.byte(DATA), 0);
+    worker.dma_enabled.store(true, Ordering::SeqCst);
+    worker.process_queue(0);
+    assert_eq!(driver.used_idx(), 1);
+    assert_eq!(driver.byte(DATA), 3);
 }
 
 #[test]
@@ -683,6 +702,7 @@ fn activated_device_runs_its_own_thread() {
             }],
             interrupt: interrupt.clone(),
             acked_features: 0,
+            dma_enabled: Arc::new(AtomicBool::new(true)),
         })
         .unwrap();
     driver.header(HEADER, VIRTIO_BLK_T_GET_ID, 0);

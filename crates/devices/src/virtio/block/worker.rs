@@ -10,7 +10,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemory};
@@ -33,6 +33,7 @@ pub(super) struct Worker<M> {
     pub(super) kill: EventFd,
     pub(super) max_segments: usize,
     pub(super) broken: Vec<bool>,
+    pub(super) dma_enabled: Arc<AtomicBool>,
 }
 
 impl<M: GuestMemory> Worker<M> {
@@ -97,6 +98,11 @@ impl<M: GuestMemory> Worker<M> {
     /// Processes available requests of the queue at `position` in `self.queues`.
     pub(super) fn process_queue(&mut self, position: usize) {
         if self.broken.get(position).copied().unwrap_or(true) {
+            return;
+        }
+        if !self.dma_enabled.load(Ordering::SeqCst) {
+            // Bus mastering is off: leave the requests where they are (the transport kicks
+            // the queue when it comes back on).
             return;
         }
         let limit = usize::from(self.queues[position].queue.size()) * 2;
