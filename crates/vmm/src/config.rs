@@ -259,6 +259,12 @@ pub enum ArgError {
         /// What is wrong.
         why: String,
     },
+    /// A disk wants the vIOMMU, but there is none.
+    #[error("Disk {0} uses iommu=on or assigned=sim, which need --iommu intel,...")]
+    DiskNeedsIommu(String),
+    /// `--test-dma-fault` without a translated disk.
+    #[error("Option '--test-dma-fault' needs a disk with iommu=on to issue the DMA")]
+    FaultNeedsDisk,
     /// Bad serial.
     #[error("Invalid --serial '{0}': use 'stdio' or 'file=PATH'")]
     BadSerial(String),
@@ -459,6 +465,17 @@ where
         }
     }
     config.kernel = kernel.ok_or(ArgError::NoKernel)?;
+    if config.iommu.is_none()
+        && let Some(disk) = config
+            .disks
+            .iter()
+            .find(|d| d.iommu || d.assigned.is_some())
+    {
+        return Err(ArgError::DiskNeedsIommu(disk.path.display().to_string()));
+    }
+    if config.test_dma_fault.is_some() && !config.disks.iter().any(|d| d.iommu) {
+        return Err(ArgError::FaultNeedsDisk);
+    }
     Ok(Command::Run(Box::new(config)))
 }
 
@@ -612,6 +629,25 @@ mod tests {
             (
                 &["--kernel", "/k", "--iommu", "intelx,pt=on"],
                 ArgError::BadIommu("intelx".into()),
+            ),
+            (
+                &["--kernel", "/k", "--disk", "path=/d,iommu=on"],
+                ArgError::DiskNeedsIommu("/d".into()),
+            ),
+            (
+                &["--kernel", "/k", "--disk", "path=/d,assigned=sim"],
+                ArgError::DiskNeedsIommu("/d".into()),
+            ),
+            (
+                &[
+                    "--kernel",
+                    "/k",
+                    "--iommu",
+                    "intel",
+                    "--test-dma-fault",
+                    "0x1000",
+                ],
+                ArgError::FaultNeedsDisk,
             ),
             (
                 &["--kernel", "/k", "--serial", "tty"],

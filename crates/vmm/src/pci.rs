@@ -67,9 +67,9 @@ pub enum Error {
     /// Passthrough setup.
     #[error(transparent)]
     Passthrough(#[from] passthrough::Error),
-    /// Bus registration.
+    /// An access path clashes with another device's range.
     #[error(transparent)]
-    Bus2(#[from] crate::bus::Error),
+    Register(#[from] crate::bus::Error),
 }
 
 impl MsiController for KvmMsiController {
