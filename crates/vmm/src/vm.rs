@@ -24,6 +24,9 @@ pub enum Error {
     /// Any other open failure.
     #[error("Cannot open /dev/kvm")]
     KvmOpen(#[source] kvm_ioctls::Error),
+    /// The device does not answer KVM ioctls.
+    #[error("/dev/kvm is not a KVM device")]
+    NotKvm,
     /// Wrong API version.
     #[error("/dev/kvm speaks API version {0}, but version 12 is required")]
     ApiVersion(i32),
@@ -51,12 +54,20 @@ pub enum Error {
 
 /// Opens /dev/kvm and checks it can run this VMM's guests.
 pub fn open_kvm() -> Result<Kvm, Error> {
-    let kvm = Kvm::new().map_err(|e| match e.errno() {
+    open_kvm_at(c"/dev/kvm")
+}
+
+/// Opens the KVM device at `path` and checks it can run this VMM's guests.
+pub fn open_kvm_at(path: &std::ffi::CStr) -> Result<Kvm, Error> {
+    let kvm = Kvm::new_with_path(path).map_err(|e| match e.errno() {
         libc::ENOENT | libc::ENXIO | libc::ENODEV => Error::NoKvm(e),
         libc::EACCES | libc::EPERM => Error::KvmAccess(e),
         _ => Error::KvmOpen(e),
     })?;
     let version = kvm.get_api_version();
+    if version < 0 {
+        return Err(Error::NotKvm);
+    }
     if version != 12 {
         return Err(Error::ApiVersion(version));
     }
@@ -148,4 +159,28 @@ pub fn create_vm(
     };
     sys::map_guest_memory(&vm.fd, &vm.memory).map_err(vm_err("register guest memory with KVM"))?;
     Ok(vm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_kvm_is_one_clear_sentence() {
+        let err = open_kvm_at(c"/nonexistent/kvm").unwrap_err();
+        assert!(matches!(err, Error::NoKvm(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "/dev/kvm does not exist: load the kvm module or run on a host with virtualization"
+        );
+    }
+
+    #[test]
+    fn unusable_kvm_is_reported() {
+        // A character device that is not KVM: the API-version ioctl fails.
+        match open_kvm_at(c"/dev/null") {
+            Err(Error::NotKvm) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }
