@@ -210,9 +210,11 @@ class Figures:
         base = self.metrics.get((vmm, "off"))
         if config == "off" or base is None:
             return
-        for name in PHASES:
+        for name, (requests, _) in PHASES.items():
             if base.get(f"{name}_s", 0) > 0:
                 m[f"overhead_{name}"] = m[f"{name}_s"] / base[f"{name}_s"]
+                # Time the vIOMMU adds per dd request, independent of the back end's own cost.
+                m[f"added_us_{name}"] = (m[f"{name}_s"] - base[f"{name}_s"]) / requests * 1e6
 
     def add_counters(self, key: tuple[str, str], m: dict[str, float]) -> None:
         work, idle = self.work[key], self.idle.get(key)
@@ -244,6 +246,11 @@ class Figures:
                  ("qi_submissions", "qi_errors")]
         if descs:
             m["qi_descriptors_per_io"] = sum(delta[n] for n in descs) / reqs
+        for suffix, metric in (("_notifications", "notifications_per_io"),
+                               ("_interrupts", "device_interrupts_per_io")):
+            disk = [n for n in names if re.fullmatch(r"disk\d+" + suffix, n)]
+            if disk:
+                m[metric] = sum(delta[n] for n in disk) / reqs
         hits, misses = delta.get("iotlb_hits", 0), delta.get("iotlb_misses", 0)
         if hits + misses > 0:
             m["iotlb_hit_pct"] = 100.0 * hits / (hits + misses)
@@ -275,6 +282,9 @@ def main_table(fig: Figures) -> str:
         ("overhead 4 KiB", "overhead_read4k"),
         ("overhead 1 MiB", "overhead_read1m"),
         ("overhead writes", "overhead_write64k"),
+        ("added µs per 4 KiB read", "added_us_read4k"),
+        ("added µs per 1 MiB read", "added_us_read1m"),
+        ("added µs per 64 KiB write", "added_us_write64k"),
     ]
     rows = ["| VMM | configuration | " + " | ".join(c[0] for c in cols) + " |",
             "|---|---|" + "---:|" * len(cols)]
@@ -293,6 +303,8 @@ def counters_table(fig: Figures) -> str:
     cols = [
         ("I/O requests", "io_requests"),
         ("interrupts / I/O", "irqs_per_io"),
+        ("queue notifications / I/O", "notifications_per_io"),
+        ("disk interrupts / I/O", "device_interrupts_per_io"),
         ("boot exits", "boot_exits"),
         ("exits / I/O", "exits_per_io"),
         ("MMIO exits / I/O", "mmio_exits_per_io"),
@@ -460,8 +472,12 @@ def doc_section(out: str, fig: Figures, jobs: list[Job], svg_name: str | None) -
             f"before, {read(os.path.join(out, 'load-after')).strip()} after")
     repeat = read(os.path.join(out, "repeat"), "1").strip()
     times = "each phase ran once" if repeat == "1" else f"phase times are the median of {repeat} runs"
+    binary = read(os.path.join(out, "vmm-binary"), "none").strip()
+    binary = "built by the runner" if binary in ("", "none") else f"`{binary}`"
+    source = read(os.path.join(out, "source"), "unknown").strip()
     parts = [f"Run of {date} on a {machine} host; mode {mode} ({where}); {times}; the whole run "
-             f"took {secs} s; {load}.", "", main_table(fig), ""]
+             f"took {secs} s; {load}. Repository at {source}; vtd-nest binary {binary}.", "",
+             main_table(fig), ""]
     work_failed = {(j.vmm, j.config) for j in jobs if j.kind == "work" and j.failure}
     fails = [f"{j.vmm} {j.config}" + ("" if j.kind == "work" else " boot-only baseline")
              + f": {j.failure}" for j in jobs
