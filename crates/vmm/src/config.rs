@@ -38,11 +38,13 @@ Options of `run` (each as `--name VALUE` or `--name=VALUE`):
   --disk path=FILE[,readonly=on|off][,iommu=on|off][,assigned=sim]
                         add a virtio-blk disk (repeatable); iommu=on puts its DMA behind the
                         vIOMMU (VIRTIO_F_ACCESS_PLATFORM); assigned=sim models it as a
-                        passthrough device on the software host IOMMU
+                        passthrough device on the software host IOMMU (needs the vIOMMU
+                        with caching-mode=on, as QEMU requires for device assignment)
   --serial stdio|file=PATH
                         where COM1 output goes [default: stdio]
   --log-level LEVEL     error, warn, info, debug or trace, to stderr [default: warn]
-  --test-dma-fault IOVA test only: issue one translated DMA read of IOVA after boot setup
+  --test-dma-fault IOVA test only: the first iommu=on disk reads IOVA through the vIOMMU
+                        once, just before its first DMA (a fault if the guest never mapped it)
 
 Exit status: 0 when the guest powers off or reboots, 1 on a VM error, 2 on bad options.
 ";
