@@ -110,17 +110,26 @@ impl Accel {
         let errata = info.vtd.is_some_and(|v| v.errata_772415());
 
         let mut attachment = DeviceAttachment::new(device.host.clone(), device.dev);
-        let mut parent = None;
-        for s2 in inner
+        let index = match inner
             .stage2
             .iter()
-            .filter(|s| Arc::ptr_eq(&s.host, &device.host))
+            .position(|s| Arc::ptr_eq(&s.host, &device.host))
         {
-            // A nest parent belongs to one host IOMMU instance; the kernel refuses (EINVAL) to
-            // attach a device of another instance, which then gets a parent of its own.
-            match attachment.attach_parent(s2.parent.clone()) {
+            Some(i) => i,
+            None => {
+                let s2 = Stage2::new(device.host.clone(), &self.ram, errata).map_err(host_err)?;
+                inner.stage2.push(s2);
+                inner.stage2.len() - 1
+            }
+        };
+        let stage2 = &mut inner.stage2[index];
+        let mut parent = None;
+        for p in &stage2.parents {
+            // A nest parent may span compatible host IOMMU units; the kernel refuses (EINVAL)
+            // a device whose unit cannot use it, which then gets a parent of its own.
+            match attachment.attach_parent(p.clone()) {
                 Ok(()) => {
-                    parent = Some(s2.parent.clone());
+                    parent = Some(p.clone());
                     break;
                 }
                 Err(e) if e.errno() == Some(libc::EINVAL) => continue,
@@ -130,13 +139,8 @@ impl Accel {
         let parent = match parent {
             Some(p) => p,
             None => {
-                let s2 = Stage2::build(device.host.clone(), device.dev, &self.ram, errata)
-                    .map_err(host_err)?;
-                attachment
-                    .attach_parent(s2.parent.clone())
-                    .map_err(host_err)?;
-                let p = s2.parent.clone();
-                inner.stage2.push(s2);
+                let p = stage2.add_parent(device.dev).map_err(host_err)?;
+                attachment.attach_parent(p.clone()).map_err(host_err)?;
                 p
             }
         };
@@ -153,7 +157,10 @@ impl Accel {
         let mut inner = self.lock();
         let removed = inner.bindings.remove(&sid).is_some();
         let used: Vec<_> = inner.bindings.values().map(|b| b.parent_id()).collect();
-        inner.stage2.retain(|s| used.contains(&s.parent.id()));
+        for s2 in &mut inner.stage2 {
+            s2.parents.retain(|p| used.contains(&p.id()));
+        }
+        inner.stage2.retain(|s| !s.parents.is_empty());
         removed
     }
 
@@ -162,9 +169,9 @@ impl Accel {
         self.lock().bindings.get(&sid).map(Binding::current)
     }
 
-    /// Number of stage-2 nest parents in use (one per host IOMMU instance with devices).
+    /// Number of stage-2 nest parents in use (devices on compatible host IOMMU units share one).
     pub fn nest_parents(&self) -> usize {
-        self.lock().stage2.len()
+        self.lock().stage2.iter().map(|s| s.parents.len()).sum()
     }
 
     /// The counters.

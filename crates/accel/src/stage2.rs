@@ -19,18 +19,19 @@ pub struct RamRegion {
     pub writable: bool,
 }
 
-/// The stage-2 objects for one host IOMMU: devices on it share the nest parent.
+/// The stage-2 objects on one host: an IOAS mapping guest RAM at IOVA = GPA, and the nest
+/// parents built on it (one per group of compatible host IOMMU units; devices share them).
 #[derive(Debug)]
 pub(crate) struct Stage2 {
     pub(crate) host: Arc<dyn HostIommu>,
-    pub(crate) parent: Arc<NestParentHwpt>,
+    ioas: Arc<Ioas>,
+    pub(crate) parents: Vec<Arc<NestParentHwpt>>,
 }
 
 impl Stage2 {
-    /// Maps guest RAM into a new IOAS and allocates a nest parent on it compatible with `dev`.
-    pub(crate) fn build(
+    /// Maps guest RAM into a new IOAS on `host`.
+    pub(crate) fn new(
         host: Arc<dyn HostIommu>,
-        dev: DeviceId,
         ram: &[RamRegion],
         errata_772415: bool,
     ) -> host_iommu::Result<Self> {
@@ -52,7 +53,17 @@ impl Stage2 {
             };
             ioas.map(r.gpa, r.hva, r.len, perm)?;
         }
-        let parent = Arc::new(NestParentHwpt::new(ioas, dev)?);
-        Ok(Self { host, parent })
+        Ok(Self {
+            host,
+            ioas,
+            parents: Vec::new(),
+        })
+    }
+
+    /// A new nest parent on the IOAS, compatible with `dev`.
+    pub(crate) fn add_parent(&mut self, dev: DeviceId) -> host_iommu::Result<Arc<NestParentHwpt>> {
+        let parent = Arc::new(NestParentHwpt::new(self.ioas.clone(), dev)?);
+        self.parents.push(parent.clone());
+        Ok(parent)
     }
 }

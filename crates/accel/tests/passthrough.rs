@@ -459,6 +459,11 @@ fn devices_on_two_units_of_one_host() {
             devs.push(dev);
         }
         assert_eq!(g.accel.nest_parents(), parents, "first unit {first_aw}-bit");
+        assert_eq!(
+            sim.live_objects().ioas,
+            1,
+            "the parents share one IOAS of guest RAM"
+        );
         let table = g.new_table();
         let page = g.page();
         g.fill(page, 0x6b);
