@@ -174,9 +174,20 @@ impl<K: Hash + Eq + Copy, V: Copy> ShardedCache<K, V> {
 
     /// Inserts or replaces the entry for `key`, evicting another entry of the same shard when
     /// the shard is full.
+    #[cfg(test)]
     pub(crate) fn insert(&self, key: K, value: V) {
+        self.insert_if(key, value, || true);
+    }
+
+    /// Like `insert`, if `still` (called under the shard's write lock, the lock invalidations
+    /// take too) returns true: a fill checks that no invalidation started since it read the
+    /// tables, so an invalidation either removes the entry or keeps it out.
+    pub(crate) fn insert_if(&self, key: K, value: V, still: impl FnOnce() -> bool) {
         let key = Hashed::new(key);
         let mut map = Self::write(self.shard(&key));
+        if !still() {
+            return;
+        }
         if map.len() >= self.shard_capacity
             && !map.contains_key(&key)
             && let Some(victim) = map.keys().next().copied()

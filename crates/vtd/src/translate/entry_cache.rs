@@ -34,8 +34,9 @@ impl ContextCache {
     pub(crate) fn get(&self, sid: SourceId) -> Option<Context> {
         self.map.get(&sid.0)
     }
-    pub(crate) fn insert(&self, sid: SourceId, ctx: Context) {
-        self.map.insert(sid.0, ctx);
+    /// Caches `ctx` if `still` holds under the shard lock (see `ShardedCache::insert_if`).
+    pub(crate) fn insert_if(&self, sid: SourceId, ctx: Context, still: impl FnOnce() -> bool) {
+        self.map.insert_if(sid.0, ctx, still);
     }
     pub(crate) fn clear(&self) {
         self.map.clear();
@@ -75,8 +76,15 @@ impl PasidCache {
     pub(crate) fn get(&self, sid: SourceId, pasid: u32) -> Option<CachedPasid> {
         self.map.get(&(sid.0, pasid))
     }
-    pub(crate) fn insert(&self, sid: SourceId, pasid: u32, e: CachedPasid) {
-        self.map.insert((sid.0, pasid), e);
+    /// Caches `e` if `still` holds under the shard lock (see `ShardedCache::insert_if`).
+    pub(crate) fn insert_if(
+        &self,
+        sid: SourceId,
+        pasid: u32,
+        e: CachedPasid,
+        still: impl FnOnce() -> bool,
+    ) {
+        self.map.insert_if((sid.0, pasid), e, still);
     }
     pub(crate) fn clear(&self) {
         self.map.clear();

@@ -4,37 +4,58 @@
 //! level)`, like QEMU's hash — so a hit is one set lookup with no context or PASID-cache
 //! access. Each entry carries the tags the spec's invalidations select on: the domain id and
 //! PASID of the PASID (or context) entry it was built from, and whether it is a first- or
-//! second-stage translation. Invalidations scan the (bounded) table.
+//! second-stage translation; and a generation stamp (`generation.rs`).
 //!
-//! | invalidation (§6.5.2)        | entries dropped                                           |
-//! |------------------------------|-----------------------------------------------------------|
-//! | IOTLB global                 | all                                                       |
-//! | IOTLB domain (DID)           | all of DID                                                |
-//! | IOTLB page (DID, range)      | second-stage of DID overlapping the range; **all** first-stage of DID |
-//! | PASID-IOTLB all (DID, PASID) | all of (DID, PASID)                                       |
-//! | PASID-IOTLB page (DID, PASID, range) | first-stage of (DID, PASID) overlapping the range; AM ≥ 52 or a range covering the space: all of (DID, PASID) |
+//! ## Invalidation without scans
+//!
+//! An invalidation never walks the table. Wide scopes bump a generation, which kills every
+//! entry stamped under the old one at once; narrow page ranges probe the exact slots the pages
+//! can occupy, found through the domain's requester record (`requesters.rs`):
+//!
+//! | invalidation (§6.5.2)        | entries dropped (spec)                   | how |
+//! |------------------------------|------------------------------------------|-----|
+//! | IOTLB global                 | all                                      | `G += 1` |
+//! | IOTLB domain (DID)           | all of DID                               | `D[did] += 1` |
+//! | IOTLB page (DID, range)      | second-stage of DID overlapping the range; **all** first-stage of DID | DID with first-stage entries, untracked, or range over the probe budget: `D[did] += 1`; otherwise probe the range's second-stage slots |
+//! | PASID-IOTLB all (DID, PASID) | all of (DID, PASID)                      | `P[did, pasid] += 1` |
+//! | PASID-IOTLB page (DID, PASID, range) | first-stage of (DID, PASID) overlapping the range; AM ≥ 52 or a range covering the space: all of (DID, PASID) | probe the range's first-stage slots of (DID, PASID); AM ≥ 52 or over the probe budget: `P[did, pasid] += 1`; untracked: `D[did] += 1` (which makes the domain trackable again) |
+//! | context-cache device (SID, FM) | (beyond the spec) every entry of the selected requesters | scan (rare: device attach) |
+//!
+//! A probe visits, for each listed requester of the domain (with the invalidation's PASID, for
+//! PASID-based ones) and each level the domain has entries at (4 KiB always; 2 MiB and 1 GiB
+//! when the record says so), the slots of every page of that level overlapping the range, and
+//! clears those whose DID, PASID and stage match: a page is dropped at every level it was
+//! cached. At most [`PROBE_BUDGET`] probes; beyond that a generation bump is cheaper. A domain
+//! with no record and not untracked has no entry: its page invalidations cost nothing.
+//!
+//! Every over-flush here (a generation bump dropping a whole domain or PASID, a shared PASID
+//! bucket, a wrap) is one the spec allows; an entry an invalidation covers is never kept.
 //!
 //! Pass-through translations are not cached: they come from the context and PASID caches,
 //! which already hold everything they need. No paging-structure cache is kept, so the IH hint
 //! needs no handling.
-
+//!
 //! ## Layout: a set-associative table read without locks
 //!
 //! The IOTLB is a fixed array of `SETS` sets of `WAYS` slots (no allocation after
-//! construction, nothing a guest can grow). Each slot is a small seqlock: a sequence word and
-//! four data words, all atomics. A lookup reads the sequence, the words, and the sequence again;
-//! a slot that changed meanwhile (or is being written) is treated as a miss, which is always
-//! safe. So the hit path takes no lock and does no atomic read-modify-write: devices
-//! translating in parallel never wait for each other. Writers (fills, invalidations) hold one
-//! of `STRIPES` mutexes covering a block of sets, and replace a set's slots round-robin. A
-//! dense array of per-slot tags (valid, DID) lets an invalidation scan 32 KiB instead of every
-//! slot, and decode only the entries of the domain it targets.
+//! construction, nothing a guest can grow). Each slot is a small seqlock: a sequence word, two
+//! key words, two value words and the stamp, all atomics. A lookup reads the sequence and the
+//! key, and only for the matching slot the value words, the stamp and the sequence again; a
+//! slot that changed meanwhile (or is being written) is a miss, which is always safe; so is a
+//! stamp that no longer matches the generations. The hit path takes no lock and does no atomic
+//! read-modify-write: devices translating in parallel never wait for each other. Writers
+//! (fills, probes, scans) hold one of `STRIPES` mutexes covering a block of sets. A fill
+//! replaces, in order of preference, the slot of the same key, an empty or dead slot, or a
+//! slot chosen round-robin; it inserts only if no invalidation started since its
+//! [`Ticket`] was taken (checked under the stripe lock, see `generation.rs`).
 
 use super::cache::KeyHasher;
+use super::generation::{Clock, Generations, Ticket};
+use super::requesters::{R_1G, R_2M, R_FIRST, Requester, Requesters, Tracked};
 use super::walk::first_stage::{FsControls, FsRights};
 use crate::invalidation::Invalidation;
 use std::hash::Hasher;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Mutex, MutexGuard};
 use vtd_spec::SourceId;
 use vtd_spec::pte::level_size;
@@ -47,10 +68,8 @@ const WAYS: usize = 4;
 /// Writer locks, each covering a contiguous block of sets.
 const STRIPES: usize = 64;
 
-/// Slot tag: bit 0 valid, bits 31:16 the entry's DID.
-fn tag(did: u16) -> u32 {
-    (u32::from(did) << 16) | 1
-}
+/// Most slots one page invalidation probes before a generation bump is preferred.
+pub(crate) const PROBE_BUDGET: usize = 64;
 
 /// What a cached translation allows, per stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,17 +117,8 @@ pub(crate) struct IotlbEntry {
 }
 
 impl IotlbEntry {
-    /// Page size.
-    pub(crate) fn size(&self) -> u64 {
-        level_size(u32::from(self.level))
-    }
     fn is_first_stage(&self) -> bool {
         matches!(self.rights, CachedRights::First { .. })
-    }
-    fn overlaps(&self, range: &Range) -> bool {
-        let start = u128::from(self.iova_base);
-        let end = start + u128::from(self.size());
-        start < range.end && range.start < end
     }
 }
 
@@ -199,8 +209,56 @@ fn encode(e: &IotlbEntry) -> (u64, u64) {
     (v0, v1)
 }
 
-fn decode(key: Key, v0: u64, v1: u64) -> IotlbEntry {
-    let rights = if v0 & V_FIRST != 0 {
+/// A looked-up entry in its raw slot words: the hit path reads the few bits it needs
+/// straight from them (a decoded [`IotlbEntry`] is larger and only built for tests and traces).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Hit {
+    key: Key,
+    v0: u64,
+    v1: u64,
+}
+
+impl Hit {
+    /// Input address of the page.
+    #[inline]
+    pub(crate) fn iova_base(&self) -> u64 {
+        self.key.iova_base()
+    }
+    /// Output address of the page.
+    #[inline]
+    pub(crate) fn gpa_base(&self) -> u64 {
+        self.v0 & !0xfff
+    }
+    /// 1, 2 or 3.
+    #[inline]
+    pub(crate) fn level(&self) -> u8 {
+        self.key.level()
+    }
+    /// Page size.
+    #[inline]
+    pub(crate) fn size(&self) -> u64 {
+        level_size(u32::from(self.level().max(1)))
+    }
+    /// Domain id tag.
+    #[inline]
+    pub(crate) fn did(&self) -> u16 {
+        v1_did(self.v1)
+    }
+    /// The rights, decoded.
+    #[inline]
+    pub(crate) fn rights(&self) -> CachedRights {
+        rights(self.v0, self.v1)
+    }
+    /// The whole entry, decoded.
+    #[cfg(test)]
+    pub(crate) fn entry(&self) -> IotlbEntry {
+        decode(self.key, self.v0, self.v1)
+    }
+}
+
+#[inline]
+fn rights(v0: u64, v1: u64) -> CachedRights {
+    if v0 & V_FIRST != 0 {
         CachedRights::First {
             rights: FsRights {
                 rw: v0 & V_A != 0,
@@ -224,7 +282,12 @@ fn decode(key: Key, v0: u64, v1: u64) -> IotlbEntry {
             write: v0 & V_B != 0,
             dirty_ok: v0 & V_DIRTY_OK != 0,
         }
-    };
+    }
+}
+
+#[cfg(test)]
+fn decode(key: Key, v0: u64, v1: u64) -> IotlbEntry {
+    let rights = rights(v0, v1);
     IotlbEntry {
         did: v1 as u16,
         pasid: (v1 >> 16) as u32,
@@ -236,6 +299,14 @@ fn decode(key: Key, v0: u64, v1: u64) -> IotlbEntry {
     }
 }
 
+fn v1_did(v1: u64) -> u16 {
+    v1 as u16
+}
+
+fn v1_pasid(v1: u64) -> u32 {
+    (v1 >> 16) as u32
+}
+
 /// One seqlock-protected slot.
 #[derive(Default)]
 struct Slot {
@@ -244,26 +315,42 @@ struct Slot {
     k1: AtomicU64,
     v0: AtomicU64,
     v1: AtomicU64,
+    stamp: AtomicU64,
 }
 
 impl Slot {
-    /// A consistent snapshot `(k0, k1, v0, v1)`, or `None` if a writer is active or was
-    /// active during the read (the caller treats that as a miss).
+    /// The value words and the stamp if the slot consistently holds `key`; `None` if it holds
+    /// another key or a writer is (or was, during the read) active: a miss.
+    #[inline]
+    fn read_if(&self, key: Key) -> Option<(u64, u64, u64)> {
+        let s1 = self.seq.load(Ordering::Acquire);
+        if s1 & 1 != 0
+            || self.k0.load(Ordering::Relaxed) != key.k0
+            || self.k1.load(Ordering::Relaxed) != key.k1
+        {
+            return None;
+        }
+        let v0 = self.v0.load(Ordering::Relaxed);
+        let v1 = self.v1.load(Ordering::Relaxed);
+        let stamp = self.stamp.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        (self.seq.load(Ordering::Relaxed) == s1).then_some((v0, v1, stamp))
+    }
+
+    /// A consistent snapshot `(key, v1, stamp)`, or `None` while a writer is active.
     fn read(&self) -> Option<(Key, u64, u64)> {
         let s1 = self.seq.load(Ordering::Acquire);
         if s1 & 1 != 0 {
             return None;
         }
-        let k0 = self.k0.load(Ordering::Relaxed);
-        let k1 = self.k1.load(Ordering::Relaxed);
-        let v0 = self.v0.load(Ordering::Relaxed);
+        let key = self.key();
         let v1 = self.v1.load(Ordering::Relaxed);
+        let stamp = self.stamp.load(Ordering::Relaxed);
         fence(Ordering::Acquire);
-        let s2 = self.seq.load(Ordering::Relaxed);
-        (s1 == s2).then_some((Key { k0, k1 }, v0, v1))
+        (self.seq.load(Ordering::Relaxed) == s1).then_some((key, v1, stamp))
     }
 
-    /// Current key; only for writers holding the stripe lock.
+    /// Current key; consistent only for writers holding the stripe lock.
     fn key(&self) -> Key {
         Key {
             k0: self.k0.load(Ordering::Relaxed),
@@ -272,7 +359,7 @@ impl Slot {
     }
 
     /// Rewrites the slot; only for writers holding the stripe lock.
-    fn write(&self, key: Key, v0: u64, v1: u64) {
+    fn write(&self, key: Key, v0: u64, v1: u64, stamp: u64) {
         let s = self.seq.load(Ordering::Relaxed);
         self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
@@ -280,12 +367,13 @@ impl Slot {
         self.k1.store(key.k1, Ordering::Relaxed);
         self.v0.store(v0, Ordering::Relaxed);
         self.v1.store(v1, Ordering::Relaxed);
+        self.stamp.store(stamp, Ordering::Relaxed);
         self.seq.store(s.wrapping_add(2), Ordering::Release);
     }
 
     /// Empties the slot; only for writers holding the stripe lock.
     fn clear(&self) {
-        self.write(Key { k0: 0, k1: 0 }, 0, 0);
+        self.write(Key { k0: 0, k1: 0 }, 0, 0, 0);
     }
 }
 
@@ -297,6 +385,7 @@ struct Set {
 }
 
 /// An address range of an invalidation, in u128 so 2^64 is representable.
+#[derive(Clone, Copy)]
 struct Range {
     start: u128,
     end: u128,
@@ -317,20 +406,34 @@ impl Range {
             end: start + size,
         })
     }
+
+    /// The page numbers of `level`-sized pages overlapping the range.
+    fn vpns(self, level: u32) -> std::ops::RangeInclusive<u128> {
+        let shift = 12 + 9 * (level - 1);
+        (self.start >> shift)..=((self.end - 1) >> shift)
+    }
 }
 
 /// The largest AM the PASID-IOTLB descriptor can meaningfully carry: 2^52 pages cover the
 /// whole 64-bit space, so Linux's "flush all" (addr 0, AM 52) is a whole-PASID flush.
 const PASID_AM_WHOLE: u8 = 52;
 
+/// A generation bump.
+#[derive(Clone, Copy, Debug)]
+enum Bump {
+    Global,
+    Domain(u16),
+    Pasid(u16, u32),
+}
+
 /// The IOTLB.
 pub(crate) struct Iotlb {
     sets: Box<[Set]>,
-    /// `tags[set * WAYS + way]`, written with the slot under the stripe lock.
-    tags: Box<[AtomicU32]>,
     stripes: Box<[Mutex<()>]>,
     /// Whether any 2 MiB / 1 GiB entry may be cached: lookups skip those levels otherwise.
     superpages: AtomicBool,
+    gens: Generations,
+    requesters: Requesters,
 }
 
 impl Iotlb {
@@ -339,9 +442,10 @@ impl Iotlb {
         let sets = entries.div_ceil(WAYS).max(STRIPES).next_power_of_two();
         Self {
             sets: (0..sets).map(|_| Set::default()).collect(),
-            tags: (0..sets * WAYS).map(|_| AtomicU32::new(0)).collect(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             superpages: AtomicBool::new(false),
+            gens: Generations::new(),
+            requesters: Requesters::new(),
         }
     }
 
@@ -366,25 +470,36 @@ impl Iotlb {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Number of entries.
+    /// Whether an entry with value word `v1` and `stamp` is still valid.
+    #[inline]
+    fn live(&self, v1: u64, stamp: u64) -> bool {
+        self.gens.stamp(v1_did(v1), v1_pasid(v1)) == stamp
+    }
+
+    /// Number of live entries.
     pub(crate) fn len(&self) -> usize {
         self.sets
             .iter()
             .flat_map(|s| s.slots.iter())
-            .filter(|slot| slot.read().is_some_and(|(k, _, _)| k.k1 & VALID != 0))
+            .filter(|slot| {
+                slot.read()
+                    .is_some_and(|(k, v1, stamp)| k.k1 & VALID != 0 && self.live(v1, stamp))
+            })
             .count()
     }
 
-    fn get(&self, key: Key) -> Option<IotlbEntry> {
+    #[inline]
+    fn get(&self, key: Key) -> Option<Hit> {
         let set = self.sets.get(self.set_index(key))?;
         set.slots.iter().find_map(|slot| {
-            let (k, v0, v1) = slot.read()?;
-            (k == key).then(|| decode(k, v0, v1))
+            let (v0, v1, stamp) = slot.read_if(key)?;
+            self.live(v1, stamp).then_some(Hit { key, v0, v1 })
         })
     }
 
     /// The cached translation of the page holding `iova` for this requester.
-    pub(crate) fn lookup(&self, sid: SourceId, pasid: u32, iova: u64) -> Option<IotlbEntry> {
+    #[inline]
+    pub(crate) fn lookup(&self, sid: SourceId, pasid: u32, iova: u64) -> Option<Hit> {
         if let Some(e) = self.get(Key::new(sid, pasid, iova, 1)) {
             return Some(e);
         }
@@ -394,12 +509,35 @@ impl Iotlb {
         (2..=3).find_map(|level| self.get(Key::new(sid, pasid, iova, level)))
     }
 
-    /// Caches a translation for this requester.
-    pub(crate) fn insert(&self, sid: SourceId, pasid: u32, entry: IotlbEntry) {
+    /// Caches a translation for this requester (request PASID `pasid`, or [`NO_PASID`]) if no
+    /// invalidation started since `ticket` was taken, before the tables were read.
+    pub(crate) fn insert(
+        &self,
+        clock: &Clock,
+        ticket: Option<Ticket>,
+        sid: SourceId,
+        pasid: u32,
+        entry: IotlbEntry,
+    ) {
+        if ticket.is_none() {
+            return;
+        }
         let level = u32::from(entry.level).clamp(1, 3);
+        let flags = match level {
+            2 => R_2M,
+            3 => R_1G,
+            _ => 0,
+        } | if entry.is_first_stage() { R_FIRST } else { 0 };
+        let requester = Requester {
+            sid,
+            no_pasid: pasid == NO_PASID,
+            pasid: entry.pasid,
+        };
+        self.requesters.register(entry.did, requester, flags);
         if level > 1 {
             self.superpages.store(true, Ordering::Relaxed);
         }
+        let stamp = self.gens.stamp(entry.did, entry.pasid);
         let key = Key::new(sid, pasid, entry.iova_base, level);
         let (v0, v1) = encode(&entry);
         let index = self.set_index(key);
@@ -407,43 +545,43 @@ impl Iotlb {
             return;
         };
         let _guard = self.lock_stripe(index / self.sets_per_stripe());
+        if !clock.still(ticket) {
+            return;
+        }
+        let free = |w: &usize| {
+            let slot = &set.slots[*w];
+            slot.key().k1 & VALID == 0
+                || !self.live(
+                    slot.v1.load(Ordering::Relaxed),
+                    slot.stamp.load(Ordering::Relaxed),
+                )
+        };
         let way = (0..WAYS)
             .find(|&w| set.slots[w].key() == key)
-            .or_else(|| (0..WAYS).find(|&w| set.slots[w].key().k1 & VALID == 0))
+            .or_else(|| (0..WAYS).find(free))
             .unwrap_or_else(|| {
                 let v = set.victim.load(Ordering::Relaxed) % WAYS;
                 set.victim.store((v + 1) % WAYS, Ordering::Relaxed);
                 v
             });
-        set.slots[way].write(key, v0, v1);
-        self.tags[index * WAYS + way].store(tag(entry.did), Ordering::Relaxed);
+        set.slots[way].write(key, v0, v1, stamp);
     }
 
-    /// Drops the entries for which `drop` is true; returns how many. `did` pre-selects slots
-    /// by domain from the raw value word, so a domain-scoped flush decodes only that domain's
-    /// entries.
-    fn drop_where(&self, did: Option<u16>, drop: impl Fn(Key, &IotlbEntry) -> bool) -> usize {
+    /// Drops the entries of requesters matching `sid_matches` (a scan: for context-cache
+    /// device invalidations); returns how many.
+    pub(crate) fn drop_sources(&self, sid_matches: impl Fn(u16) -> bool) -> usize {
         let mut dropped = 0;
         let per = self.sets_per_stripe();
         for stripe in 0..STRIPES {
             let _guard = self.lock_stripe(stripe);
-            let first = stripe * per * WAYS;
-            let tags = self.tags.get(first..first + per * WAYS).unwrap_or(&[]);
-            for (i, t) in tags.iter().enumerate() {
-                let t = t.load(Ordering::Relaxed);
-                if t & 1 == 0 || did.is_some_and(|d| t != tag(d)) {
-                    continue;
-                }
-                let (set, way) = ((first + i) / WAYS, (first + i) % WAYS);
-                let Some(slot) = self.sets.get(set).map(|s| &s.slots[way]) else {
-                    continue;
-                };
+            let sets = self
+                .sets
+                .get(stripe * per..(stripe + 1) * per)
+                .unwrap_or(&[]);
+            for slot in sets.iter().flat_map(|s| s.slots.iter()) {
                 let key = slot.key();
-                let v0 = slot.v0.load(Ordering::Relaxed);
-                let v1 = slot.v1.load(Ordering::Relaxed);
-                if key.k1 & VALID != 0 && drop(key, &decode(key, v0, v1)) {
+                if key.k1 & VALID != 0 && sid_matches(key.sid()) {
                     slot.clear();
-                    self.tags[first + i].store(0, Ordering::Relaxed);
                     dropped += 1;
                 }
             }
@@ -451,40 +589,32 @@ impl Iotlb {
         dropped
     }
 
-    /// Drops every entry.
-    pub(crate) fn clear(&self) -> usize {
-        let n = self.drop_where(None, |_, _| true);
-        self.superpages.store(false, Ordering::Relaxed);
-        n
+    /// Drops every entry (a global generation bump).
+    pub(crate) fn flush(&self, clock: &Clock) {
+        self.bump(clock, Bump::Global);
     }
 
-    /// Drops the entries of requesters matching `sid_matches`.
-    pub(crate) fn drop_sources(&self, sid_matches: impl Fn(u16) -> bool) -> usize {
-        self.drop_where(None, |k, _| sid_matches(k.sid()))
-    }
-
-    /// Applies one invalidation; returns the number of entries dropped.
-    pub(crate) fn invalidate(&self, inv: &Invalidation) -> usize {
+    /// Applies one invalidation; returns the number of entries a probe dropped (generation
+    /// bumps drop entries without counting them, and report 0).
+    pub(crate) fn invalidate(&self, clock: &Clock, inv: &Invalidation) -> usize {
         match *inv {
-            Invalidation::IotlbGlobal => self.clear(),
-            Invalidation::IotlbDomain { did } => self.drop_where(Some(did), |_, _| true),
-            Invalidation::IotlbPage { did, addr, am, .. } => match Range::pages(addr, am) {
-                None => self.drop_where(Some(did), |_, _| true),
-                Some(r) => self.drop_where(Some(did), |_, e| e.is_first_stage() || e.overlaps(&r)),
-            },
-            Invalidation::PasidIotlbAll { did, pasid } => self.drop_pasid(did, pasid),
+            Invalidation::IotlbGlobal => self.bump(clock, Bump::Global),
+            Invalidation::IotlbDomain { did } => self.bump(clock, Bump::Domain(did)),
+            Invalidation::IotlbPage { did, addr, am, .. } => self.page(clock, did, None, addr, am),
+            Invalidation::PasidIotlbAll { did, pasid } => self.bump(clock, Bump::Pasid(did, pasid)),
             Invalidation::PasidIotlbPage {
                 did,
                 pasid,
                 addr,
                 am,
                 ..
-            } => match Range::pages(addr, am) {
-                Some(r) if am < PASID_AM_WHOLE => self.drop_where(Some(did), |_, e| {
-                    e.pasid == pasid && e.is_first_stage() && e.overlaps(&r)
-                }),
-                _ => self.drop_pasid(did, pasid),
-            },
+            } => {
+                if am >= PASID_AM_WHOLE {
+                    self.bump(clock, Bump::Pasid(did, pasid))
+                } else {
+                    self.page(clock, did, Some(pasid), addr, am)
+                }
+            }
             Invalidation::ContextGlobal
             | Invalidation::ContextDomain { .. }
             | Invalidation::ContextDevice { .. }
@@ -494,8 +624,126 @@ impl Iotlb {
         }
     }
 
-    fn drop_pasid(&self, did: u16, pasid: u32) -> usize {
-        self.drop_where(Some(did), |_, e| e.pasid == pasid)
+    fn bump(&self, clock: &Clock, bump: Bump) -> usize {
+        self.bump_locked(clock, self.requesters.lock(), bump)
+    }
+
+    fn bump_locked(
+        &self,
+        clock: &Clock,
+        mut locked: super::requesters::Locked<'_>,
+        bump: Bump,
+    ) -> usize {
+        clock.bump_begin();
+        let everything = match bump {
+            Bump::Global => {
+                self.gens.bump_global();
+                true
+            }
+            Bump::Domain(did) => {
+                let wrapped = self.gens.bump_domain(did);
+                locked.forget(did);
+                wrapped
+            }
+            Bump::Pasid(did, pasid) => self.gens.bump_pasid(did, pasid),
+        };
+        if everything {
+            locked.forget_all();
+            self.superpages.store(false, Ordering::Relaxed);
+        }
+        clock.bump_end();
+        0
+    }
+
+    /// A page-selective invalidation: `pasid` for PASID-based ones (first-stage entries of
+    /// (DID, PASID)), `None` for IOTLB ones (second-stage entries of DID; all first-stage).
+    fn page(&self, clock: &Clock, did: u16, pasid: Option<u32>, addr: u64, am: u8) -> usize {
+        let bump = match pasid {
+            Some(p) => Bump::Pasid(did, p),
+            None => Bump::Domain(did),
+        };
+        let Some(range) = Range::pages(addr, am) else {
+            return self.bump(clock, bump);
+        };
+        let locked = self.requesters.lock();
+        let (flags, len, reqs) = match locked.tracked(did) {
+            Tracked::Nothing => return 0,
+            // A domain bump (not a PASID one) makes the domain trackable again.
+            Tracked::Unknown => return self.bump_locked(clock, locked, Bump::Domain(did)),
+            Tracked::Listed { flags, len, reqs } => (flags, len, reqs),
+        };
+        if pasid.is_none() && flags & R_FIRST != 0 {
+            // IOTLB page invalidation: every first-stage entry of the domain goes.
+            return self.bump_locked(clock, locked, bump);
+        }
+        drop(locked);
+        let mut cands = [None; super::requesters::PER_RECORD];
+        let mut n = 0;
+        for r in reqs.iter().take(len).flatten() {
+            if pasid.is_none_or(|p| p == r.pasid) {
+                cands[n] = Some(*r);
+                n += 1;
+            }
+        }
+        let levels = [(1, true), (2, flags & R_2M != 0), (3, flags & R_1G != 0)];
+        let probes: u128 = levels
+            .iter()
+            .filter(|l| l.1)
+            .map(|&(level, _)| {
+                let v = range.vpns(level);
+                v.end() - v.start() + 1
+            })
+            .sum::<u128>()
+            * n as u128;
+        if probes > PROBE_BUDGET as u128 {
+            return self.bump(clock, bump);
+        }
+        let first = pasid.is_some();
+        let matches = |v0: u64, v1: u64| {
+            v1_did(v1) == did
+                && (v0 & V_FIRST != 0) == first
+                && pasid.is_none_or(|p| v1_pasid(v1) == p)
+        };
+        let mut dropped = 0;
+        for r in cands.iter().take(n).flatten() {
+            let tag = if r.no_pasid { NO_PASID } else { r.pasid };
+            for &(level, _) in levels.iter().filter(|l| l.1) {
+                let shift = 12 + 9 * (level - 1);
+                for vpn in range.vpns(level) {
+                    let key = Key::new(r.sid, tag, (vpn << shift) as u64, level);
+                    dropped += self.probe(key, matches);
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Clears the slots holding `key` whose values match.
+    fn probe(&self, key: Key, matches: impl Fn(u64, u64) -> bool) -> usize {
+        let index = self.set_index(key);
+        let Some(set) = self.sets.get(index) else {
+            return 0;
+        };
+        let _guard = self.lock_stripe(index / self.sets_per_stripe());
+        let mut dropped = 0;
+        for slot in &set.slots {
+            if slot.key() == key
+                && matches(
+                    slot.v0.load(Ordering::Relaxed),
+                    slot.v1.load(Ordering::Relaxed),
+                )
+            {
+                slot.clear();
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Test hook: the generations.
+    #[cfg(test)]
+    fn gens(&self) -> &Generations {
+        &self.gens
     }
 }
 
@@ -539,14 +787,40 @@ mod tests {
         }
     }
 
+    fn fill(t: &Iotlb, c: &Clock, sid: u16, pasid: u32, e: IotlbEntry) {
+        t.insert(c, c.ticket(), SourceId(sid), pasid, e);
+    }
+
+    /// A 4 KiB first-stage entry of (did, pasid) at `iova`.
+    fn fs(did: u16, pasid: u32, iova: u64, level: u8) -> IotlbEntry {
+        let mut e = entry(true);
+        e.did = did;
+        e.pasid = pasid;
+        e.level = level;
+        e.iova_base = iova & !(level_size(u32::from(level)) - 1);
+        e.gpa_base = 0x1000_0000;
+        e
+    }
+
+    fn ss(did: u16, iova: u64, level: u8) -> IotlbEntry {
+        let mut e = fs(did, NO_PASID, iova, level);
+        e.rights = entry(false).rights;
+        e
+    }
+
+    fn has(t: &Iotlb, sid: u16, pasid: u32, iova: u64) -> bool {
+        t.lookup(SourceId(sid), pasid, iova).is_some()
+    }
+
     #[test]
     fn entries_round_trip_through_a_slot() {
         for first in [true, false] {
-            let t = Iotlb::new(64);
+            let (t, c) = (Iotlb::new(64), Clock::default());
             let e = entry(first);
-            t.insert(SourceId(0x1234), 7, e);
+            fill(&t, &c, 0x1234, 7, e);
             assert_eq!(
-                t.lookup(SourceId(0x1234), 7, e.iova_base + 0x1234_5678),
+                t.lookup(SourceId(0x1234), 7, e.iova_base + 0x1234_5678)
+                    .map(|h| h.entry()),
                 Some(e)
             );
             assert_eq!(t.lookup(SourceId(0x1234), 8, e.iova_base), None);
@@ -554,25 +828,281 @@ mod tests {
             assert_eq!(t.len(), 1);
             let mut e2 = e;
             e2.did = 1;
-            t.insert(SourceId(0x1234), 7, e2);
+            fill(&t, &c, 0x1234, 7, e2);
             assert_eq!(t.len(), 1, "same key replaces");
-            assert_eq!(t.clear(), 1);
+            t.flush(&c);
+            assert_eq!(t.len(), 0);
             assert_eq!(t.lookup(SourceId(0x1234), 7, e.iova_base), None);
         }
     }
 
     #[test]
     fn full_sets_replace_round_robin() {
-        let t = Iotlb::new(1);
+        let (t, c) = (Iotlb::new(1), Clock::default());
         assert_eq!(t.capacity(), STRIPES * WAYS);
         let mut e = entry(false);
         e.level = 1;
         for i in 0..10_000u64 {
             e.iova_base = i << 12;
-            t.insert(SourceId(1), 0, e);
+            fill(&t, &c, 1, 0, e);
         }
         assert_eq!(t.len(), t.capacity());
         e.iova_base = 9_999 << 12;
-        assert_eq!(t.lookup(SourceId(1), 0, 9_999 << 12), Some(e));
+        assert_eq!(
+            t.lookup(SourceId(1), 0, 9_999 << 12).map(|h| h.entry()),
+            Some(e)
+        );
+    }
+
+    #[test]
+    fn dead_slots_are_reused_before_live_ones() {
+        let (t, c) = (Iotlb::new(1), Clock::default());
+        // Fill every slot with domain 1, kill it, then fill domain 2: nothing of 2 is evicted.
+        for i in 0..t.capacity() as u64 * 4 {
+            fill(&t, &c, 1, 0, ss(1, i << 12, 1));
+        }
+        t.invalidate(&c, &Invalidation::IotlbDomain { did: 1 });
+        assert_eq!(t.len(), 0);
+        // As many survive as in an empty table (set conflicts aside, nothing is evicted).
+        let fresh = Iotlb::new(1);
+        for i in 0..t.capacity() as u64 {
+            fill(&t, &c, 2, 0, ss(2, i << 12, 1));
+            fill(&fresh, &c, 2, 0, ss(2, i << 12, 1));
+        }
+        assert_eq!(t.len(), fresh.len());
+    }
+
+    #[test]
+    fn a_domain_bump_drops_exactly_that_domain() {
+        let (t, c) = (Iotlb::new(1024), Clock::default());
+        for i in 0..32u64 {
+            fill(&t, &c, 1, NO_PASID, ss(1, i << 12, 1));
+            fill(&t, &c, 2, NO_PASID, ss(2, i << 12, 1));
+            fill(&t, &c, 3, 5, fs(1, 5, i << 12, 1));
+        }
+        t.invalidate(&c, &Invalidation::IotlbDomain { did: 1 });
+        for i in 0..32u64 {
+            assert!(!has(&t, 1, NO_PASID, i << 12), "domain 1, page {i}");
+            assert!(!has(&t, 3, 5, i << 12), "domain 1 through another sid");
+            assert!(has(&t, 2, NO_PASID, i << 12), "domain 2 survives");
+        }
+        assert_eq!(t.len(), 32);
+        // The domain fills again normally afterwards.
+        fill(&t, &c, 1, NO_PASID, ss(1, 0, 1));
+        assert!(has(&t, 1, NO_PASID, 0));
+    }
+
+    #[test]
+    fn a_pasid_bump_drops_that_pasid_only() {
+        let (t, c) = (Iotlb::new(1024), Clock::default());
+        for p in [0u32, 1, 5, 4095] {
+            fill(&t, &c, 1, p, fs(1, p, 0x5000, 1));
+        }
+        fill(&t, &c, 2, 5, fs(2, 5, 0x5000, 1));
+        t.invalidate(&c, &Invalidation::PasidIotlbAll { did: 1, pasid: 5 });
+        assert!(!has(&t, 1, 5, 0x5000));
+        for p in [0u32, 1, 4095] {
+            assert!(has(&t, 1, p, 0x5000), "pasid {p}");
+        }
+        assert!(has(&t, 2, 5, 0x5000), "same PASID, other domain");
+    }
+
+    #[test]
+    fn a_page_probe_drops_the_page_at_every_level_and_nothing_else() {
+        let (t, c) = (Iotlb::new(1024), Clock::default());
+        let iova = 0x4020_3000u64;
+        // Requests without PASID (RID_PASID 3) from sid 1, with PASID 3 from sid 2.
+        for (sid, tag) in [(1, NO_PASID), (2, 3)] {
+            for level in 1..=3 {
+                fill(&t, &c, sid, tag, fs(9, 3, iova, level));
+            }
+            fill(&t, &c, sid, tag, fs(9, 3, iova + 0x1000, 1));
+            fill(&t, &c, sid, tag, fs(9, 3, 0x8000_0000, 1));
+        }
+        fill(&t, &c, 1, 4, fs(9, 4, iova, 1));
+        let before = t.len();
+        let dropped = t.invalidate(
+            &c,
+            &Invalidation::PasidIotlbPage {
+                did: 9,
+                pasid: 3,
+                addr: iova,
+                am: 0,
+                ih: false,
+            },
+        );
+        assert_eq!(dropped, 6, "three levels, two requesters");
+        assert_eq!(t.len(), before - 6, "a probe, not a bump");
+        for (sid, tag) in [(1, NO_PASID), (2, 3)] {
+            for level in 1..=3u8 {
+                let key = Key::new(SourceId(sid), tag, iova, u32::from(level));
+                assert_eq!(t.get(key), None, "sid {sid} level {level}");
+            }
+            assert!(has(&t, sid, tag, iova + 0x1000), "next page");
+            assert!(has(&t, sid, tag, 0x8000_0000), "far page");
+        }
+        assert!(has(&t, 1, 4, iova), "other PASID");
+    }
+
+    #[test]
+    fn an_iotlb_page_probe_keeps_other_second_stage_pages() {
+        let (t, c) = (Iotlb::new(1024), Clock::default());
+        for i in 0..4u64 {
+            fill(&t, &c, 1, NO_PASID, ss(7, i << 12, 1));
+        }
+        fill(&t, &c, 1, NO_PASID, ss(7, 0x4000_0000, 3));
+        let inv = Invalidation::IotlbPage {
+            did: 7,
+            addr: 0x4000_1000,
+            am: 0,
+            ih: false,
+        };
+        assert_eq!(t.invalidate(&c, &inv), 1);
+        assert!(!has(&t, 1, NO_PASID, 0x4000_0000), "1 GiB page");
+        let inv = Invalidation::IotlbPage {
+            did: 7,
+            addr: 0x1000,
+            am: 1,
+            ih: false,
+        };
+        assert_eq!(t.invalidate(&c, &inv), 2);
+        assert!(has(&t, 1, NO_PASID, 0x2000) && has(&t, 1, NO_PASID, 0x3000));
+        assert!(!has(&t, 1, NO_PASID, 0) && !has(&t, 1, NO_PASID, 0x1000));
+        // With a first-stage entry in the domain, a page invalidation drops the domain.
+        fill(&t, &c, 2, 0, fs(7, 0, 0x9000, 1));
+        let inv = Invalidation::IotlbPage {
+            did: 7,
+            addr: 0x9000,
+            am: 0,
+            ih: false,
+        };
+        t.invalidate(&c, &inv);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn too_many_requesters_fall_back_to_a_bump_that_still_invalidates() {
+        let (t, c) = (Iotlb::new(4096), Clock::default());
+        let sids = super::super::requesters::PER_RECORD as u16 + 3;
+        for sid in 0..sids {
+            fill(&t, &c, sid, NO_PASID, fs(4, 0, 0x7000, 1));
+            fill(&t, &c, sid, NO_PASID, fs(4, 0, 0x8000, 1));
+        }
+        fill(&t, &c, 100, NO_PASID, fs(5, 0, 0x7000, 1));
+        let inv = Invalidation::PasidIotlbPage {
+            did: 4,
+            pasid: 0,
+            addr: 0x7000,
+            am: 0,
+            ih: false,
+        };
+        t.invalidate(&c, &inv);
+        for sid in 0..sids {
+            assert!(!has(&t, sid, NO_PASID, 0x7000), "sid {sid}");
+        }
+        assert!(has(&t, 100, NO_PASID, 0x7000), "other domain");
+        // After the bump the domain is tracked again: the next page flush is a probe.
+        for sid in 0..2 {
+            fill(&t, &c, sid, NO_PASID, fs(4, 0, 0x7000, 1));
+            fill(&t, &c, sid, NO_PASID, fs(4, 0, 0x8000, 1));
+        }
+        assert_eq!(t.invalidate(&c, &inv), 2);
+        assert!(has(&t, 0, NO_PASID, 0x8000) && has(&t, 1, NO_PASID, 0x8000));
+    }
+
+    #[test]
+    fn a_domain_evicted_from_its_record_is_still_invalidated() {
+        let (t, c) = (Iotlb::new(4096), Clock::default());
+        let other = 4 + super::super::requesters::RECORDS as u16;
+        fill(&t, &c, 1, NO_PASID, fs(4, 0, 0x7000, 1));
+        // Same record place: domain 4 loses its list.
+        fill(&t, &c, 2, NO_PASID, fs(other, 0, 0x7000, 1));
+        t.invalidate(
+            &c,
+            &Invalidation::PasidIotlbPage {
+                did: 4,
+                pasid: 0,
+                addr: 0x7000,
+                am: 0,
+                ih: false,
+            },
+        );
+        assert!(!has(&t, 1, NO_PASID, 0x7000));
+        assert!(has(&t, 2, NO_PASID, 0x7000));
+    }
+
+    #[test]
+    fn wide_page_ranges_bump_instead_of_probing() {
+        let (t, c) = (Iotlb::new(1024), Clock::default());
+        fill(&t, &c, 1, 2, fs(3, 2, 0x10_0000, 1));
+        fill(&t, &c, 1, 2, fs(3, 2, 0x7fff_0000, 1));
+        for am in [9u8, 52, 63] {
+            fill(&t, &c, 1, 2, fs(3, 2, 0, 1));
+            let inv = Invalidation::PasidIotlbPage {
+                did: 3,
+                pasid: 2,
+                addr: 0,
+                am,
+                ih: false,
+            };
+            t.invalidate(&c, &inv);
+            assert_eq!(t.len(), 0, "am {am}: the whole PASID goes");
+        }
+    }
+
+    #[test]
+    fn a_wrapped_generation_never_revives_an_entry() {
+        let (t, c) = (Iotlb::new(1024), Clock::default());
+        t.gens().set_domain(6, u32::MAX - 1);
+        fill(&t, &c, 1, NO_PASID, ss(6, 0x1000, 1));
+        fill(&t, &c, 2, NO_PASID, ss(8, 0x1000, 1));
+        t.invalidate(&c, &Invalidation::IotlbDomain { did: 6 });
+        assert!(!has(&t, 1, NO_PASID, 0x1000));
+        // Filled at u32::MAX, then the generation wraps to 0.
+        fill(&t, &c, 1, NO_PASID, ss(6, 0x1000, 1));
+        assert!(has(&t, 1, NO_PASID, 0x1000));
+        t.invalidate(&c, &Invalidation::IotlbDomain { did: 6 });
+        assert!(!has(&t, 1, NO_PASID, 0x1000));
+        assert!(!has(&t, 2, NO_PASID, 0x1000), "a wrap drops everything");
+        // The domain generation coming back to u32::MAX does not revive the old entry.
+        t.gens().set_domain(6, u32::MAX);
+        assert!(!has(&t, 1, NO_PASID, 0x1000));
+        assert_eq!(t.len(), 0);
+        fill(&t, &c, 1, NO_PASID, ss(6, 0x1000, 1));
+        assert!(has(&t, 1, NO_PASID, 0x1000));
+        // Same for a (DID, PASID) bucket.
+        t.gens().set_pasid(6, 9, u32::MAX);
+        fill(&t, &c, 1, 9, fs(6, 9, 0x2000, 1));
+        t.invalidate(&c, &Invalidation::PasidIotlbAll { did: 6, pasid: 9 });
+        assert!(!has(&t, 1, 9, 0x2000));
+        t.gens().set_pasid(6, 9, u32::MAX);
+        assert!(!has(&t, 1, 9, 0x2000));
+    }
+
+    #[test]
+    fn a_fill_that_read_tables_before_an_invalidation_is_not_cached() {
+        let invs = [
+            Invalidation::IotlbGlobal,
+            Invalidation::IotlbDomain { did: 1 },
+            Invalidation::PasidIotlbAll { did: 1, pasid: 0 },
+            Invalidation::PasidIotlbPage {
+                did: 1,
+                pasid: 0,
+                addr: 0x3000,
+                am: 0,
+                ih: false,
+            },
+            // Another domain's invalidation: the fill is skipped anyway (always safe).
+            Invalidation::IotlbDomain { did: 2 },
+        ];
+        for inv in invs {
+            let (t, c) = (Iotlb::new(1024), Clock::default());
+            fill(&t, &c, 1, NO_PASID, fs(1, 0, 0x3000, 1));
+            let ticket = c.ticket();
+            c.removal();
+            t.invalidate(&c, &inv);
+            t.insert(&c, ticket, SourceId(1), NO_PASID, fs(1, 0, 0x4000, 1));
+            assert!(!has(&t, 1, NO_PASID, 0x4000), "{inv:?}");
+        }
     }
 }

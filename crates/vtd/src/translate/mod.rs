@@ -44,7 +44,9 @@
 
 mod cache;
 mod entry_cache;
+mod generation;
 mod iotlb;
+mod requesters;
 mod tables;
 mod walk;
 
@@ -53,7 +55,8 @@ use crate::invalidation::Invalidation;
 use crate::memory::GuestRam;
 use crate::request::{Access, DmaRequest, Fault, Permissions, Translation};
 use entry_cache::{CachedPasid, ContextCache, PasidCache, sid_selected};
-use iotlb::{CachedRights, Iotlb, IotlbEntry, NO_PASID};
+use generation::{Clock, Ticket};
+use iotlb::{CachedRights, Hit, Iotlb, IotlbEntry, NO_PASID};
 use std::sync::Arc;
 use tables::{Context, TableFault};
 use vtd_spec::SourceId;
@@ -118,6 +121,8 @@ pub struct Translator {
     cap: Cap,
     ecap: Ecap,
     counters: Arc<Counters>,
+    /// Counts invalidations, so fills racing one stay out of the caches (`generation.rs`).
+    clock: Clock,
     contexts: ContextCache,
     pasids: PasidCache,
     iotlb: Iotlb,
@@ -153,6 +158,7 @@ impl Translator {
             cap,
             ecap,
             counters,
+            clock: Clock::default(),
             contexts: ContextCache::new(SHARDS, CONTEXT_CACHE_PER_SHARD),
             pasids: PasidCache::new(SHARDS, PASID_CACHE_PER_SHARD),
             iotlb: Iotlb::new(IOTLB_ENTRIES),
@@ -183,25 +189,45 @@ impl Translator {
 
     /// Translate one page. Never records faults (the unit does): returns the Fault with reason,
     /// sid, pasid, iova, access and fpd.
+    ///
+    /// Inlined into callers: the IOTLB hit is a few dozen instructions, and returning the result
+    /// through memory costs about as much again; misses go to an out-of-line slow path.
     pub fn translate(
         &self,
         ram: &dyn GuestRam,
         state: &UnitState,
         req: &DmaRequest,
     ) -> Result<Translation, Fault> {
-        Counters::bump(&self.counters.translations);
+        self.counters.translations.bump();
         if !state.translation_enabled {
             return Ok(identity(req.iova));
         }
         let tag = req.pasid.unwrap_or(NO_PASID);
         if let Some(e) = self.iotlb.lookup(req.sid, tag, req.iova)
-            && let Some(t) = hit(&e, req)
+            && let Some(perms) = hit(&e, req)
         {
-            Counters::bump(&self.counters.iotlb_hits);
+            self.counters.iotlb_hits.bump();
             tracing::trace!(target: "vtd", sid = req.sid.0, pasid = tag, iova = req.iova,
-                gpa = t.gpa_base, level = e.level, did = e.did, "vtd_iotlb_page_hit");
-            return Ok(t);
+                gpa = e.gpa_base(), level = e.level(), did = e.did(), "vtd_iotlb_page_hit");
+            return Ok(Translation {
+                iova_base: e.iova_base(),
+                gpa_base: e.gpa_base(),
+                size: e.size(),
+                perms,
+            });
         }
+        self.translate_miss(ram, state, req)
+    }
+
+    /// Everything but an IOTLB hit: the walks, and the fault the unit records on failure.
+    #[inline(never)]
+    fn translate_miss(
+        &self,
+        ram: &dyn GuestRam,
+        state: &UnitState,
+        req: &DmaRequest,
+    ) -> Result<Translation, Fault> {
+        let tag = req.pasid.unwrap_or(NO_PASID);
         self.translate_slow(ram, state, req).map_err(|f| {
             tracing::trace!(target: "vtd", sid = req.sid.0, pasid = tag, iova = req.iova,
                 reason = f.reason.code(), fpd = f.fpd, "vtd_dmar_fault");
@@ -216,8 +242,12 @@ impl Translator {
         })
     }
 
-    /// Apply one invalidation to every cache.
+    /// Apply one invalidation to every cache. When it returns, no translation starting
+    /// afterwards uses an entry it covers; a translation that started before may still return
+    /// the old answer.
     pub fn invalidate(&self, inv: &Invalidation) {
+        // Before anything is removed: fills that read tables before this point stay out.
+        self.clock.removal();
         let dropped = match *inv {
             // Scalable-mode context entries carry no DID: a domain-selective invalidation is
             // global for them (and QEMU treats it as global too).
@@ -225,7 +255,8 @@ impl Translator {
                 let n = self.contexts.len() + self.pasids.len();
                 self.contexts.clear();
                 self.pasids.clear();
-                n + self.iotlb.clear()
+                self.iotlb.flush(&self.clock);
+                n
             }
             Invalidation::ContextDevice { sid, fm, .. } => {
                 let sel = |s: u16| sid_selected(s, sid, fm);
@@ -240,16 +271,17 @@ impl Translator {
             | Invalidation::IotlbDomain { .. }
             | Invalidation::IotlbPage { .. }
             | Invalidation::PasidIotlbAll { .. }
-            | Invalidation::PasidIotlbPage { .. } => self.iotlb.invalidate(inv),
+            | Invalidation::PasidIotlbPage { .. } => self.iotlb.invalidate(&self.clock, inv),
         };
         tracing::trace!(target: "vtd", ?inv, dropped, "vtd_inv");
     }
 
     /// Drop everything (used on reset).
     pub fn flush_all(&self) {
+        self.clock.removal();
         self.contexts.clear();
         self.pasids.clear();
-        self.iotlb.clear();
+        self.iotlb.flush(&self.clock);
     }
 
     /// Read the PASID entry for (sid, pasid) straight from guest memory, bypassing and not
@@ -300,6 +332,7 @@ impl Translator {
         ram: &dyn GuestRam,
         state: &UnitState,
         sid: SourceId,
+        ticket: Option<Ticket>,
     ) -> Result<Context, FaultReason> {
         let scalable = state.root.ttm() == TranslationTableMode::Scalable;
         if let Some(c) = self.contexts.get(sid) {
@@ -314,7 +347,7 @@ impl Translator {
         Counters::bump(&self.counters.context_cache_misses);
         tracing::trace!(target: "vtd", sid = sid.0, "vtd_context_cache_miss");
         let c = tables::read_context(ram, state.root, state.cap, state.ecap, sid)?;
-        self.contexts.insert(sid, c);
+        self.contexts.insert_if(sid, c, || self.clock.still(ticket));
         Ok(c)
     }
 
@@ -325,6 +358,7 @@ impl Translator {
         sid: SourceId,
         ce: &ScalableContextEntry,
         pasid: u32,
+        ticket: Option<Ticket>,
     ) -> Result<CachedPasid, SlowFault> {
         if let Some(p) = self.pasids.get(sid, pasid) {
             Counters::bump(&self.counters.pasid_cache_hits);
@@ -338,11 +372,11 @@ impl Translator {
         tables::check_pasid_entry(&entry, state.cap, state.ecap)
             .map_err(|r| TableFault::new(r, ce.lo.fpd() || dir_fpd))?;
         let cached = CachedPasid { entry, dir_fpd };
-        self.pasids.insert(sid, pasid, cached);
+        self.pasids
+            .insert_if(sid, pasid, cached, || self.clock.still(ticket));
         Ok(cached)
     }
 
-    #[inline(never)]
     fn translate_slow(
         &self,
         ram: &dyn GuestRam,
@@ -352,12 +386,15 @@ impl Translator {
         if req.pasid.is_some_and(|p| p >= vtd_spec::PASID_LIMIT) {
             return Err(TableFault::new(FaultReason::SmPasidTooLarge, false));
         }
+        // Taken before any table is read: what this translation caches is dropped, or never
+        // inserted, if an invalidation starts from here on.
+        let ticket = self.clock.ticket();
         let ctx = self
-            .context(ram, state, req.sid)
+            .context(ram, state, req.sid, ticket)
             .map_err(|r| TableFault::new(r, false))?;
         match ctx {
-            Context::Legacy(ce) => self.legacy(ram, state, req, &ce),
-            Context::Scalable(ce) => self.scalable(ram, state, req, &ce),
+            Context::Legacy(ce) => self.legacy(ram, state, req, &ce, ticket),
+            Context::Scalable(ce) => self.scalable(ram, state, req, &ce, ticket),
         }
     }
 
@@ -367,6 +404,7 @@ impl Translator {
         state: &UnitState,
         req: &DmaRequest,
         ce: &LegacyContextEntry,
+        ticket: Option<Ticket>,
     ) -> Result<Translation, SlowFault> {
         if req.pasid.is_some() {
             return Err(TableFault::new(FaultReason::SmTtmLegacyWithPasid, false));
@@ -387,7 +425,7 @@ impl Translator {
             ad: false,
             faults: SsFaults::LEGACY,
         };
-        self.second_stage(ram, req, &w, ce.hi.did(), NO_PASID, fpd)
+        self.second_stage(ram, req, &w, ce.hi.did(), NO_PASID, fpd, ticket)
     }
 
     fn scalable(
@@ -396,6 +434,7 @@ impl Translator {
         state: &UnitState,
         req: &DmaRequest,
         ce: &ScalableContextEntry,
+        ticket: Option<Ticket>,
     ) -> Result<Translation, SlowFault> {
         let pasid = match req.pasid {
             Some(p) => {
@@ -416,7 +455,7 @@ impl Translator {
         } else {
             ce.hi.rid_priv()
         };
-        let cached = self.pasid_entry(ram, state, req.sid, ce, pasid)?;
+        let cached = self.pasid_entry(ram, state, req.sid, ce, pasid, ticket)?;
         let pe = cached.entry;
         let fpd = ce.lo.fpd() || cached.dir_fpd || pe.qw0.fpd();
         let haw = tables::host_address_width(state.cap);
@@ -436,7 +475,7 @@ impl Translator {
                     fs1gp: state.cap.fs1gp(),
                     controls,
                 };
-                self.first_stage(ram, req, &w, privileged, did, pasid, fpd)
+                self.first_stage(ram, req, &w, privileged, (did, pasid), fpd, ticket)
             }
             Pgtt::SecondStage => {
                 let levels = tables::supported_ss_levels(state.cap, pe.qw0.aw())
@@ -458,7 +497,7 @@ impl Translator {
                     ad: pe.qw0.ssade(),
                     faults: SsFaults::SCALABLE,
                 };
-                self.second_stage(ram, req, &w, did, pasid, fpd)
+                self.second_stage(ram, req, &w, did, pasid, fpd, ticket)
             }
             Pgtt::Nested | Pgtt::Reserved(_) => {
                 Err(TableFault::new(FaultReason::SmPasidEntryInvalid, fpd))
@@ -467,8 +506,8 @@ impl Translator {
     }
 
     fn count_walk(&self) {
-        Counters::bump(&self.counters.iotlb_misses);
-        Counters::bump(&self.counters.walks);
+        self.counters.iotlb_misses.bump();
+        self.counters.walks.bump();
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -478,9 +517,9 @@ impl Translator {
         req: &DmaRequest,
         w: &FsWalk,
         privileged: bool,
-        did: u16,
-        pasid: u32,
+        (did, pasid): (u16, u32),
         fpd: bool,
+        ticket: Option<Ticket>,
     ) -> Result<Translation, SlowFault> {
         self.count_walk();
         tracing::trace!(target: "vtd", sid = req.sid.0, pasid, iova = req.iova, "vtd_iotlb_page_miss");
@@ -493,6 +532,8 @@ impl Translator {
         let write = first_stage::may_write(leaf.rights, w.controls, privileged)
             && (leaf.dirty_ok || req.access.write);
         self.iotlb.insert(
+            &self.clock,
+            ticket,
             req.sid,
             req.pasid.unwrap_or(NO_PASID),
             IotlbEntry {
@@ -518,6 +559,7 @@ impl Translator {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn second_stage(
         &self,
         ram: &dyn GuestRam,
@@ -526,6 +568,7 @@ impl Translator {
         did: u16,
         pasid: u32,
         fpd: bool,
+        ticket: Option<Ticket>,
     ) -> Result<Translation, SlowFault> {
         self.count_walk();
         tracing::trace!(target: "vtd", sid = req.sid.0, pasid, iova = req.iova, "vtd_iotlb_page_miss");
@@ -535,6 +578,8 @@ impl Translator {
             .ok_or(TableFault::new(w.faults.interrupt, fpd))?;
         let size = level_size(level);
         self.iotlb.insert(
+            &self.clock,
+            ticket,
             req.sid,
             req.pasid.unwrap_or(NO_PASID),
             IotlbEntry {
@@ -581,11 +626,13 @@ fn avoid_interrupt_range(iova: u64, page: u64, level: u32) -> Option<(u64, u64, 
     Some((iova & !(size - 1), page, level))
 }
 
-/// Serves a request from an IOTLB entry if the cached rights allow it without any update.
-/// `None` sends the request down the slow path, which re-walks and faults if it must.
-fn hit(e: &IotlbEntry, req: &DmaRequest) -> Option<Translation> {
+/// Serves a request from an IOTLB entry if the cached rights allow it without any update:
+/// the permissions to hand out. `None` sends the request down the slow path, which re-walks and
+/// faults if it must.
+#[inline]
+fn hit(e: &Hit, req: &DmaRequest) -> Option<Permissions> {
     let a = req.access;
-    let write = match e.rights {
+    match e.rights() {
         CachedRights::First {
             rights,
             controls,
@@ -602,7 +649,10 @@ fn hit(e: &IotlbEntry, req: &DmaRequest) -> Option<Translation> {
             if a.write && !dirty_ok {
                 return None;
             }
-            first_stage::may_write(rights, controls, privileged) && dirty_ok
+            Some(Permissions {
+                read: true,
+                write: first_stage::may_write(rights, controls, privileged) && dirty_ok,
+            })
         }
         CachedRights::Second {
             read,
@@ -612,22 +662,12 @@ fn hit(e: &IotlbEntry, req: &DmaRequest) -> Option<Translation> {
             if (a.read && !read) || (a.write && (!write || !dirty_ok)) {
                 return None;
             }
-            write && dirty_ok
+            Some(Permissions {
+                read,
+                write: write && dirty_ok,
+            })
         }
-    };
-    let perms = Permissions {
-        read: match e.rights {
-            CachedRights::First { .. } => true,
-            CachedRights::Second { read, .. } => read,
-        },
-        write,
-    };
-    Some(Translation {
-        iova_base: e.iova_base,
-        gpa_base: e.gpa_base,
-        size: e.size(),
-        perms,
-    })
+    }
 }
 
 #[cfg(test)]
