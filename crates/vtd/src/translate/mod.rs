@@ -23,7 +23,12 @@
 //! ```
 //!
 //! Invalidations ([`Translator::invalidate`]) follow §6.5 and are spelled out per cache in
-//! `iotlb.rs` and `entry_cache.rs`. Beyond the spec's minimum, a context-cache invalidation
+//! `iotlb.rs` and `entry_cache.rs`. The IOTLB never scans: wide scopes bump a generation
+//! stamped into every entry, page ranges probe the exact slots through the domain's requester
+//! record (`generation.rs`, `requesters.rs`). Every fill takes a ticket from the invalidation
+//! clock before it reads any table and inserts only if no invalidation started since, so a
+//! walk that raced an invalidation never leaves its (possibly stale) result in a cache: once
+//! `invalidate` returns, no translation starting afterwards uses anything it covered. Beyond the spec's minimum, a context-cache invalidation
 //! also drops the PASID-cache and IOTLB entries of the sources it selects (the IOTLB is looked
 //! up per requester, so entries derived from an old context entry must not outlive it even
 //! when a guest forgets the PASID-cache flush the spec asks for — the Linux 6.7-rc2 case QEMU
@@ -35,7 +40,9 @@
 //! the directory entry's FPD, and faults of the walk by all three and the PASID entry's own
 //! FPD. Counters: `translations` counts every request, `iotlb_hits` the requests served from the
 //! IOTLB, `iotlb_misses` and `walks` the page walks (pass-through requests are not IOTLB
-//! traffic: they are served from the context and PASID caches); the unit counts faults.
+//! traffic: they are served from the context and PASID caches); the unit counts faults. These
+//! four are per-thread [`crate::counters::HotCounter`]s: an IOTLB hit shares no written cache
+//! line with other device threads.
 //!
 //! The root table, TE and capabilities come from [`UnitState`], a copy of what the unit latched
 //! at the last SRTP/TE command. Cached entries survive an SRTP until the guest invalidates them
