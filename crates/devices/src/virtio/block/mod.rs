@@ -36,6 +36,7 @@ use super::{
 use crate::bus::read_from_image;
 use request::{Completion, Disk, SECTOR_SIZE};
 use worker::Worker;
+pub use worker::{Serviced, service_queue};
 
 /// Virtio device type of block devices.
 pub const VIRTIO_ID_BLOCK: u16 = 2;

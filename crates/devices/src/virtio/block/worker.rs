@@ -12,7 +12,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemory};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -105,87 +105,123 @@ impl<M: GuestMemory> Worker<M> {
             // the queue when it comes back on).
             return;
         }
-        let limit = usize::from(self.queues[position].queue.size()) * 2;
-        let mut completed = 0usize;
-        let result = loop {
-            match self.drain(position, limit - completed) {
-                Ok(count) => completed += count,
-                Err(error) => break Err(error),
-            }
-            let active = &mut self.queues[position];
-            if completed >= limit {
-                // Yield to the event loop (and a possible kill) but come back for the rest.
-                if let Err(error) = active.notify.write(1) {
-                    tracing::warn!(%error, "Cannot re-arm virtio-blk queue");
-                }
-                break Ok(());
-            }
-            if !active.queue.event_idx_enabled() {
-                break Ok(());
-            }
-            match active.queue.enable_notification(&self.memory) {
-                Ok(true) => continue,
-                Ok(false) => break Ok(()),
-                Err(error) => break Err(error),
+        let active = &mut self.queues[position];
+        let result = service_queue(
+            &self.memory,
+            &mut active.queue,
+            &mut self.disk,
+            &self.counters,
+            self.max_segments,
+        );
+        let serviced = match result {
+            Ok(serviced) => serviced,
+            Err(error) => {
+                tracing::warn!(queue = active.index, %error, "virtio-blk queue is broken");
+                self.broken[position] = true;
+                self.interrupt.set_needs_reset();
+                return;
             }
         };
-        if let Err(error) = result {
-            tracing::warn!(queue = self.queues[position].index, %error, "virtio-blk queue is broken");
-            self.broken[position] = true;
-            self.interrupt.set_needs_reset();
-            return;
-        }
-        if completed > 0 {
-            let active = &mut self.queues[position];
-            if active
-                .queue
-                .needs_notification(&self.memory)
-                .unwrap_or(true)
-            {
-                self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
-                self.interrupt.signal_queue(active.index);
+        if serviced.more {
+            // Yield to the event loop (and a possible kill) but come back for the rest.
+            if let Err(error) = active.notify.write(1) {
+                tracing::warn!(%error, "Cannot re-arm virtio-blk queue");
             }
         }
+        if serviced.notify {
+            self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
+            self.interrupt.signal_queue(active.index);
+        }
     }
+}
 
-    /// Completes up to `budget` requests; returns how many.
-    fn drain(&mut self, position: usize, budget: usize) -> Result<usize, virtio_queue::Error> {
-        let mut completed = 0;
-        while completed < budget {
-            let active = &mut self.queues[position];
-            if active.queue.event_idx_enabled() {
-                active.queue.disable_notification(&self.memory)?;
-            }
-            let table = GuestAddress(active.queue.desc_table());
-            let size = active.queue.size();
-            let head = match active.queue.iter(&self.memory)?.next() {
-                Some(chain) => chain.head_index(),
-                None => break,
-            };
-            if head >= size {
-                // There is no used-ring slot such a head could be returned in: drop it.
-                tracing::debug!(head, "Dropping out-of-range virtio-blk head");
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                completed += 1;
-                continue;
-            }
-            let used_length = match walk_chain(&self.memory, table, size, head, self.max_segments) {
-                Ok(chain) => {
-                    let completion = execute(&self.memory, &mut self.disk, &chain);
-                    self.counters.record(&completion);
-                    completion.used_length
-                }
-                Err(error) => {
-                    tracing::debug!(head, %error, "Skipping malformed virtio-blk request");
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    0
-                }
-            };
-            self.queues[position]
-                .queue
-                .add_used(&self.memory, head, used_length)?;
-            completed += 1;
+/// What one [`service_queue`] pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Serviced {
+    /// Requests completed (malformed and dropped ones included).
+    pub completed: usize,
+    /// The pass stopped at its budget (twice the queue size) with requests possibly left: the
+    /// caller should come back (the I/O thread re-arms the queue's notify eventfd).
+    pub more: bool,
+    /// The driver wants an interrupt for what was completed.
+    pub notify: bool,
+}
+
+/// One pass over a queue, as the I/O thread makes on each notification: completes the
+/// available requests (at most twice the queue size), re-enables notifications (event index),
+/// and says whether the driver should be interrupted. An `Err` means the rings themselves are
+/// unusable (the queue is then broken).
+pub fn service_queue<M: GuestMemory>(
+    memory: &M,
+    queue: &mut Queue,
+    disk: &mut Disk,
+    counters: &BlockCounters,
+    max_segments: usize,
+) -> Result<Serviced, virtio_queue::Error> {
+    let limit = usize::from(queue.size()) * 2;
+    let mut serviced = Serviced::default();
+    loop {
+        serviced.completed += drain(
+            memory,
+            queue,
+            disk,
+            counters,
+            max_segments,
+            limit - serviced.completed,
+        )?;
+        if serviced.completed >= limit {
+            serviced.more = true;
+            break;
         }
-        Ok(completed)
+        if !queue.event_idx_enabled() || !queue.enable_notification(memory)? {
+            break;
+        }
     }
+    serviced.notify = serviced.completed > 0 && queue.needs_notification(memory).unwrap_or(true);
+    Ok(serviced)
+}
+
+/// Completes up to `budget` requests; returns how many.
+fn drain<M: GuestMemory>(
+    memory: &M,
+    queue: &mut Queue,
+    disk: &mut Disk,
+    counters: &BlockCounters,
+    max_segments: usize,
+    budget: usize,
+) -> Result<usize, virtio_queue::Error> {
+    let mut completed = 0;
+    while completed < budget {
+        if queue.event_idx_enabled() {
+            queue.disable_notification(memory)?;
+        }
+        let table = GuestAddress(queue.desc_table());
+        let size = queue.size();
+        let head = match queue.iter(memory)?.next() {
+            Some(chain) => chain.head_index(),
+            None => break,
+        };
+        if head >= size {
+            // There is no used-ring slot such a head could be returned in: drop it.
+            tracing::debug!(head, "Dropping out-of-range virtio-blk head");
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            completed += 1;
+            continue;
+        }
+        let used_length = match walk_chain(memory, table, size, head, max_segments) {
+            Ok(chain) => {
+                let completion = execute(memory, disk, &chain);
+                counters.record(&completion);
+                completion.used_length
+            }
+            Err(error) => {
+                tracing::debug!(head, %error, "Skipping malformed virtio-blk request");
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                0
+            }
+        };
+        queue.add_used(memory, head, used_length)?;
+        completed += 1;
+    }
+    Ok(completed)
 }

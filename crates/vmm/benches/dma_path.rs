@@ -1,0 +1,451 @@
+//! The emulated-DMA path per virtio-blk request, natively: N 4 KiB reads through the real
+//! `devices` virtio-blk code ([`devices::virtio::block::service_queue`], one pass per request,
+//! as the I/O thread makes for a queue-depth-1 `dd iflag=direct`) over three memories:
+//!
+//! ```text
+//!  plain    GuestMemoryMmap                                   (the `off` row)
+//!  vtd      IommuMemory<GuestMemoryMmap, vmm::iommu::DeviceDma> ─► vtd::Vtd   (lazy row)
+//!  sim      IommuMemory<GuestMemoryMmap, SimIommu> ─► host_iommu::sim         (assigned row)
+//! ```
+//!
+//! The guest side is a small model of Linux (scalable mode, first-stage tables, `dma-iommu`):
+//! the rings are mapped once (coherent), every request maps its indirect descriptor table,
+//! header, data and status buffers at fresh IOVAs (top-down), unmaps them when it completes, and, in lazy mode, sends
+//! one PASID-selective PASID-IOTLB invalidation (+ wait) per 256 unmaps.
+//!
+//! `cargo bench -p vmm --bench dma_path` runs criterion (time per request). For instruction
+//! counts, run the bench binary under callgrind with `DMA_PATH=<plain|vtd|sim>:<requests>`:
+//! it sets up, runs that many requests once and exits; collect only the device side with
+//! `--toggle-collect='*device_pass*'`; `crates/vmm/benches/dma-path-callgrind` does both and
+//! prints instructions per request.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use criterion::Criterion;
+use devices::virtio::block::request::Disk;
+use devices::virtio::block::{BlockCounters, service_queue};
+use host_iommu::sim::SimIommu;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory};
+use vmm::iommu::DeviceDma;
+use vtd::Vtd;
+use vtd_spec::SourceId;
+use vtd_spec::regs::offset;
+
+const RAM: u64 = 64 << 20;
+const QUEUE_SIZE: u16 = 256;
+/// Requests whose buffers are in flight at once in the model (buffer slots).
+const SLOTS: u64 = 64;
+/// Guest-physical placement: page-table pages, rings, request buffers.
+const TABLES_GPA: u64 = 1 << 20;
+const RING_GPA: u64 = 16 << 20;
+const BUFFERS_GPA: u64 = 20 << 20;
+/// IOVAs: the top-down window the rings (first) and per-request buffers are mapped in.
+const IOVA_TOP: u64 = 0xffff_f000;
+const IOVA_PAGES: u64 = 4096;
+/// Lazy mode: one PASID-selective invalidation per this many unmaps (Linux's flush queue).
+const FLUSH_EVERY: u64 = 256;
+const DISK_SECTORS: u64 = 8192;
+const SID: SourceId = SourceId::new(0, 3, 0);
+const DID: u16 = 1;
+
+const GCMD_TE: u32 = 1 << 31;
+const GCMD_SRTP: u32 = 1 << 30;
+const GCMD_QIE: u32 = 1 << 26;
+
+struct NoIrq;
+impl vtd::FaultInterrupt for NoIrq {
+    fn deliver(&self, _address: u64, _data: u32) {}
+}
+
+/// Which memory the device sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Plain,
+    Vtd,
+    Sim,
+}
+
+impl Path {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "plain" => Some(Path::Plain),
+            "vtd" => Some(Path::Vtd),
+            "sim" => Some(Path::Sim),
+            _ => None,
+        }
+    }
+}
+
+/// The Linux-like guest: its RAM, its vIOMMU and its page-table, queue and IOVA state.
+struct Guest {
+    ram: GuestMemoryMmap,
+    unit: Arc<Vtd>,
+    translated: bool,
+    next_page: u64,
+    pgtbl: u64,
+    iq: u64,
+    tail: u64,
+    status: u64,
+    gcmd: u32,
+    next_iova: u64,
+    /// Where the per-request window starts (below the coherent ring mappings).
+    window_top: u64,
+    unmaps: u64,
+}
+
+impl Guest {
+    fn new(ram: &GuestMemoryMmap, options: &str, translated: bool) -> Self {
+        let config = vtd::Config::parse(options).expect("options");
+        let unit = Arc::new(Vtd::new(config, Arc::new(ram.clone()), Arc::new(NoIrq)));
+        Guest {
+            ram: ram.clone(),
+            unit,
+            translated,
+            next_page: TABLES_GPA,
+            pgtbl: 0,
+            iq: 0,
+            tail: 0,
+            status: 0,
+            gcmd: 0,
+            next_iova: IOVA_TOP,
+            window_top: IOVA_TOP,
+            unmaps: 0,
+        }
+    }
+
+    fn page(&mut self) -> u64 {
+        let p = self.next_page;
+        self.next_page += 4096;
+        assert!(self.next_page < RING_GPA, "guest model out of table pages");
+        p
+    }
+    fn w64(&self, gpa: u64, v: u64) {
+        self.ram.write_obj(v, GuestAddress(gpa)).expect("guest RAM");
+    }
+    fn r64(&self, gpa: u64) -> u64 {
+        self.ram.read_obj(GuestAddress(gpa)).expect("guest RAM")
+    }
+    fn w32_reg(&self, off: u64, v: u32) {
+        self.unit.mmio_write(off, &v.to_le_bytes());
+    }
+    fn command(&mut self, bit: u32, persistent: bool) {
+        self.w32_reg(offset::GCMD, self.gcmd | bit);
+        if persistent {
+            self.gcmd |= bit;
+        }
+    }
+
+    /// One invalidation submission: `descs` plus a wait descriptor, one IQT write.
+    fn submit(&mut self, descs: &[[u64; 4]]) {
+        self.w64(self.status, 0);
+        let wait = [5 | (1 << 5) | (2 << 32), self.status, 0, 0];
+        for d in descs.iter().chain(std::iter::once(&wait)) {
+            let slot = self.iq + self.tail * 32;
+            for (i, q) in d.iter().enumerate() {
+                self.w64(slot + 8 * i as u64, *q);
+            }
+            self.tail = (self.tail + 1) % 128;
+        }
+        self.w32_reg(offset::IQT, (self.tail * 32) as u32);
+        assert_eq!(self.r64(self.status), 2, "wait descriptor completed");
+    }
+
+    /// `init_dmars` + attaching the device to a first-stage DMA domain (PASID 0, DID 1).
+    fn boot(&mut self) {
+        let root = self.page();
+        self.iq = self.page();
+        self.status = self.page();
+        self.pgtbl = self.page();
+        self.unit
+            .mmio_write(offset::RTADDR, &(root | (1 << 10)).to_le_bytes());
+        self.command(GCMD_SRTP, false);
+        self.w32_reg(offset::IQT, 0);
+        self.unit
+            .mmio_write(offset::IQA, &(self.iq | (1 << 11)).to_le_bytes());
+        self.command(GCMD_QIE, true);
+        self.submit(&[[1 | (1 << 4), 0, 0, 0]]); // context cache, global
+        self.submit(&[[7 | (3 << 4), 0, 0, 0]]); // PASID cache, global
+        self.submit(&[[2 | (1 << 4), 0, 0, 0]]); // IOTLB, global
+        // Context entry → PASID directory (PDTS 2) → PASID table; entry 0 first-stage.
+        let ctx = self.page();
+        self.w64(root + 16 * u64::from(SID.bus()), ctx | 1);
+        let dir = self.page();
+        self.w64(ctx + 32 * u64::from(SID.devfn() & 0x7f), dir | (2 << 9) | 1);
+        let table = self.page();
+        self.w64(dir, table | 1);
+        self.w64(table + 8, u64::from(DID) | (1 << 23));
+        self.w64(table + 16, self.pgtbl);
+        self.w64(table, (2 << 2) | (1 << 6) | 1);
+        self.command(GCMD_TE, true);
+        let pasid_cache_pasid = 7 | (1 << 4) | (u64::from(DID) << 16);
+        self.submit(&[[pasid_cache_pasid, 0, 0, 0], self.piotlb_pasid()]);
+    }
+
+    fn piotlb_pasid(&self) -> [u64; 4] {
+        [6 | (2 << 4) | (u64::from(DID) << 16), 0, 0, 0]
+    }
+
+    /// The leaf PTE address of `iova`, creating intermediate tables as Linux does.
+    fn pte(&mut self, iova: u64) -> u64 {
+        let mut table = self.pgtbl;
+        for level in (2..=4).rev() {
+            let e = table + 8 * ((iova >> (12 + 9 * (level - 1))) & 0x1ff);
+            let mut next = self.r64(e) & 0x000f_ffff_ffff_f000;
+            if next == 0 {
+                next = self.page();
+                self.w64(e, next | 0b100111);
+            }
+            table = next;
+        }
+        table + 8 * ((iova >> 12) & 0x1ff)
+    }
+
+    /// `iommu_dma_map_page`: a fresh IOVA page for `gpa` (its offset kept); identity when the
+    /// device is not translated.
+    fn map(&mut self, gpa: u64, writable: bool) -> u64 {
+        if !self.translated {
+            return gpa;
+        }
+        let iova = self.next_iova;
+        self.next_iova -= 4096;
+        if self.next_iova <= self.window_top - IOVA_PAGES * 4096 {
+            self.next_iova = self.window_top;
+        }
+        let pte = self.pte(iova);
+        // P, U/S, A, D as Linux sets them; R/W only for device-writable buffers.
+        self.w64(
+            pte,
+            (gpa & !0xfff) | 0b110_0101 | if writable { 2 } else { 0 },
+        );
+        iova | (gpa & 0xfff)
+    }
+
+    /// `iommu_dma_unmap_page` in lazy mode: clear the PTE, queue the IOVA; flush per 256.
+    fn unmap(&mut self, iova: u64) {
+        if !self.translated {
+            return;
+        }
+        let pte = self.pte(iova);
+        self.w64(pte, 0);
+        self.unmaps += 1;
+        if self.unmaps.is_multiple_of(FLUSH_EVERY) {
+            let desc = self.piotlb_pasid();
+            self.submit(&[desc]);
+        }
+    }
+}
+
+/// One device with its queue and disk, and the driver state that feeds it.
+struct Rig<M> {
+    guest: Guest,
+    memory: M,
+    queue: Queue,
+    disk: Disk,
+    counters: BlockCounters,
+    avail: u16,
+    requests: u64,
+}
+
+fn disk() -> Disk {
+    let path = std::env::temp_dir().join(format!("vtd-nest-dma-path-{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("temp disk");
+    let _ = std::fs::remove_file(&path);
+    file.write_all(&vec![0x5a; (DISK_SECTORS * 512) as usize])
+        .expect("temp disk");
+    Disk {
+        file,
+        sectors: DISK_SECTORS,
+        read_only: false,
+        serial: [0; 20],
+    }
+}
+
+fn ram() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).expect("guest RAM")
+}
+
+impl<M: GuestMemory> Rig<M> {
+    fn new(mut guest: Guest, memory: M) -> Self {
+        let desc = guest.map(RING_GPA, true);
+        let avail = guest.map(RING_GPA + 0x1000, true);
+        let used = guest.map(RING_GPA + 0x2000, true);
+        guest.map(RING_GPA + 0x3000, true);
+        guest.window_top = guest.next_iova;
+        let mut queue = Queue::new(QUEUE_SIZE).expect("queue");
+        queue.set_size(QUEUE_SIZE);
+        queue.set_desc_table_address(Some(desc as u32), Some((desc >> 32) as u32));
+        queue.set_avail_ring_address(Some(avail as u32), Some((avail >> 32) as u32));
+        queue.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
+        queue.set_event_idx(true);
+        queue.set_ready(true);
+        assert!(queue.is_valid(&memory), "queue valid");
+        Rig {
+            guest,
+            memory,
+            queue,
+            disk: disk(),
+            counters: BlockCounters::default(),
+            avail: 0,
+            requests: 0,
+        }
+    }
+
+    /// The driver queues one 4 KiB read (header, data, status at fresh IOVAs), the device
+    /// services the queue, the driver unmaps the buffers.
+    fn request(&mut self) {
+        let slot = self.requests % SLOTS;
+        let buffers = BUFFERS_GPA + slot * 0x3000;
+        let sector = (self.requests * 8) % DISK_SECTORS;
+        let header = [
+            0u32.to_le_bytes(), // VIRTIO_BLK_T_IN
+            0u32.to_le_bytes(),
+            (sector as u32).to_le_bytes(),
+            ((sector >> 32) as u32).to_le_bytes(),
+        ]
+        .concat();
+        let ram = self.guest.ram.clone();
+        ram.write_slice(&header, GuestAddress(buffers))
+            .expect("ram");
+        let h = self.guest.map(buffers, false);
+        let d = self.guest.map(buffers + 0x1000, true);
+        let s = self.guest.map(buffers + 0x2000, true);
+        // Linux's virtio_ring puts a multi-buffer request in an indirect table (kmalloc'd,
+        // mapped DMA_TO_DEVICE at its own IOVA), one ring descriptor pointing at it.
+        let table_gpa = BUFFERS_GPA + SLOTS * 0x3000 + slot * 0x1000;
+        let descriptors = [(h, 16u32, 1u16, 1u16), (d, 4096, 1 | 2, 2), (s, 1, 2, 0)];
+        for (i, (addr, len, flags, next)) in descriptors.into_iter().enumerate() {
+            write_descriptor(&ram, table_gpa + 16 * i as u64, addr, len, flags, next);
+        }
+        let table = self.guest.map(table_gpa, false);
+        let head = slot as u16;
+        write_descriptor(&ram, RING_GPA + 16 * u64::from(head), table, 48, 4, 0);
+        let avail = RING_GPA + 0x1000;
+        let entry = avail + 4 + 2 * u64::from(self.avail % QUEUE_SIZE);
+        ram.write_obj(head, GuestAddress(entry)).expect("ram");
+        self.avail = self.avail.wrapping_add(1);
+        ram.write_obj(self.avail, GuestAddress(avail + 2))
+            .expect("ram");
+        // used_event: interrupt after every request (what a waiting dd asks for).
+        let used_event = avail + 4 + 2 * u64::from(QUEUE_SIZE);
+        ram.write_obj(self.avail.wrapping_sub(1), GuestAddress(used_event))
+            .expect("ram");
+        let completed = device_pass(
+            &self.memory,
+            &mut self.queue,
+            &mut self.disk,
+            &self.counters,
+        );
+        assert_eq!(completed, 1, "one request completed");
+        let status: u8 = ram.read_obj(GuestAddress(buffers + 0x2000)).expect("ram");
+        assert_eq!(status, 0, "request succeeded");
+        for iova in [table, h, d, s] {
+            self.guest.unmap(iova & !0xfff);
+        }
+        self.requests += 1;
+    }
+}
+
+fn write_descriptor(ram: &GuestMemoryMmap, at: u64, addr: u64, len: u32, flags: u16, next: u16) {
+    ram.write_obj(addr, GuestAddress(at)).expect("ram");
+    ram.write_obj(len, GuestAddress(at + 8)).expect("ram");
+    ram.write_obj(flags, GuestAddress(at + 12)).expect("ram");
+    ram.write_obj(next, GuestAddress(at + 14)).expect("ram");
+}
+
+/// The device side of one request: one `service_queue` pass, as the I/O thread makes it.
+#[inline(never)]
+fn device_pass<M: GuestMemory>(
+    memory: &M,
+    queue: &mut Queue,
+    disk: &mut Disk,
+    counters: &BlockCounters,
+) -> usize {
+    let serviced = service_queue(memory, queue, disk, counters, usize::from(QUEUE_SIZE))
+        .expect("queue usable");
+    serviced.completed
+}
+
+fn plain() -> Rig<GuestMemoryMmap> {
+    let ram = ram();
+    let guest = Guest::new(&ram, "x-scalable-mode=on,x-flts=on", false);
+    Rig::new(guest, ram)
+}
+
+fn vtd() -> Rig<IommuMemory<GuestMemoryMmap, DeviceDma>> {
+    let ram = ram();
+    let mut guest = Guest::new(&ram, "x-scalable-mode=on,x-flts=on", true);
+    guest.boot();
+    let memory = vmm::iommu::translated_memory(&ram, &guest.unit, SID, None);
+    Rig::new(guest, memory)
+}
+
+fn sim() -> Rig<IommuMemory<GuestMemoryMmap, SimIommu>> {
+    let ram = ram();
+    let mut guest = Guest::new(&ram, "x-scalable-mode=on,x-flts=on,caching-mode=on", true);
+    let counters = vmm::counters::Counters::new();
+    let passthrough = vmm::passthrough::Passthrough::new(&ram, &guest.unit, &counters);
+    let memory = passthrough.assign("disk0", SID).expect("assign");
+    guest.boot();
+    Rig::new(guest, memory)
+}
+
+/// `DMA_PATH=<path>:<requests>`: run that many requests once (for callgrind) and print the
+/// vIOMMU's counters per request.
+fn run_once(spec: &str) {
+    let (path, count) = spec.split_once(':').unwrap_or((spec, "1000"));
+    let path = Path::parse(path).expect("DMA_PATH=<plain|vtd|sim>:<requests>");
+    let count: u64 = count.parse().expect("request count");
+    let unit = match path {
+        Path::Plain => run(plain(), count),
+        Path::Vtd => run(vtd(), count),
+        Path::Sim => run(sim(), count),
+    };
+    println!("path {path:?} requests {count}");
+    for (name, value) in unit.counters().pairs() {
+        if value != 0 {
+            println!(
+                "  {name} {value} ({:.2} per request)",
+                value as f64 / count as f64
+            );
+        }
+    }
+}
+
+fn run<M: GuestMemory>(mut rig: Rig<M>, count: u64) -> Arc<Vtd> {
+    for _ in 0..count {
+        rig.request();
+    }
+    rig.guest.unit.clone()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("virtio-blk 4 KiB read, one request");
+    macro_rules! path {
+        ($name:literal, $rig:expr) => {
+            let mut rig = $rig();
+            group.bench_function($name, |b| b.iter(|| rig.request()));
+        };
+    }
+    path!("plain", plain);
+    path!("vtd lazy", vtd);
+    path!("sim (assigned)", sim);
+    group.finish();
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("DMA_PATH") {
+        run_once(&spec);
+        return;
+    }
+    let mut criterion = Criterion::default().configure_from_args();
+    bench(&mut criterion);
+    criterion.final_summary();
+}
