@@ -45,6 +45,9 @@ class Job:
     vmm: str
     config: str
     kind: str  # work | idle
+    round: int = 1
+    # After merge_rounds: how many successful rounds this job's figures come from.
+    rounds: int = 1
     status: str = "missing"
     lines: list[str] = field(default_factory=list)
     failure: str | None = None
@@ -139,8 +142,9 @@ def load_jobs(out: str) -> list[Job]:
     for line in read(os.path.join(out, "jobs.list")).splitlines():
         if not line.strip():
             continue
-        name, vmm, config, kind = line.split()
-        job = Job(name, vmm, config, kind)
+        fields = line.split()
+        name, vmm, config, kind = fields[:4]
+        job = Job(name, vmm, config, kind, int(fields[4]) if len(fields) > 4 else 1)
         d = os.path.join(out, "jobs", name)
         job.status = read(os.path.join(d, "status"), "missing").strip()
         job.lines = read(os.path.join(d, "output")).splitlines()
@@ -161,6 +165,37 @@ def fmt(v: float) -> str:
     if abs(v) >= 1:
         return f"{v:.2f}"
     return f"{v:.3f}"
+
+
+def merge_rounds(jobs: list[Job]) -> list[Job]:
+    """One job per (vmm, config, kind): phase samples and counters of every successful round
+    together, the median boot time. Failed if no round succeeded; a note if some failed."""
+    groups: dict[tuple[str, str, str], list[Job]] = {}
+    for j in jobs:
+        groups.setdefault((j.vmm, j.config, j.kind), []).append(j)
+    merged = []
+    for (vmm, config, kind), js in groups.items():
+        ok = [j for j in js if j.failure is None]
+        m = Job(js[0].name, vmm, config, kind, rounds=len(ok))
+        if not ok:
+            m.failure, m.boot = js[0].failure, js[0].boot
+            merged.append(m)
+            continue
+        if len(ok) < len(js):
+            m.notes.append(f"{len(js) - len(ok)} of {len(js)} rounds failed")
+        boots = [j.boot for j in ok if j.boot is not None]
+        readies = [j.ready for j in ok if j.ready is not None]
+        m.boot = statistics.median(boots) if boots else None
+        m.ready = statistics.median(readies) if readies else None
+        m.clock, m.timer, m.domain, m.cap = ok[0].clock, ok[0].timer, ok[0].domain, ok[0].cap
+        m.status = "0"
+        for j in ok:
+            for name, runs in j.phases.items():
+                m.phases.setdefault(name, []).extend(runs)
+            for name, value in j.counters.items():
+                m.counters[name] = m.counters.get(name, 0) + value
+        merged.append(m)
+    return merged
 
 
 class Figures:
@@ -222,12 +257,14 @@ class Figures:
             return
         reqs = m.get("io_requests", 0)
         names = sorted(set(work.counters) | set(idle.counters))
-        delta = {n: work.counters.get(n, 0) - idle.counters.get(n, 0) for n in names}
+        # Every workload round booted once: subtract one boot-only run per round.
+        base = {n: idle.counters.get(n, 0) * work.rounds // idle.rounds for n in names}
+        delta = {n: work.counters.get(n, 0) - base[n] for n in names}
         self.counter_rows[key] = [
-            (n, work.counters.get(n, 0), idle.counters.get(n, 0), delta[n]) for n in names
+            (n, work.counters.get(n, 0), base[n], delta[n]) for n in names
         ]
         exits = [n for n in names if n.startswith("exits_") and not n.endswith("_unhandled")]
-        m["boot_exits"] = sum(idle.counters.get(n, 0) for n in exits)
+        m["boot_exits"] = sum(idle.counters.get(n, 0) for n in exits) / idle.rounds
         if reqs <= 0:
             return
         m["exits_per_io"] = sum(delta[n] for n in exits) / reqs
@@ -328,8 +365,9 @@ def counters_table(fig: Figures) -> str:
 def raw_counters(fig: Figures) -> str:
     out = []
     for key, rows in fig.counter_rows.items():
-        out.append(f"### {key[0]} {key[1]}\n")
-        out.append("| counter | workload run | boot-only run | difference |")
+        rounds = fig.work[key].rounds
+        out.append(f"### {key[0]} {key[1]} ({rounds} workload round(s))\n")
+        out.append("| counter | workload runs | boot-only run × rounds | difference |")
         out.append("|---|---:|---:|---:|")
         out += [f"| {n} | {w} | {i} | {d} |" for n, w, i, d in rows if w or i]
         out.append("")
@@ -360,6 +398,8 @@ def failure_sentences(jobs: list[Job]) -> list[str]:
     for j in jobs:
         if j.failure:
             what = "run" if j.kind == "work" else "boot-only baseline (per-I/O counters)"
+            if j.round > 1:
+                what += f" (round {j.round})"
             out.append(f"FAILED {j.vmm} {j.config} {what}: {j.failure}")
         for n in j.notes:
             out.append(f"NOTE {j.name}: {n}")
@@ -374,6 +414,17 @@ def details(jobs: list[Job]) -> list[str]:
             out.append(f"- {j.vmm} {j.config}: guest clocksource {j.clock}, phase timer {j.timer}, "
                        f"disk's IOMMU domain {j.domain}{cap}")
     return out
+
+
+def samples(jobs: list[Job]) -> str:
+    """Every phase time of every round, for a reader who wants the spread."""
+    out = ["| VMM | configuration | round | " + " | ".join(f"{p} (s)" for p in PHASES) + " |",
+           "|---|---|---:|" + "---|" * len(PHASES)]
+    for j in jobs:
+        if j.kind == "work" and j.phases:
+            cells = [", ".join(f"{r[0]:.3f}" for r in j.phases.get(p, [])) for p in PHASES]
+            out.append(f"| {j.vmm} | {j.config} | {j.round} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 # ---------------------------------------------------------------------------- SVG plot
@@ -463,15 +514,20 @@ def svg_plot(fig: Figures, subtitle: str) -> str:
 
 # ---------------------------------------------------------------------------- output
 
-def doc_section(out: str, fig: Figures, jobs: list[Job], svg_name: str | None) -> str:
+def doc_section(out: str, fig: Figures, jobs: list[Job], raw: list[Job],
+                svg_name: str | None) -> str:
     date, machine = read(os.path.join(out, "date")).strip(), read(os.path.join(out, "machine")).strip()
     mode, secs = read(os.path.join(out, "mode")).strip(), read(os.path.join(out, "seconds")).strip()
     where = "L2 guests inside one L1 Linux under QEMU TCG" if mode == "nested" else \
         "directly on this host's /dev/kvm"
     load = (f"host load average (1/5/15 min) {read(os.path.join(out, 'load-before')).strip()} "
             f"before, {read(os.path.join(out, 'load-after')).strip()} after")
-    repeat = read(os.path.join(out, "repeat"), "1").strip()
-    times = "each phase ran once" if repeat == "1" else f"phase times are the median of {repeat} runs"
+    repeat = int(read(os.path.join(out, "repeat"), "1").strip() or 1)
+    rounds = max(j.round for j in raw) if raw else 1
+    n = repeat * rounds
+    times = "each phase ran once" if n == 1 else (
+        f"phase times are the median of {n} runs ({rounds} interleaved round(s) of guests, "
+        f"{repeat} run(s) per guest)")
     binary = read(os.path.join(out, "vmm-binary"), "none").strip()
     binary = "built by the runner" if binary in ("", "none") else f"`{binary}`"
     source = read(os.path.join(out, "source"), "unknown").strip()
@@ -517,7 +573,8 @@ def main() -> int:
     ap.add_argument("--doc")
     a = ap.parse_args()
     jobs = load_jobs(a.out)
-    fig = Figures(jobs)
+    merged = merge_rounds(jobs)
+    fig = Figures(merged)
     subtitle = (f"{read(os.path.join(a.out, 'date')).strip()}, "
                 f"{read(os.path.join(a.out, 'machine')).strip()}, "
                 f"mode {read(os.path.join(a.out, 'mode')).strip()}: "
@@ -536,9 +593,11 @@ def main() -> int:
         f.write(raw_counters(fig))
     with open(os.path.join(a.out, "results.txt"), "w") as f:
         f.write("\n".join(results) + "\n")
+    with open(os.path.join(a.out, "samples.md"), "w") as f:
+        f.write(samples(jobs))
     if a.doc:
         svg_name = os.path.basename(a.plot) if a.plot else None
-        update_doc(a.doc, doc_section(a.out, fig, jobs, svg_name))
+        update_doc(a.doc, doc_section(a.out, fig, merged, jobs, svg_name))
     print(table)
     print()
     print(counters_table(fig))
