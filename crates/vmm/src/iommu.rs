@@ -8,7 +8,8 @@
 //!   exit summary <── Vtd::counters() as `counter <name> <value>` lines
 //! ```
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use vm_memory::iommu::IotlbIterator;
 use vm_memory::{GuestAddress, GuestMemoryMmap, Iommu, IommuMemory, Permissions};
@@ -38,7 +39,9 @@ pub type TranslatedMemory = IommuMemory<GuestMemoryMmap, DeviceDma>;
 #[derive(Debug)]
 pub struct DeviceDma {
     inner: DeviceIommu,
-    probe: Mutex<Option<u64>>,
+    probe: Option<u64>,
+    /// Whether the probe is still to run: one atomic load per translation, no lock.
+    probe_pending: AtomicBool,
 }
 
 impl DeviceDma {
@@ -47,7 +50,8 @@ impl DeviceDma {
         let remapper: Arc<dyn vtd::request::Remapper> = unit.clone();
         DeviceDma {
             inner: DeviceIommu::new(remapper, sid),
-            probe: Mutex::new(probe),
+            probe,
+            probe_pending: AtomicBool::new(probe.is_some()),
         }
     }
 
@@ -57,8 +61,12 @@ impl DeviceDma {
     }
 
     fn run_probe(&self) {
-        let pending = self.probe.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(iova) = pending {
+        if !self.probe_pending.load(Ordering::Relaxed)
+            || !self.probe_pending.swap(false, Ordering::AcqRel)
+        {
+            return;
+        }
+        if let Some(iova) = self.probe {
             let refused = self
                 .inner
                 .translate(GuestAddress(iova), 4, Permissions::Read)
@@ -204,7 +212,10 @@ mod tests {
             dma.read_obj::<u32>(GuestAddress(0x2000)).unwrap(),
             0x1234_5678
         );
-        assert!(dma.iommu().probe.lock().unwrap().is_none(), "the probe ran");
+        assert!(
+            !dma.iommu().probe_pending.load(Ordering::SeqCst),
+            "the probe ran"
+        );
         assert_eq!(
             dma.read_obj::<u32>(GuestAddress(0x2000)).unwrap(),
             0x1234_5678

@@ -4,18 +4,29 @@
 //! ```text
 //!  virtio device ─► IommuMemory::read/write(iova, len)
 //!                     └─► DeviceIommu::translate(iova, len, access)
-//!                           for each page: Remapper::remap(sid, iova) ─► Translation | Fault
-//!                           └─► a fresh vm_memory::Iotlb holding just this call's mappings
+//!                           generation unchanged and range in the device's Iotlb? ─► hit
+//!                           else, for each page: Remapper::remap(sid, iova) ─► Translation | Fault
+//!                                ─► remember the pages in the device's Iotlb (tagged with the
+//!                                   generation read before the first remap)
 //! ```
 //!
-//! There is deliberately no second cache here: every call asks the remapper (whose IOTLB
-//! follows the guest's invalidations), and the `Iotlb` it builds lives only as long as the
-//! returned iterator. A range is translated page by page, but a superpage or pass-through
-//! translation covers many pages in one step; the number of steps is bounded by
-//! [`MAX_TRANSLATE_LEN`].
+//! **The device's `Iotlb` is exact.** It holds only translations the remapper returned, each
+//! tagged with the remapper's [`Remapper::generation`] read *before* it was asked; a lookup
+//! uses it only while the remapper's generation still equals that tag, and the unit bumps its
+//! generation before it applies any invalidation, flush or root/TE change. So a translation is
+//! reused until the guest invalidates (or reprograms) anything, never after; faults are never
+//! remembered. A write permission is remembered only from a write access (the walk that
+//! served it set the D bit), so a later first write still goes to the unit. The cache holds
+//! [`CACHED_PAGES`] pages, least recently used replaced first. A remapper without a
+//! generation gets a fresh `Iotlb` per call, as before.
+//!
+//! A range is translated page by page, but a superpage or pass-through translation covers many
+//! pages in one step; the number of steps is bounded by [`MAX_TRANSLATE_LEN`].
 
-use crate::request::{Access, DmaRequest, Remapper};
-use std::sync::Arc;
+use crate::request::{Access, DmaRequest, Remapper, Translation};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use vm_memory::iommu::{Error, Iotlb, IotlbIterator, IovaRange};
 use vm_memory::{GuestAddress, Permissions};
 use vtd_spec::SourceId;
@@ -24,22 +35,176 @@ use vtd_spec::SourceId;
 /// length cannot make a call walk an unbounded number of pages (at most 262,144 4 KiB pages).
 pub const MAX_TRANSLATE_LEN: usize = 1 << 30;
 
+/// Pages one device remembers (least recently used is replaced): a virtio queue's three ring
+/// pages plus the few buffers of the request in progress.
+pub const CACHED_PAGES: usize = 8;
+
 /// A device's view of the vIOMMU: its requester id plus the unit it sits behind.
 pub struct DeviceIommu {
     remapper: Arc<dyn Remapper>,
     sid: SourceId,
+    cache: RwLock<CachedIotlb>,
+}
+
+/// A device's remembered pages and the generation they are valid for (opaque; seen through
+/// [`IotlbGuard`]). Each page has its own one-mapping `Iotlb`, so a lookup is a search of one
+/// entry and a refill reuses the slot.
+#[derive(Debug, Default)]
+pub struct CachedIotlb {
+    generation: u64,
+    slots: [Slot; CACHED_PAGES],
+    clock: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    iotlb: Iotlb,
+    /// `[start, end)` of the page, or empty.
+    start: u64,
+    end: u64,
+    perms: Option<Permissions>,
+    last_used: AtomicU64,
+}
+
+/// What [`DeviceIommu::translate`] hands vm-memory: one remembered page, or a one-call `Iotlb`
+/// (a range over several pages, a remapper without a generation, a page just translated).
+#[derive(Debug)]
+pub enum IotlbGuard<'a> {
+    /// The device's cache, read-locked while the iterator lives, and the slot that covers the
+    /// range.
+    Cached(RwLockReadGuard<'a, CachedIotlb>, usize),
+    /// Mappings of this call only.
+    Fresh(Iotlb),
+}
+
+impl Deref for IotlbGuard<'_> {
+    type Target = Iotlb;
+    fn deref(&self) -> &Iotlb {
+        match self {
+            IotlbGuard::Cached(guard, slot) => &guard.slots[*slot % CACHED_PAGES].iotlb,
+            IotlbGuard::Fresh(iotlb) => iotlb,
+        }
+    }
 }
 
 impl DeviceIommu {
     /// The view of device `sid` behind `remapper`.
     pub fn new(remapper: Arc<dyn Remapper>, sid: SourceId) -> Self {
-        Self { remapper, sid }
+        Self {
+            remapper,
+            sid,
+            cache: RwLock::new(CachedIotlb::default()),
+        }
+    }
+
+    /// The remembered page covering `[start, end)` for `access`, if it is valid for
+    /// `generation`.
+    fn cached(
+        &self,
+        generation: u64,
+        start: u64,
+        end: u64,
+        access: Permissions,
+    ) -> Option<IotlbGuard<'_>> {
+        let guard = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        if guard.generation != generation {
+            return None;
+        }
+        let slot = guard.slots.iter().position(|s| {
+            s.start <= start && end <= s.end && s.perms.is_some_and(|p| p.allow(access))
+        })?;
+        let now = guard.clock.fetch_add(1, Ordering::Relaxed);
+        guard.slots[slot].last_used.store(now, Ordering::Relaxed);
+        Some(IotlbGuard::Cached(guard, slot))
+    }
+
+    /// Remembers the pages of `mappings` (obtained after reading `generation`) unless the
+    /// cache already follows a later generation.
+    fn remember(&self, generation: u64, mappings: &[Mapping]) {
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        if cache.generation > generation {
+            return;
+        }
+        if cache.generation < generation {
+            cache.generation = generation;
+            for slot in &mut cache.slots {
+                slot.perms = None;
+                slot.start = 0;
+                slot.end = 0;
+            }
+        }
+        for m in mappings {
+            let Some((start, gpa, len)) = m.page else {
+                continue;
+            };
+            let now = cache.clock.fetch_add(1, Ordering::Relaxed);
+            // The same page again (e.g. now with write permission), else the least recently
+            // used (empty slots first).
+            let victim = cache
+                .slots
+                .iter()
+                .position(|s| s.start == start && s.perms.is_some())
+                .or_else(|| {
+                    (0..CACHED_PAGES).min_by_key(|&i| {
+                        let s = &cache.slots[i];
+                        (s.perms.is_some(), s.last_used.load(Ordering::Relaxed))
+                    })
+                })
+                .unwrap_or(0);
+            let slot = &mut cache.slots[victim];
+            if slot.end > slot.start {
+                slot.iotlb
+                    .invalidate_mapping(GuestAddress(slot.start), (slot.end - slot.start) as usize);
+            }
+            slot.perms = None;
+            if slot
+                .iotlb
+                .set_mapping(GuestAddress(start), GuestAddress(gpa), len, m.perms)
+                .is_ok()
+            {
+                slot.start = start;
+                slot.end = start + len as u64;
+                slot.perms = Some(m.perms);
+                *slot.last_used.get_mut() = now;
+            }
+        }
     }
 
     /// The requester id this view translates for.
     pub fn sid(&self) -> SourceId {
         self.sid
     }
+}
+
+/// One translated piece of a requested range.
+#[derive(Clone, Copy)]
+struct Mapping {
+    iova: u64,
+    gpa: u64,
+    len: usize,
+    perms: Permissions,
+    /// The page to remember: `(iova, gpa, len)` of the translated page (at most 1 GiB; the
+    /// 4 KiB page around the piece for pass-through), if it does not end the address space.
+    page: Option<(u64, u64, usize)>,
+}
+
+/// Pieces a request usually has (one page, or two when it straddles a boundary).
+const USUAL_MAPPINGS: usize = 2;
+
+/// The page of `t` to remember for an access at `iova`.
+fn page_of(t: &Translation, iova: u64) -> Option<(u64, u64, usize)> {
+    const GIB: u64 = 1 << 30;
+    let (base, size) = if t.size <= GIB && t.size >= 4096 {
+        (t.iova_base, t.size)
+    } else {
+        (iova & !0xfff, 4096)
+    };
+    base.checked_add(size)?;
+    Some((
+        base,
+        t.gpa_base.wrapping_add(base - t.iova_base),
+        size as usize,
+    ))
 }
 
 impl std::fmt::Debug for DeviceIommu {
@@ -79,7 +244,7 @@ fn cannot_resolve(base: u64, length: usize, reason: String) -> Error {
 }
 
 impl vm_memory::Iommu for DeviceIommu {
-    type IotlbGuard<'a> = Box<Iotlb>;
+    type IotlbGuard<'a> = IotlbGuard<'a>;
 
     fn translate(
         &self,
@@ -98,7 +263,44 @@ impl vm_memory::Iommu for DeviceIommu {
         let end = start
             .checked_add(length as u64)
             .ok_or_else(|| cannot_resolve(start, length, "range wraps around".into()))?;
+        // Read before any remap: whatever the remapper answers below is valid for it at best.
+        let generation = self.remapper.generation();
+        if let Some(guard) = generation.and_then(|g| self.cached(g, start, end, access))
+            && let Ok(hit) = Iotlb::lookup(guard, iova, length, access)
+        {
+            return Ok(hit);
+        }
+        let mappings = self.walk(start, end, access)?;
+        if let Some(generation) = generation {
+            self.remember(generation, &mappings);
+            // Usually one page, now remembered: hand that out instead of building an `Iotlb`.
+            if let Some(guard) = self.cached(generation, start, end, access)
+                && let Ok(hit) = Iotlb::lookup(guard, iova, length, access)
+            {
+                return Ok(hit);
+            }
+        }
         let mut tlb = Iotlb::new();
+        for m in &mappings {
+            tlb.set_mapping(GuestAddress(m.iova), GuestAddress(m.gpa), m.len, m.perms)?;
+        }
+        Iotlb::lookup(IotlbGuard::Fresh(tlb), iova, length, access).map_err(|fails| {
+            let first = fails
+                .access_fails
+                .first()
+                .or(fails.misses.first())
+                .map(|r| r.base.0)
+                .unwrap_or(start);
+            cannot_resolve(first, length, "access not permitted".into())
+        })
+    }
+}
+
+impl DeviceIommu {
+    /// Asks the remapper for every page of `[start, end)`; the pieces, or the first fault.
+    fn walk(&self, start: u64, end: u64, access: Permissions) -> Result<Vec<Mapping>, Error> {
+        let length = (end - start) as usize;
+        let mut mappings = Vec::with_capacity(USUAL_MAPPINGS);
         let mut cur = start;
         let req_access = access_of(access);
         // Each step covers at least the rest of a 4 KiB page, so this bounds the loop even if
@@ -127,13 +329,14 @@ impl vm_memory::Iommu for DeviceIommu {
                 ));
             }
             let chunk_end = page_end.min(end);
-            let len = (chunk_end - cur) as usize;
-            tlb.set_mapping(
-                GuestAddress(cur),
-                GuestAddress(t.gpa_base.wrapping_add(cur - t.iova_base)),
-                len,
-                permissions_of(t.perms.read, t.perms.write),
-            )?;
+            mappings.push(Mapping {
+                iova: cur,
+                gpa: t.gpa_base.wrapping_add(cur - t.iova_base),
+                len: (chunk_end - cur) as usize,
+                // Write only as far as this access wrote (the unit set D for it).
+                perms: permissions_of(t.perms.read, t.perms.write && req_access.write),
+                page: page_of(&t, cur),
+            });
             cur = chunk_end;
         }
         if cur < end {
@@ -143,14 +346,6 @@ impl vm_memory::Iommu for DeviceIommu {
                 "too many steps".into(),
             ));
         }
-        Iotlb::lookup(Box::new(tlb), iova, length, access).map_err(|fails| {
-            let first = fails
-                .access_fails
-                .first()
-                .or(fails.misses.first())
-                .map(|r| r.base.0)
-                .unwrap_or(start);
-            cannot_resolve(first, length, "access not permitted".into())
-        })
+        Ok(mappings)
     }
 }

@@ -107,4 +107,12 @@ pub trait Remapper: Send + Sync {
     /// Translates the page holding `req.iova`, recording and reporting a fault as the spec
     /// requires when it fails.
     fn remap(&self, req: &DmaRequest) -> Result<Translation, Fault>;
+
+    /// A counter that changes (grows) before any translation this remapper returned can stop
+    /// being valid: invalidations, cache flushes, root or TE changes. A caller may reuse a
+    /// translation obtained while the counter read `g` for as long as it still reads `g`.
+    /// `None` (the default): no such counter, nothing may be reused across requests.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
 }

@@ -27,6 +27,7 @@ use crate::qi::{self, Action, QueueFeatures};
 use crate::regs::{Register, RegisterFile, overlay};
 use crate::request::{DmaRequest, Fault, Remapper, Translation};
 use crate::translate::{Translator, UnitState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tracing::{debug, trace, warn};
 use vtd_spec::SourceId;
@@ -75,6 +76,9 @@ pub struct Vtd {
     state: RwLock<UnitState>,
     inner: Mutex<Inner>,
     observers: RwLock<Vec<Arc<dyn InvalidationObserver>>>,
+    /// Bumped before every invalidation is applied, every cache flush and every change of the
+    /// translation state (root, TE, reset): see [`Vtd::invalidation_generation`].
+    generation: AtomicU64,
 }
 
 /// How a queue segment ended.
@@ -144,6 +148,7 @@ impl Vtd {
                 queue_busy: false,
             }),
             observers: RwLock::new(Vec::new()),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -198,6 +203,21 @@ impl Vtd {
 
     fn update_state(&self, f: impl FnOnce(&mut UnitState)) {
         f(&mut self.state.write().unwrap_or_else(|e| e.into_inner()));
+        self.bump_generation();
+    }
+
+    /// A counter that grows before the unit applies any invalidation or cache flush and after
+    /// any change of its translation state (root table, TE, reset). A translation obtained
+    /// through [`Remapper::remap`] while the counter read `g` may be reused for as long as
+    /// the counter still reads `g`: that is how a per-device cache outside the unit (e.g.
+    /// `iommu::DeviceIommu`) follows the guest's invalidations without a hook of its own.
+    /// Invalidations applied directly through [`Vtd::translator`] bypass it.
+    pub fn invalidation_generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Every register back to its reset value, translation off, caches flushed.
@@ -391,6 +411,7 @@ impl Vtd {
     /// Carries out what was decided under the mutex; no lock is held here.
     fn finish(&self, fx: Effects) {
         if fx.flush_all {
+            self.bump_generation();
             self.translator.flush_all();
         }
         self.dispatch(&fx.invalidations);
@@ -420,6 +441,7 @@ impl Vtd {
         if invalidations.is_empty() {
             return;
         }
+        self.bump_generation();
         for inv in invalidations {
             self.translator.invalidate(inv);
         }
@@ -662,6 +684,10 @@ impl Remapper for Vtd {
         self.translator
             .translate(&*self.ram, &state, req)
             .inspect_err(|fault| self.report_fault(fault))
+    }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.invalidation_generation())
     }
 }
 

@@ -1,7 +1,8 @@
 //! An emulated device DMAing "as a passthrough device would": a [`vm_memory::Iommu`] for a
 //! (sim, device) pair. IOVA → host VA goes through the sim's nested walk (and its caches),
 //! host VA → guest-physical through the VMM's guest-RAM table. A fresh [`Iotlb`] is built
-//! for every call, so there is no cache here that an invalidation could miss.
+//! for every call (owned by the returned iterator, no extra box), so there is no cache here
+//! that an invalidation could miss.
 //!
 //! The VMM wraps a device's memory as `IommuMemory<GuestMemoryMmap, SimIommu>`.
 //!
@@ -90,6 +91,17 @@ impl<M: GuestMemoryBackend + Send + Sync> HostMemory for GuestRamMemory<M> {
     }
 }
 
+/// The one-call [`Iotlb`] a [`SimIommu`] translation hands vm-memory, owned by its iterator.
+#[derive(Debug, Default)]
+pub struct OwnedIotlb(Iotlb);
+
+impl std::ops::Deref for OwnedIotlb {
+    type Target = Iotlb;
+    fn deref(&self) -> &Iotlb {
+        &self.0
+    }
+}
+
 /// The sim's translation for one device, as vm-memory's [`Iommu`].
 #[derive(Debug)]
 pub struct SimIommu {
@@ -120,7 +132,7 @@ fn cannot(iova: u64, length: usize, reason: String) -> IommuError {
 }
 
 impl Iommu for SimIommu {
-    type IotlbGuard<'a> = Box<Iotlb>;
+    type IotlbGuard<'a> = OwnedIotlb;
 
     fn translate(
         &self,
@@ -156,7 +168,7 @@ impl Iommu for SimIommu {
             tlb.set_mapping(GuestAddress(at), GuestAddress(gpa), chunk as usize, access)?;
             at += chunk;
         }
-        Iotlb::lookup(Box::new(tlb), iova, length, access)
+        Iotlb::lookup(OwnedIotlb(tlb), iova, length, access)
             .map_err(|_| cannot(start, length, "translation incomplete".into()))
     }
 }

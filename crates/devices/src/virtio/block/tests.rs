@@ -475,6 +475,63 @@ fn indirect_tables() {
 }
 
 #[test]
+fn indirect_tables_longer_than_one_read_ahead_and_out_of_order() {
+    let memory = ram();
+    let image = disk_image();
+    let (mut worker, _, _) = worker(memory.clone(), &image, false);
+    let mut driver = Driver::new(&memory);
+    let table = 0x6000u64;
+    // 20 entries (more than one read-ahead), visited 0 (header) → 19 → 1 (two data sectors)
+    // → 18 (status): the chain jumps past the first read-ahead and back; the rest is unused.
+    let data = |i: u64| DATA + (i - 1) * 512;
+    let mut entries = vec![Descriptor::new(0, 0, 0, 0); 20];
+    entries[0] = Descriptor::new(HEADER, 16, NEXT, 19);
+    entries[19] = Descriptor::new(data(1), 512, WRITE | NEXT, 1);
+    entries[1] = Descriptor::new(data(2), 512, WRITE | NEXT, 18);
+    entries[18] = Descriptor::new(STATUS, 1, WRITE, 0);
+    for (index, entry) in entries.iter().enumerate() {
+        memory
+            .write_obj(*entry, GuestAddress(table + index as u64 * 16))
+            .unwrap();
+    }
+    driver.header(HEADER, VIRTIO_BLK_T_IN, 3);
+    driver.descriptor(0, table, 20 * 16, INDIRECT, 0);
+    driver.publish(0);
+    worker.process_queue(0);
+    assert_eq!(driver.used_idx(), 1);
+    assert_eq!(driver.used(0).1, 2 * 512 + 1);
+    assert_eq!(driver.byte(STATUS), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(driver.byte(data(1)), 3);
+    assert_eq!(driver.byte(data(2)), 4);
+}
+
+#[test]
+fn an_indirect_table_whose_unused_tail_is_unreadable_still_works() {
+    let memory = ram();
+    let image = disk_image();
+    let (mut worker, _, _) = worker(memory.clone(), &image, false);
+    let mut driver = Driver::new(&memory);
+    // Five entries declared, the last two beyond guest RAM; the chain uses the first three.
+    let table = 0x10_0000 - 48;
+    let entries = [
+        Descriptor::new(HEADER, 16, NEXT, 1),
+        Descriptor::new(DATA, 512, WRITE | NEXT, 2),
+        Descriptor::new(STATUS, 1, WRITE, 0),
+    ];
+    for (index, entry) in entries.iter().enumerate() {
+        memory
+            .write_obj(*entry, GuestAddress(table + index as u64 * 16))
+            .unwrap();
+    }
+    driver.header(HEADER, VIRTIO_BLK_T_IN, 5);
+    driver.descriptor(0, table, 5 * 16, INDIRECT, 0);
+    driver.publish(0);
+    worker.process_queue(0);
+    assert_eq!(driver.used(0).1, 513);
+    assert_eq!(driver.byte(DATA), 5);
+}
+
+#[test]
 fn bogus_avail_index_breaks_the_queue() {
     let memory = ram();
     let image = disk_image();
