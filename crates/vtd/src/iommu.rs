@@ -152,10 +152,8 @@ impl DeviceIommu {
                 })
                 .unwrap_or(0);
             let slot = &mut cache.slots[victim];
-            if slot.end > slot.start {
-                slot.iotlb
-                    .invalidate_mapping(GuestAddress(slot.start), (slot.end - slot.start) as usize);
-            }
+            // A new one-entry map is cheaper than removing from the old one.
+            slot.iotlb = Iotlb::new();
             slot.perms = None;
             if slot
                 .iotlb
