@@ -275,6 +275,7 @@ class Figures:
             "walks": "walks_per_io",
             "qi_submissions": "qi_submissions_per_io",
             "accel_invalidations": "accel_invalidations_per_io",
+            "accel_forwarded_invalidations": "accel_invalidations_per_io",
         }
         for counter, metric in per_io.items():
             if counter in delta:
