@@ -542,6 +542,12 @@ def doc_section(out: str, fig: Figures, jobs: list[Job], raw: list[Job],
     if fails:
         parts += ["Configurations that did not produce figures:", ""]
         parts += [f"- {md(f)}" for f in fails] + [""]
+    partly = [f"{j.vmm} {j.config} round {j.round}: {j.failure}" for j in raw
+              if j.failure and j.kind == "work" and (j.vmm, j.config) not in work_failed]
+    if partly:
+        parts += ["Rounds that failed (their configuration's figures come from the other "
+                  "rounds):", ""]
+        parts += [f"- {md(f)}" for f in partly] + [""]
     counters = counters_table(fig)
     if counters.count("\n") > 1:
         parts += ["Per-I/O figures (an I/O is one block request the guest completed during the "
