@@ -110,7 +110,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
     fn random_tables_never_panic(
@@ -187,7 +187,7 @@ fn corruption() -> impl Strategy<Value = Corruption> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
 
     /// Well-formed tables (legacy or scalable with first- and second-stage PASIDs), then random
     /// bit flips and overwrites of live entries at every level: deep walks through bad data.
