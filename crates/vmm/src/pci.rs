@@ -190,6 +190,7 @@ fn add_disk<M: GuestMemory + Clone + Send + Sync + 'static>(
             ("errors", s.errors),
             ("notifications", s.notifications),
             ("interrupts", s.interrupts),
+            ("busy_us", s.busy_ns / 1000),
         ]
         .into_iter()
         .map(|(n, v)| (format!("disk{index}_{n}"), v))

@@ -118,6 +118,9 @@ pub struct BlockCounters {
     pub notifications: AtomicU64,
     /// Interrupts raised towards the driver.
     pub interrupts: AtomicU64,
+    /// Wall-clock nanoseconds the I/O thread spent serving queues (from wakeup to sleep):
+    /// what the device model and its back end cost per request, translation included.
+    pub busy_ns: AtomicU64,
 }
 
 /// A copy of [`BlockCounters`] at one moment.
@@ -137,6 +140,8 @@ pub struct BlockStats {
     pub notifications: u64,
     /// See [`BlockCounters::interrupts`].
     pub interrupts: u64,
+    /// See [`BlockCounters::busy_ns`].
+    pub busy_ns: u64,
 }
 
 impl BlockCounters {
@@ -150,6 +155,7 @@ impl BlockCounters {
             errors: self.errors.load(Ordering::Relaxed),
             notifications: self.notifications.load(Ordering::Relaxed),
             interrupts: self.interrupts.load(Ordering::Relaxed),
+            busy_ns: self.busy_ns.load(Ordering::Relaxed),
         }
     }
 

@@ -61,6 +61,7 @@ impl<M: GuestMemory> Worker<M> {
                     return;
                 }
             };
+            let woke = std::time::Instant::now();
             for event in &events[..count] {
                 let token = event.data();
                 if token == KILL_TOKEN {
@@ -76,6 +77,8 @@ impl<M: GuestMemory> Worker<M> {
                     self.process_queue(position);
                 }
             }
+            let busy = u64::try_from(woke.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.counters.busy_ns.fetch_add(busy, Ordering::Relaxed);
         }
     }
 
