@@ -35,11 +35,13 @@ Options of `run` (each as `--name VALUE` or `--name=VALUE`):
                         add a virtual Intel VT-d IOMMU; options use QEMU's names, e.g.
                         x-scalable-mode=on, x-flts=on, aw-bits=48, caching-mode=off,
                         fs1gp=on, pt=on
-  --disk path=FILE[,readonly=on|off][,iommu=on|off][,assigned=sim]
+  --disk path=FILE[,readonly=on|off][,iommu=on|off][,assigned=sim][,indirect_desc=on|off]
                         add a virtio-blk disk (repeatable); iommu=on puts its DMA behind the
                         vIOMMU (VIRTIO_F_ACCESS_PLATFORM); assigned=sim models it as a
                         passthrough device on the software host IOMMU (needs the vIOMMU
-                        with caching-mode=on, as QEMU requires for device assignment)
+                        with caching-mode=on, as QEMU requires for device assignment);
+                        indirect_desc=on offers indirect descriptors [default: off: one
+                        DMA mapping, and in strict mode one invalidation, fewer per request]
   --serial stdio|file=PATH
                         where COM1 output goes [default: stdio]
   --log-level LEVEL     error, warn, info, debug or trace, to stderr [default: warn]
@@ -161,6 +163,8 @@ pub struct DiskConfig {
     pub iommu: bool,
     /// Modelled as an assigned (passthrough) device on this host IOMMU backend.
     pub assigned: Option<AssignedBackend>,
+    /// Offer VIRTIO_RING_F_INDIRECT_DESC (QEMU's `indirect_desc`).
+    pub indirect_desc: bool,
 }
 
 /// Host IOMMU backend for an assigned device.
@@ -320,6 +324,7 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ArgError> {
         readonly: false,
         iommu: false,
         assigned: None,
+        indirect_desc: false,
     };
     let mut seen = Vec::new();
     for item in spec.split(',') {
@@ -336,6 +341,7 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ArgError> {
             "path" => path = Some(PathBuf::from(value)),
             "readonly" => disk.readonly = flag()?,
             "iommu" => disk.iommu = flag()?,
+            "indirect_desc" => disk.indirect_desc = flag()?,
             "assigned" if value == "sim" => disk.assigned = Some(AssignedBackend::Sim),
             "assigned" => return Err(bad("the only assigned backend is 'sim'".into())),
             _ => return Err(bad(format!("unknown key '{key}'"))),
@@ -511,7 +517,7 @@ mod tests {
             "--disk",
             "path=/d1,readonly=on,iommu=on",
             "--disk",
-            "path=/d2,assigned=sim",
+            "path=/d2,assigned=sim,indirect_desc=on",
             "--serial",
             "file=/tmp/s",
             "--log-level",
@@ -529,6 +535,7 @@ mod tests {
         assert_eq!(c.disks.len(), 2);
         assert!(c.disks[0].readonly && c.disks[0].iommu && c.disks[0].assigned.is_none());
         assert_eq!(c.disks[1].assigned, Some(AssignedBackend::Sim));
+        assert!(!c.disks[0].indirect_desc && c.disks[1].indirect_desc);
         assert_eq!(c.serial, SerialConfig::File("/tmp/s".into()));
         assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(c.test_dma_fault, Some(0x1000));
@@ -699,6 +706,7 @@ mod tests {
             "path=/d,iommu",
             "path=/d,assigned=vfio",
             "path=/d,cache=none",
+            "path=/d,indirect_desc=2",
             "path=/d,path=/e",
         ] {
             let err = parse_disk(spec).unwrap_err();

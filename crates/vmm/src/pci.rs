@@ -178,6 +178,7 @@ fn add_disk<M: GuestMemory + Clone + Send + Sync + 'static>(
 ) -> Result<(), Error> {
     let mut config = BlockConfig::new(&disk.path);
     config.read_only = disk.readonly;
+    config.indirect_desc = disk.indirect_desc;
     config.serial = format!("vtd-nest-disk{index}");
     let block = Block::<M>::new(&config).map_err(|source| Error::Block { index, source })?;
     let stats = block.counters();

@@ -33,6 +33,7 @@ fn disks_appear_on_bus_0() {
         readonly: false,
         iommu,
         assigned: None,
+        indirect_desc: false,
     };
     config.disks = vec![disk(&d0, false), disk(&d1, true)];
 

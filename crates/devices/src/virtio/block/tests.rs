@@ -377,6 +377,29 @@ fn read_only_config_offers_ro() {
 }
 
 #[test]
+fn indirect_descriptors_are_offered_only_on_request() {
+    use crate::virtio::VIRTIO_RING_F_INDIRECT_DESC;
+    let image = disk_image();
+    let mut config = BlockConfig::new(image.as_path());
+    let block = Block::<GuestMemoryMmap>::new(&config).unwrap();
+    assert_eq!(
+        VirtioDevice::features(&block) & VIRTIO_RING_F_INDIRECT_DESC,
+        0
+    );
+    config.indirect_desc = true;
+    let block = Block::<GuestMemoryMmap>::new(&config).unwrap();
+    assert_ne!(
+        VirtioDevice::features(&block) & VIRTIO_RING_F_INDIRECT_DESC,
+        0
+    );
+    // Without indirect tables every request must fit in the ring: SEG_MAX data descriptors
+    // plus header and status (virtio 1.2, 5.2.6.1).
+    let mut seg_max = [0u8; 4];
+    VirtioDevice::read_config(&block, 12, &mut seg_max);
+    assert!(u32::from_le_bytes(seg_max) + 2 <= u32::from(DEFAULT_QUEUE_SIZE));
+}
+
+#[test]
 fn malformed_chains_are_skipped_and_the_queue_goes_on() {
     let memory = ram();
     let image = disk_image();
