@@ -5,16 +5,19 @@
 //! ```text
 //!  plain    GuestMemoryMmap                                   (the `off` row)
 //!  vtd      IommuMemory<GuestMemoryMmap, vmm::iommu::DeviceDma> ─► vtd::Vtd   (lazy row)
+//!  vtd-strict  the same, the guest in strict mode                          (strict row)
 //!  sim      IommuMemory<GuestMemoryMmap, SimIommu> ─► host_iommu::sim         (assigned row)
 //! ```
 //!
 //! The guest side is a small model of Linux (scalable mode, first-stage tables, `dma-iommu`):
 //! the rings are mapped once (coherent), every request maps its indirect descriptor table,
 //! header, data and status buffers at fresh IOVAs (top-down), unmaps them when it completes, and, in lazy mode, sends
-//! one PASID-selective PASID-IOTLB invalidation (+ wait) per 256 unmaps.
+//! one PASID-selective PASID-IOTLB invalidation (+ wait) per 256 unmaps; in strict mode one
+//! page-selective PASID-IOTLB invalidation (IH=1, + wait) per unmap, as Linux's
+//! `intel_iommu_tlb_sync` does.
 //!
 //! `cargo bench -p vmm --bench dma_path` runs criterion (time per request). For instruction
-//! counts, run the bench binary under callgrind with `DMA_PATH=<plain|vtd|sim>:<requests>`:
+//! counts, run the bench binary under callgrind with `DMA_PATH=<plain|vtd|vtd-strict|sim>:<requests>`:
 //! it sets up, runs that many requests once and exits; collect only the device side with
 //! `--toggle-collect='*device_pass*'`; `crates/vmm/benches/dma-path-callgrind` does both and
 //! prints instructions per request.
@@ -64,6 +67,7 @@ impl vtd::FaultInterrupt for NoIrq {
 enum Path {
     Plain,
     Vtd,
+    VtdStrict,
     Sim,
 }
 
@@ -72,6 +76,7 @@ impl Path {
         match s {
             "plain" => Some(Path::Plain),
             "vtd" => Some(Path::Vtd),
+            "vtd-strict" => Some(Path::VtdStrict),
             "sim" => Some(Path::Sim),
             _ => None,
         }
@@ -93,6 +98,8 @@ struct Guest {
     /// Where the per-request window starts (below the coherent ring mappings).
     window_top: u64,
     unmaps: u64,
+    /// Strict mode: invalidate every unmapped page at once.
+    strict: bool,
 }
 
 impl Guest {
@@ -112,6 +119,7 @@ impl Guest {
             next_iova: IOVA_TOP,
             window_top: IOVA_TOP,
             unmaps: 0,
+            strict: false,
         }
     }
 
@@ -230,7 +238,10 @@ impl Guest {
         let pte = self.pte(iova);
         self.w64(pte, 0);
         self.unmaps += 1;
-        if self.unmaps.is_multiple_of(FLUSH_EVERY) {
+        if self.strict {
+            let page = [6 | (3 << 4) | (u64::from(DID) << 16), iova | (1 << 6), 0, 0];
+            self.submit(&[page]);
+        } else if self.unmaps.is_multiple_of(FLUSH_EVERY) {
             let desc = self.piotlb_pasid();
             self.submit(&[desc]);
         }
@@ -380,8 +391,17 @@ fn plain() -> Rig<GuestMemoryMmap> {
 }
 
 fn vtd() -> Rig<IommuMemory<GuestMemoryMmap, DeviceDma>> {
+    vtd_mode(false)
+}
+
+fn vtd_strict() -> Rig<IommuMemory<GuestMemoryMmap, DeviceDma>> {
+    vtd_mode(true)
+}
+
+fn vtd_mode(strict: bool) -> Rig<IommuMemory<GuestMemoryMmap, DeviceDma>> {
     let ram = ram();
     let mut guest = Guest::new(&ram, "x-scalable-mode=on,x-flts=on", true);
+    guest.strict = strict;
     guest.boot();
     let memory = vmm::iommu::translated_memory(&ram, &guest.unit, SID, None);
     Rig::new(guest, memory)
@@ -401,11 +421,12 @@ fn sim() -> Rig<IommuMemory<GuestMemoryMmap, SimIommu>> {
 /// vIOMMU's counters per request.
 fn run_once(spec: &str) {
     let (path, count) = spec.split_once(':').unwrap_or((spec, "1000"));
-    let path = Path::parse(path).expect("DMA_PATH=<plain|vtd|sim>:<requests>");
+    let path = Path::parse(path).expect("DMA_PATH=<plain|vtd|vtd-strict|sim>:<requests>");
     let count: u64 = count.parse().expect("request count");
     let unit = match path {
         Path::Plain => run(plain(), count),
         Path::Vtd => run(vtd(), count),
+        Path::VtdStrict => run(vtd_strict(), count),
         Path::Sim => run(sim(), count),
     };
     println!("path {path:?} requests {count}");
@@ -436,6 +457,7 @@ fn bench(c: &mut Criterion) {
     }
     path!("plain", plain);
     path!("vtd lazy", vtd);
+    path!("vtd strict", vtd_strict);
     path!("sim (assigned)", sim);
     group.finish();
 }
