@@ -542,8 +542,12 @@ def doc_section(out: str, fig: Figures, jobs: list[Job], raw: list[Job],
     binary = read(os.path.join(out, "vmm-binary"), "none").strip()
     binary = "built by the runner" if binary in ("", "none") else f"`{binary}`"
     source = read(os.path.join(out, "source"), "unknown").strip()
+    indirect = read(os.path.join(out, "indirect"), "default").strip()
+    indirect = ("each VMM's default (QEMU offers them, vtd-nest does not)" if indirect == "default"
+                else f"{indirect} for both VMMs")
     parts = [f"Run of {date} on a {machine} host; mode {mode} ({where}); {times}; the whole run "
-             f"took {secs} s; {load}. Repository at {source}; vtd-nest binary {binary}.", "",
+             f"took {secs} s; {load}. Repository at {source}; vtd-nest binary {binary}; "
+             f"virtio indirect descriptors: {indirect}.", "",
              main_table(fig), ""]
     work_failed = {(j.vmm, j.config) for j in jobs if j.kind == "work" and j.failure}
     fails = [f"{j.vmm} {j.config}" + ("" if j.kind == "work" else " boot-only baseline")
