@@ -115,7 +115,16 @@ fn scalable_only(desc: &Descriptor) -> bool {
 
 /// Checks one fetched descriptor (`q[2..]` are zero for a 128-bit queue) and says what to do.
 pub fn interpret(q: [u64; 4], wide: bool, features: QueueFeatures) -> Result<Action, IqeInfo> {
-    let desc = Descriptor::decode(q);
+    interpret_decoded(Descriptor::decode(q), q, wide, features)
+}
+
+/// [`interpret`] for a caller that has already decoded `q` into `desc`.
+pub fn interpret_decoded(
+    desc: Descriptor,
+    q: [u64; 4],
+    wide: bool,
+    features: QueueFeatures,
+) -> Result<Action, IqeInfo> {
     let supported = match desc {
         Descriptor::Unknown(_) => false,
         Descriptor::Iec(_) => features.interrupt_remapping,

@@ -203,24 +203,41 @@ impl RegisterFile {
     pub fn write(&mut self, at: u64, data: &[u8]) -> (u64, u64) {
         let start = at.min(REGISTER_PAGE_SIZE);
         let end = at.saturating_add(data.len() as u64).min(REGISTER_PAGE_SIZE);
-        for o in start..end {
-            let (o, d) = (o as usize, data[(o - at) as usize]);
-            let keep = self.value[o] & !self.writable[o];
-            self.value[o] = (keep | (d & self.writable[o])) & !(d & self.write1_clear[o]);
+        // A non-empty range starts at `at`, so `data` lines up with the page from `start`.
+        let page = start as usize..end as usize;
+        let bytes = self.value[page.clone()]
+            .iter_mut()
+            .zip(&self.writable[page.clone()])
+            .zip(&self.write1_clear[page])
+            .zip(data);
+        for (((value, &writable), &w1c), &d) in bytes {
+            let keep = *value & !writable;
+            *value = (keep | (d & writable)) & !(d & w1c);
         }
         (start, end)
     }
 
+    /// The `N` bytes at `at` when they all lie inside the page.
+    fn bytes<const N: usize>(&self, at: u64) -> Option<[u8; N]> {
+        let at = usize::try_from(at).ok()?;
+        self.value.get(at..at.checked_add(N)?)?.try_into().ok()
+    }
     /// Hardware read of a 32-bit register.
     pub fn get32(&self, at: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.read(at, &mut b);
+        let b = self.bytes(at).unwrap_or_else(|| {
+            let mut b = [0u8; 4];
+            self.read(at, &mut b);
+            b
+        });
         u32::from_le_bytes(b)
     }
     /// Hardware read of a 64-bit register.
     pub fn get64(&self, at: u64) -> u64 {
-        let mut b = [0u8; 8];
-        self.read(at, &mut b);
+        let b = self.bytes(at).unwrap_or_else(|| {
+            let mut b = [0u8; 8];
+            self.read(at, &mut b);
+            b
+        });
         u64::from_le_bytes(b)
     }
     /// Hardware write of a 32-bit register, ignoring access attributes.
@@ -232,6 +249,13 @@ impl RegisterFile {
         self.set_bytes(at, &value.to_le_bytes());
     }
     fn set_bytes(&mut self, at: u64, bytes: &[u8]) {
+        let inside = usize::try_from(at)
+            .ok()
+            .and_then(|at| self.value.get_mut(at..at.checked_add(bytes.len())?));
+        if let Some(dst) = inside {
+            dst.copy_from_slice(bytes);
+            return;
+        }
         for (i, b) in bytes.iter().enumerate() {
             if let Some(o) = at.checked_add(i as u64).filter(|&o| o < REGISTER_PAGE_SIZE) {
                 self.value[o as usize] = *b;

@@ -13,8 +13,11 @@
 //! fetched and checked from IQH up to the next wait descriptor; the segment's invalidations are
 //! then applied (translator, then observers) with no lock held, and only then, back under the
 //! mutex, the wait's status write and completion event happen — so a guest that sees the status
-//! word knows every earlier invalidation reached the caches and the observers. One call
-//! processes at most twice the queue size; a concurrent IQT write while a call is running just
+//! word knows every earlier invalidation reached the caches and the observers. A register write
+//! with no other effect (the IQT write) keeps the mutex for the first segment, so a submission of
+//! invalidations and one wait takes the mutex twice; the invalidations of a segment are kept
+//! inline (no heap allocation for a few), and the observers are snapshotted once per call, as
+//! one `Arc` clone (none without observers). One call processes at most twice the queue size; a concurrent IQT write while a call is running just
 //! moves the tail, which the running call picks up.
 
 use crate::config::Config;
@@ -27,20 +30,68 @@ use crate::qi::{self, Action, QueueFeatures};
 use crate::regs::{Register, RegisterFile, overlay};
 use crate::request::{DmaRequest, Fault, Remapper, Translation};
 use crate::translate::{Translator, UnitState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::OnceCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tracing::{debug, trace, warn};
 use vtd_spec::SourceId;
 use vtd_spec::inv::Descriptor;
 use vtd_spec::pasid::PasidEntry;
 use vtd_spec::regs::{
-    Cap, Ccmd, Ecap, Fsts, Gcmd, Gsts, IotlbReg, Iqa, IqeInfo, Iqercd, QueuePointer, RtAddr, offset,
+    Cap, Ccmd, Ecap, Fsts, Gcmd, Gsts, IotlbReg, Iqa, IqeInfo, Iqercd, QueuePointer,
+    REGISTER_PAGE_SIZE, RtAddr, offset,
 };
+
+/// Invalidations kept inline by a [`Batch`] before it spills to the heap.
+const BATCH_INLINE: usize = 4;
+
+/// The invalidations of one queue segment or register command, in order: the first
+/// [`BATCH_INLINE`] inline (a strict-mode submission has one), the rest on the heap.
+struct Batch {
+    inline: [Invalidation; BATCH_INLINE],
+    len: usize,
+    spill: Vec<Invalidation>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self {
+            inline: [Invalidation::IotlbGlobal; BATCH_INLINE],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+}
+
+impl Batch {
+    fn push(&mut self, inv: Invalidation) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = inv,
+            None => self.spill.push(inv),
+        }
+        self.len += 1;
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn clear(&mut self) {
+        self.len = 0;
+        self.spill.clear();
+    }
+    fn iter(&self) -> impl Iterator<Item = &Invalidation> {
+        self.inline[..self.len.min(BATCH_INLINE)]
+            .iter()
+            .chain(&self.spill)
+    }
+}
 
 /// Work decided under the register mutex and done after it is released.
 #[derive(Default)]
 struct Effects {
-    invalidations: Vec<Invalidation>,
+    invalidations: Batch,
     flush_all: bool,
     submission_done: bool,
     state_changed: bool,
@@ -54,7 +105,19 @@ impl Effects {
             self.messages.push((kind, m));
         }
     }
+    /// Whether processing the queue is all there is to do.
+    fn only_process_queue(&self) -> bool {
+        self.process_queue
+            && self.invalidations.is_empty()
+            && !self.flush_all
+            && !self.submission_done
+            && !self.state_changed
+            && self.messages.is_empty()
+    }
 }
+
+/// The registered observers at one moment; `None` when there are none.
+type Observers = Option<Arc<[Arc<dyn InvalidationObserver>]>>;
 
 struct Inner {
     regs: RegisterFile,
@@ -75,7 +138,10 @@ pub struct Vtd {
     translator: Translator,
     state: RwLock<UnitState>,
     inner: Mutex<Inner>,
-    observers: RwLock<Vec<Arc<dyn InvalidationObserver>>>,
+    /// Replaced as a whole on registration, so a snapshot is one `Arc` clone.
+    observers: RwLock<Arc<[Arc<dyn InvalidationObserver>]>>,
+    /// Whether `observers` is non-empty (read without the lock).
+    has_observers: AtomicBool,
     /// Bumped before every invalidation is applied, every cache flush and every change of the
     /// translation state (root, TE, reset): see [`Vtd::invalidation_generation`].
     generation: AtomicU64,
@@ -147,7 +213,8 @@ impl Vtd {
                 next_fault_record: 0,
                 queue_busy: false,
             }),
-            observers: RwLock::new(Vec::new()),
+            observers: RwLock::new(Arc::new([])),
+            has_observers: AtomicBool::new(false),
             generation: AtomicU64::new(0),
         }
     }
@@ -184,17 +251,23 @@ impl Vtd {
 
     /// Registers an observer of invalidations and translation changes.
     pub fn add_observer(&self, observer: Arc<dyn InvalidationObserver>) {
-        self.observers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(observer);
+        let mut list = self.observers.write().unwrap_or_else(|e| e.into_inner());
+        let mut grown = list.to_vec();
+        grown.push(observer);
+        *list = grown.into();
+        self.has_observers.store(true, Ordering::SeqCst);
     }
 
-    fn observers(&self) -> Vec<Arc<dyn InvalidationObserver>> {
-        self.observers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn observers(&self) -> Observers {
+        if !self.has_observers.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(
+            self.observers
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
 
     fn current_state(&self) -> UnitState {
@@ -249,41 +322,56 @@ impl Vtd {
     pub fn mmio_write(&self, offset: u64, data: &[u8]) {
         trace!(target: "vtd", offset, len = data.len(), value = ?data, "register write");
         let mut fx = Effects::default();
-        {
-            let mut guard = lock(&self.inner);
-            self.write_locked(&mut guard, offset, data, &mut fx);
+        let mut guard = lock(&self.inner);
+        self.write_locked(&mut guard, offset, data, &mut fx);
+        if fx.only_process_queue() {
+            // Nothing to carry out before the queue (an IQT write): start it under this lock.
+            self.process_queue(Some(guard));
+            return;
         }
+        drop(guard);
         self.finish(fx);
     }
 
     fn write_locked(&self, inner: &mut Inner, at: u64, data: &[u8], fx: &mut Effects) {
         let regs = &mut inner.regs;
-        let fectl = regs.get32(offset::FECTL);
-        let iectl = regs.get32(offset::IECTL);
-        let fsts = Fsts::from_bits(regs.get32(offset::FSTS));
-        let enables = Self::current_enables(Gsts::from_bits(regs.get32(offset::GSTS)));
-        let (start, end) = regs.write(at, data);
+        // The range `RegisterFile::write` covers, known before it runs: the values of the
+        // registers a side effect compares with are taken only if the write touches them.
+        let start = at.min(REGISTER_PAGE_SIZE);
+        let end = at.saturating_add(data.len() as u64).min(REGISTER_PAGE_SIZE);
         if start >= end {
             return;
         }
-        let layout = *regs.layout();
         let touched = |r: Register| r.touched_by(start, end);
-        if let Some(v) = overlay(Register::r32(offset::GCMD), enables.into(), at, data) {
+        let layout = *regs.layout();
+        let frcd_area = Register {
+            offset: layout.frcd_base,
+            size: 16 * layout.frcd_count as u64,
+        };
+        let frcd_touched = touched(frcd_area)
+            && (0..layout.frcd_count).any(|i| touched(Register::r64(layout.frcd(i) + 8)));
+        let gcmd = Register::r32(offset::GCMD);
+        let enables =
+            touched(gcmd).then(|| Self::current_enables(Gsts::from_bits(regs.get32(offset::GSTS))));
+        let fsts = (touched(Register::r32(offset::FSTS)) || frcd_touched)
+            .then(|| Fsts::from_bits(regs.get32(offset::FSTS)));
+        let fectl = touched(Register::r32(offset::FECTL)).then(|| regs.get32(offset::FECTL));
+        let iectl = touched(Register::r32(offset::IECTL)).then(|| regs.get32(offset::IECTL));
+        regs.write(at, data);
+        if let Some(v) = enables.and_then(|e| overlay(gcmd, e.into(), at, data)) {
             self.command(inner, Gcmd::from_bits(v as u32), fx);
         }
         let regs = &mut inner.regs;
         if touched(Register::r64(offset::CCMD)) {
             self.context_command(regs, fx);
         }
-        let frcd_touched =
-            (0..layout.frcd_count).any(|i| touched(Register::r64(layout.frcd(i) + 8)));
-        if touched(Register::r32(offset::FSTS)) || frcd_touched {
+        if let Some(fsts) = fsts {
             fault::status_serviced(regs);
             if fsts.iqe() && !Fsts::from_bits(regs.get32(offset::FSTS)).iqe() {
                 fx.process_queue = true;
             }
         }
-        if touched(Register::r32(offset::FECTL)) {
+        if let Some(fectl) = fectl {
             let msi = fault::control_written(regs, EventKind::Fault, fectl);
             fx.message(EventKind::Fault, msi);
         }
@@ -293,7 +381,7 @@ impl Vtd {
         if touched(Register::r32(offset::ICS)) {
             fault::completion_serviced(regs);
         }
-        if touched(Register::r32(offset::IECTL)) {
+        if let Some(iectl) = iectl {
             let msi = fault::control_written(regs, EventKind::InvalidationCompletion, iectl);
             fx.message(EventKind::InvalidationCompletion, msi);
         }
@@ -414,41 +502,43 @@ impl Vtd {
             self.bump_generation();
             self.translator.flush_all();
         }
-        self.dispatch(&fx.invalidations);
-        let observers = if fx.submission_done || fx.state_changed {
-            self.observers()
-        } else {
-            Vec::new()
-        };
-        if fx.state_changed {
-            for o in &observers {
-                o.root_or_translation_changed(self);
+        let observers = OnceCell::new();
+        self.dispatch(&fx.invalidations, &observers);
+        if (fx.submission_done || fx.state_changed)
+            && let Some(observers) = observers.get_or_init(|| self.observers())
+        {
+            if fx.state_changed {
+                for o in observers.iter() {
+                    o.root_or_translation_changed(self);
+                }
             }
-        }
-        if fx.submission_done {
-            for o in &observers {
-                o.submission_done(self);
+            if fx.submission_done {
+                for o in observers.iter() {
+                    o.submission_done(self);
+                }
             }
         }
         self.deliver(&fx.messages);
         if fx.process_queue {
-            self.process_queue();
+            self.process_queue(None);
         }
     }
 
-    /// The one place invalidations are applied: the translator's caches, then every observer.
-    fn dispatch(&self, invalidations: &[Invalidation]) {
+    /// The one place invalidations are applied: the translator's caches, then every observer
+    /// (`observers` is filled with a snapshot if it is still empty).
+    fn dispatch(&self, invalidations: &Batch, observers: &OnceCell<Observers>) {
         if invalidations.is_empty() {
             return;
         }
         self.bump_generation();
-        for inv in invalidations {
+        for inv in invalidations.iter() {
             self.translator.invalidate(inv);
         }
-        let observers = self.observers();
-        for inv in invalidations {
-            for o in &observers {
-                o.invalidated(self, inv);
+        if let Some(observers) = observers.get_or_init(|| self.observers()) {
+            for inv in invalidations.iter() {
+                for o in observers.iter() {
+                    o.invalidated(self, inv);
+                }
             }
         }
     }
@@ -463,23 +553,27 @@ impl Vtd {
         }
     }
 
-    /// Processes the invalidation queue from IQH to IQT (see the module docs).
-    fn process_queue(&self) {
-        {
-            let mut inner = lock(&self.inner);
-            if inner.queue_busy {
-                return;
-            }
-            inner.queue_busy = true;
+    /// Processes the invalidation queue from IQH to IQT (see the module docs). `held` is the
+    /// register mutex when the caller already holds it; the first segment runs under it.
+    fn process_queue(&self, held: Option<MutexGuard<'_, Inner>>) {
+        let mut held = held.unwrap_or_else(|| lock(&self.inner));
+        if held.queue_busy {
+            return;
         }
+        held.queue_busy = true;
+        let mut held = Some(held);
         let mut budget = QUEUE_BUDGET;
         let mut pending_wait: Option<SegmentEnd> = None;
         let mut processed = 0u64;
         let mut unflushed = false;
+        // One snapshot of the observers for the whole call, taken when first needed.
+        let observers = OnceCell::new();
+        let mut fx = Effects::default();
         loop {
-            let mut fx = Effects::default();
+            fx.invalidations.clear();
+            fx.messages.clear();
             let end = {
-                let mut inner = lock(&self.inner);
+                let mut inner = held.take().unwrap_or_else(|| lock(&self.inner));
                 let end = self.segment(&mut inner, pending_wait.take(), &mut budget, &mut fx);
                 if matches!(end, SegmentEnd::Done) {
                     inner.queue_busy = false;
@@ -488,7 +582,7 @@ impl Vtd {
             };
             processed += fx.invalidations.len() as u64;
             unflushed |= !fx.invalidations.is_empty();
-            self.dispatch(&fx.invalidations);
+            self.dispatch(&fx.invalidations, &observers);
             self.deliver(&fx.messages);
             match end {
                 SegmentEnd::Done => break,
@@ -496,7 +590,7 @@ impl Vtd {
                     // The batch before a wait is complete: observers flush what they forward
                     // (e.g. to the host IOMMU) before the wait's status word is written.
                     if unflushed {
-                        self.submission_done();
+                        self.submission_done(&observers);
                         unflushed = false;
                     }
                     processed += 1;
@@ -508,14 +602,16 @@ impl Vtd {
             Counters::bump(&self.counters.qi_submissions);
         }
         if unflushed {
-            self.submission_done();
+            self.submission_done(&observers);
         }
     }
 
     /// Tells every observer that a batch of invalidations is complete.
-    fn submission_done(&self) {
-        for o in self.observers() {
-            o.submission_done(self);
+    fn submission_done(&self, observers: &OnceCell<Observers>) {
+        if let Some(observers) = observers.get_or_init(|| self.observers()) {
+            for o in observers.iter() {
+                o.submission_done(self);
+            }
         }
     }
 
@@ -591,7 +687,7 @@ impl Vtd {
             });
             let desc = Descriptor::decode(q);
             trace!(target: "vtd", desc = qi::name(&desc), q0 = format_args!("{:#x}", q[0]), q1 = format_args!("{:#x}", q[1]), slot = head, "queued invalidation");
-            let action = match qi::interpret(q, queue.wide, features) {
+            let action = match qi::interpret_decoded(desc, q, queue.wide, features) {
                 Ok(a) => a,
                 Err(why) => {
                     self.queue_error(regs, Some((queue, head)), why, fx);
