@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  plain    GuestMemoryMmap                                   (the `off` row)
-//!  vtd      IommuMemory<GuestMemoryMmap, vmm::iommu::DeviceDma> ─► vtd::Vtd   (lazy row)
+//!  vtd      vmm::iommu::TranslatedMemory (DmaMemory over DeviceDma) ─► vtd::Vtd  (lazy row)
 //!  vtd-strict  the same, the guest in strict mode                          (strict row)
 //!  sim      IommuMemory<GuestMemoryMmap, SimIommu> ─► host_iommu::sim         (assigned row)
 //! ```
@@ -31,7 +31,7 @@ use devices::virtio::block::{BlockCounters, service_queue};
 use host_iommu::sim::SimIommu;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory};
-use vmm::iommu::DeviceDma;
+use vmm::iommu::TranslatedMemory;
 use vtd::Vtd;
 use vtd_spec::SourceId;
 use vtd_spec::regs::offset;
@@ -390,15 +390,15 @@ fn plain() -> Rig<GuestMemoryMmap> {
     Rig::new(guest, ram)
 }
 
-fn vtd() -> Rig<IommuMemory<GuestMemoryMmap, DeviceDma>> {
+fn vtd() -> Rig<TranslatedMemory> {
     vtd_mode(false)
 }
 
-fn vtd_strict() -> Rig<IommuMemory<GuestMemoryMmap, DeviceDma>> {
+fn vtd_strict() -> Rig<TranslatedMemory> {
     vtd_mode(true)
 }
 
-fn vtd_mode(strict: bool) -> Rig<IommuMemory<GuestMemoryMmap, DeviceDma>> {
+fn vtd_mode(strict: bool) -> Rig<TranslatedMemory> {
     let ram = ram();
     let mut guest = Guest::new(&ram, "x-scalable-mode=on,x-flts=on", true);
     guest.strict = strict;

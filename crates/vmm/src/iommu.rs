@@ -4,7 +4,7 @@
 //! --iommu intel,OPTS ──> vtd::Config::parse(OPTS) ──> vtd::Vtd::new(config, guest RAM, irq)
 //!   DRHD page 0xfed90000 (MMIO bus) ──> VtdRegisterPage ──> Vtd::mmio_read / mmio_write
 //!   fault / invalidation-completion events ──> MsiSignaller (KVM_SIGNAL_MSI)
-//!   device DMA ──> IommuMemory<GuestMemoryMmap, DeviceIommu(sid)> ──> Vtd (Remapper)
+//!   device DMA ──> DmaMemory<GuestMemoryMmap, DeviceDma(sid)> ──> DeviceIommu ──> Vtd (Remapper)
 //!   exit summary <── Vtd::counters() as `counter <name> <value>` lines
 //! ```
 
@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use vm_memory::iommu::IotlbIterator;
-use vm_memory::{GuestAddress, GuestMemoryMmap, Iommu, IommuMemory, Permissions};
+use vm_memory::{GuestAddress, GuestMemoryMmap, Iommu, Permissions};
 use vtd::Vtd;
+use vtd::dma_memory::{DmaMemory, DmaTranslate};
 use vtd::iommu::DeviceIommu;
 use vtd_spec::SourceId;
 
@@ -30,7 +31,7 @@ pub enum Error {
 }
 
 /// Guest memory as a device behind the vIOMMU sees it.
-pub type TranslatedMemory = IommuMemory<GuestMemoryMmap, DeviceDma>;
+pub type TranslatedMemory = DmaMemory<GuestMemoryMmap, DeviceDma>;
 
 /// One device's DMA path into the unit: its [`DeviceIommu`], plus the test-only probe of
 /// `--test-dma-fault`, which issues one extra read of a chosen IOVA just before the device's
@@ -77,6 +78,18 @@ impl DeviceDma {
                 if refused { "faulted" } else { "was translated" }
             );
         }
+    }
+}
+
+impl DmaTranslate for DeviceDma {
+    fn translate_piece(
+        &self,
+        iova: u64,
+        len: usize,
+        access: Permissions,
+    ) -> Result<(u64, usize), vm_memory::iommu::Error> {
+        self.run_probe();
+        self.inner.translate_piece(iova, len, access)
     }
 }
 
@@ -164,11 +177,9 @@ pub fn translated_memory(
     sid: SourceId,
     fault_probe: Option<u64>,
 ) -> TranslatedMemory {
-    IommuMemory::new(
+    DmaMemory::new(
         memory.clone(),
-        DeviceDma::new(unit, sid, fault_probe),
-        true,
-        (),
+        Arc::new(DeviceDma::new(unit, sid, fault_probe)),
     )
 }
 
@@ -206,14 +217,14 @@ mod tests {
             .unwrap();
         let unit = unit(&memory);
         let dma = translated_memory(&memory, &unit, bus0_sid(3), Some(0xdead000));
-        assert_eq!(dma.iommu().sid(), SourceId::new(0, 3, 0));
+        assert_eq!(dma.translation().sid(), SourceId::new(0, 3, 0));
         // Translation is off until the guest enables it: accesses pass through.
         assert_eq!(
             dma.read_obj::<u32>(GuestAddress(0x2000)).unwrap(),
             0x1234_5678
         );
         assert!(
-            !dma.iommu().probe_pending.load(Ordering::SeqCst),
+            !dma.translation().probe_pending.load(Ordering::SeqCst),
             "the probe ran"
         );
         assert_eq!(

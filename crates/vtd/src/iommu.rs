@@ -62,6 +62,8 @@ struct Slot {
     /// `[start, end)` of the page, or empty.
     start: u64,
     end: u64,
+    /// Guest-physical address of `start`.
+    gpa: u64,
     perms: Option<Permissions>,
     last_used: AtomicU64,
 }
@@ -118,6 +120,28 @@ impl DeviceIommu {
         Some(IotlbGuard::Cached(guard, slot))
     }
 
+    /// The remembered page holding `iova` for `access`, if valid for `generation`: the
+    /// guest-physical address of `iova` and the bytes up to `end` or the page's end.
+    fn cached_piece(
+        &self,
+        generation: u64,
+        iova: u64,
+        end: u64,
+        access: Permissions,
+    ) -> Option<(u64, usize)> {
+        let guard = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        if guard.generation != generation {
+            return None;
+        }
+        let slot = guard.slots.iter().find(|s| {
+            s.start <= iova && iova < s.end && s.perms.is_some_and(|p| p.allow(access))
+        })?;
+        let now = guard.clock.fetch_add(1, Ordering::Relaxed);
+        slot.last_used.store(now, Ordering::Relaxed);
+        let gpa = slot.gpa.wrapping_add(iova - slot.start);
+        Some((gpa, (slot.end.min(end) - iova) as usize))
+    }
+
     /// Remembers the pages of `mappings` (obtained after reading `generation`) unless the
     /// cache already follows a later generation.
     fn remember(&self, generation: u64, mappings: &[Mapping]) {
@@ -162,6 +186,7 @@ impl DeviceIommu {
             {
                 slot.start = start;
                 slot.end = start + len as u64;
+                slot.gpa = gpa;
                 slot.perms = Some(m.perms);
                 *slot.last_used.get_mut() = now;
             }
@@ -300,7 +325,6 @@ impl DeviceIommu {
         let length = (end - start) as usize;
         let mut mappings = Vec::with_capacity(USUAL_MAPPINGS);
         let mut cur = start;
-        let req_access = access_of(access);
         // Each step covers at least the rest of a 4 KiB page, so this bounds the loop even if
         // a remapper misbehaves.
         let max_steps = length / 4096 + 2;
@@ -308,34 +332,9 @@ impl DeviceIommu {
             if cur >= end {
                 break;
             }
-            let req = DmaRequest {
-                sid: self.sid,
-                pasid: None,
-                iova: cur,
-                access: req_access,
-            };
-            let t = self
-                .remapper
-                .remap(&req)
-                .map_err(|f| cannot_resolve(cur, (end - cur) as usize, f.reason.to_string()))?;
-            let page_end = t.iova_base.saturating_add(t.size);
-            if cur < t.iova_base || cur >= page_end {
-                return Err(cannot_resolve(
-                    cur,
-                    (end - cur) as usize,
-                    "translation does not cover the address".into(),
-                ));
-            }
-            let chunk_end = page_end.min(end);
-            mappings.push(Mapping {
-                iova: cur,
-                gpa: t.gpa_base.wrapping_add(cur - t.iova_base),
-                len: (chunk_end - cur) as usize,
-                // Write only as far as this access wrote (the unit set D for it).
-                perms: permissions_of(t.perms.read, t.perms.write && req_access.write),
-                page: page_of(&t, cur),
-            });
-            cur = chunk_end;
+            let m = self.remap_one(cur, end, access)?;
+            cur += m.len as u64;
+            mappings.push(m);
         }
         if cur < end {
             return Err(cannot_resolve(
@@ -345,5 +344,73 @@ impl DeviceIommu {
             ));
         }
         Ok(mappings)
+    }
+
+    /// Asks the remapper for `cur` (`cur < end`): the piece of `[cur, end)` its answer
+    /// covers (at least one byte), or the fault.
+    fn remap_one(&self, cur: u64, end: u64, access: Permissions) -> Result<Mapping, Error> {
+        let req_access = access_of(access);
+        let req = DmaRequest {
+            sid: self.sid,
+            pasid: None,
+            iova: cur,
+            access: req_access,
+        };
+        let t = self
+            .remapper
+            .remap(&req)
+            .map_err(|f| cannot_resolve(cur, (end - cur) as usize, f.reason.to_string()))?;
+        let page_end = t.iova_base.saturating_add(t.size);
+        if cur < t.iova_base || cur >= page_end {
+            return Err(cannot_resolve(
+                cur,
+                (end - cur) as usize,
+                "translation does not cover the address".into(),
+            ));
+        }
+        let chunk_end = page_end.min(end);
+        Ok(Mapping {
+            iova: cur,
+            gpa: t.gpa_base.wrapping_add(cur - t.iova_base),
+            len: (chunk_end - cur) as usize,
+            // Write only as far as this access wrote (the unit set D for it).
+            perms: permissions_of(t.perms.read, t.perms.write && req_access.write),
+            page: page_of(&t, cur),
+        })
+    }
+
+    /// Translates the start of `[iova, iova + len)` for `access`, for [`crate::dma_memory`]:
+    /// the guest-physical address of `iova` and how many bytes from there (at least 1, at
+    /// most `len`) are contiguous with that permission. Served from the device's remembered
+    /// pages while the remapper's generation is unchanged, else by one remap (remembered).
+    pub fn translate_piece(
+        &self,
+        iova: u64,
+        len: usize,
+        access: Permissions,
+    ) -> Result<(u64, usize), Error> {
+        let end = iova
+            .checked_add(len as u64)
+            .filter(|&end| end > iova)
+            .ok_or_else(|| cannot_resolve(iova, len, "empty or wrapping range".into()))?;
+        // Read before any remap: whatever the remapper answers below is valid for it at best.
+        let generation = self.remapper.generation();
+        if let Some(hit) = generation.and_then(|g| self.cached_piece(g, iova, end, access)) {
+            return Ok(hit);
+        }
+        let m = self.remap_one(iova, end, access)?;
+        if let Some(generation) = generation {
+            self.remember(generation, std::slice::from_ref(&m));
+        }
+        // The whole translated page counts, not only the rest of its first 4 KiB.
+        let contiguous = match m.page {
+            Some((start, gpa, size))
+                if start <= iova && gpa.wrapping_add(iova - start) == m.gpa =>
+            {
+                (start + size as u64).min(end) - iova
+            }
+            _ => m.len as u64,
+        };
+        Ok((m.gpa, (contiguous as usize).max(m.len)))
     }
 }

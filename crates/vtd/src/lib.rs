@@ -18,7 +18,8 @@
 //!                        dispatch = translator caches, then every observer ◄────────────┘
 //!
 //!  2. Emulated-device DMA (device thread)
-//!     iommu adapter ─► Vtd::remap ─► Translator (IOTLB hit, or root ─► context ─► PASID
+//!     dma_memory::DmaMemory (or vm-memory's IommuMemory) ─► iommu::DeviceIommu
+//!       (remembered pages, valid while the unit's generation is unchanged) ─► Vtd::remap ─► Translator (IOTLB hit, or root ─► context ─► PASID
 //!                                    ─► first/second-stage walk) with UnitState (RwLock read)
 //!                                └─► on a fault: fault::record (FRCD, FSTS.PPF/PFO, FRI)
 //!                                                 ─► fault event MSI via FaultInterrupt
@@ -36,6 +37,7 @@
 
 pub mod config;
 pub mod counters;
+pub mod dma_memory;
 pub mod fault;
 pub mod fuzzing;
 pub mod invalidation;

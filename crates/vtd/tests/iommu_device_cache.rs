@@ -1,6 +1,8 @@
 //! `DeviceIommu`'s remembered translations over the real unit: reused until the guest
 //! invalidates (or reprograms) anything, never after; faults never remembered; a first write
-//! still reaches the unit (D bit).
+//! still reaches the unit (D bit). Every case runs twice: through vm-memory's `IommuMemory`
+//! (`DeviceIommu` as a vm-memory `Iommu`) and through `vtd::dma_memory::DmaMemory` (what the
+//! VMM gives its devices).
 
 #[path = "translate_support/mod.rs"]
 mod translate_support;
@@ -9,9 +11,12 @@ mod unit_support;
 use std::sync::Arc;
 
 use translate_support::fs_entry;
-use translate_support::{DATA_BASE, FS_A, FS_D, FS_P, FS_US, Mem, PageTable, SID, Stage, Tables};
+use translate_support::{
+    DATA_BASE, FS_A, FS_D, FS_P, FS_RW, FS_US, Mem, PageTable, SID, Stage, Tables,
+};
 use unit_support::*;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, IommuMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory};
+use vtd::dma_memory::DmaMemory;
 use vtd::iommu::DeviceIommu;
 use vtd::request::Remapper;
 use vtd_spec::regs::offset;
@@ -22,16 +27,41 @@ const GCMD_TE: u32 = 1 << 31;
 const GCMD_SRTP: u32 = 1 << 30;
 const GCMD_QIE: u32 = 1 << 26;
 
-struct Guest {
+struct Guest<M> {
     mem: Mem,
     rig: Rig,
     pt: PageTable,
-    dma: IommuMemory<GuestMemoryMmap<()>, DeviceIommu>,
+    dma: M,
+}
+
+type ViaIommuMemory = IommuMemory<GuestMemoryMmap<()>, DeviceIommu>;
+type ViaDmaMemory = DmaMemory<GuestMemoryMmap<()>, DeviceIommu>;
+
+fn via_iommu_memory(ram: GuestMemoryMmap<()>, device: DeviceIommu) -> ViaIommuMemory {
+    IommuMemory::new(ram, device, true, ())
+}
+
+fn via_dma_memory(ram: GuestMemoryMmap<()>, device: DeviceIommu) -> ViaDmaMemory {
+    DmaMemory::new(ram, Arc::new(device))
+}
+
+/// Runs `case` once through each memory type.
+macro_rules! both {
+    ($case:ident: $iommu_memory:ident, $dma_memory:ident) => {
+        #[test]
+        fn $iommu_memory() {
+            $case(guest(via_iommu_memory));
+        }
+        #[test]
+        fn $dma_memory() {
+            $case(guest(via_dma_memory));
+        }
+    };
 }
 
 /// Linux's boot and attach (QI, scalable root, first-stage PASID entry, TE), and the device's
 /// view of memory through `DeviceIommu`.
-fn guest() -> Guest {
+fn guest<M>(device_memory: fn(GuestMemoryMmap<()>, DeviceIommu) -> M) -> Guest<M> {
     let mem = Mem::new();
     let rig = Rig::with_ram("x-scalable-mode=on,x-flts=on", mem.ram.clone());
     rig.w32(offset::IQT, 0);
@@ -45,16 +75,11 @@ fn guest() -> Guest {
     tables.pasid_entry(SID, 0, fs_entry(&pt, DID));
     rig.w32(offset::GCMD, GCMD_QIE | GCMD_TE);
     let remapper: Arc<dyn Remapper> = rig.vtd.clone();
-    let dma = IommuMemory::new(
-        (*mem.ram).clone(),
-        DeviceIommu::new(remapper, SID),
-        true,
-        (),
-    );
+    let dma = device_memory((*mem.ram).clone(), DeviceIommu::new(remapper, SID));
     Guest { mem, rig, pt, dma }
 }
 
-impl Guest {
+impl<M: GuestMemory> Guest<M> {
     fn submit(&mut self, descs: &[[u64; 4]]) {
         let mut all = descs.to_vec();
         all.push(wait(0, 2));
@@ -73,9 +98,10 @@ impl Guest {
     }
 }
 
-#[test]
-fn a_remapped_page_is_stale_until_the_guest_invalidates_it_and_fresh_after() {
-    let mut g = guest();
+both!(a_remapped_page_is_stale_until_the_guest_invalidates_it_and_fresh_after: stale_until_invalidated_iommu_memory, stale_until_invalidated_dma_memory);
+fn a_remapped_page_is_stale_until_the_guest_invalidates_it_and_fresh_after<M: GuestMemory>(
+    mut g: Guest<M>,
+) {
     let (a, b) = (DATA_BASE, DATA_BASE + 0x1000);
     g.mem.w32(a, 0xaaaa);
     g.mem.w32(b, 0xbbbb);
@@ -100,9 +126,8 @@ fn a_remapped_page_is_stale_until_the_guest_invalidates_it_and_fresh_after() {
     );
 }
 
-#[test]
-fn an_unmapped_page_works_until_the_lazy_flush_and_faults_after() {
-    let mut g = guest();
+both!(an_unmapped_page_works_until_the_lazy_flush_and_faults_after: unmapped_works_until_flush_iommu_memory, unmapped_works_until_flush_dma_memory);
+fn an_unmapped_page_works_until_the_lazy_flush_and_faults_after<M: GuestMemory>(mut g: Guest<M>) {
     g.mem.w32(DATA_BASE, 0x1234);
     g.pt.map4k(&g.mem, IOVA, DATA_BASE);
     assert_eq!(g.read(IOVA).unwrap(), 0x1234);
@@ -113,9 +138,10 @@ fn an_unmapped_page_works_until_the_lazy_flush_and_faults_after() {
     assert!(g.read(IOVA).is_err(), "and keeps faulting");
 }
 
-#[test]
-fn any_invalidation_or_translation_change_drops_what_the_device_remembers() {
-    let mut g = guest();
+both!(any_invalidation_or_translation_change_drops_what_the_device_remembers: any_change_drops_iommu_memory, any_change_drops_dma_memory);
+fn any_invalidation_or_translation_change_drops_what_the_device_remembers<M: GuestMemory>(
+    mut g: Guest<M>,
+) {
     g.mem.w32(DATA_BASE, 0x55);
     g.pt.map4k(&g.mem, IOVA, DATA_BASE);
     let before = g.rig.vtd.invalidation_generation();
@@ -139,9 +165,8 @@ fn any_invalidation_or_translation_change_drops_what_the_device_remembers() {
     assert!(g.read(0x1000).is_err(), "translated again after TE");
 }
 
-#[test]
-fn a_fault_is_not_remembered() {
-    let g = guest();
+both!(a_fault_is_not_remembered: fault_not_remembered_iommu_memory, fault_not_remembered_dma_memory);
+fn a_fault_is_not_remembered<M: GuestMemory>(g: Guest<M>) {
     g.mem.w32(DATA_BASE, 0x99);
     assert!(g.read(IOVA).is_err(), "not mapped yet");
     // Caching mode is off: mapping a page needs no invalidation.
@@ -149,9 +174,8 @@ fn a_fault_is_not_remembered() {
     assert_eq!(g.read(IOVA).unwrap(), 0x99);
 }
 
-#[test]
-fn a_first_write_after_reads_reaches_the_unit_and_sets_dirty() {
-    let g = guest();
+both!(a_first_write_after_reads_reaches_the_unit_and_sets_dirty: first_write_sets_dirty_iommu_memory, first_write_sets_dirty_dma_memory);
+fn a_first_write_after_reads_reaches_the_unit_and_sets_dirty<M: GuestMemory>(g: Guest<M>) {
     let pte = g.pt.map(&g.mem, IOVA, DATA_BASE, 1, FS_P | 2 | FS_US);
     g.read(IOVA).unwrap();
     assert_eq!(g.mem.r64(pte) & (FS_A | FS_D), FS_A, "a read sets A only");
@@ -163,4 +187,139 @@ fn a_first_write_after_reads_reaches_the_unit_and_sets_dirty() {
     g.read(IOVA - 0x1000).unwrap();
     assert!(g.dma.write_obj(1u32, GuestAddress(IOVA - 0x1000)).is_err());
     assert_eq!(g.mem.r64(ro) & FS_D, 0);
+}
+
+/// What one access through a memory gave: the bytes read, or that it was refused.
+fn read_via<M: GuestMemory>(memory: &M, iova: u64, len: usize) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    memory.read_slice(&mut buf, GuestAddress(iova)).ok()?;
+    Some(buf)
+}
+
+/// Page kinds of the differential test's window.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Unmapped,
+    ReadOnly,
+    ReadWrite,
+}
+
+const WINDOW: u64 = 0x4000_0000;
+const WINDOW_PAGES: u64 = 24;
+
+use proptest::prelude::Strategy;
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// `DmaMemory` reads what `IommuMemory` reads, refuses what it refuses (unmapped pages,
+    /// writes to read-only pages), across page boundaries and with scattered frames; and a
+    /// write it accepts lands where `IommuMemory` then reads it.
+    #[test]
+    fn dma_memory_agrees_with_iommu_memory(
+        kinds in proptest::collection::vec(0u8..3, WINDOW_PAGES as usize),
+        frames in proptest::strategy::Just((0..WINDOW_PAGES).collect::<Vec<u64>>()).prop_shuffle(),
+        accesses in proptest::collection::vec((0..WINDOW_PAGES * 4096, 1usize..3 * 4096, proptest::bool::ANY), 1..24),
+    ) {
+
+        let g = guest(via_dma_memory);
+        let remapper: Arc<dyn Remapper> = g.rig.vtd.clone();
+        let reference = via_iommu_memory((*g.mem.ram).clone(), DeviceIommu::new(remapper, SID));
+        for (page, kind) in kinds.iter().enumerate() {
+            let kind = [Kind::Unmapped, Kind::ReadOnly, Kind::ReadWrite][usize::from(*kind)];
+            let iova = WINDOW + page as u64 * 4096;
+            let gpa = DATA_BASE + frames[page] * 4096;
+            for word in 0..1024u64 {
+                g.mem.w32(gpa + word * 4, (page as u32) << 16 | word as u32);
+            }
+            match kind {
+                Kind::Unmapped => {}
+                Kind::ReadOnly => {
+                    g.pt.map(&g.mem, iova, gpa, 1, FS_P | FS_US);
+                }
+                Kind::ReadWrite => {
+                    g.pt.map4k(&g.mem, iova, gpa);
+                }
+            }
+        }
+        for (offset, len, write) in accesses {
+            let iova = WINDOW + offset;
+            let expected = read_via(&reference, iova, len);
+            proptest::prop_assert_eq!(read_via(&g.dma, iova, len), expected.clone(), "read {:#x}+{}", iova, len);
+            if write {
+                let pattern: Vec<u8> = (0..len).map(|i| (i as u8) ^ 0x5a).collect();
+                let accepted = g.dma.write_slice(&pattern, GuestAddress(iova)).is_ok();
+                let reference_accepts = reference.check_range(GuestAddress(iova), len, vm_memory::Permissions::Write);
+                proptest::prop_assert_eq!(accepted, reference_accepts, "write {:#x}+{}", iova, len);
+                if accepted {
+                    proptest::prop_assert_eq!(read_via(&reference, iova, len), Some(pattern));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dma_memory_uses_a_superpage_as_one_piece() {
+    let g = guest(via_dma_memory);
+    let iova = 0x4020_0000;
+    g.pt.map(&g.mem, iova, DATA_BASE, 2, FS_P | FS_RW | FS_US);
+    g.mem.w32(DATA_BASE + 0x1ffe, 0x1234_5678);
+    let slices: Vec<_> = g
+        .dma
+        .get_slices(GuestAddress(iova + 0x1ffe), 4, vm_memory::Permissions::Read)
+        .unwrap()
+        .collect();
+    assert_eq!(
+        slices.len(),
+        1,
+        "one piece across the 4 KiB boundary inside 2 MiB"
+    );
+    assert_eq!(g.read(iova + 0x1ffe).unwrap(), 0x1234_5678);
+    let asked = g.translations();
+    assert_eq!(g.read(iova + 0x1f_f000).unwrap(), 0, "same 2 MiB page");
+    assert_eq!(g.translations(), asked, "remembered as one 2 MiB page");
+}
+
+#[test]
+fn dma_memory_refuses_hostile_lengths_without_translating() {
+    let g = guest(via_dma_memory);
+    g.pt.map4k(&g.mem, IOVA, DATA_BASE);
+    let asked = g.translations();
+    let read = vm_memory::Permissions::Read;
+    assert!(
+        g.dma
+            .get_slices(GuestAddress(IOVA), (1 << 30) + 1, read)
+            .is_err()
+    );
+    assert!(
+        g.dma
+            .get_slices(GuestAddress(u64::MAX - 3), 8, read)
+            .is_err()
+    );
+    assert!(!g.dma.check_range(GuestAddress(u64::MAX), 2, read));
+    assert_eq!(g.translations(), asked, "nothing translated");
+    assert_eq!(
+        g.dma
+            .get_slices(GuestAddress(IOVA), 0, read)
+            .unwrap()
+            .count(),
+        0
+    );
+    // A fault ends the iteration: one error, then nothing.
+    let mut slices = g
+        .dma
+        .get_slices(GuestAddress(IOVA + 0x1000), 16, read)
+        .unwrap();
+    assert!(matches!(slices.next(), Some(Err(_))));
+    assert!(slices.next().is_none() && slices.next().is_none());
+    // A range starting on a good page and running into an unmapped one: the good part,
+    // then the error.
+    let mut slices = g
+        .dma
+        .get_slices(GuestAddress(IOVA + 0xff0), 32, read)
+        .unwrap();
+    assert_eq!(slices.next().unwrap().unwrap().len(), 16);
+    assert!(matches!(slices.next(), Some(Err(_))));
+    assert!(slices.next().is_none());
 }
