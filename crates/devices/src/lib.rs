@@ -14,7 +14,7 @@
 //!                     PciDevice (root bridge, VirtioPciDevice<M> ...) ◄─┘
 //!                             │
 //!                             ▼
-//!        VirtioDevice<M> (Block<M>) ── I/O thread ── guest memory M (maybe IommuMemory)
+//!        VirtioDevice<M> (Block<M>) ── I/O thread ── guest memory M (maybe translated)
 //!                             │
 //!                             ▼
 //!                 MsiController::trigger(vector)  (VMM: irqfd + GSI route)
@@ -25,7 +25,8 @@
 //! * [`pci::IoEventRegistrar`]: (re)registers queue-notify ioeventfds when a BAR moves.
 //!
 //! Guest memory is generic over [`vm_memory::GuestMemory`], so the same device works on plain
-//! guest RAM and on an IOMMU-translated view (`vm_memory::IommuMemory`).
+//! guest RAM and on an IOMMU-translated view (the VMM's `vtd::dma_memory::DmaMemory`, or
+//! `vm_memory::IommuMemory`).
 #![forbid(unsafe_code)]
 
 pub mod bus;
