@@ -14,9 +14,13 @@
 #   BENCH-TIMER <source>      where phase times come from: timer_list (ns) or uptime (10 ms)
 #   BENCH-IOMMU <domain>      default domain type of the disk's IOMMU group, or "none"
 #   BENCH-CAP <cap> <ecap>    the vIOMMU's capability registers as the guest sees them
-#   BENCH-PHASE <name> <seconds> <requests> <interrupts> <bytes>
+#   BENCH-PHASE <name> <seconds> <requests> <interrupts> <bytes> <maps>
 #                             one run of a disk phase: elapsed time, block requests completed (from
-#                             /sys/block/X/stat), interrupts delivered (sum of /proc/interrupts)
+#                             /sys/block/X/stat), interrupts delivered (sum of /proc/interrupts),
+#                             DMA mappings the guest made (the kernel's dma:dma_map_page trace
+#                             event; "-" without tracefs): one per physically contiguous buffer
+#                             piece, so a 1 MiB read maps anything from a few to 260 pieces
+#                             depending on how fragmented the guest's dd buffer happens to be
 #   BENCH-FAIL <what>         something went wrong; the script exits 1
 #   BENCH-DONE                everything ran
 set -u
@@ -84,15 +88,43 @@ interrupts() {
         /proc/interrupts
 }
 
+TRACE=/sys/kernel/tracing
+# Count DMA mappings with the dma:dma_map_page trace event, when the kernel has it (a few
+# hundred instructions per mapping, the same in every configuration).
+setup_maps() {
+    MAPS=0
+    if [ -w "$TRACE/events/dma/dma_map_page/enable" ]; then
+        echo 8192 >"$TRACE/buffer_size_kb" && echo 0 >"$TRACE/tracing_on" &&
+            echo 1 >"$TRACE/events/dma/dma_map_page/enable" && MAPS=1
+    fi
+}
+
+maps_start() {
+    [ "$MAPS" = 1 ] || return 0
+    echo >"$TRACE/trace"
+    echo 1 >"$TRACE/tracing_on"
+}
+
+maps_count() {
+    if [ "$MAPS" = 1 ]; then
+        echo 0 >"$TRACE/tracing_on"
+        grep -c 'dma_map_page:' "$TRACE/trace"
+    else
+        echo -
+    fi
+}
+
 # phase NAME BYTES DD-ARGS...: time one dd run and print its BENCH-PHASE line.
 phase() {
     name=$1 bytes=$2
     shift 2
+    maps_start
     r0=$(requests) i0=$(interrupts) t0=$(now)
     dd "$@" 2>/tmp/dd.err || fail "$name: dd $*: $(tail -n1 /tmp/dd.err)"
     t1=$(now) r1=$(requests) i1=$(interrupts)
+    maps=$(maps_count)
     echo "BENCH-PHASE $name $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f", b - a }') \
-$((r1 - r0)) $((i1 - i0)) $bytes"
+$((r1 - r0)) $((i1 - i0)) $bytes $maps"
 }
 
 workload() {
@@ -112,5 +144,5 @@ pick_timer
 report_cap
 find_disk
 report_iommu
-if [ "${BENCH_IDLE:-0}" != 1 ]; then workload; fi
+if [ "${BENCH_IDLE:-0}" != 1 ]; then setup_maps; workload; fi
 echo "BENCH-DONE"

@@ -60,6 +60,8 @@ class Job:
     cap: str | None = None
     # name -> one (seconds, requests, interrupts, bytes) per run of the phase
     phases: dict[str, list[tuple[float, int, int, int]]] = field(default_factory=dict)
+    # DMA mappings the guest made per phase run (dma:dma_map_page events), when counted.
+    maps: dict[str, list[int]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
 
 
@@ -90,9 +92,11 @@ def parse_guest(job: Job) -> None:
                 job.domain = args[0]
             elif key == "BENCH-CAP" and len(args) == 2:
                 job.cap = f"cap={args[0]} ecap={args[1]}"
-            elif key == "BENCH-PHASE" and len(args) == 5:
+            elif key == "BENCH-PHASE" and len(args) in (5, 6):
                 run = (float(args[1]), int(args[2]), int(args[3]), int(args[4]))
                 job.phases.setdefault(args[0], []).append(run)
+                if len(args) == 6 and args[5] != "-":
+                    job.maps.setdefault(args[0], []).append(int(args[5]))
             elif key == "counter" and len(args) == 2:
                 # The vIOMMU's counters were once printed with a vtd_ prefix.
                 name = args[0][4:] if args[0].startswith("vtd_") else args[0]
@@ -192,6 +196,8 @@ def merge_rounds(jobs: list[Job]) -> list[Job]:
         for j in ok:
             for name, runs in j.phases.items():
                 m.phases.setdefault(name, []).extend(runs)
+            for name, counts in j.maps.items():
+                m.maps.setdefault(name, []).extend(counts)
             for name, value in j.counters.items():
                 m.counters[name] = m.counters.get(name, 0) + value
         merged.append(m)
@@ -226,6 +232,10 @@ class Figures:
             m["ready_s"] = job.ready
         for name, runs in job.phases.items():
             m[f"{name}_s"] = statistics.median(r[0] for r in runs)
+        for name, counts in job.maps.items():
+            if name in PHASES and counts:
+                # Per dd request of the phase (a 4 KiB read, a 1 MiB read, a 64 KiB write).
+                m[f"maps_{name}"] = statistics.median(counts) / PHASES[name][0]
         if m["read4k_s"] > 0:
             m["read4k_iops"] = PHASES["read4k"][0] / m["read4k_s"]
         if m["read1m_s"] > 0:
@@ -361,6 +371,9 @@ def counters_table(fig: Figures) -> str:
         ("IQT submissions / I/O", "qi_submissions_per_io"),
         ("QI descriptors / I/O", "qi_descriptors_per_io"),
         ("forwarded invalidations / I/O", "accel_invalidations_per_io"),
+        ("DMA maps / 4 KiB read", "maps_read4k"),
+        ("DMA maps / 1 MiB read", "maps_read1m"),
+        ("DMA maps / 64 KiB write", "maps_write64k"),
         ("device thread µs / I/O", "device_us_per_io"),
         ("MMIO handler µs / exit", "mmio_handler_us"),
     ]
@@ -429,11 +442,13 @@ def details(jobs: list[Job]) -> list[str]:
 
 def samples(jobs: list[Job]) -> str:
     """Every phase time of every round, for a reader who wants the spread."""
-    out = ["| VMM | configuration | round | " + " | ".join(f"{p} (s)" for p in PHASES) + " |",
-           "|---|---|---:|" + "---|" * len(PHASES)]
+    out = ["| VMM | configuration | round | " + " | ".join(f"{p} (s)" for p in PHASES) + " | "
+           + " | ".join(f"{p} DMA maps" for p in PHASES) + " |",
+           "|---|---|---:|" + "---|" * (2 * len(PHASES))]
     for j in jobs:
         if j.kind == "work" and j.phases:
             cells = [", ".join(f"{r[0]:.3f}" for r in j.phases.get(p, [])) for p in PHASES]
+            cells += [", ".join(str(c) for c in j.maps.get(p, [])) or "–" for p in PHASES]
             out.append(f"| {j.vmm} | {j.config} | {j.round} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
@@ -543,11 +558,14 @@ def doc_section(out: str, fig: Figures, jobs: list[Job], raw: list[Job],
     binary = "built by the runner" if binary in ("", "none") else f"`{binary}`"
     source = read(os.path.join(out, "source"), "unknown").strip()
     indirect = read(os.path.join(out, "indirect"), "default").strip()
+    pin = read(os.path.join(out, "pin"), "none").strip()
+    pinned = ("" if pin == "none" or mode != "nested"
+              else f"; each VMM pinned to L1 CPU(s) {pin} (taskset)")
     indirect = ("each VMM's default (QEMU offers them, vtd-nest does not)" if indirect == "default"
                 else f"{indirect} for both VMMs")
     parts = [f"Run of {date} on a {machine} host; mode {mode} ({where}); {times}; the whole run "
              f"took {secs} s; {load}. Repository at {source}; vtd-nest binary {binary}; "
-             f"virtio indirect descriptors: {indirect}.", "",
+             f"virtio indirect descriptors: {indirect}{pinned}.", "",
              main_table(fig), ""]
     work_failed = {(j.vmm, j.config) for j in jobs if j.kind == "work" and j.failure}
     fails = [f"{j.vmm} {j.config}" + ("" if j.kind == "work" else " boot-only baseline")

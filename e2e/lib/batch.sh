@@ -8,6 +8,8 @@
 #   batch_launch MODE [live]          MODE is auto, direct or nested; live streams the console
 #   batch_result INDEX                prints "<status>" (a number, "timeout" or "missing")
 #   batch_disks INDEX                 prints "HOST-DISK <name> <sha256>" per disk
+#   BATCH_PIN=CPUS (after batch_init) runs every nested job's VMM under `taskset -c CPUS` in L1
+#                                     (bench/compare: steadier timings, see docs/benchmarks.md)
 #
 # Job directory WORKDIR/jobs/NN: name, inner, init, timeout, disks ("name index file" lines),
 # callargs (caller's arguments, one per line, "@NAME" already turned into @@E2EDISK<index>@@),
@@ -37,6 +39,7 @@ batch_init() {
     BATCH="$1"
     BATCH_NJOBS=0
     BATCH_NDISKS=0
+    BATCH_PIN=""
     mkdir -p "$BATCH/jobs" "$BATCH/disks"
 }
 
@@ -256,6 +259,7 @@ l1_initrd() {
         jd="$root/e2e/jobs/$(basename "$dir")"
         mkdir -p "$jd"
         cp "$dir/name" "$dir/timeout" "$jd/"
+        [ -z "$BATCH_PIN" ] || echo "$BATCH_PIN" >"$jd/pin"
         l2_initrd "$dir/init" "$jd/initrd"
         if [ "$(cat "$dir/inner")" = qemu ]; then
             render_command qemu /usr/bin/qemu-system-x86_64 /l2/vmlinuz "/e2e/jobs/${jd##*/}/initrd" \
