@@ -1,24 +1,29 @@
-//! A per-device view of a [`Remapper`] that implements vm-memory's [`vm_memory::Iommu`], so an
-//! emulated device can use `vm_memory::IommuMemory` (and virtio-queue on top of it) unchanged.
+//! A per-device view of a [`Remapper`]: the device's few remembered pages in front of the
+//! unit, served piece by piece to [`crate::dma_memory::DmaMemory`] (what the VMM uses) or as
+//! vm-memory's [`vm_memory::Iommu`], so `vm_memory::IommuMemory` works unchanged too.
 //!
 //! ```text
-//!  virtio device ─► IommuMemory::read/write(iova, len)
-//!                     └─► DeviceIommu::translate(iova, len, access)
-//!                           generation unchanged and range in the device's Iotlb? ─► hit
-//!                           else, for each page: Remapper::remap(sid, iova) ─► Translation | Fault
-//!                                ─► remember the pages in the device's Iotlb (tagged with the
-//!                                   generation read before the first remap)
+//!  DmaMemory ─► DeviceIommu::translate_piece(iova, len, access)
+//!  IommuMemory ─► DeviceIommu::translate(iova, len, access)
+//!     remembered pages at the remapper's generation? (behind it: catch up — drop the pages
+//!       Remapper::stale_between names, or all) ─► page holding iova ─► hit
+//!     else Remapper::remap(sid, iova) ─► Translation | Fault
+//!       ─► remember the page (tagged with the generation read before the remap)
 //! ```
 //!
-//! **The device's `Iotlb` is exact.** It holds only translations the remapper returned, each
-//! tagged with the remapper's [`Remapper::generation`] read *before* it was asked; a lookup
-//! uses it only while the remapper's generation still equals that tag, and the unit bumps its
-//! generation before it applies any invalidation, flush or root/TE change. So a translation is
-//! reused until the guest invalidates (or reprograms) anything, never after; faults are never
-//! remembered. A write permission is remembered only from a write access (the walk that
-//! served it set the D bit), so a later first write still goes to the unit. The cache holds
-//! [`CACHED_PAGES`] pages, least recently used replaced first. A remapper without a
-//! generation gets a fresh `Iotlb` per call, as before.
+//! **The remembered pages are exact.** They hold only translations the remapper returned, the
+//! cache tagged with the remapper's [`Remapper::generation`] read *before* it was asked. The
+//! unit bumps its generation, and logs what the bump makes stale, before it applies any
+//! invalidation, flush or root/TE change (see [`crate::generation_log`]). A lookup at a newer
+//! generation first drops every page that the bumps in between cover — the IOVA range of a
+//! page-selective PASID-IOTLB invalidation, or everything for any other kind or when the log
+//! no longer reaches back — so a translation is reused until the guest invalidates it (or
+//! reprograms the unit), never after, while the queue's ring pages survive the strict-mode
+//! flushes of other pages. A fill that raced a bump is remembered at its own (older)
+//! generation and caught up like the rest; faults are never remembered. A write permission is
+//! remembered only from a write access (the walk that served it set the D bit), so a later
+//! first write still goes to the unit. The cache holds [`CACHED_PAGES`] pages, least recently
+//! used replaced first. A remapper without a generation gets a fresh `Iotlb` per call.
 //!
 //! A range is translated page by page, but a superpage or pass-through translation covers many
 //! pages in one step; the number of steps is bounded by [`MAX_TRANSLATE_LEN`].
@@ -56,6 +61,14 @@ pub struct CachedIotlb {
     clock: AtomicU64,
 }
 
+impl Slot {
+    fn forget(&mut self) {
+        self.perms = None;
+        self.start = 0;
+        self.end = 0;
+    }
+}
+
 #[derive(Debug, Default)]
 struct Slot {
     iotlb: Iotlb,
@@ -68,7 +81,7 @@ struct Slot {
     last_used: AtomicU64,
 }
 
-/// What [`DeviceIommu::translate`] hands vm-memory: one remembered page, or a one-call `Iotlb`
+/// What `DeviceIommu`'s [`vm_memory::Iommu::translate`] hands vm-memory: one remembered page, or a one-call `Iotlb`
 /// (a range over several pages, a remapper without a generation, a page just translated).
 #[derive(Debug)]
 pub enum IotlbGuard<'a> {
@@ -108,16 +121,60 @@ impl DeviceIommu {
         end: u64,
         access: Permissions,
     ) -> Option<IotlbGuard<'_>> {
-        let guard = self.cache.read().unwrap_or_else(|e| e.into_inner());
-        if guard.generation != generation {
-            return None;
-        }
+        let guard = self.current(generation)?;
         let slot = guard.slots.iter().position(|s| {
             s.start <= start && end <= s.end && s.perms.is_some_and(|p| p.allow(access))
         })?;
         let now = guard.clock.fetch_add(1, Ordering::Relaxed);
         guard.slots[slot].last_used.store(now, Ordering::Relaxed);
         Some(IotlbGuard::Cached(guard, slot))
+    }
+
+    /// The remembered pages, brought up to `generation` first if they are behind it; `None`
+    /// if they are already ahead (the caller read an older generation: it must ask the
+    /// remapper).
+    fn current(&self, generation: u64) -> Option<RwLockReadGuard<'_, CachedIotlb>> {
+        let guard = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        if guard.generation == generation {
+            return Some(guard);
+        }
+        if guard.generation > generation {
+            return None;
+        }
+        drop(guard);
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        if cache.generation > generation {
+            return None;
+        }
+        self.catch_up(&mut cache, generation);
+        drop(cache);
+        let guard = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        (guard.generation == generation).then_some(guard)
+    }
+
+    /// Moves the remembered pages from their generation to `generation` (not older): drops
+    /// the pages the remapper says became stale in between, or all of them when it cannot
+    /// tell.
+    fn catch_up(&self, cache: &mut CachedIotlb, generation: u64) {
+        if cache.generation >= generation {
+            return;
+        }
+        let slots = &mut cache.slots;
+        let known = self
+            .remapper
+            .stale_between(cache.generation, generation, &mut |stale| {
+                for slot in slots.iter_mut() {
+                    if slot.perms.is_some() && stale.covers(slot.start, slot.end) {
+                        slot.forget();
+                    }
+                }
+            });
+        if !known {
+            for slot in slots.iter_mut() {
+                slot.forget();
+            }
+        }
+        cache.generation = generation;
     }
 
     /// The remembered page holding `iova` for `access`, if valid for `generation`: the
@@ -129,10 +186,7 @@ impl DeviceIommu {
         end: u64,
         access: Permissions,
     ) -> Option<(u64, usize)> {
-        let guard = self.cache.read().unwrap_or_else(|e| e.into_inner());
-        if guard.generation != generation {
-            return None;
-        }
+        let guard = self.current(generation)?;
         let slot = guard.slots.iter().find(|s| {
             s.start <= iova && iova < s.end && s.perms.is_some_and(|p| p.allow(access))
         })?;
@@ -149,14 +203,7 @@ impl DeviceIommu {
         if cache.generation > generation {
             return;
         }
-        if cache.generation < generation {
-            cache.generation = generation;
-            for slot in &mut cache.slots {
-                slot.perms = None;
-                slot.start = 0;
-                slot.end = 0;
-            }
-        }
+        self.catch_up(&mut cache, generation);
         for m in mappings {
             let Some((start, gpa, len)) = m.page else {
                 continue;

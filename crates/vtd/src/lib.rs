@@ -40,6 +40,7 @@ pub mod counters;
 pub mod dma_memory;
 pub mod fault;
 pub mod fuzzing;
+pub mod generation_log;
 pub mod invalidation;
 pub mod iommu;
 pub mod memory;

@@ -1,5 +1,6 @@
 //! What a device asks of the remapping unit, and what it gets back: a translation or a fault.
 
+use crate::generation_log::Stale;
 use vtd_spec::SourceId;
 use vtd_spec::fault::FaultReason;
 
@@ -114,5 +115,13 @@ pub trait Remapper: Send + Sync {
     /// `None` (the default): no such counter, nothing may be reused across requests.
     fn generation(&self) -> Option<u64> {
         None
+    }
+
+    /// What became stale between generations `from` (exclusive) and `to` (inclusive): calls
+    /// `stale` for each scope and returns `true`, or returns `false` when that is not known
+    /// (the default): the caller must then treat every translation as stale.
+    fn stale_between(&self, from: u64, to: u64, stale: &mut dyn FnMut(Stale)) -> bool {
+        let _ = (from, to, stale);
+        false
     }
 }

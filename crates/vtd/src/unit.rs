@@ -23,6 +23,7 @@
 use crate::config::Config;
 use crate::counters::{Counters, CountersSnapshot};
 use crate::fault::{self, EventKind, FaultInterrupt, Msi, Recorded};
+use crate::generation_log::{GenerationLog, Stale};
 use crate::invalidation::Invalidation;
 use crate::memory::GuestRam;
 use crate::observer::{InvalidationObserver, UnitView};
@@ -31,7 +32,7 @@ use crate::regs::{Register, RegisterFile, overlay};
 use crate::request::{DmaRequest, Fault, Remapper, Translation};
 use crate::translate::{Translator, UnitState};
 use std::cell::OnceCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tracing::{debug, trace, warn};
 use vtd_spec::SourceId;
@@ -81,7 +82,7 @@ impl Batch {
         self.len = 0;
         self.spill.clear();
     }
-    fn iter(&self) -> impl Iterator<Item = &Invalidation> {
+    fn iter(&self) -> impl Iterator<Item = &Invalidation> + Clone {
         self.inline[..self.len.min(BATCH_INLINE)]
             .iter()
             .chain(&self.spill)
@@ -144,7 +145,7 @@ pub struct Vtd {
     has_observers: AtomicBool,
     /// Bumped before every invalidation is applied, every cache flush and every change of the
     /// translation state (root, TE, reset): see [`Vtd::invalidation_generation`].
-    generation: AtomicU64,
+    generations: GenerationLog,
 }
 
 /// How a queue segment ended.
@@ -215,7 +216,7 @@ impl Vtd {
             }),
             observers: RwLock::new(Arc::new([])),
             has_observers: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
+            generations: GenerationLog::default(),
         }
     }
 
@@ -286,11 +287,12 @@ impl Vtd {
     /// `iommu::DeviceIommu`) follows the guest's invalidations without a hook of its own.
     /// Invalidations applied directly through [`Vtd::translator`] bypass it.
     pub fn invalidation_generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+        self.generations.current()
     }
 
+    /// A bump that may make any translation stale.
     fn bump_generation(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.generations.bump(std::iter::empty());
     }
 
     /// Every register back to its reset value, translation off, caches flushed.
@@ -530,7 +532,7 @@ impl Vtd {
         if invalidations.is_empty() {
             return;
         }
-        self.bump_generation();
+        self.generations.bump(invalidations.iter().map(Stale::of));
         for inv in invalidations.iter() {
             self.translator.invalidate(inv);
         }
@@ -784,6 +786,10 @@ impl Remapper for Vtd {
 
     fn generation(&self) -> Option<u64> {
         Some(self.invalidation_generation())
+    }
+
+    fn stale_between(&self, from: u64, to: u64, stale: &mut dyn FnMut(Stale)) -> bool {
+        self.generations.stale_between(from, to, stale)
     }
 }
 

@@ -323,3 +323,50 @@ fn dma_memory_refuses_hostile_lengths_without_translating() {
     assert!(matches!(slices.next(), Some(Err(_))));
     assert!(slices.next().is_none());
 }
+
+both!(a_page_invalidation_keeps_other_remembered_pages: other_pages_kept_iommu_memory, other_pages_kept_dma_memory);
+fn a_page_invalidation_keeps_other_remembered_pages<M: GuestMemory>(mut g: Guest<M>) {
+    let (ring, buffer) = (IOVA, IOVA - 0x1000);
+    g.mem.w32(DATA_BASE, 0x1111);
+    g.mem.w32(DATA_BASE + 0x1000, 0x2222);
+    g.pt.map4k(&g.mem, ring, DATA_BASE);
+    g.pt.map4k(&g.mem, buffer, DATA_BASE + 0x1000);
+    assert_eq!(g.read(ring).unwrap(), 0x1111);
+    assert_eq!(g.read(buffer).unwrap(), 0x2222);
+    // Strict mode: the buffer is unmapped and its page invalidated, the ring stays mapped.
+    g.pt.map(&g.mem, buffer, 0, 1, 0);
+    g.submit(&[piotlb(3, u64::from(DID), 0, buffer)]);
+    let asked = g.translations();
+    assert_eq!(g.read(ring).unwrap(), 0x1111);
+    assert_eq!(g.translations(), asked, "the ring page is still remembered");
+    assert!(g.read(buffer).is_err(), "the invalidated page is not");
+    // A 4-page range (AM=2) aligned down from an address inside it covers the ring page.
+    g.pt.map4k(&g.mem, ring, DATA_BASE + 0x1000);
+    assert_eq!(g.read(ring).unwrap(), 0x1111, "stale until invalidated");
+    g.submit(&[piotlb(3, u64::from(DID), 0, (ring & !0x3fff) | 2)]);
+    assert_eq!(
+        g.read(ring).unwrap(),
+        0x2222,
+        "fresh after the range invalidation"
+    );
+}
+
+both!(a_device_far_behind_the_log_forgets_everything: far_behind_iommu_memory, far_behind_dma_memory);
+fn a_device_far_behind_the_log_forgets_everything<M: GuestMemory>(mut g: Guest<M>) {
+    g.mem.w32(DATA_BASE, 0x3333);
+    g.mem.w32(DATA_BASE + 0x1000, 0x4444);
+    g.pt.map4k(&g.mem, IOVA, DATA_BASE);
+    assert_eq!(g.read(IOVA).unwrap(), 0x3333);
+    // Repointed without an invalidation of this page, then more page invalidations of other
+    // pages than the unit's log keeps: the device cannot tell what happened, so it asks again
+    // (the unit's IOTLB still holds the old translation: no invalidation covered it).
+    g.pt.map4k(&g.mem, IOVA, DATA_BASE + 0x1000);
+    for i in 0..vtd::generation_log::LOG_ENTRIES as u64 + 1 {
+        g.submit(&[piotlb(3, u64::from(DID), 0, 0x1000_0000 + (i << 12))]);
+    }
+    let asked = g.translations();
+    assert_eq!(g.read(IOVA).unwrap(), 0x3333, "the unit's IOTLB answers");
+    assert_eq!(g.translations(), asked + 1, "but the device had to ask");
+    g.submit(&[piotlb(3, u64::from(DID), 0, IOVA)]);
+    assert_eq!(g.read(IOVA).unwrap(), 0x4444);
+}

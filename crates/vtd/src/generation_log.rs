@@ -1,0 +1,232 @@
+//! The unit's invalidation generation, and what each bump made stale: how a cache outside the
+//! unit (a device's remembered pages, `iommu::DeviceIommu`) follows the guest's invalidations
+//! precisely instead of dropping everything at every one.
+//!
+//! ```text
+//!  unit: invalidation / flush / root or TE change
+//!     └─► GenerationLog::bump(scopes) ── under the log's lock: push (g + 1, scope)...,
+//!                                         then publish generation g + 1
+//!  device cache at generation f, unit now at g > f
+//!     └─► Remapper::stale_between(f, g) ── every scope of generations f+1..=g, or "unknown"
+//!           (the log no longer reaches back to f) ─► drop overlapping pages, or all
+//! ```
+//!
+//! A scope is [`Stale::Iova`] only for a page-selective PASID-based IOTLB invalidation (the
+//! one Linux sends per unmap in strict mode), whose range is exact whatever domain or PASID it
+//! names, so dropping every remembered page in that IOVA range is a superset of what the spec
+//! requires. Everything else — global, domain and PASID-selective flushes, context and PASID
+//! cache invalidations (they may change which tables translate), a legacy IOTLB page
+//! invalidation (for first-stage entries it drops the whole domain, §6.5.2.2), root pointer,
+//! TE or reset — is [`Stale::Everything`].
+//!
+//! The log keeps the last [`LOG_ENTRIES`] scopes; a bump with more than
+//! [`MAX_SCOPES_PER_BUMP`] scopes records one `Everything` instead. Entries are pushed before
+//! the generation they belong to is published, so a reader that sees generation `g` finds
+//! every scope up to `g` in the log (or learns the log no longer covers its range).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::invalidation::Invalidation;
+
+/// Scopes the log remembers.
+pub const LOG_ENTRIES: usize = 64;
+/// More scopes than this in one bump are recorded as one [`Stale::Everything`].
+pub const MAX_SCOPES_PER_BUMP: usize = 8;
+
+/// What one generation bump may have made stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stale {
+    /// Any translation.
+    Everything,
+    /// Translations of input addresses in `[start, end)` (any domain, any PASID).
+    Iova {
+        /// First byte.
+        start: u64,
+        /// One past the last byte (saturated at `u64::MAX`).
+        end: u64,
+    },
+}
+
+impl Stale {
+    /// What `inv` makes stale for a cache that does not know domains or PASIDs.
+    pub fn of(inv: &Invalidation) -> Stale {
+        match *inv {
+            // 2^am pages from `addr` aligned down; AM 52 and above is the whole space.
+            Invalidation::PasidIotlbPage { addr, am, .. } if am < 52 => {
+                let length = 1u64 << (12 + u32::from(am));
+                let start = addr & !(length - 1);
+                Stale::Iova {
+                    start,
+                    end: start.saturating_add(length),
+                }
+            }
+            _ => Stale::Everything,
+        }
+    }
+
+    /// Whether a page `[start, end)` may be stale.
+    pub fn covers(&self, start: u64, end: u64) -> bool {
+        match *self {
+            Stale::Everything => true,
+            Stale::Iova { start: s, end: e } => start < e && s < end,
+        }
+    }
+}
+
+/// The generation counter and the scopes of its last bumps.
+#[derive(Debug, Default)]
+pub struct GenerationLog {
+    generation: AtomicU64,
+    entries: Mutex<VecDeque<(u64, Stale)>>,
+}
+
+impl GenerationLog {
+    /// The current generation.
+    pub fn current(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Records `scopes` (none means [`Stale::Everything`]) under the next generation and
+    /// publishes it.
+    pub fn bump(&self, scopes: impl Iterator<Item = Stale> + Clone) {
+        let count = scopes.clone().take(MAX_SCOPES_PER_BUMP + 1).count();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let next = self.generation.load(Ordering::SeqCst) + 1;
+        if count == 0 || count > MAX_SCOPES_PER_BUMP {
+            entries.push_back((next, Stale::Everything));
+        } else {
+            entries.extend(scopes.map(|s| (next, s)));
+        }
+        while entries.len() > LOG_ENTRIES {
+            entries.pop_front();
+        }
+        self.generation.store(next, Ordering::SeqCst);
+    }
+
+    /// Calls `stale` with every scope of generations `from + 1 ..= to`; `false` when the log
+    /// no longer covers that range (the caller must treat everything as stale).
+    pub fn stale_between(&self, from: u64, to: u64, stale: &mut dyn FnMut(Stale)) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        // Every scope of generation from + 1 is still there only if an older entry is too.
+        match entries.front() {
+            Some(&(oldest, _)) if oldest <= from => {}
+            _ => return from >= to,
+        }
+        for &(generation, scope) in entries.iter() {
+            if generation > from && generation <= to {
+                stale(scope);
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(log: &GenerationLog, from: u64, to: u64) -> Option<Vec<Stale>> {
+        let mut out = Vec::new();
+        log.stale_between(from, to, &mut |s| out.push(s))
+            .then_some(out)
+    }
+
+    fn page(addr: u64, am: u8) -> Invalidation {
+        Invalidation::PasidIotlbPage {
+            did: 1,
+            pasid: 0,
+            addr,
+            am,
+            ih: true,
+        }
+    }
+
+    fn range(start: u64, end: u64) -> Stale {
+        Stale::Iova { start, end }
+    }
+
+    #[test]
+    fn page_selective_pasid_iotlb_is_a_range_everything_else_is_everything() {
+        assert_eq!(Stale::of(&page(0x5000, 0)), range(0x5000, 0x6000));
+        assert_eq!(
+            Stale::of(&page(0x7000, 2)),
+            range(0x4000, 0x8000),
+            "aligned down to the 2^am-page range"
+        );
+        assert_eq!(Stale::of(&page(!0xfff, 51)), range(1 << 63, u64::MAX));
+        assert_eq!(Stale::of(&page(0x1000, 52)), Stale::Everything);
+        assert_eq!(Stale::of(&page(0x1000, 63)), Stale::Everything);
+        assert_eq!(
+            Stale::of(&Invalidation::PasidIotlbAll { did: 1, pasid: 0 }),
+            Stale::Everything
+        );
+        assert_eq!(
+            Stale::of(&Invalidation::IotlbPage {
+                did: 1,
+                addr: 0x5000,
+                am: 0,
+                ih: false
+            }),
+            Stale::Everything,
+            "a legacy page invalidation drops every first-stage entry of the domain"
+        );
+        assert!(range(0x5000, 0x6000).covers(0x5fff, 0x6000));
+        assert!(!range(0x5000, 0x6000).covers(0x6000, 0x7000));
+        assert!(!range(0x5000, 0x6000).covers(0x4000, 0x5000));
+    }
+
+    #[test]
+    fn a_reader_gets_every_scope_of_its_range_and_only_those() {
+        let log = GenerationLog::default();
+        assert_eq!(collect(&log, 0, 0), Some(vec![]), "nothing happened");
+        log.bump([range(0, 0x1000)].into_iter());
+        log.bump([range(0x1000, 0x2000), range(0x3000, 0x4000)].into_iter());
+        log.bump(std::iter::empty());
+        assert_eq!(log.current(), 3);
+        assert_eq!(
+            collect(&log, 0, 2),
+            None,
+            "generation 1 is the oldest entry: some of its scopes may be gone"
+        );
+        assert_eq!(
+            collect(&log, 1, 2),
+            Some(vec![range(0x1000, 0x2000), range(0x3000, 0x4000)])
+        );
+        log.bump([range(0x8000, 0x9000)].into_iter());
+        assert_eq!(
+            collect(&log, 1, 4),
+            Some(vec![
+                range(0x1000, 0x2000),
+                range(0x3000, 0x4000),
+                Stale::Everything,
+                range(0x8000, 0x9000)
+            ])
+        );
+        assert_eq!(collect(&log, 3, 4), Some(vec![range(0x8000, 0x9000)]));
+        assert_eq!(collect(&log, 4, 4), Some(vec![]));
+    }
+
+    #[test]
+    fn a_reader_too_far_behind_learns_it_and_big_bumps_become_everything() {
+        let log = GenerationLog::default();
+        for i in 0..(LOG_ENTRIES as u64 + 10) {
+            log.bump([range(i << 12, (i + 1) << 12)].into_iter());
+        }
+        assert_eq!(collect(&log, 0, log.current()), None);
+        assert_eq!(collect(&log, 5, log.current()), None);
+        let recent = log.current() - 3;
+        assert_eq!(
+            collect(&log, recent, log.current()).map(|v| v.len()),
+            Some(3)
+        );
+        let many = (0..MAX_SCOPES_PER_BUMP as u64 + 1).map(|i| range(i << 12, (i + 1) << 12));
+        let before = log.current();
+        log.bump(many);
+        assert_eq!(
+            collect(&log, before, log.current()),
+            Some(vec![Stale::Everything])
+        );
+    }
+}
