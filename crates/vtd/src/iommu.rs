@@ -31,7 +31,7 @@
 use crate::request::{Access, DmaRequest, Remapper, Translation};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 use vm_memory::iommu::{Error, Iotlb, IotlbIterator, IovaRange};
 use vm_memory::{GuestAddress, Permissions};
 use vtd_spec::SourceId;
@@ -62,7 +62,22 @@ pub struct CachedIotlb {
 }
 
 impl Slot {
+    /// The slot's page as a vm-memory `Iotlb` (empty if the slot is).
+    fn iotlb(&self) -> &Iotlb {
+        self.iotlb.get_or_init(|| {
+            let mut iotlb = Iotlb::new();
+            if let Some(perms) = self.perms {
+                let len = (self.end - self.start) as usize;
+                // Cannot fail for a page the slot holds; an empty map would only miss.
+                let _ =
+                    iotlb.set_mapping(GuestAddress(self.start), GuestAddress(self.gpa), len, perms);
+            }
+            iotlb
+        })
+    }
+
     fn forget(&mut self) {
+        self.iotlb = OnceLock::new();
         self.perms = None;
         self.start = 0;
         self.end = 0;
@@ -71,7 +86,9 @@ impl Slot {
 
 #[derive(Debug, Default)]
 struct Slot {
-    iotlb: Iotlb,
+    /// The page as a one-mapping vm-memory `Iotlb`, built on first use by the `Iommu` path
+    /// (the `DmaMemory` path never needs it).
+    iotlb: OnceLock<Iotlb>,
     /// `[start, end)` of the page, or empty.
     start: u64,
     end: u64,
@@ -96,7 +113,7 @@ impl Deref for IotlbGuard<'_> {
     type Target = Iotlb;
     fn deref(&self) -> &Iotlb {
         match self {
-            IotlbGuard::Cached(guard, slot) => &guard.slots[*slot % CACHED_PAGES].iotlb,
+            IotlbGuard::Cached(guard, slot) => guard.slots[*slot % CACHED_PAGES].iotlb(),
             IotlbGuard::Fresh(iotlb) => iotlb,
         }
     }
@@ -223,20 +240,12 @@ impl DeviceIommu {
                 })
                 .unwrap_or(0);
             let slot = &mut cache.slots[victim];
-            // A new one-entry map is cheaper than removing from the old one.
-            slot.iotlb = Iotlb::new();
-            slot.perms = None;
-            if slot
-                .iotlb
-                .set_mapping(GuestAddress(start), GuestAddress(gpa), len, m.perms)
-                .is_ok()
-            {
-                slot.start = start;
-                slot.end = start + len as u64;
-                slot.gpa = gpa;
-                slot.perms = Some(m.perms);
-                *slot.last_used.get_mut() = now;
-            }
+            slot.iotlb = OnceLock::new();
+            slot.start = start;
+            slot.end = start + len as u64;
+            slot.gpa = gpa;
+            slot.perms = Some(m.perms);
+            *slot.last_used.get_mut() = now;
         }
     }
 
