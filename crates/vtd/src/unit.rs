@@ -17,8 +17,9 @@
 //! with no other effect (the IQT write) keeps the mutex for the first segment, so a submission of
 //! invalidations and one wait takes the mutex twice; the invalidations of a segment are kept
 //! inline (no heap allocation for a few), and the observers are snapshotted once per call, as
-//! one `Arc` clone (none without observers). One call processes at most twice the queue size; a concurrent IQT write while a call is running just
-//! moves the tail, which the running call picks up.
+//! one `Arc` clone (none without observers). One call processes at most twice the queue size;
+//! a concurrent IQT write while a call is running just moves the tail, which the running call
+//! picks up.
 
 use crate::config::Config;
 use crate::counters::{Counters, CountersSnapshot};
