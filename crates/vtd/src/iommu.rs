@@ -98,8 +98,9 @@ struct Slot {
     last_used: AtomicU64,
 }
 
-/// What `DeviceIommu`'s [`vm_memory::Iommu::translate`] hands vm-memory: one remembered page, or a one-call `Iotlb`
-/// (a range over several pages, a remapper without a generation, a page just translated).
+/// What `DeviceIommu`'s [`vm_memory::Iommu::translate`] hands vm-memory: one remembered page,
+/// or a one-call `Iotlb` (a range over several pages, a remapper without a generation, a page
+/// just translated).
 #[derive(Debug)]
 pub enum IotlbGuard<'a> {
     /// The device's cache, read-locked while the iterator lives, and the slot that covers the
