@@ -33,6 +33,11 @@ fn report(error: &dyn std::error::Error) {
 
 fn run(config: VmConfig) -> ExitCode {
     init_logging(config.log_level);
+    // SIGINT, SIGTERM, SIGHUP: stop the VM cleanly and still print the counters.
+    if let Err(e) = vmm::stop_signals::install() {
+        eprintln!("vtd-nest: Cannot install the SIGINT/SIGTERM/SIGHUP handlers: {e}");
+        return ExitCode::FAILURE;
+    }
     let built = VmBuilder::new(config).and_then(|builder| {
         if let Some(unit) = builder.vtd() {
             println!("{}", vmm::iommu::cap_line(unit));
@@ -63,6 +68,13 @@ fn run(config: VmConfig) -> ExitCode {
         Ok(VmExit::Halted(cpu)) => {
             eprintln!("vtd-nest: vCPU {cpu} halted");
             ExitCode::SUCCESS
+        }
+        Ok(VmExit::Signal(number)) => {
+            eprintln!(
+                "vtd-nest: terminating on signal {number} ({})",
+                vmm::stop_signals::name(number)
+            );
+            ExitCode::from(128u8.saturating_add(u8::try_from(number).unwrap_or(0)))
         }
         Err(e) => {
             report(&e);

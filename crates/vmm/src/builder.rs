@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -118,6 +118,36 @@ pub enum VmExit {
     Reboot(&'static str),
     /// A vCPU executed HLT without an in-kernel irqchip (test guests).
     Halted(u32),
+    /// The VMM received a stop signal (see [`crate::stop_signals`]).
+    Signal(i32),
+}
+
+/// What stopped the VM: the first event from the vCPUs or devices, or a stop signal that
+/// `signal` reports (polled every [`crate::stop_signals::POLL`]).
+#[derive(Debug)]
+pub enum Stop {
+    /// A vCPU or device event.
+    Event(VmEvent),
+    /// A stop signal.
+    Signal(i32),
+}
+
+/// Waits for the first of: an event on `receiver`, a signal `signal` reports.
+pub fn wait_for_stop(receiver: &Receiver<VmEvent>, signal: impl Fn() -> Option<i32>) -> Stop {
+    loop {
+        if let Some(number) = signal() {
+            return Stop::Signal(number);
+        }
+        match receiver.recv_timeout(crate::stop_signals::POLL) {
+            Ok(event) => return Stop::Event(event),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Stop::Event(VmEvent::Error(
+                    "Every vCPU thread ended without a reason".to_owned(),
+                ));
+            }
+        }
+    }
 }
 
 /// Something to stop when the VM stops (device I/O threads).
@@ -431,9 +461,7 @@ impl Vm {
         }
         let event = match spawn_error {
             Some(e) => Err(e),
-            None => Ok(self.receiver.recv().unwrap_or(VmEvent::Error(
-                "Every vCPU thread ended without a reason".to_owned(),
-            ))),
+            None => Ok(wait_for_stop(&self.receiver, crate::stop_signals::take)),
         };
         tracing::info!("Stopping the VM: {event:?}");
         stop.store(true, Ordering::Release);
@@ -459,10 +487,11 @@ impl Vm {
         }
         let _ = std::io::stdout().flush();
         match event? {
-            VmEvent::PowerOff => Ok(VmExit::PowerOff),
-            VmEvent::Reboot { how } => Ok(VmExit::Reboot(how)),
-            VmEvent::Halted { cpu } => Ok(VmExit::Halted(cpu)),
-            VmEvent::Error(message) => Err(Error::Guest(message)),
+            Stop::Signal(number) => Ok(VmExit::Signal(number)),
+            Stop::Event(VmEvent::PowerOff) => Ok(VmExit::PowerOff),
+            Stop::Event(VmEvent::Reboot { how }) => Ok(VmExit::Reboot(how)),
+            Stop::Event(VmEvent::Halted { cpu }) => Ok(VmExit::Halted(cpu)),
+            Stop::Event(VmEvent::Error(message)) => Err(Error::Guest(message)),
         }
     }
 }

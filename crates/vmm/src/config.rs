@@ -48,7 +48,8 @@ Options of `run` (each as `--name VALUE` or `--name=VALUE`):
   --test-dma-fault IOVA test only: the first iommu=on disk reads IOVA through the vIOMMU
                         once, just before its first DMA (a fault if the guest never mapped it)
 
-Exit status: 0 when the guest powers off or reboots, 1 on a VM error, 2 on bad options.
+Exit status: 0 when the guest powers off or reboots, 1 on a VM error, 2 on bad options,
+128 + N after signal N (SIGINT, SIGTERM or SIGHUP stop the VM and print the counters).
 ";
 
 /// What the command line asks for.

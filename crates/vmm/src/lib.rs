@@ -18,8 +18,9 @@
 //!        ▼
 //!  Vm::run ── one thread per vCPU: KVM_RUN ─ PIO/MMIO exits ─> bus::Bus ─> BusDevice
 //!        │                                 └ power-off / reset ─> VmEvent ─┐
-//!        └── waits for the first VmEvent, kicks and joins vCPUs, runs      │
-//!            shutdown hooks, returns VmExit  <─────────────────────────────┘
+//!        └── waits for the first VmEvent (or a stop signal, see            │
+//!            stop_signals), kicks and joins vCPUs, runs shutdown hooks,     │
+//!            returns VmExit  <─────────────────────────────────────────────┘
 //! ```
 //!
 //! All `unsafe` code lives in [`sys`].
@@ -37,6 +38,7 @@ pub mod memory;
 pub mod passthrough;
 pub mod pci;
 pub mod serial;
+pub mod stop_signals;
 pub mod sys;
 pub mod vcpu;
 pub mod vm;
