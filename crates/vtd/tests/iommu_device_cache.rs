@@ -98,7 +98,11 @@ impl<M: GuestMemory> Guest<M> {
     }
 }
 
-both!(a_remapped_page_is_stale_until_the_guest_invalidates_it_and_fresh_after: stale_until_invalidated_iommu_memory, stale_until_invalidated_dma_memory);
+both!(
+    a_remapped_page_is_stale_until_the_guest_invalidates_it_and_fresh_after:
+    stale_until_invalidated_iommu_memory,
+    stale_until_invalidated_dma_memory
+);
 fn a_remapped_page_is_stale_until_the_guest_invalidates_it_and_fresh_after<M: GuestMemory>(
     mut g: Guest<M>,
 ) {
@@ -126,7 +130,11 @@ fn a_remapped_page_is_stale_until_the_guest_invalidates_it_and_fresh_after<M: Gu
     );
 }
 
-both!(an_unmapped_page_works_until_the_lazy_flush_and_faults_after: unmapped_works_until_flush_iommu_memory, unmapped_works_until_flush_dma_memory);
+both!(
+    an_unmapped_page_works_until_the_lazy_flush_and_faults_after:
+    unmapped_works_until_flush_iommu_memory,
+    unmapped_works_until_flush_dma_memory
+);
 fn an_unmapped_page_works_until_the_lazy_flush_and_faults_after<M: GuestMemory>(mut g: Guest<M>) {
     g.mem.w32(DATA_BASE, 0x1234);
     g.pt.map4k(&g.mem, IOVA, DATA_BASE);
@@ -138,7 +146,11 @@ fn an_unmapped_page_works_until_the_lazy_flush_and_faults_after<M: GuestMemory>(
     assert!(g.read(IOVA).is_err(), "and keeps faulting");
 }
 
-both!(any_invalidation_or_translation_change_drops_what_the_device_remembers: any_change_drops_iommu_memory, any_change_drops_dma_memory);
+both!(
+    any_invalidation_or_translation_change_drops_what_the_device_remembers:
+    any_change_drops_iommu_memory,
+    any_change_drops_dma_memory
+);
 fn any_invalidation_or_translation_change_drops_what_the_device_remembers<M: GuestMemory>(
     mut g: Guest<M>,
 ) {
@@ -165,7 +177,11 @@ fn any_invalidation_or_translation_change_drops_what_the_device_remembers<M: Gue
     assert!(g.read(0x1000).is_err(), "translated again after TE");
 }
 
-both!(a_fault_is_not_remembered: fault_not_remembered_iommu_memory, fault_not_remembered_dma_memory);
+both!(
+    a_fault_is_not_remembered:
+    fault_not_remembered_iommu_memory,
+    fault_not_remembered_dma_memory
+);
 fn a_fault_is_not_remembered<M: GuestMemory>(g: Guest<M>) {
     g.mem.w32(DATA_BASE, 0x99);
     assert!(g.read(IOVA).is_err(), "not mapped yet");
@@ -174,7 +190,11 @@ fn a_fault_is_not_remembered<M: GuestMemory>(g: Guest<M>) {
     assert_eq!(g.read(IOVA).unwrap(), 0x99);
 }
 
-both!(a_first_write_after_reads_reaches_the_unit_and_sets_dirty: first_write_sets_dirty_iommu_memory, first_write_sets_dirty_dma_memory);
+both!(
+    a_first_write_after_reads_reaches_the_unit_and_sets_dirty:
+    first_write_sets_dirty_iommu_memory,
+    first_write_sets_dirty_dma_memory
+);
 fn a_first_write_after_reads_reaches_the_unit_and_sets_dirty<M: GuestMemory>(g: Guest<M>) {
     let pte = g.pt.map(&g.mem, IOVA, DATA_BASE, 1, FS_P | 2 | FS_US);
     g.read(IOVA).unwrap();
@@ -324,7 +344,11 @@ fn dma_memory_refuses_hostile_lengths_without_translating() {
     assert!(slices.next().is_none());
 }
 
-both!(a_page_invalidation_keeps_other_remembered_pages: other_pages_kept_iommu_memory, other_pages_kept_dma_memory);
+both!(
+    a_page_invalidation_keeps_other_remembered_pages:
+    other_pages_kept_iommu_memory,
+    other_pages_kept_dma_memory
+);
 fn a_page_invalidation_keeps_other_remembered_pages<M: GuestMemory>(mut g: Guest<M>) {
     let (ring, buffer) = (IOVA, IOVA - 0x1000);
     g.mem.w32(DATA_BASE, 0x1111);
@@ -351,7 +375,11 @@ fn a_page_invalidation_keeps_other_remembered_pages<M: GuestMemory>(mut g: Guest
     );
 }
 
-both!(a_device_far_behind_the_log_forgets_everything: far_behind_iommu_memory, far_behind_dma_memory);
+both!(
+    a_device_far_behind_the_log_forgets_everything:
+    far_behind_iommu_memory,
+    far_behind_dma_memory
+);
 fn a_device_far_behind_the_log_forgets_everything<M: GuestMemory>(mut g: Guest<M>) {
     g.mem.w32(DATA_BASE, 0x3333);
     g.mem.w32(DATA_BASE + 0x1000, 0x4444);
