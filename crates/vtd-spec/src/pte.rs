@@ -77,28 +77,59 @@ impl FirstStagePte {
     /// the host address width `haw`; PS in PML5E/PML4E; PS in a PDPE without 1 GiB support; the
     /// low address bits of a 2 MiB or 1 GiB page other than PAT; XD when NXE is clear.
     pub fn reserved_mask(self, level: u32, haw: u32, nxe: bool, fs1gp: bool) -> u64 {
-        let mut mask = above_haw(haw);
-        if !nxe {
-            mask |= 1 << 63;
-        }
-        match level {
-            4 | 5 => mask |= 1 << 7,
-            3 if self.ps() => {
-                if fs1gp {
-                    mask |= ((1u64 << 30) - 1) & !((1u64 << 13) - 1);
-                } else {
-                    mask |= 1 << 7;
-                }
-            }
-            2 if self.ps() => mask |= ((1u64 << 21) - 1) & !((1u64 << 13) - 1),
-            _ => {}
-        }
-        mask
+        FirstStageReserved::new(haw, nxe, fs1gp).mask(self, level)
     }
 
     /// Whether this entry maps a page (a leaf) at `level`.
     pub fn is_leaf(self, level: u32) -> bool {
         level == 1 || ((level == 2 || level == 3) && self.ps())
+    }
+}
+
+/// The first-stage reserved-bit masks of one walk (§9.7), computed once from what is
+/// constant during it (host address width, NXE, CAP.FS1GP), so each entry only picks its
+/// level's mask; [`FirstStagePte::reserved_mask`] is the same rule for a single entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirstStageReserved {
+    /// Every level: address bits at and above the HAW, and XD when NXE is clear.
+    base: u64,
+    /// PML5E / PML4E: `base` and PS.
+    top: u64,
+    /// PDPE with PS set: a 1 GiB page's low address bits (with FS1GP), else PS itself.
+    pdpe_page: u64,
+    /// PDE with PS set: a 2 MiB page's low address bits other than PAT.
+    pde_page: u64,
+}
+
+impl FirstStageReserved {
+    /// The masks for host address width `haw`, PASID-entry NXE and CAP.FS1GP.
+    pub fn new(haw: u32, nxe: bool, fs1gp: bool) -> Self {
+        let mut base = above_haw(haw);
+        if !nxe {
+            base |= 1 << 63;
+        }
+        let pdpe_page = if fs1gp {
+            base | (((1u64 << 30) - 1) & !((1u64 << 13) - 1))
+        } else {
+            base | (1 << 7)
+        };
+        Self {
+            base,
+            top: base | (1 << 7),
+            pdpe_page,
+            pde_page: base | (((1u64 << 21) - 1) & !((1u64 << 13) - 1)),
+        }
+    }
+
+    /// Reserved bits of `pte` at `level`.
+    #[inline]
+    pub fn mask(&self, pte: FirstStagePte, level: u32) -> u64 {
+        match level {
+            4 | 5 => self.top,
+            3 if pte.ps() => self.pdpe_page,
+            2 if pte.ps() => self.pde_page,
+            _ => self.base,
+        }
     }
 }
 
@@ -272,6 +303,56 @@ mod tests {
             0,
             "beyond HAW"
         );
+    }
+
+    /// The per-entry rule as §9.7 words it, against the per-walk masks.
+    fn reference_first_stage_mask(
+        pte: FirstStagePte,
+        level: u32,
+        haw: u32,
+        nxe: bool,
+        fs1gp: bool,
+    ) -> u64 {
+        let mut mask = above_haw(haw);
+        if !nxe {
+            mask |= 1 << 63;
+        }
+        match level {
+            4 | 5 => mask |= 1 << 7,
+            3 if pte.ps() => {
+                if fs1gp {
+                    mask |= ((1u64 << 30) - 1) & !((1u64 << 13) - 1);
+                } else {
+                    mask |= 1 << 7;
+                }
+            }
+            2 if pte.ps() => mask |= ((1u64 << 21) - 1) & !((1u64 << 13) - 1),
+            _ => {}
+        }
+        mask
+    }
+
+    #[test]
+    fn per_walk_first_stage_masks_match_the_per_entry_rule() {
+        for haw in [0, 12, 39, 46, 48, 52, 57, 64] {
+            for nxe in [false, true] {
+                for fs1gp in [false, true] {
+                    let masks = FirstStageReserved::new(haw, nxe, fs1gp);
+                    for level in 0..=6 {
+                        for raw in [0x3, 0x83, u64::MAX, 1 << 63 | 0x1083] {
+                            let pte = FirstStagePte::from_bits(raw);
+                            let want = reference_first_stage_mask(pte, level, haw, nxe, fs1gp);
+                            assert_eq!(
+                                masks.mask(pte, level),
+                                want,
+                                "{haw} {nxe} {fs1gp} {level} {raw:#x}"
+                            );
+                            assert_eq!(pte.reserved_mask(level, haw, nxe, fs1gp), want);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

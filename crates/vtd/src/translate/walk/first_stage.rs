@@ -13,7 +13,7 @@ use crate::memory::GuestRam;
 use crate::request::Access;
 use vtd_spec::fault::FaultReason;
 use vtd_spec::pasid::PasidEntry;
-use vtd_spec::pte::{FirstStagePte, table_index};
+use vtd_spec::pte::{FirstStagePte, FirstStageReserved, table_index};
 
 /// The PASID-entry controls that shape first-stage permissions (§9.6).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -152,8 +152,9 @@ pub(crate) fn walk(
     access: Access,
     privileged: bool,
 ) -> Result<FsLeaf, FaultReason> {
+    let reserved = FirstStageReserved::new(w.haw, w.controls.nxe, w.fs1gp);
     with_retries(FaultReason::SmFirstStageBitUpdateFailed, || {
-        walk_once(ram, w, iova, access, privileged)
+        walk_once(ram, w, &reserved, iova, access, privileged)
     })
 }
 
@@ -161,19 +162,29 @@ pub(crate) fn walk(
 /// changing it under us.
 const UPDATE_FAILED: FaultReason = FaultReason::SmFirstStageBitUpdateFailed;
 
+/// The A flag of a first-stage entry.
+const ACCESSED: u64 = FirstStagePte::new().with_accessed(true).into_bits();
+/// The EA flag of a first-stage entry (set along with A under EAFE).
+const EXTENDED_ACCESSED: u64 = FirstStagePte::new().with_ea(true).into_bits();
+/// The D flag of a first-stage entry.
+const DIRTY: u64 = FirstStagePte::new().with_dirty(true).into_bits();
+
+/// One attempt of [`walk`]; `reserved` holds the walk's reserved-bit masks.
 fn walk_once(
     ram: &dyn GuestRam,
     w: &FsWalk,
+    reserved: &FirstStageReserved,
     iova: u64,
     access: Access,
     privileged: bool,
 ) -> Result<FsLeaf, Stop> {
     let c = w.controls;
-    let accessed = FirstStagePte::new()
-        .with_accessed(true)
-        .with_ea(c.eafe)
-        .into_bits();
-    let dirty = FirstStagePte::new().with_dirty(true).into_bits();
+    let accessed = if c.eafe {
+        ACCESSED | EXTENDED_ACCESSED
+    } else {
+        ACCESSED
+    };
+    let dirty = DIRTY;
     let top = w.levels;
     let mut table = w.root;
     let mut rights = FsRights {
@@ -194,7 +205,7 @@ fn walk_once(
         if !pte.present() {
             return Err(FaultReason::SmFirstStageNotPresent.into());
         }
-        if raw & pte.reserved_mask(level, w.haw, c.nxe, w.fs1gp) != 0 {
+        if raw & reserved.mask(pte, level) != 0 {
             return Err(FaultReason::SmFirstStageReserved.into());
         }
         rights.rw &= pte.rw();
