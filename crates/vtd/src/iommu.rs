@@ -227,19 +227,7 @@ impl DeviceIommu {
                 continue;
             };
             let now = cache.clock.fetch_add(1, Ordering::Relaxed);
-            // The same page again (e.g. now with write permission), else the least recently
-            // used (empty slots first).
-            let victim = cache
-                .slots
-                .iter()
-                .position(|s| s.start == start && s.perms.is_some())
-                .or_else(|| {
-                    (0..CACHED_PAGES).min_by_key(|&i| {
-                        let s = &cache.slots[i];
-                        (s.perms.is_some(), s.last_used.load(Ordering::Relaxed))
-                    })
-                })
-                .unwrap_or(0);
+            let victim = victim(&cache.slots, start);
             let slot = &mut cache.slots[victim];
             slot.iotlb = OnceLock::new();
             slot.start = start;
@@ -254,6 +242,27 @@ impl DeviceIommu {
     pub fn sid(&self) -> SourceId {
         self.sid
     }
+}
+
+/// The slot to (re)fill with the page at `start`: the slot already holding that page (e.g.
+/// now with write permission), else the least recently used one, empty slots first (the
+/// first of equals). One pass over the slots.
+fn victim(slots: &[Slot; CACHED_PAGES], start: u64) -> usize {
+    // Slot 0 ranks at most this, so it is the victim unless a later slot ranks lower.
+    let mut victim = 0;
+    let mut victim_rank = (true, u64::MAX);
+    for (i, s) in slots.iter().enumerate() {
+        let filled = s.perms.is_some();
+        if filled && s.start == start {
+            return i;
+        }
+        let rank = (filled, s.last_used.load(Ordering::Relaxed));
+        if rank < victim_rank {
+            victim = i;
+            victim_rank = rank;
+        }
+    }
+    victim
 }
 
 /// One translated piece of a requested range.
@@ -469,5 +478,57 @@ impl DeviceIommu {
             _ => m.len as u64,
         };
         Ok((m.gpa, (contiguous as usize).max(m.len)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The replacement rule spelled out in two passes: the slot holding the page, else the
+    /// first slot of least `(filled, last_used)`.
+    fn reference_victim(slots: &[Slot; CACHED_PAGES], start: u64) -> usize {
+        slots
+            .iter()
+            .position(|s| s.start == start && s.perms.is_some())
+            .or_else(|| {
+                (0..CACHED_PAGES).min_by_key(|&i| {
+                    let s = &slots[i];
+                    (s.perms.is_some(), s.last_used.load(Ordering::Relaxed))
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn victim_matches_the_two_pass_rule() {
+        // A small deterministic generator: slot contents drawn from few values so that
+        // ties, empty slots and repeated pages all occur.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut slots: [Slot; CACHED_PAGES] = Default::default();
+            for s in slots.iter_mut() {
+                let r = next();
+                s.start = (r % 4) << 12;
+                s.end = s.start + 4096;
+                s.perms = match (r >> 8) % 3 {
+                    0 => None,
+                    1 => Some(Permissions::Read),
+                    _ => Some(Permissions::ReadWrite),
+                };
+                *s.last_used.get_mut() = match (r >> 16) % 4 {
+                    3 => u64::MAX,
+                    v => v,
+                };
+            }
+            let start = (next() % 5) << 12;
+            assert_eq!(victim(&slots, start), reference_victim(&slots, start));
+        }
     }
 }
