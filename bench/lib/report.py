@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """bench/lib/report.py: turn one bench/compare run into RESULT lines, tables and an SVG plot.
 
-Usage: report.py OUT_DIR [--plot FILE.svg] [--doc FILE.md]
+Usage: report.py OUT_DIR [--pool OTHER_OUT_DIR...] [--plot FILE.svg] [--doc FILE.md]
+
+--pool adds the rounds of other runs (same configurations, e.g. three `--rounds 3` runs) as
+further rounds, so the medians come from all of them; the tables and RESULT lines are written
+into OUT_DIR, and the doc section names every pooled run.
 
 OUT_DIR (written by bench/compare) holds jobs.list ("<job> <vmm> <config> <work|idle>" per
 line), jobs/<job>/{output,status}, optional failed-<job> (why a job was never started) and
@@ -541,7 +545,7 @@ def svg_plot(fig: Figures, subtitle: str) -> str:
 # ---------------------------------------------------------------------------- output
 
 def doc_section(out: str, fig: Figures, jobs: list[Job], raw: list[Job],
-                svg_name: str | None) -> str:
+                svg_name: str | None, pooled: list[str] | None = None) -> str:
     date, machine = read(os.path.join(out, "date")).strip(), read(os.path.join(out, "machine")).strip()
     mode, secs = read(os.path.join(out, "mode")).strip(), read(os.path.join(out, "seconds")).strip()
     where = "L2 guests inside one L1 Linux under QEMU TCG" if mode == "nested" else \
@@ -567,6 +571,12 @@ def doc_section(out: str, fig: Figures, jobs: list[Job], raw: list[Job],
              f"took {secs} s; {load}. Repository at {source}; vtd-nest binary {binary}; "
              f"virtio indirect descriptors: {indirect}{pinned}.", "",
              main_table(fig), ""]
+    if pooled:
+        runs = [f"{read(os.path.join(p, 'date')).strip()} (repository at "
+                f"{read(os.path.join(p, 'source'), 'unknown').strip()}, "
+                f"{read(os.path.join(p, 'seconds')).strip()} s)" for p in pooled]
+        parts[0:0] = [f"**Pooled**: the rounds of this run and of the runs of {', '.join(runs)}, "
+                      "same configurations; every median is over all of them.", ""]
     work_failed = {(j.vmm, j.config) for j in jobs if j.kind == "work" and j.failure}
     fails = [f"{j.vmm} {j.config}" + ("" if j.kind == "work" else " boot-only baseline")
              + f": {j.failure}" for j in jobs
@@ -610,8 +620,15 @@ def main() -> int:
     ap.add_argument("out")
     ap.add_argument("--plot")
     ap.add_argument("--doc")
+    ap.add_argument("--pool", nargs="+", default=[])
     a = ap.parse_args()
     jobs = load_jobs(a.out)
+    for other in a.pool:
+        # The other run's rounds come after this one's.
+        offset = max((j.round for j in jobs), default=0)
+        for j in load_jobs(other):
+            j.round += offset
+            jobs.append(j)
     merged = merge_rounds(jobs)
     fig = Figures(merged)
     subtitle = (f"{read(os.path.join(a.out, 'date')).strip()}, "
@@ -636,7 +653,7 @@ def main() -> int:
         f.write(samples(jobs))
     if a.doc:
         svg_name = os.path.basename(a.plot) if a.plot else None
-        update_doc(a.doc, doc_section(a.out, fig, merged, jobs, svg_name))
+        update_doc(a.doc, doc_section(a.out, fig, merged, jobs, svg_name, a.pool))
     print(table)
     print()
     print(counters_table(fig))
