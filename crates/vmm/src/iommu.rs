@@ -11,8 +11,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use vm_memory::iommu::IotlbIterator;
-use vm_memory::{GuestAddress, GuestMemoryMmap, Iommu, Permissions};
+use vm_memory::{GuestMemoryMmap, Permissions};
 use vtd::Vtd;
 use vtd::dma_memory::{DmaMemory, DmaTranslate};
 use vtd::iommu::DeviceIommu;
@@ -70,7 +69,7 @@ impl DeviceDma {
         if let Some(iova) = self.probe {
             let refused = self
                 .inner
-                .translate(GuestAddress(iova), 4, Permissions::Read)
+                .translate_piece(iova, 4, Permissions::Read)
                 .is_err();
             tracing::info!(
                 "--test-dma-fault: read of IOVA {iova:#x} by {} {}",
@@ -90,20 +89,6 @@ impl DmaTranslate for DeviceDma {
     ) -> Result<(u64, usize), vm_memory::iommu::Error> {
         self.run_probe();
         self.inner.translate_piece(iova, len, access)
-    }
-}
-
-impl Iommu for DeviceDma {
-    type IotlbGuard<'a> = <DeviceIommu as Iommu>::IotlbGuard<'a>;
-
-    fn translate(
-        &self,
-        iova: GuestAddress,
-        length: usize,
-        access: Permissions,
-    ) -> Result<IotlbIterator<Self::IotlbGuard<'_>>, vm_memory::iommu::Error> {
-        self.run_probe();
-        self.inner.translate(iova, length, access)
     }
 }
 
@@ -186,7 +171,7 @@ pub fn translated_memory(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::Bytes;
+    use vm_memory::{Bytes, GuestAddress};
 
     struct NoIrq;
 

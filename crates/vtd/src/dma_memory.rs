@@ -25,13 +25,13 @@ use std::sync::Arc;
 
 use vm_memory::bitmap::BS;
 use vm_memory::guest_memory::{GuestMemoryBackendSliceIterator, GuestMemorySliceIterator};
-use vm_memory::iommu::{Error as IommuError, IovaRange};
+use vm_memory::iommu::Error as IommuError;
 use vm_memory::{
     GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion,
     GuestMemoryResult, Permissions, VolatileSlice,
 };
 
-use crate::iommu::{DeviceIommu, MAX_TRANSLATE_LEN};
+use crate::iommu::{DeviceIommu, MAX_TRANSLATE_LEN, cannot_resolve};
 
 /// A device's translation, one contiguous piece at a time.
 pub trait DmaTranslate: Send + Sync {
@@ -86,13 +86,7 @@ impl<B, T> DmaMemory<B, T> {
 }
 
 fn refused(iova: u64, count: usize, reason: &str) -> GuestMemoryError {
-    GuestMemoryError::IommuError(IommuError::CannotResolve {
-        iova_range: IovaRange {
-            base: GuestAddress(iova),
-            length: count,
-        },
-        reason: reason.to_owned(),
-    })
+    GuestMemoryError::IommuError(cannot_resolve(iova, count, reason.to_owned()))
 }
 
 impl<B: GuestMemoryBackend, T: DmaTranslate> GuestMemory for DmaMemory<B, T> {

@@ -322,7 +322,7 @@ fn permissions_of(read: bool, write: bool) -> Permissions {
     }
 }
 
-fn cannot_resolve(base: u64, length: usize, reason: String) -> Error {
+pub(crate) fn cannot_resolve(base: u64, length: usize, reason: String) -> Error {
     Error::CannotResolve {
         iova_range: IovaRange {
             base: GuestAddress(base),
@@ -464,20 +464,12 @@ impl DeviceIommu {
         if let Some(hit) = generation.and_then(|g| self.cached_piece(g, iova, end, access)) {
             return Ok(hit);
         }
+        // One remap covers the rest of the translated page (a superpage in one step).
         let m = self.remap_one(iova, end, access)?;
         if let Some(generation) = generation {
             self.remember(generation, std::slice::from_ref(&m));
         }
-        // The whole translated page counts, not only the rest of its first 4 KiB.
-        let contiguous = match m.page {
-            Some((start, gpa, size))
-                if start <= iova && gpa.wrapping_add(iova - start) == m.gpa =>
-            {
-                (start + size as u64).min(end) - iova
-            }
-            _ => m.len as u64,
-        };
-        Ok((m.gpa, (contiguous as usize).max(m.len)))
+        Ok((m.gpa, m.len))
     }
 }
 

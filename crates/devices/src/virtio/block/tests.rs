@@ -57,6 +57,15 @@ fn disk_image() -> TempFile {
     file
 }
 
+/// Writes an indirect descriptor table at `table`.
+fn write_table(memory: &GuestMemoryMmap, table: u64, entries: &[Descriptor]) {
+    for (index, entry) in entries.iter().enumerate() {
+        memory
+            .write_obj(*entry, GuestAddress(table + index as u64 * 16))
+            .unwrap();
+    }
+}
+
 fn ram() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
 }
@@ -468,11 +477,7 @@ fn indirect_tables() {
         Descriptor::new(DATA, 512, WRITE | NEXT, 2),
         Descriptor::new(STATUS, 1, WRITE, 0),
     ];
-    for (index, entry) in entries.iter().enumerate() {
-        memory
-            .write_obj(*entry, GuestAddress(table + index as u64 * 16))
-            .unwrap();
-    }
+    write_table(&memory, table, &entries);
     driver.header(HEADER, VIRTIO_BLK_T_IN, 7);
     driver.descriptor(0, table, 48, INDIRECT, 0);
     driver.publish(0);
@@ -512,11 +517,7 @@ fn indirect_tables_longer_than_one_read_ahead_and_out_of_order() {
     entries[19] = Descriptor::new(data(1), 512, WRITE | NEXT, 1);
     entries[1] = Descriptor::new(data(2), 512, WRITE | NEXT, 18);
     entries[18] = Descriptor::new(STATUS, 1, WRITE, 0);
-    for (index, entry) in entries.iter().enumerate() {
-        memory
-            .write_obj(*entry, GuestAddress(table + index as u64 * 16))
-            .unwrap();
-    }
+    write_table(&memory, table, &entries);
     driver.header(HEADER, VIRTIO_BLK_T_IN, 3);
     driver.descriptor(0, table, 20 * 16, INDIRECT, 0);
     driver.publish(0);
@@ -541,11 +542,7 @@ fn an_indirect_table_whose_unused_tail_is_unreadable_still_works() {
         Descriptor::new(DATA, 512, WRITE | NEXT, 2),
         Descriptor::new(STATUS, 1, WRITE, 0),
     ];
-    for (index, entry) in entries.iter().enumerate() {
-        memory
-            .write_obj(*entry, GuestAddress(table + index as u64 * 16))
-            .unwrap();
-    }
+    write_table(&memory, table, &entries);
     driver.header(HEADER, VIRTIO_BLK_T_IN, 5);
     driver.descriptor(0, table, 5 * 16, INDIRECT, 0);
     driver.publish(0);
