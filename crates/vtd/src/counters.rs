@@ -152,6 +152,8 @@ counters! {
         context_cache_misses: "Context-cache misses.",
         pasid_cache_hits: "PASID-cache hits.",
         pasid_cache_misses: "PASID-cache misses.",
+        leaf_table_hits: "First-stage walks that started from a cached leaf table.",
+        leaf_table_misses: "First-stage walks that read the whole chain of tables.",
         faults: "Translation faults (qualified or not).",
         faults_recorded: "Faults written to a fault-recording register.",
         fault_events: "Fault-event interrupts sent.",

@@ -450,3 +450,98 @@ fn caches_stay_bounded_under_a_flood_of_pages_and_devices() {
     unit.translator.flush_all();
     assert_eq!(unit.translator.cache_stats().iotlb_entries, 0);
 }
+
+/// The first-stage paging-structure cache, both directions: after a PDE is pointed at another
+/// leaf table without an invalidation, pages of its 2 MiB region not yet in the IOTLB are still
+/// found through the cached (old) table; a page invalidation with IH=1 (only leaves changed)
+/// keeps it, one with IH=0 in another region keeps it, one with IH=0 in this region drops it;
+/// a PASID-selective invalidation drops it too.
+#[test]
+fn first_stage_leaf_tables_are_used_until_invalidated_with_ih_clear() {
+    let mem = Mem::new();
+    let t = Tables::scalable(&mem);
+    t.sm_device(SID, true);
+    let pt = PageTable::new(&mem, 4, Stage::First);
+    for page in 0..8u64 {
+        pt.map4k(&mem, IOVA + page * 0x1000, GPA + page * 0x1000);
+    }
+    pt.map4k(&mem, IOVA + 0x20_0000, GPA + 0x20_0000);
+    t.pasid_entry(SID, PASID, fs_entry(&pt, DID));
+    let unit = Unit::new(&mem, t.state());
+    let walks = |u: &Unit| {
+        let c = u.counters.snapshot();
+        (c.leaf_table_hits, c.leaf_table_misses)
+    };
+    assert_eq!(unit.gpa_pasid(SID, PASID, IOVA).unwrap(), GPA);
+    assert_eq!(walks(&unit), (0, 1), "first walk reads the whole chain");
+    // Re-point the PDE at a new leaf table mapping the region's pages elsewhere.
+    let table = mem.page();
+    for page in 0..8u64 {
+        mem.w64(
+            table + page * 8,
+            (NEW + page * 0x1000) | FS_P | FS_RW | FS_US,
+        );
+    }
+    let old_table = pt.entry_addr(&mem, IOVA, 1) & !0xfff;
+    let pde = pt.entry_addr(&mem, IOVA, 2);
+    mem.w64(pde, table | FS_P | FS_RW | FS_US | FS_A);
+    assert_eq!(
+        unit.gpa_pasid(SID, PASID, IOVA + 0x1000).unwrap(),
+        GPA + 0x1000,
+        "stale: the cached leaf table"
+    );
+    assert_eq!(walks(&unit), (1, 1));
+    let page = |addr: u64, am: u8, ih: bool| Invalidation::PasidIotlbPage {
+        did: DID,
+        pasid: PASID,
+        addr,
+        am,
+        ih,
+    };
+    unit.inv(page(IOVA + 0x2000, 0, true));
+    assert_eq!(
+        unit.gpa_pasid(SID, PASID, IOVA + 0x2000).unwrap(),
+        GPA + 0x2000,
+        "IH=1: the leaf table is kept"
+    );
+    unit.inv(page(IOVA + 0x20_0000, 0, false));
+    assert_eq!(
+        unit.gpa_pasid(SID, PASID, IOVA + 0x3000).unwrap(),
+        GPA + 0x3000,
+        "IH=0 elsewhere: kept"
+    );
+    unit.inv(page(IOVA + 0x4000, 0, false));
+    assert_eq!(
+        unit.gpa_pasid(SID, PASID, IOVA + 0x4000).unwrap(),
+        NEW + 0x4000,
+        "IH=0 in the region: the chain is read again"
+    );
+    assert_eq!(
+        unit.gpa_pasid(SID, PASID, IOVA + 0x1000).unwrap(),
+        GPA + 0x1000,
+        "the IOTLB entry of a page outside the invalidated range stays"
+    );
+    assert_eq!(
+        unit.gpa_pasid(SID, PASID, IOVA + 0x5000).unwrap(),
+        NEW + 0x5000,
+        "and the new chain is cached"
+    );
+    // Back to the old leaf table: the new one stays cached until a PASID-selective flush.
+    mem.w64(pde, old_table | FS_P | FS_RW | FS_US | FS_A);
+    assert_eq!(
+        unit.gpa_pasid(SID, PASID, IOVA + 0x6000).unwrap(),
+        NEW + 0x6000
+    );
+    unit.inv(Invalidation::PasidIotlbAll {
+        did: DID,
+        pasid: PASID,
+    });
+    assert_eq!(
+        unit.gpa_pasid(SID, PASID, IOVA + 0x7000).unwrap(),
+        GPA + 0x7000
+    );
+    assert_eq!(
+        unit.gpa_pasid(SID, PASID, IOVA + 0x1000).unwrap(),
+        GPA + 0x1000
+    );
+}

@@ -32,8 +32,8 @@
 //! bucket, a wrap) is one the spec allows; an entry an invalidation covers is never kept.
 //!
 //! Pass-through translations are not cached: they come from the context and PASID caches,
-//! which already hold everything they need. No paging-structure cache is kept, so the IH hint
-//! needs no handling.
+//! which already hold everything they need. The IH hint does not concern leaf entries: it is
+//! honoured by the first-stage paging-structure cache (`leaf_tables.rs`).
 //!
 //! ## Layout: a set-associative table read without locks
 //!

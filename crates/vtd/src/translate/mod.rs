@@ -18,12 +18,13 @@
 //!         PASID cache (sid, pasid) ─ miss ─► PASID dir[pasid>>6] ─► PASID entry [tables]
 //!         PGTT=PT ─► identity
 //!         PGTT=FS ─► SRE/ERE, canonical, first-stage walk + A/D ──────► fill IOTLB
+//!                    (from the leaf table cached for the 2 MiB region, when it is)
 //!         PGTT=SS ─► second-stage walk (SM reasons) ──────────────────► fill IOTLB
 //!         other  ─► 0x5B
 //! ```
 //!
 //! Invalidations ([`Translator::invalidate`]) follow §6.5 and are spelled out per cache in
-//! `iotlb.rs` and `entry_cache.rs`. The IOTLB never scans: wide scopes bump a generation
+//! `iotlb.rs`, `leaf_tables.rs` (the first-stage paging-structure cache) and `entry_cache.rs`. The IOTLB never scans: wide scopes bump a generation
 //! stamped into every entry, page ranges probe the exact slots through the domain's requester
 //! record (`generation.rs`, `requesters.rs`). Every fill takes a ticket from the invalidation
 //! clock before it reads any table and inserts only if no invalidation started since, so a
@@ -53,6 +54,7 @@ mod cache;
 mod entry_cache;
 mod generation;
 mod iotlb;
+mod leaf_tables;
 mod requesters;
 mod tables;
 mod walk;
@@ -64,6 +66,7 @@ use crate::request::{Access, DmaRequest, Fault, Permissions, Translation};
 use entry_cache::{CachedPasid, ContextCache, PasidCache, sid_selected};
 use generation::{Clock, Ticket};
 use iotlb::{CachedRights, Hit, Iotlb, IotlbEntry, NO_PASID};
+use leaf_tables::{LeafTableKey, LeafTables};
 use std::sync::Arc;
 use tables::{Context, TableFault};
 use vtd_spec::SourceId;
@@ -94,6 +97,8 @@ const SHARDS: usize = 16;
 const CONTEXT_CACHE_PER_SHARD: usize = 64;
 const PASID_CACHE_PER_SHARD: usize = 64;
 const IOTLB_ENTRIES: usize = 8192;
+/// First-stage leaf tables cached (each maps 2 MiB: 1 GiB of input space in all).
+const LEAF_TABLES_PER_SHARD: usize = 32;
 
 /// log2 of the identity window returned for untranslated requests: a 2^52-byte aligned window
 /// (the largest VT-d physical address width), so one translation covers any run of pages.
@@ -120,6 +125,10 @@ pub struct CacheStats {
     pub iotlb_entries: usize,
     /// IOTLB capacity.
     pub iotlb_capacity: usize,
+    /// Cached first-stage leaf tables (paging-structure cache).
+    pub leaf_table_entries: usize,
+    /// Leaf-table cache capacity.
+    pub leaf_table_capacity: usize,
 }
 
 /// The translation engine of one remapping unit: table walks plus the context cache, the PASID
@@ -133,6 +142,7 @@ pub struct Translator {
     contexts: ContextCache,
     pasids: PasidCache,
     iotlb: Iotlb,
+    leaf_tables: LeafTables,
 }
 
 impl std::fmt::Debug for Translator {
@@ -169,6 +179,7 @@ impl Translator {
             contexts: ContextCache::new(SHARDS, CONTEXT_CACHE_PER_SHARD),
             pasids: PasidCache::new(SHARDS, PASID_CACHE_PER_SHARD),
             iotlb: Iotlb::new(IOTLB_ENTRIES),
+            leaf_tables: LeafTables::new(SHARDS, LEAF_TABLES_PER_SHARD),
         }
     }
 
@@ -191,6 +202,8 @@ impl Translator {
             pasid_capacity: self.pasids.capacity(),
             iotlb_entries: self.iotlb.len(),
             iotlb_capacity: self.iotlb.capacity(),
+            leaf_table_entries: self.leaf_tables.len(),
+            leaf_table_capacity: self.leaf_tables.capacity(),
         }
     }
 
@@ -279,7 +292,7 @@ impl Translator {
             | Invalidation::IotlbPage { .. }
             | Invalidation::PasidIotlbAll { .. }
             | Invalidation::PasidIotlbPage { .. } => self.iotlb.invalidate(&self.clock, inv),
-        };
+        } + self.leaf_tables.invalidate(inv);
         tracing::trace!(target: "vtd", ?inv, dropped, "vtd_inv");
     }
 
@@ -289,6 +302,7 @@ impl Translator {
         self.contexts.clear();
         self.pasids.clear();
         self.iotlb.flush(&self.clock);
+        self.leaf_tables.clear();
     }
 
     /// Read the PASID entry for (sid, pasid) straight from guest memory, bypassing and not
@@ -530,8 +544,26 @@ impl Translator {
     ) -> Result<Translation, SlowFault> {
         self.count_walk();
         tracing::trace!(target: "vtd", sid = req.sid.0, pasid, iova = req.iova, "vtd_iotlb_page_miss");
-        let leaf = first_stage::walk(ram, w, req.iova, req.access, privileged)
+        let key = LeafTableKey {
+            did,
+            pasid,
+            region: req.iova >> leaf_tables::REGION_SHIFT,
+            root: w.root,
+            levels: w.levels as u8,
+            controls: w.controls,
+        };
+        let cached = self.leaf_tables.get(&key);
+        if cached.is_some() {
+            Counters::bump(&self.counters.leaf_table_hits);
+        } else {
+            Counters::bump(&self.counters.leaf_table_misses);
+        }
+        let (leaf, reached) = first_stage::walk(ram, w, req.iova, req.access, privileged, cached)
             .map_err(|r| TableFault::new(r, fpd))?;
+        if let Some(table) = reached {
+            self.leaf_tables
+                .insert_if(key, table, || self.clock.still(ticket));
+        }
         let (iova_base, gpa_base, level) =
             avoid_interrupt_range(req.iova, leaf.page, leaf.level)
                 .ok_or(TableFault::new(FaultReason::SmInvalidInterruptAddress, fpd))?;

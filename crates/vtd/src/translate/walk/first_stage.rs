@@ -7,16 +7,21 @@
 //!                                               └─► PTE ─► 4 KiB page
 //!  every entry used: A (and EA with EAFE);   the leaf on a write through R/W=1: D
 //! ```
+//!
+//! A walk may start from a cached leaf table (`leaf_tables.rs`): it then reads only the PTE,
+//! with the rights the cached chain grants. A walk that passes through a PDE pointing to a
+//! table reports that table and the rights above it, for the caller to cache.
 
 use super::{Stop, set_flags, with_retries};
 use crate::memory::GuestRam;
 use crate::request::Access;
+use crate::translate::leaf_tables::LeafTable;
 use vtd_spec::fault::FaultReason;
 use vtd_spec::pasid::PasidEntry;
 use vtd_spec::pte::{FirstStagePte, FirstStageReserved, table_index};
 
 /// The PASID-entry controls that shape first-stage permissions (§9.6).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct FsControls {
     /// SRE: supervisor requests allowed.
     pub(crate) sre: bool,
@@ -144,17 +149,21 @@ pub(crate) fn check_rights(
 }
 
 /// Walks the first-stage tables for `iova`, checking every entry and the access, and sets A/D.
-/// The caller has already run [`check_request`] and [`check_address`].
+/// The caller has already run [`check_request`] and [`check_address`]. With `cached`, the walk
+/// starts at that leaf table (the chain above it was checked when it was cached). Returns the
+/// leaf, and the leaf table this walk reached through a PDE (never when it started from
+/// `cached`, or ended at a superpage).
 pub(crate) fn walk(
     ram: &dyn GuestRam,
     w: &FsWalk,
     iova: u64,
     access: Access,
     privileged: bool,
-) -> Result<FsLeaf, FaultReason> {
+    cached: Option<LeafTable>,
+) -> Result<(FsLeaf, Option<LeafTable>), FaultReason> {
     let reserved = FirstStageReserved::new(w.haw, w.controls.nxe, w.fs1gp);
     with_retries(FaultReason::SmFirstStageBitUpdateFailed, || {
-        walk_once(ram, w, &reserved, iova, access, privileged)
+        walk_once(ram, w, &reserved, iova, access, privileged, cached)
     })
 }
 
@@ -177,7 +186,8 @@ fn walk_once(
     iova: u64,
     access: Access,
     privileged: bool,
-) -> Result<FsLeaf, Stop> {
+    cached: Option<LeafTable>,
+) -> Result<(FsLeaf, Option<LeafTable>), Stop> {
     let c = w.controls;
     let accessed = if c.eafe {
         ACCESSED | EXTENDED_ACCESSED
@@ -186,13 +196,20 @@ fn walk_once(
     };
     let dirty = DIRTY;
     let top = w.levels;
-    let mut table = w.root;
-    let mut rights = FsRights {
-        rw: true,
-        us: true,
-        xd: false,
+    let (start, mut table, mut rights) = match cached {
+        Some(c) => (1, c.table, c.rights),
+        None => (
+            top,
+            w.root,
+            FsRights {
+                rw: true,
+                us: true,
+                xd: false,
+            },
+        ),
     };
-    for level in (1..=top).rev() {
+    let mut reached = None;
+    for level in (1..=start).rev() {
         let access_fault = if level == top {
             FaultReason::SmFirstStageRootAccess
         } else {
@@ -220,15 +237,19 @@ fn walk_once(
                 accessed
             };
             let now = FirstStagePte::from_bits(set_flags(ram, addr, raw, bits, UPDATE_FAILED)?);
-            return Ok(FsLeaf {
+            let leaf = FsLeaf {
                 page: pte.output_address(level),
                 level,
                 rights,
                 dirty_ok: now.dirty() || !now.rw(),
-            });
+            };
+            return Ok((leaf, reached));
         }
         set_flags(ram, addr, raw, accessed, UPDATE_FAILED)?;
         table = pte.next_table();
+        if level == 2 {
+            reached = Some(LeafTable { table, rights });
+        }
     }
     // Level 1 is always a leaf, so the loop returns; this keeps the function total.
     Err(FaultReason::SmFirstStageNotPresent.into())

@@ -1,0 +1,263 @@
+//! The first-stage paging-structure cache: for each 2 MiB region of a (DID, PASID) address
+//! space, the leaf table (PTE page) its PML5E/PML4E/PDPE/PDE chain leads to, with the rights
+//! that chain grants. A walk that finds its region here reads one entry instead of four or five.
+//!
+//! ```text
+//!  walk(iova) ─► (did, pasid, iova >> 21, FSPTPTR, levels, controls) ─ hit ─► PTE ─► leaf
+//!                 │ miss
+//!                 └─► PML4E ─► PDPE ─► PDE (not a leaf) ─► PTE ─► leaf
+//!                                        └─ fill: PDE's table + rights so far (if no
+//!                                           invalidation started since the walk's ticket)
+//! ```
+//!
+//! The spec lets a remapping unit cache non-leaf first-stage entries, tagged with the domain id
+//! and PASID (§6.2, paging-structure caches), and tells software when it must invalidate them
+//! (§6.5.2.4): a PASID-based-IOTLB invalidation drops them for its range, unless its
+//! invalidation hint (IH) says only leaf entries changed. Linux sets IH on an unmap that freed
+//! no page-table page — the strict-mode common case — and clears it when it did.
+//!
+//! | invalidation                      | entries dropped                          |
+//! |-----------------------------------|------------------------------------------|
+//! | PASID-IOTLB page, IH=1            | none (leaf entries only changed)         |
+//! | PASID-IOTLB page, IH=0            | (DID, PASID) regions overlapping the range; AM ≥ 52: all of (DID, PASID) |
+//! | PASID-IOTLB all (DID, PASID)      | all of (DID, PASID)                      |
+//! | IOTLB domain or page (DID)        | all of DID                               |
+//! | IOTLB global, any context-cache invalidation, reset | all                    |
+//! | PASID-cache invalidations         | none (the spec asks for a PASID-IOTLB invalidation after them) |
+//!
+//! Beyond the tags the spec requires, the key holds the table root (FSPTPTR), the paging mode
+//! and the PASID entry's controls the walk checked the chain with (NXE for the reserved bits
+//! and XD, EAFE for the accessed flags set): an entry is only ever used for the walk that
+//! could have produced it, so a PASID entry reprogrammed without an invalidation cannot
+//! select another table's chain. Entries are only filled by a walk that checked every entry of
+//! the chain and set its accessed flags; a hit sets no flag above the leaf, as hardware with
+//! a paging-structure cache does not. The cache is bounded ([`ShardedCache`]): guest activity
+//! cannot grow it.
+
+use super::cache::ShardedCache;
+use super::walk::first_stage::{FsControls, FsRights};
+use crate::invalidation::Invalidation;
+
+/// Bits of input address one leaf table covers (512 × 4 KiB).
+pub(crate) const REGION_SHIFT: u32 = 21;
+
+/// Address-mask values from this one up cover the whole input space (as for the IOTLB).
+const WHOLE_SPACE_AM: u8 = 52;
+
+/// What a cached chain is looked up by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct LeafTableKey {
+    /// Domain id of the PASID entry.
+    pub(crate) did: u16,
+    /// PASID of the address space (the RID_PASID for requests without PASID).
+    pub(crate) pasid: u32,
+    /// `iova >> 21`: the 2 MiB region.
+    pub(crate) region: u64,
+    /// FSPTPTR: the top-level table.
+    pub(crate) root: u64,
+    /// Paging levels, 4 or 5.
+    pub(crate) levels: u8,
+    /// The PASID entry's first-stage controls the chain was checked under.
+    pub(crate) controls: FsControls,
+}
+
+/// A cached chain: the leaf table and the rights of the entries above it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LeafTable {
+    /// Guest-physical address of the PTE page.
+    pub(crate) table: u64,
+    /// R/W and U/S ANDed, XD ORed over the entries above the leaf table.
+    pub(crate) rights: FsRights,
+}
+
+/// The cache: a bounded map from [`LeafTableKey`] to [`LeafTable`].
+pub(crate) struct LeafTables {
+    map: ShardedCache<LeafTableKey, LeafTable>,
+}
+
+impl LeafTables {
+    pub(crate) fn new(shards: usize, shard_capacity: usize) -> Self {
+        Self {
+            map: ShardedCache::new(shards, shard_capacity),
+        }
+    }
+
+    pub(crate) fn get(&self, key: &LeafTableKey) -> Option<LeafTable> {
+        self.map.get(key)
+    }
+
+    /// Caches `table` if `still` holds under the shard lock (see `ShardedCache::insert_if`).
+    pub(crate) fn insert_if(
+        &self,
+        key: LeafTableKey,
+        table: LeafTable,
+        still: impl FnOnce() -> bool,
+    ) {
+        self.map.insert_if(key, table, still);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.map.clear();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.map.capacity()
+    }
+
+    /// Applies one invalidation (the table in the module docs); returns the entries dropped.
+    pub(crate) fn invalidate(&self, inv: &Invalidation) -> usize {
+        match *inv {
+            Invalidation::ContextGlobal
+            | Invalidation::ContextDomain { .. }
+            | Invalidation::ContextDevice { .. }
+            | Invalidation::IotlbGlobal => {
+                let n = self.len();
+                self.clear();
+                n
+            }
+            Invalidation::IotlbDomain { did } | Invalidation::IotlbPage { did, .. } => {
+                self.map.retain(|k, _| k.did != did)
+            }
+            Invalidation::PasidIotlbAll { did, pasid } => {
+                self.map.retain(|k, _| !(k.did == did && k.pasid == pasid))
+            }
+            Invalidation::PasidIotlbPage { ih: true, .. } => 0,
+            Invalidation::PasidIotlbPage {
+                did,
+                pasid,
+                addr,
+                am,
+                ih: false,
+            } => {
+                let covered = region_span(addr, am);
+                self.map.retain(|k, _| {
+                    !(k.did == did
+                        && k.pasid == pasid
+                        && covered.as_ref().is_none_or(|r| r.contains(&k.region)))
+                })
+            }
+            Invalidation::PasidCacheGlobal
+            | Invalidation::PasidCacheDomain { .. }
+            | Invalidation::PasidCachePasid { .. } => 0,
+        }
+    }
+}
+
+/// The 2 MiB regions a 2^am-page invalidation at `addr` overlaps, or `None` for the whole
+/// input space (AM ≥ 52).
+fn region_span(addr: u64, am: u8) -> Option<std::ops::RangeInclusive<u64>> {
+    if am >= WHOLE_SPACE_AM {
+        return None;
+    }
+    let size = 1u64 << (12 + u32::from(am));
+    let first = addr & !(size - 1);
+    let last = first | (size - 1);
+    Some((first >> REGION_SHIFT)..=(last >> REGION_SHIFT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(did: u16, pasid: u32, iova: u64) -> LeafTableKey {
+        LeafTableKey {
+            did,
+            pasid,
+            region: iova >> REGION_SHIFT,
+            root: 0x1000,
+            levels: 4,
+            controls: FsControls::default(),
+        }
+    }
+
+    fn filled() -> LeafTables {
+        let c = LeafTables::new(4, 64);
+        let t = LeafTable {
+            table: 0x5000,
+            rights: FsRights {
+                rw: true,
+                us: true,
+                xd: false,
+            },
+        };
+        for (did, pasid) in [(1, 0), (1, 7), (2, 0)] {
+            for region in 0..4u64 {
+                c.insert_if(key(did, pasid, region << REGION_SHIFT), t, || true);
+            }
+        }
+        c
+    }
+
+    fn page(did: u16, pasid: u32, addr: u64, am: u8, ih: bool) -> Invalidation {
+        Invalidation::PasidIotlbPage {
+            did,
+            pasid,
+            addr,
+            am,
+            ih,
+        }
+    }
+
+    fn has(c: &LeafTables, did: u16, pasid: u32, iova: u64) -> bool {
+        c.get(&key(did, pasid, iova)).is_some()
+    }
+
+    #[test]
+    fn a_leaf_only_page_invalidation_keeps_every_chain() {
+        let c = filled();
+        assert_eq!(c.invalidate(&page(1, 0, 0, 0, true)), 0);
+        assert_eq!(c.len(), 12);
+    }
+
+    #[test]
+    fn a_page_invalidation_without_hint_drops_the_overlapping_regions_of_its_pasid() {
+        let c = filled();
+        // One 4 KiB page in region 1.
+        assert_eq!(c.invalidate(&page(1, 0, 0x20_3000, 0, false)), 1);
+        assert!(!has(&c, 1, 0, 0x20_0000));
+        assert!(has(&c, 1, 0, 0) && has(&c, 1, 0, 0x40_0000));
+        assert!(has(&c, 1, 7, 0x20_0000) && has(&c, 2, 0, 0x20_0000));
+        // 4 MiB (AM 10) aligned down from inside region 3: regions 2 and 3.
+        assert_eq!(c.invalidate(&page(1, 0, 0x7f_f000, 10, false)), 2);
+        assert!(has(&c, 1, 0, 0) && !has(&c, 1, 0, 0x40_0000) && !has(&c, 1, 0, 0x60_0000));
+        // AM 52 and up: the whole space of (DID, PASID).
+        assert_eq!(c.invalidate(&page(1, 7, 0, 63, false)), 4);
+        assert_eq!(c.len(), 5);
+    }
+
+    #[test]
+    fn pasid_domain_and_global_scopes() {
+        let c = filled();
+        let all = Invalidation::PasidIotlbAll { did: 1, pasid: 7 };
+        assert_eq!(c.invalidate(&all), 4);
+        assert!(has(&c, 1, 0, 0) && !has(&c, 1, 7, 0));
+        assert_eq!(c.invalidate(&Invalidation::IotlbDomain { did: 1 }), 4);
+        assert_eq!(c.len(), 4);
+        let iotlb_page = Invalidation::IotlbPage {
+            did: 2,
+            addr: 0,
+            am: 0,
+            ih: true,
+        };
+        assert_eq!(c.invalidate(&iotlb_page), 4);
+        let c = filled();
+        assert_eq!(c.invalidate(&Invalidation::PasidCacheGlobal), 0);
+        assert_eq!(c.invalidate(&Invalidation::IotlbGlobal), 12);
+        let c = filled();
+        assert_eq!(c.invalidate(&Invalidation::ContextGlobal), 12);
+    }
+
+    #[test]
+    fn region_spans() {
+        assert_eq!(region_span(0x1234_5000, 0), Some(0x91..=0x91));
+        assert_eq!(region_span(0x1234_5000, 9), Some(0x91..=0x91));
+        assert_eq!(region_span(0x1234_5000, 10), Some(0x90..=0x91));
+        assert_eq!(region_span(0, 51), Some(0..=(1 << 42) - 1));
+        assert_eq!(region_span(u64::MAX, 51), Some(1 << 42..=(1 << 43) - 1));
+        assert_eq!(region_span(0, 52), None);
+    }
+}
