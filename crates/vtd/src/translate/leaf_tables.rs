@@ -39,26 +39,54 @@ use super::walk::first_stage::{FsControls, FsRights};
 use crate::invalidation::Invalidation;
 
 /// Bits of input address one leaf table covers (512 × 4 KiB).
-pub(crate) const REGION_SHIFT: u32 = 21;
+const REGION_SHIFT: u32 = 21;
 
 /// Address-mask values from this one up cover the whole input space (as for the IOTLB).
 const WHOLE_SPACE_AM: u8 = 52;
 
-/// What a cached chain is looked up by.
+/// What a cached chain is looked up by: the domain id and PASID, the 2 MiB region, and the
+/// walk it came from (FSPTPTR, levels, controls), packed into three words so that a lookup
+/// hashes three integers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct LeafTableKey {
-    /// Domain id of the PASID entry.
-    pub(crate) did: u16,
-    /// PASID of the address space (the RID_PASID for requests without PASID).
-    pub(crate) pasid: u32,
-    /// `iova >> 21`: the 2 MiB region.
-    pub(crate) region: u64,
-    /// FSPTPTR: the top-level table.
-    pub(crate) root: u64,
-    /// Paging levels, 4 or 5.
-    pub(crate) levels: u8,
-    /// The PASID entry's first-stage controls the chain was checked under.
-    pub(crate) controls: FsControls,
+    /// DID in bits 47:32, PASID in bits 31:0.
+    space: u64,
+    /// `iova >> 21`.
+    region: u64,
+    /// FSPTPTR (4 KiB aligned) with the levels in bits 3:0 and the controls in bits 9:4.
+    walk: u64,
+}
+
+impl LeafTableKey {
+    /// The key of `iova`'s region for a walk from `root` with `levels` and `controls`, of
+    /// address space (`did`, `pasid`).
+    pub(crate) fn new(
+        did: u16,
+        pasid: u32,
+        iova: u64,
+        root: u64,
+        levels: u32,
+        controls: FsControls,
+    ) -> Self {
+        let c = controls;
+        let flags = [c.sre, c.ere, c.wpe, c.nxe, c.smep, c.eafe]
+            .iter()
+            .enumerate()
+            .fold(0u64, |acc, (i, &on)| acc | (u64::from(on) << (4 + i)));
+        Self {
+            space: (u64::from(did) << 32) | u64::from(pasid),
+            region: iova >> REGION_SHIFT,
+            walk: (root & !0xfff) | flags | u64::from(levels & 0xf),
+        }
+    }
+
+    fn did(&self) -> u16 {
+        (self.space >> 32) as u16
+    }
+
+    fn pasid(&self) -> u32 {
+        self.space as u32
+    }
 }
 
 /// A cached chain: the leaf table and the rights of the entries above it.
@@ -120,11 +148,11 @@ impl LeafTables {
                 n
             }
             Invalidation::IotlbDomain { did } | Invalidation::IotlbPage { did, .. } => {
-                self.map.retain(|k, _| k.did != did)
+                self.map.retain(|k, _| k.did() != did)
             }
-            Invalidation::PasidIotlbAll { did, pasid } => {
-                self.map.retain(|k, _| !(k.did == did && k.pasid == pasid))
-            }
+            Invalidation::PasidIotlbAll { did, pasid } => self
+                .map
+                .retain(|k, _| !(k.did() == did && k.pasid() == pasid)),
             Invalidation::PasidIotlbPage { ih: true, .. } => 0,
             Invalidation::PasidIotlbPage {
                 did,
@@ -135,8 +163,8 @@ impl LeafTables {
             } => {
                 let covered = region_span(addr, am);
                 self.map.retain(|k, _| {
-                    !(k.did == did
-                        && k.pasid == pasid
+                    !(k.did() == did
+                        && k.pasid() == pasid
                         && covered.as_ref().is_none_or(|r| r.contains(&k.region)))
                 })
             }
@@ -164,13 +192,40 @@ mod tests {
     use super::*;
 
     fn key(did: u16, pasid: u32, iova: u64) -> LeafTableKey {
-        LeafTableKey {
-            did,
-            pasid,
-            region: iova >> REGION_SHIFT,
-            root: 0x1000,
-            levels: 4,
-            controls: FsControls::default(),
+        LeafTableKey::new(did, pasid, iova, 0x1000, 4, FsControls::default())
+    }
+
+    #[test]
+    fn keys_keep_every_part_apart() {
+        let base = key(1, 2, 0x20_0000);
+        assert_eq!((base.did(), base.pasid()), (1, 2));
+        let c = FsControls::default();
+        let mut keys = vec![
+            base,
+            key(2, 2, 0x20_0000),
+            key(1, 3, 0x20_0000),
+            key(1, 2, 0x40_0000),
+            LeafTableKey::new(1, 2, 0x20_0000, 0x2000, 4, c),
+            LeafTableKey::new(1, 2, 0x20_0000, 0x1000, 5, c),
+        ];
+        for i in 0..6 {
+            let mut c = FsControls::default();
+            let bits = [
+                &mut c.sre,
+                &mut c.ere,
+                &mut c.wpe,
+                &mut c.nxe,
+                &mut c.smep,
+                &mut c.eafe,
+            ];
+            *bits.into_iter().nth(i).expect("six controls") = true;
+            keys.push(LeafTableKey::new(1, 2, 0x20_0000, 0x1000, 4, c));
+        }
+        assert_eq!(key(1, 2, 0x3f_ffff), base, "same region");
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
         }
     }
 

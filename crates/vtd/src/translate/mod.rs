@@ -544,14 +544,7 @@ impl Translator {
     ) -> Result<Translation, SlowFault> {
         self.count_walk();
         tracing::trace!(target: "vtd", sid = req.sid.0, pasid, iova = req.iova, "vtd_iotlb_page_miss");
-        let key = LeafTableKey {
-            did,
-            pasid,
-            region: req.iova >> leaf_tables::REGION_SHIFT,
-            root: w.root,
-            levels: w.levels as u8,
-            controls: w.controls,
-        };
+        let key = LeafTableKey::new(did, pasid, req.iova, w.root, w.levels, w.controls);
         let cached = self.leaf_tables.get(&key);
         if cached.is_some() {
             Counters::bump(&self.counters.leaf_table_hits);
