@@ -545,3 +545,38 @@ fn first_stage_leaf_tables_are_used_until_invalidated_with_ih_clear() {
         GPA + 0x1000
     );
 }
+
+/// Scalable mode: PASID entries rewritten to another first-stage table without a PASID-cache
+/// invalidation stay in use (IOTLB flushed or not) until a context-cache invalidation selects
+/// the device: device-selective for its own, global for the rest.
+#[test]
+fn scalable_context_invalidations_drop_the_resolved_pasid_entries() {
+    let mem = Mem::new();
+    let t = Tables::scalable(&mem);
+    let old = PageTable::new(&mem, 4, Stage::First);
+    old.map4k(&mem, IOVA, GPA);
+    let new = PageTable::new(&mem, 4, Stage::First);
+    new.map4k(&mem, IOVA, NEW);
+    for s in [SID, SID2] {
+        t.sm_device(s, true);
+        t.pasid_entry(s, 0, fs_entry(&old, DID));
+    }
+    let unit = Unit::new(&mem, t.state());
+    for s in [SID, SID2] {
+        assert_eq!(unit.gpa(s, IOVA).unwrap(), GPA);
+        t.pasid_entry(s, 0, fs_entry(&new, DID));
+    }
+    unit.inv(Invalidation::PasidIotlbAll { did: DID, pasid: 0 });
+    for s in [SID, SID2] {
+        assert_eq!(unit.gpa(s, IOVA).unwrap(), GPA, "stale PASID entry");
+    }
+    unit.inv(Invalidation::ContextDevice {
+        did: DID,
+        sid: SID,
+        fm: 0,
+    });
+    assert_eq!(unit.gpa(SID, IOVA).unwrap(), NEW);
+    assert_eq!(unit.gpa(SID2, IOVA).unwrap(), GPA, "other device");
+    unit.inv(Invalidation::ContextGlobal);
+    assert_eq!(unit.gpa(SID2, IOVA).unwrap(), NEW);
+}

@@ -55,6 +55,7 @@ mod entry_cache;
 mod generation;
 mod iotlb;
 mod leaf_tables;
+mod plans;
 mod requesters;
 mod tables;
 mod walk;
@@ -67,6 +68,7 @@ use entry_cache::{CachedPasid, ContextCache, PasidCache, sid_selected};
 use generation::{Clock, Ticket};
 use iotlb::{CachedRights, Hit, Iotlb, IotlbEntry, NO_PASID};
 use leaf_tables::{LeafTableKey, LeafTables};
+use plans::{Plan, Plans};
 use std::sync::Arc;
 use tables::{Context, TableFault};
 use vtd_spec::SourceId;
@@ -97,6 +99,8 @@ const SHARDS: usize = 16;
 const CONTEXT_CACHE_PER_SHARD: usize = 64;
 const PASID_CACHE_PER_SHARD: usize = 64;
 const IOTLB_ENTRIES: usize = 8192;
+/// First-stage walk plans (one per requester and PASID).
+const PLANS_PER_SHARD: usize = 64;
 /// First-stage leaf tables cached (each maps 2 MiB: 1 GiB of input space in all).
 const LEAF_TABLES_PER_SHARD: usize = 32;
 
@@ -143,6 +147,7 @@ pub struct Translator {
     pasids: PasidCache,
     iotlb: Iotlb,
     leaf_tables: LeafTables,
+    plans: Plans,
 }
 
 impl std::fmt::Debug for Translator {
@@ -180,6 +185,7 @@ impl Translator {
             pasids: PasidCache::new(SHARDS, PASID_CACHE_PER_SHARD),
             iotlb: Iotlb::new(IOTLB_ENTRIES),
             leaf_tables: LeafTables::new(SHARDS, LEAF_TABLES_PER_SHARD),
+            plans: Plans::new(SHARDS, PLANS_PER_SHARD),
         }
     }
 
@@ -272,7 +278,7 @@ impl Translator {
             // Scalable-mode context entries carry no DID: a domain-selective invalidation is
             // global for them (and QEMU treats it as global too).
             Invalidation::ContextGlobal | Invalidation::ContextDomain { .. } => {
-                let n = self.contexts.len() + self.pasids.len();
+                let n = self.contexts.len() + self.pasids.len() + self.plans.clear();
                 self.contexts.clear();
                 self.pasids.clear();
                 self.iotlb.flush(&self.clock);
@@ -280,13 +286,16 @@ impl Translator {
             }
             Invalidation::ContextDevice { sid, fm, .. } => {
                 let sel = |s: u16| sid_selected(s, sid, fm);
-                self.contexts.drop_sources(sel)
+                self.plans.clear()
+                    + self.contexts.drop_sources(sel)
                     + self.pasids.drop_sources(sel)
                     + self.iotlb.drop_sources(sel)
             }
             Invalidation::PasidCacheGlobal
             | Invalidation::PasidCacheDomain { .. }
-            | Invalidation::PasidCachePasid { .. } => self.pasids.invalidate(inv),
+            | Invalidation::PasidCachePasid { .. } => {
+                self.plans.clear() + self.pasids.invalidate(inv)
+            }
             Invalidation::IotlbGlobal
             | Invalidation::IotlbDomain { .. }
             | Invalidation::IotlbPage { .. }
@@ -303,6 +312,7 @@ impl Translator {
         self.pasids.clear();
         self.iotlb.flush(&self.clock);
         self.leaf_tables.clear();
+        self.plans.clear();
     }
 
     /// Read the PASID entry for (sid, pasid) straight from guest memory, bypassing and not
@@ -410,6 +420,15 @@ impl Translator {
         // Taken before any table is read: what this translation caches is dropped, or never
         // inserted, if an invalidation starts from here on.
         let ticket = self.clock.ticket();
+        if state.root.ttm() == TranslationTableMode::Scalable
+            && let Some(plan) = self.plans.get(req.sid.0, req.pasid.unwrap_or(NO_PASID))
+        {
+            // The plan is the context and PASID entries, resolved.
+            Counters::bump(&self.counters.context_cache_hits);
+            Counters::bump(&self.counters.pasid_cache_hits);
+            tracing::trace!(target: "vtd", sid = req.sid.0, pasid = plan.pasid, "vtd_plan_hit");
+            return self.planned(ram, req, &plan, ticket);
+        }
         let ctx = self
             .context(ram, state, req.sid, ticket)
             .map_err(|r| TableFault::new(r, false))?;
@@ -471,11 +490,6 @@ impl Translator {
             }
             None => ce.hi.rid_pasid(),
         };
-        let privileged = if req.pasid.is_some() {
-            req.access.privileged
-        } else {
-            ce.hi.rid_priv()
-        };
         let cached = self.pasid_entry(ram, state, req.sid, ce, pasid, ticket)?;
         let pe = cached.entry;
         let fpd = ce.lo.fpd() || cached.dir_fpd || pe.qw0.fpd();
@@ -484,19 +498,23 @@ impl Translator {
         match pe.qw0.pgtt() {
             Pgtt::PassThrough => Ok(identity(req.iova)),
             Pgtt::FirstStage => {
-                let controls = FsControls::of(&pe);
-                let f = |r| TableFault::new(r, fpd);
-                first_stage::check_request(controls, privileged, req.access).map_err(f)?;
-                let levels = pe.qw2.fspm().levels().unwrap_or(4);
-                first_stage::check_address(req.iova, levels, haw).map_err(f)?;
-                let w = FsWalk {
-                    root: pe.first_stage_table(),
-                    levels,
-                    haw,
-                    fs1gp: state.cap.fs1gp(),
-                    controls,
+                let plan = Plan {
+                    walk: FsWalk {
+                        root: pe.first_stage_table(),
+                        levels: pe.qw2.fspm().levels().unwrap_or(4),
+                        haw,
+                        fs1gp: state.cap.fs1gp(),
+                        controls: FsControls::of(&pe),
+                    },
+                    did,
+                    pasid,
+                    fpd,
+                    rid_priv: ce.hi.rid_priv(),
                 };
-                self.first_stage(ram, req, &w, privileged, (did, pasid), fpd, ticket)
+                let tag = req.pasid.unwrap_or(NO_PASID);
+                self.plans
+                    .insert_if(req.sid.0, tag, plan, || self.clock.still(ticket));
+                self.planned(ram, req, &plan, ticket)
             }
             Pgtt::SecondStage => {
                 let levels = tables::supported_ss_levels(state.cap, pe.qw0.aw())
@@ -524,6 +542,35 @@ impl Translator {
                 Err(TableFault::new(FaultReason::SmPasidEntryInvalid, fpd))
             }
         }
+    }
+
+    /// A first-stage translation of `req` by its requester's plan: the request checks, then
+    /// the walk.
+    fn planned(
+        &self,
+        ram: &dyn GuestRam,
+        req: &DmaRequest,
+        plan: &Plan,
+        ticket: Option<Ticket>,
+    ) -> Result<Translation, SlowFault> {
+        let privileged = if req.pasid.is_some() {
+            req.access.privileged
+        } else {
+            plan.rid_priv
+        };
+        let w = &plan.walk;
+        let f = |r| TableFault::new(r, plan.fpd);
+        first_stage::check_request(w.controls, privileged, req.access).map_err(f)?;
+        first_stage::check_address(req.iova, w.levels, w.haw).map_err(f)?;
+        self.first_stage(
+            ram,
+            req,
+            w,
+            privileged,
+            (plan.did, plan.pasid),
+            plan.fpd,
+            ticket,
+        )
     }
 
     fn count_walk(&self) {
