@@ -9,6 +9,7 @@
 //!    │ TE clear ───────────────────────────────────────────────► identity
 //!    ├─► IOTLB (sid, pasid|none, page, level) ── hit, access ok ──► translation
 //!    │   miss, or the cached rights refuse (re-walk: a cache may always be missed)
+//!    ├─► scalable: plan (sid, pasid|none) ── hit ─► PGTT=FS below, no cache lookups
 //!    ├─► context cache (sid) ─ miss ─► root entry ─► context entry        [tables]
 //!    │
 //!    ├─ legacy (TTM=00): TT=PT ─► identity
@@ -17,7 +18,7 @@
 //!    └─ scalable (TTM=01): PASID = request's (needs PASIDE) or RID_PASID
 //!         PASID cache (sid, pasid) ─ miss ─► PASID dir[pasid>>6] ─► PASID entry [tables]
 //!         PGTT=PT ─► identity
-//!         PGTT=FS ─► SRE/ERE, canonical, first-stage walk + A/D ──────► fill IOTLB
+//!         PGTT=FS ─► fill the plan; SRE/ERE, canonical, first-stage walk + A/D ─► fill IOTLB
 //!                    (from the leaf table cached for the 2 MiB region, when it is)
 //!         PGTT=SS ─► second-stage walk (SM reasons) ──────────────────► fill IOTLB
 //!         other  ─► 0x5B
