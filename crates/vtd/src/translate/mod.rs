@@ -500,13 +500,13 @@ impl Translator {
             Pgtt::PassThrough => Ok(identity(req.iova)),
             Pgtt::FirstStage => {
                 let plan = Plan {
-                    walk: FsWalk {
-                        root: pe.first_stage_table(),
-                        levels: pe.qw2.fspm().levels().unwrap_or(4),
+                    walk: FsWalk::new(
+                        pe.first_stage_table(),
+                        pe.qw2.fspm().levels().unwrap_or(4),
                         haw,
-                        fs1gp: state.cap.fs1gp(),
-                        controls: FsControls::of(&pe),
-                    },
+                        state.cap.fs1gp(),
+                        FsControls::of(&pe),
+                    ),
                     did,
                     pasid,
                     fpd,

@@ -69,12 +69,26 @@ pub(crate) struct FsWalk {
     pub(crate) root: u64,
     /// 4 or 5.
     pub(crate) levels: u32,
-    /// Host address width for reserved-bit checks.
+    /// Host address width (for the input-address check).
     pub(crate) haw: u32,
-    /// CAP.FS1GP.
-    pub(crate) fs1gp: bool,
     /// PASID-entry controls.
     pub(crate) controls: FsControls,
+    /// The reserved-bit masks of this walk's entries (host address width, NXE, CAP.FS1GP).
+    reserved: FirstStageReserved,
+}
+
+impl FsWalk {
+    /// A walk from `root` with `levels`, for a unit of host address width `haw` and
+    /// CAP.FS1GP `fs1gp`, under the PASID entry's `controls`.
+    pub(crate) fn new(root: u64, levels: u32, haw: u32, fs1gp: bool, controls: FsControls) -> Self {
+        Self {
+            root,
+            levels,
+            haw,
+            controls,
+            reserved: FirstStageReserved::new(haw, controls.nxe, fs1gp),
+        }
+    }
 }
 
 /// The leaf a walk ended at.
@@ -161,9 +175,8 @@ pub(crate) fn walk(
     privileged: bool,
     cached: Option<LeafTable>,
 ) -> Result<(FsLeaf, Option<LeafTable>), FaultReason> {
-    let reserved = FirstStageReserved::new(w.haw, w.controls.nxe, w.fs1gp);
     with_retries(FaultReason::SmFirstStageBitUpdateFailed, || {
-        walk_once(ram, w, &reserved, iova, access, privileged, cached)
+        walk_once(ram, w, iova, access, privileged, cached)
     })
 }
 
@@ -178,11 +191,10 @@ const EXTENDED_ACCESSED: u64 = FirstStagePte::new().with_ea(true).into_bits();
 /// The D flag of a first-stage entry.
 const DIRTY: u64 = FirstStagePte::new().with_dirty(true).into_bits();
 
-/// One attempt of [`walk`]; `reserved` holds the walk's reserved-bit masks.
+/// One attempt of [`walk`].
 fn walk_once(
     ram: &dyn GuestRam,
     w: &FsWalk,
-    reserved: &FirstStageReserved,
     iova: u64,
     access: Access,
     privileged: bool,
@@ -222,7 +234,7 @@ fn walk_once(
         if !pte.present() {
             return Err(FaultReason::SmFirstStageNotPresent.into());
         }
-        if raw & reserved.mask(pte, level) != 0 {
+        if raw & w.reserved.mask(pte, level) != 0 {
             return Err(FaultReason::SmFirstStageReserved.into());
         }
         rights.rw &= pte.rw();
