@@ -248,21 +248,26 @@ impl DeviceIommu {
 /// now with write permission), else the least recently used one, empty slots first (the
 /// first of equals). One pass over the slots.
 fn victim(slots: &[Slot; CACHED_PAGES], start: u64) -> usize {
-    // Slot 0 ranks at most this, so it is the victim unless a later slot ranks lower.
+    // Slot 0 ranks below this, so it is the victim unless a later slot ranks lower.
     let mut victim = 0;
-    let mut victim_rank = (true, u64::MAX);
+    let mut victim_rank = u128::MAX;
     for (i, s) in slots.iter().enumerate() {
         let filled = s.perms.is_some();
         if filled && s.start == start {
             return i;
         }
-        let rank = (filled, s.last_used.load(Ordering::Relaxed));
+        let rank = rank(filled, s.last_used.load(Ordering::Relaxed));
         if rank < victim_rank {
             victim = i;
             victim_rank = rank;
         }
     }
     victim
+}
+
+/// `(filled, last_used)` as one number ordered like the pair (one comparison per slot).
+fn rank(filled: bool, last_used: u64) -> u128 {
+    (u128::from(filled) << 64) | u128::from(last_used)
 }
 
 /// One translated piece of a requested range.
