@@ -141,7 +141,7 @@ impl DeviceIommu {
     ) -> Option<IotlbGuard<'_>> {
         let guard = self.current(generation)?;
         let slot = guard.slots.iter().position(|s| {
-            s.start <= start && end <= s.end && s.perms.is_some_and(|p| p.allow(access))
+            s.start <= start && end <= s.end && s.perms.is_some_and(|p| allows(p, access))
         })?;
         let now = guard.clock.fetch_add(1, Ordering::Relaxed);
         guard.slots[slot].last_used.store(now, Ordering::Relaxed);
@@ -151,15 +151,23 @@ impl DeviceIommu {
     /// The remembered pages, brought up to `generation` first if they are behind it; `None`
     /// if they are already ahead (the caller read an older generation: it must ask the
     /// remapper).
+    #[inline]
     fn current(&self, generation: u64) -> Option<RwLockReadGuard<'_, CachedIotlb>> {
         let guard = self.cache.read().unwrap_or_else(|e| e.into_inner());
         if guard.generation == generation {
             return Some(guard);
         }
-        if guard.generation > generation {
+        let behind = guard.generation < generation;
+        drop(guard);
+        if !behind {
             return None;
         }
-        drop(guard);
+        self.catch_up_and_read(generation)
+    }
+
+    /// [`Self::current`] when the pages are behind `generation` (out of line: rare).
+    #[inline(never)]
+    fn catch_up_and_read(&self, generation: u64) -> Option<RwLockReadGuard<'_, CachedIotlb>> {
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         if cache.generation > generation {
             return None;
@@ -173,10 +181,16 @@ impl DeviceIommu {
     /// Moves the remembered pages from their generation to `generation` (not older): drops
     /// the pages the remapper says became stale in between, or all of them when it cannot
     /// tell.
+    #[inline]
     fn catch_up(&self, cache: &mut CachedIotlb, generation: u64) {
-        if cache.generation >= generation {
-            return;
+        if cache.generation < generation {
+            self.drop_stale(cache, generation);
         }
+    }
+
+    /// [`Self::catch_up`] when the pages are behind `generation` (out of line: rare).
+    #[inline(never)]
+    fn drop_stale(&self, cache: &mut CachedIotlb, generation: u64) {
         let slots = &mut cache.slots;
         let known = self
             .remapper
@@ -206,7 +220,7 @@ impl DeviceIommu {
     ) -> Option<(u64, usize)> {
         let guard = self.current(generation)?;
         let slot = guard.slots.iter().find(|s| {
-            s.start <= iova && iova < s.end && s.perms.is_some_and(|p| p.allow(access))
+            s.start <= iova && iova < s.end && s.perms.is_some_and(|p| allows(p, access))
         })?;
         let now = guard.clock.fetch_add(1, Ordering::Relaxed);
         slot.last_used.store(now, Ordering::Relaxed);
@@ -307,6 +321,12 @@ impl std::fmt::Debug for DeviceIommu {
             .field("sid", &self.sid)
             .finish_non_exhaustive()
     }
+}
+
+/// `p.allow(access)`, inlined: both are bit sets (R = 1, W = 2).
+#[inline]
+fn allows(p: Permissions, access: Permissions) -> bool {
+    (p as u8) & (access as u8) == access as u8
 }
 
 fn access_of(p: Permissions) -> Access {
@@ -495,6 +515,16 @@ mod tests {
                 })
             })
             .unwrap_or(0)
+    }
+
+    #[test]
+    fn allows_is_vm_memorys_allow() {
+        use Permissions::*;
+        for p in [No, Read, Write, ReadWrite] {
+            for access in [No, Read, Write, ReadWrite] {
+                assert_eq!(allows(p, access), p.allow(access), "{p:?} {access:?}");
+            }
+        }
     }
 
     #[test]
