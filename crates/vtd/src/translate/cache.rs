@@ -167,6 +167,7 @@ impl<K: Hash + Eq + Copy, V: Copy> ShardedCache<K, V> {
     }
 
     /// A copy of the entry for `key`.
+    #[inline]
     pub(crate) fn get(&self, key: &K) -> Option<V> {
         let key = Hashed::new(*key);
         Self::read(self.shard(&key)).get(&key).copied()

@@ -31,6 +31,7 @@ impl ContextCache {
             map: ShardedCache::new(shards, shard_capacity),
         }
     }
+    #[inline]
     pub(crate) fn get(&self, sid: SourceId) -> Option<Context> {
         self.map.get(&sid.0)
     }
@@ -73,6 +74,7 @@ impl PasidCache {
             map: ShardedCache::new(shards, shard_capacity),
         }
     }
+    #[inline]
     pub(crate) fn get(&self, sid: SourceId, pasid: u32) -> Option<CachedPasid> {
         self.map.get(&(sid.0, pasid))
     }
