@@ -7,6 +7,11 @@
 //! and one of them is filling. Every shard has a fixed capacity: inserting into a full shard
 //! first evicts one entry, so guest activity can never grow a cache without bound. Entries are
 //! `Copy` values; nothing borrowed escapes a lock.
+//!
+//! Each shard also keeps a copy of the entry inserted last, checked before the hash table (a
+//! shard usually holds the entry of one device). The copy is only a shortcut: it is set and
+//! dropped under the shard's write lock together with the table, and exists only while the
+//! table holds the same entry, so a lookup answers exactly what the table would.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -114,7 +119,35 @@ impl BuildHasher for BuildPrehashed {
 }
 
 type Map<K, V> = HashMap<Hashed<K>, V, BuildPrehashed>;
-type Shard<K, V> = RwLock<Map<K, V>>;
+type Shard<K, V> = RwLock<ShardMap<K, V>>;
+
+/// One shard's entries.
+struct ShardMap<K, V> {
+    map: Map<K, V>,
+    /// A copy of the entry inserted last, while `map` still holds it (see the module docs).
+    last: Option<(Hashed<K>, V)>,
+}
+
+impl<K: Hash + Eq + Copy, V: Copy> ShardMap<K, V> {
+    #[inline]
+    fn get(&self, key: &Hashed<K>) -> Option<V> {
+        match &self.last {
+            Some((k, v)) if k == key => Some(*v),
+            _ => self.map.get(key).copied(),
+        }
+    }
+
+    /// Drops the copy of the last inserted entry if the table no longer holds it.
+    fn check_last(&mut self) {
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|(k, _)| !self.map.contains_key(k))
+        {
+            self.last = None;
+        }
+    }
+}
 
 /// A bounded hash map split into independently locked shards.
 pub(crate) struct ShardedCache<K, V> {
@@ -132,10 +165,10 @@ impl<K: Hash + Eq + Copy, V: Copy> ShardedCache<K, V> {
         Self {
             shards: (0..n)
                 .map(|_| {
-                    RwLock::new(HashMap::with_capacity_and_hasher(
-                        shard_capacity,
-                        BuildPrehashed,
-                    ))
+                    RwLock::new(ShardMap {
+                        map: HashMap::with_capacity_and_hasher(shard_capacity, BuildPrehashed),
+                        last: None,
+                    })
                 })
                 .collect(),
             shard_mask: n - 1,
@@ -156,13 +189,13 @@ impl<K: Hash + Eq + Copy, V: Copy> ShardedCache<K, V> {
         self.shards.get(idx).unwrap_or(&self.shards[0])
     }
 
-    fn read(shard: &Shard<K, V>) -> RwLockReadGuard<'_, Map<K, V>> {
+    fn read(shard: &Shard<K, V>) -> RwLockReadGuard<'_, ShardMap<K, V>> {
         // A poisoned lock only means another thread panicked while holding it; the map itself is
         // always in a consistent state between our operations.
         shard.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(shard: &Shard<K, V>) -> RwLockWriteGuard<'_, Map<K, V>> {
+    fn write(shard: &Shard<K, V>) -> RwLockWriteGuard<'_, ShardMap<K, V>> {
         shard.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -170,7 +203,15 @@ impl<K: Hash + Eq + Copy, V: Copy> ShardedCache<K, V> {
     #[inline]
     pub(crate) fn get(&self, key: &K) -> Option<V> {
         let key = Hashed::new(*key);
-        Self::read(self.shard(&key)).get(&key).copied()
+        Self::read(self.shard(&key)).get(&key)
+    }
+
+    /// The entry for `key` as the hash table holds it (not through the copy of the last
+    /// inserted entry): the reference the tests compare `get` with.
+    #[cfg(test)]
+    fn get_from_table(&self, key: &K) -> Option<V> {
+        let key = Hashed::new(*key);
+        Self::read(self.shard(&key)).map.get(&key).copied()
     }
 
     /// Inserts or replaces the entry for `key`, evicting another entry of the same shard when
@@ -185,10 +226,11 @@ impl<K: Hash + Eq + Copy, V: Copy> ShardedCache<K, V> {
     /// tables, so an invalidation either removes the entry or keeps it out.
     pub(crate) fn insert_if(&self, key: K, value: V, still: impl FnOnce() -> bool) {
         let key = Hashed::new(key);
-        let mut map = Self::write(self.shard(&key));
+        let mut shard = Self::write(self.shard(&key));
         if !still() {
             return;
         }
+        let map = &mut shard.map;
         if map.len() >= self.shard_capacity
             && !map.contains_key(&key)
             && let Some(victim) = map.keys().next().copied()
@@ -196,16 +238,18 @@ impl<K: Hash + Eq + Copy, V: Copy> ShardedCache<K, V> {
             map.remove(&victim);
         }
         map.insert(key, value);
+        shard.last = Some((key, value));
     }
 
     /// Keeps only the entries for which `keep` returns true; returns how many were removed.
     pub(crate) fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) -> usize {
         let mut removed = 0;
         for shard in self.shards.iter() {
-            let mut map = Self::write(shard);
-            let before = map.len();
-            map.retain(|k, v| keep(&k.key, v));
-            removed += before - map.len();
+            let mut shard = Self::write(shard);
+            let before = shard.map.len();
+            shard.map.retain(|k, v| keep(&k.key, v));
+            removed += before - shard.map.len();
+            shard.check_last();
         }
         removed
     }
@@ -213,13 +257,15 @@ impl<K: Hash + Eq + Copy, V: Copy> ShardedCache<K, V> {
     /// Drops every entry.
     pub(crate) fn clear(&self) {
         for shard in self.shards.iter() {
-            Self::write(shard).clear();
+            let mut shard = Self::write(shard);
+            shard.map.clear();
+            shard.last = None;
         }
     }
 
     /// Number of entries.
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| Self::read(s).len()).sum()
+        self.shards.iter().map(|s| Self::read(s).map.len()).sum()
     }
 }
 
@@ -237,6 +283,37 @@ mod tests {
         assert!(c.len() <= 32);
         // The last key inserted is always present.
         assert_eq!(c.get(&9_999), Some(9_999));
+    }
+
+    #[test]
+    fn get_answers_what_the_table_holds() {
+        // Few shards, small capacity, few keys: evictions, replacements, retains and clears
+        // all hit the entry a shard copied last.
+        let c: ShardedCache<u32, u32> = ShardedCache::new(2, 3);
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for step in 0..50_000u32 {
+            let r = next();
+            let key = (r % 12) as u32;
+            match (r >> 8) % 16 {
+                0 => c.clear(),
+                1..=3 => {
+                    let m = ((r >> 16) % 4) as u32;
+                    c.retain(|k, _| k % 4 != m);
+                }
+                4..=9 => c.insert(key, step),
+                10 => c.insert_if(key, step, || false),
+                _ => {}
+            }
+            for k in 0..12 {
+                assert_eq!(c.get(&k), c.get_from_table(&k), "step {step} key {k}");
+            }
+        }
     }
 
     #[test]
