@@ -165,7 +165,8 @@ impl DeviceIommu {
         self.catch_up_and_read(generation)
     }
 
-    /// [`Self::current`] when the pages are behind `generation` (out of line: rare).
+    /// [`Self::current`] when the pages are behind `generation` (out of line: once per
+    /// generation change, not per lookup).
     #[inline(never)]
     fn catch_up_and_read(&self, generation: u64) -> Option<RwLockReadGuard<'_, CachedIotlb>> {
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
@@ -188,7 +189,8 @@ impl DeviceIommu {
         }
     }
 
-    /// [`Self::catch_up`] when the pages are behind `generation` (out of line: rare).
+    /// [`Self::catch_up`] when the pages are behind `generation` (out of line: once per
+    /// generation change, not per lookup).
     #[inline(never)]
     fn drop_stale(&self, cache: &mut CachedIotlb, generation: u64) {
         let slots = &mut cache.slots;
