@@ -114,8 +114,11 @@ impl GenerationLog {
             Some(&(oldest, _)) if oldest <= from => {}
             _ => return from >= to,
         }
-        for &(generation, scope) in entries.iter() {
-            if generation > from && generation <= to {
+        // Only the newest entries are newer than `from`: find where they start from the back,
+        // so a reader one bump behind looks at that bump's scopes, not the whole log.
+        let newer = entries.iter().rev().take_while(|&&(g, _)| g > from).count();
+        for &(generation, scope) in entries.range(entries.len() - newer..) {
+            if generation <= to {
                 stale(scope);
             }
         }
