@@ -21,6 +21,13 @@
 #                             event; "-" without tracefs): one per physically contiguous buffer
 #                             piece, so a 1 MiB read maps anything from a few to 260 pieces
 #                             depending on how fragmented the guest's dd buffer happens to be
+#   BENCH-DMATIME <requests> <map calls> <map µs> <unmap calls> <unmap µs> <flush calls> <flush µs>
+#                             the guest's own time in the DMA API during an extra, traced run
+#                             of DMATIME_READS 4 KiB reads after the timed phases (ftrace's
+#                             function_graph on dma_map_page_attrs, dma_unmap_page_attrs and
+#                             the lazy flush queue's timer fq_flush_timeout): the guest side of
+#                             the vIOMMU's cost; in strict mode the unmap time holds the
+#                             invalidation's VM exit. Missing without function_graph.
 #   BENCH-FAIL <what>         something went wrong; the script exits 1
 #   BENCH-DONE                everything ran
 set -u
@@ -114,6 +121,54 @@ maps_count() {
     fi
 }
 
+DMATIME_READS=1024
+
+# dma_time: one traced run of 4 KiB reads, then the BENCH-DMATIME line. The timed phases are
+# over (and untraced) by then; only these functions are traced, so other code runs as before.
+dma_time() {
+    grep -qw function_graph "$TRACE/available_tracers" 2>/dev/null || return 0
+    funcs=""
+    for f in dma_map_page_attrs dma_unmap_page_attrs fq_flush_timeout; do
+        awk -v f="$f" '$1 == f { found = 1; exit } END { exit !found }' \
+            "$TRACE/available_filter_functions" && funcs="$funcs $f"
+    done
+    [ -n "$funcs" ] || return 0
+    echo 0 >"$TRACE/tracing_on"
+    [ "$MAPS" = 1 ] && echo 0 >"$TRACE/events/dma/dma_map_page/enable"
+    echo "$funcs" >"$TRACE/set_ftrace_filter" && echo function_graph >"$TRACE/current_tracer" ||
+        return 0
+    # Name the function on the closing line of a call that something else interrupted.
+    echo 1 >"$TRACE/options/funcgraph-tail" 2>/dev/null
+    echo >"$TRACE/trace"
+    r0=$(requests)
+    echo 1 >"$TRACE/tracing_on"
+    dd if="/dev/$DISK" of=/dev/null bs=4k count=$DMATIME_READS skip=4096 iflag=direct \
+        2>/tmp/dd.err || fail "dma time: dd: $(tail -n1 /tmp/dd.err)"
+    echo 0 >"$TRACE/tracing_on"
+    r1=$(requests)
+    # A call is "name();" with its duration on the same line, or "} /* name */" closing one
+    # that something interrupted; the duration is the number before "us" (after a +, !, #
+    # marker when long).
+    awk -v reqs=$((r1 - r0)) '
+        / us / {
+            d = ""
+            for (i = 2; i <= NF; i++) if ($i == "us") d = $(i - 1)
+            if (d == "") next
+            f = ""
+            if ($0 ~ /dma_map_page_attrs/) f = "map"
+            else if ($0 ~ /dma_unmap_page_attrs/) f = "unmap"
+            else if ($0 ~ /fq_flush_timeout/) f = "flush"
+            if (f == "" || ($0 ~ /\{ *$/)) next
+            n[f]++; t[f] += d
+        }
+        END {
+            printf "BENCH-DMATIME %d %d %.1f %d %.1f %d %.1f\n", reqs, n["map"], t["map"],
+                n["unmap"], t["unmap"], n["flush"], t["flush"]
+        }' "$TRACE/trace"
+    echo nop >"$TRACE/current_tracer"
+    echo >"$TRACE/set_ftrace_filter"
+}
+
 # phase NAME BYTES DD-ARGS...: time one dd run and print its BENCH-PHASE line.
 phase() {
     name=$1 bytes=$2
@@ -144,5 +199,5 @@ pick_timer
 report_cap
 find_disk
 report_iommu
-if [ "${BENCH_IDLE:-0}" != 1 ]; then setup_maps; workload; fi
+if [ "${BENCH_IDLE:-0}" != 1 ]; then setup_maps; workload; dma_time; fi
 echo "BENCH-DONE"
