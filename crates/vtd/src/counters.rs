@@ -154,6 +154,7 @@ counters! {
         pasid_cache_misses: "PASID-cache misses.",
         leaf_table_hits: "First-stage walks that started from a cached leaf table.",
         leaf_table_misses: "First-stage walks that read the whole chain of tables.",
+        iotlb_prefetches: "IOTLB entries filled for the other present leaves in a walked leaf's 64-byte line.",
         faults: "Translation faults (qualified or not).",
         faults_recorded: "Faults written to a fault-recording register.",
         fault_events: "Fault-event interrupts sent.",

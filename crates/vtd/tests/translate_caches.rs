@@ -580,3 +580,81 @@ fn scalable_context_invalidations_drop_the_resolved_pasid_entries() {
     unit.inv(Invalidation::ContextGlobal);
     assert_eq!(unit.gpa(SID2, IOVA).unwrap(), NEW);
 }
+
+/// A walk also caches the other present, already-accessed 4 KiB leaves of its 64-byte line of
+/// the leaf table (the request's other buffers, mapped just before): they are served without a
+/// walk, stale until invalidated like any IOTLB entry, and fresh after. Entries without A, or
+/// outside the line, are neither cached nor written; a cached one with D clear still sends a
+/// write through the walk, which sets D.
+#[test]
+fn a_walk_caches_the_accessed_leaves_of_its_line_until_invalidated() {
+    let mem = Mem::new();
+    let t = Tables::scalable(&mem);
+    t.sm_device(SID, true);
+    let pt = PageTable::new(&mem, 4, Stage::First);
+    let accessed = FS_P | FS_RW | FS_US | FS_A;
+    pt.map(&mem, IOVA, GPA, 1, accessed | FS_D);
+    let neighbour = pt.map(&mem, IOVA + 0x1000, GPA + 0x1000, 1, accessed | FS_D);
+    let clean = pt.map(&mem, IOVA + 0x2000, GPA + 0x2000, 1, accessed);
+    let unaccessed = pt.map(&mem, IOVA + 0x3000, GPA + 0x3000, 1, FS_P | FS_RW | FS_US);
+    let next_line = pt.map(&mem, IOVA + 0x8000, GPA + 0x8000, 1, accessed | FS_D);
+    // Address bit 50 is beyond the host address width (48): reserved, so the page faults.
+    pt.map(&mem, IOVA + 0x4000, (1 << 50) | GPA, 1, accessed | FS_D);
+    t.pasid_entry(SID, PASID, fs_entry(&pt, DID));
+    let unit = Unit::new(&mem, t.state());
+    let walks = |u: &Unit| u.counters.snapshot().walks;
+    assert_eq!(unit.gpa_pasid(SID, PASID, IOVA).unwrap(), GPA);
+    assert_eq!(walks(&unit), 1);
+    assert_eq!(
+        unit.counters.snapshot().iotlb_prefetches,
+        2,
+        "IOVA+1 and +2 pages"
+    );
+    assert_eq!(
+        mem.r64(unaccessed) & FS_A,
+        0,
+        "nothing written for a page not asked for"
+    );
+    // Rewrite every neighbour without invalidating.
+    mem.w64(neighbour, (NEW + 0x1000) | accessed | FS_D);
+    mem.w64(unaccessed, (NEW + 0x3000) | FS_P | FS_RW | FS_US);
+    mem.w64(next_line, (NEW + 0x8000) | accessed | FS_D);
+    assert_eq!(
+        unit.gpa_pasid(SID, PASID, IOVA + 0x1000).unwrap(),
+        GPA + 0x1000,
+        "stale: cached by the walk of its line"
+    );
+    assert_eq!(walks(&unit), 1, "served without a walk");
+    assert_eq!(
+        unit.gpa_pasid(SID, PASID, IOVA + 0x3000).unwrap(),
+        NEW + 0x3000,
+        "an entry without A was not cached"
+    );
+    assert_eq!(
+        unit.gpa_pasid(SID, PASID, IOVA + 0x8000).unwrap(),
+        NEW + 0x8000,
+        "another line was not cached"
+    );
+    assert!(
+        unit.gpa_pasid(SID, PASID, IOVA + 0x4000).is_err(),
+        "an entry with a reserved bit was not cached: it faults"
+    );
+    // A write through the cached entry whose D is clear walks and sets D.
+    let write = unit
+        .req(SID, Some(PASID), IOVA + 0x2000, Access::WRITE)
+        .unwrap();
+    assert!(write.perms.write);
+    assert_ne!(mem.r64(clean) & FS_D, 0, "D set by the write's walk");
+    unit.inv(Invalidation::PasidIotlbPage {
+        did: DID,
+        pasid: PASID,
+        addr: IOVA + 0x1000,
+        am: 0,
+        ih: true,
+    });
+    assert_eq!(
+        unit.gpa_pasid(SID, PASID, IOVA + 0x1000).unwrap(),
+        NEW + 0x1000,
+        "fresh after the invalidation"
+    );
+}

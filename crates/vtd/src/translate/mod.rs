@@ -19,7 +19,9 @@
 //!         PASID cache (sid, pasid) ─ miss ─► PASID dir[pasid>>6] ─► PASID entry [tables]
 //!         PGTT=PT ─► identity
 //!         PGTT=FS ─► fill the plan; SRE/ERE, canonical, first-stage walk + A/D ─► fill IOTLB
-//!                    (from the leaf table cached for the 2 MiB region, when it is)
+//!                    (from the leaf table cached for the 2 MiB region, when it is;
+//!                    a 4 KiB leaf also fills the IOTLB with the other present, accessed
+//!                    leaves of its 64-byte line: the request's other buffers)
 //!         PGTT=SS ─► second-stage walk (SM reasons) ──────────────────► fill IOTLB
 //!         other  ─► 0x5B
 //! ```
@@ -611,26 +613,43 @@ impl Translator {
         let size = level_size(level);
         let write = first_stage::may_write(leaf.rights, w.controls, privileged)
             && (leaf.dirty_ok || req.access.write);
-        self.iotlb.insert(
-            &self.clock,
-            ticket,
-            req.sid,
-            req.pasid.unwrap_or(NO_PASID),
-            IotlbEntry {
-                did,
-                pasid,
-                iova_base,
-                gpa_base,
-                level: level as u8,
-                fpd,
-                rights: CachedRights::First {
-                    rights: leaf.rights,
-                    controls: w.controls,
-                    rid_priv: privileged && req.pasid.is_none(),
-                    dirty_ok: leaf.dirty_ok,
+        let fill = |iova_base: u64, gpa_base: u64, level: u32, leaf: &first_stage::FsLeaf| {
+            self.iotlb.insert(
+                &self.clock,
+                ticket,
+                req.sid,
+                req.pasid.unwrap_or(NO_PASID),
+                IotlbEntry {
+                    did,
+                    pasid,
+                    iova_base,
+                    gpa_base,
+                    level: level as u8,
+                    fpd,
+                    rights: CachedRights::First {
+                        rights: leaf.rights,
+                        controls: w.controls,
+                        rid_priv: privileged && req.pasid.is_none(),
+                        dirty_ok: leaf.dirty_ok,
+                    },
                 },
-            },
-        );
+            )
+        };
+        fill(iova_base, gpa_base, level, &leaf);
+        if leaf.level == 1
+            && let Some(chain) = reached.or(cached)
+        {
+            // The line's other present leaves: the request's other buffers, mapped just before.
+            for (page, n) in first_stage::line_neighbours(ram, w, chain, req.iova)
+                .iter()
+                .flatten()
+            {
+                if !INTERRUPT_RANGE.contains(&n.page) {
+                    Counters::bump(&self.counters.iotlb_prefetches);
+                    fill(*page, n.page, 1, n);
+                }
+            }
+        }
         Ok(Translation {
             iova_base,
             gpa_base,

@@ -191,6 +191,63 @@ const EXTENDED_ACCESSED: u64 = FirstStagePte::new().with_ea(true).into_bits();
 /// The D flag of a first-stage entry.
 const DIRTY: u64 = FirstStagePte::new().with_dirty(true).into_bits();
 
+/// 4 KiB leaves sharing one 64-byte line of a leaf table: what [`line_neighbours`] looks at.
+pub(crate) const LINE_ENTRIES: u64 = 8;
+
+/// The other present 4 KiB leaves in the 64-byte line of `chain`'s leaf table that holds
+/// `iova`'s entry, as (input page, leaf), for the caller to cache along with `iova`'s (the
+/// line costs one read; the entries next to a fresh mapping are usually the request's other
+/// buffers). Only entries a walk would accept and that need no update are returned: present,
+/// no reserved bit set, the accessed flag (and EA under EAFE) already set, so nothing is
+/// written for a page no request asked for. Each entry is read again atomically before use:
+/// the line copy may catch one the guest is writing.
+pub(crate) fn line_neighbours(
+    ram: &dyn GuestRam,
+    w: &FsWalk,
+    chain: LeafTable,
+    iova: u64,
+) -> [Option<(u64, FsLeaf)>; LINE_ENTRIES as usize] {
+    let mut out = [None; LINE_ENTRIES as usize];
+    let index = table_index(iova, 1);
+    let first = index & !(LINE_ENTRIES - 1);
+    let mut line = [0u8; 8 * LINE_ENTRIES as usize];
+    if ram.read_at(chain.table + first * 8, &mut line).is_err() {
+        return out;
+    }
+    let accessed = if w.controls.eafe {
+        ACCESSED | EXTENDED_ACCESSED
+    } else {
+        ACCESSED
+    };
+    let page_of = |i: u64| (iova & !0xfff & !((LINE_ENTRIES << 12) - 1)) | (i << 12);
+    for (i, bytes) in (0..LINE_ENTRIES).zip(line.chunks_exact(8)) {
+        let seen = u64::from_le_bytes(bytes.try_into().unwrap_or_default());
+        if first + i == index || !FirstStagePte::from_bits(seen).present() {
+            continue;
+        }
+        let Ok(raw) = ram.read_u64(chain.table + (first + i) * 8) else {
+            continue;
+        };
+        let pte = FirstStagePte::from_bits(raw);
+        if !pte.present() || raw & w.reserved.mask(pte, 1) != 0 || raw & accessed != accessed {
+            continue;
+        }
+        let rights = FsRights {
+            rw: chain.rights.rw && pte.rw(),
+            us: chain.rights.us && pte.us(),
+            xd: chain.rights.xd || (w.controls.nxe && pte.xd()),
+        };
+        let leaf = FsLeaf {
+            page: pte.output_address(1),
+            level: 1,
+            rights,
+            dirty_ok: pte.dirty() || !pte.rw(),
+        };
+        out[i as usize] = Some((page_of(i), leaf));
+    }
+    out
+}
+
 /// One attempt of [`walk`].
 fn walk_once(
     ram: &dyn GuestRam,
