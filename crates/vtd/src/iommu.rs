@@ -7,8 +7,9 @@
 //!  IommuMemory ─► DeviceIommu::translate(iova, len, access)
 //!     remembered pages at the remapper's generation? (behind it: catch up — drop the pages
 //!       Remapper::stale_between names, or all) ─► page holding iova ─► hit
-//!     else Remapper::remap(sid, iova) ─► Translation | Fault
-//!       ─► remember the page (tagged with the generation read before the remap)
+//!     else Remapper::remap_nearby(sid, iova) ─► Translation | Fault
+//!       ─► remember the page, and up to NEARBY_PAGES pages the remap found next to it
+//!          (tagged with the generation read before the remap)
 //! ```
 //!
 //! **The remembered pages are exact.** They hold only translations the remapper returned, the
@@ -21,8 +22,11 @@
 //! reprograms the unit), never after, while the queue's ring pages survive the strict-mode
 //! flushes of other pages. A fill that raced a bump is remembered at its own (older)
 //! generation and caught up like the rest; faults are never remembered. A write permission is
-//! remembered only from a write access (the walk that served it set the D bit), so a later
-//! first write still goes to the unit. The cache holds [`CACHED_PAGES`] pages, least recently
+//! remembered only from a write access (the walk that served it set the D bit), or for a page
+//! found nearby whose D bit was already set, so a later first write still goes to the unit.
+//! Pages found nearby are the unit's (`Remapper::remap_nearby`: the other present, accessed
+//! leaves of a walked leaf-table line, i.e. a request's other buffers), the [`NEARBY_PAGES`]
+//! nearest kept, remembered before the page asked for. The cache holds [`CACHED_PAGES`] pages, least recently
 //! used replaced first. A remapper without a generation gets a fresh `Iotlb` per call.
 //!
 //! A range is translated page by page, but a superpage or pass-through translation covers many
@@ -232,13 +236,14 @@ impl DeviceIommu {
 
     /// Remembers the pages of `mappings` (obtained after reading `generation`) unless the
     /// cache already follows a later generation.
-    fn remember(&self, generation: u64, mappings: &[Mapping]) {
+    fn remember(&self, generation: u64, nearby: &Nearby, mappings: &[Mapping]) {
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         if cache.generation > generation {
             return;
         }
         self.catch_up(&mut cache, generation);
-        for m in mappings {
+        // The pages asked for last: they are the most recently used.
+        for m in nearby.pages.iter().flatten().chain(mappings) {
             let Some((start, gpa, len)) = m.page else {
                 continue;
             };
@@ -300,6 +305,47 @@ struct Mapping {
 
 /// Pieces a request usually has (one page, or two when it straddles a boundary).
 const USUAL_MAPPINGS: usize = 2;
+
+/// Pages found next to a translated one ([`Remapper::remap_nearby`]) remembered along with it,
+/// the nearest first: a request's other buffers. Fewer than half the cache, so a queue's ring
+/// pages stay.
+pub const NEARBY_PAGES: usize = 3;
+
+/// The [`NEARBY_PAGES`] translations nearest `iova` among those a remap offered.
+struct Nearby {
+    iova: u64,
+    pages: [Option<Mapping>; NEARBY_PAGES],
+}
+
+impl Nearby {
+    fn new(iova: u64) -> Self {
+        Self {
+            iova,
+            pages: [None; NEARBY_PAGES],
+        }
+    }
+
+    /// Keeps `t` if there is room or it is nearer than the farthest kept.
+    fn offer(&mut self, t: Translation) {
+        let Some(page) = page_of(&t, t.iova_base) else {
+            return;
+        };
+        let m = Mapping {
+            iova: t.iova_base,
+            gpa: t.gpa_base,
+            len: page.2,
+            perms: permissions_of(t.perms.read, t.perms.write),
+            page: Some(page),
+        };
+        let distance = |m: &Option<Mapping>| m.map_or(u64::MAX, |m| m.iova.abs_diff(self.iova));
+        let farthest = (0..NEARBY_PAGES)
+            .max_by_key(|&i| distance(&self.pages[i]))
+            .unwrap_or(0);
+        if distance(&Some(m)) < distance(&self.pages[farthest]) {
+            self.pages[farthest] = Some(m);
+        }
+    }
+}
 
 /// The page of `t` to remember for an access at `iova`.
 fn page_of(t: &Translation, iova: u64) -> Option<(u64, u64, usize)> {
@@ -386,9 +432,10 @@ impl vm_memory::Iommu for DeviceIommu {
         {
             return Ok(hit);
         }
-        let mappings = self.walk(start, end, access)?;
+        let mut nearby = Nearby::new(start);
+        let mappings = self.walk(start, end, access, &mut nearby)?;
         if let Some(generation) = generation {
-            self.remember(generation, &mappings);
+            self.remember(generation, &nearby, &mappings);
             // Usually one page, now remembered: hand that out instead of building an `Iotlb`.
             if let Some(guard) = self.cached(generation, start, end, access)
                 && let Ok(hit) = Iotlb::lookup(guard, iova, length, access)
@@ -414,7 +461,14 @@ impl vm_memory::Iommu for DeviceIommu {
 
 impl DeviceIommu {
     /// Asks the remapper for every page of `[start, end)`; the pieces, or the first fault.
-    fn walk(&self, start: u64, end: u64, access: Permissions) -> Result<Vec<Mapping>, Error> {
+    /// `nearby` gets what the remapper found next to the first page.
+    fn walk(
+        &self,
+        start: u64,
+        end: u64,
+        access: Permissions,
+        nearby: &mut Nearby,
+    ) -> Result<Vec<Mapping>, Error> {
         let length = (end - start) as usize;
         let mut mappings = Vec::with_capacity(USUAL_MAPPINGS);
         let mut cur = start;
@@ -425,7 +479,11 @@ impl DeviceIommu {
             if cur >= end {
                 break;
             }
-            let m = self.remap_one(cur, end, access)?;
+            let m = if cur == start {
+                self.remap_one(cur, end, access, &mut |t| nearby.offer(t))?
+            } else {
+                self.remap_one(cur, end, access, &mut |_| {})?
+            };
             cur += m.len as u64;
             mappings.push(m);
         }
@@ -440,8 +498,15 @@ impl DeviceIommu {
     }
 
     /// Asks the remapper for `cur` (`cur < end`): the piece of `[cur, end)` its answer
-    /// covers (at least one byte), or the fault.
-    fn remap_one(&self, cur: u64, end: u64, access: Permissions) -> Result<Mapping, Error> {
+    /// covers (at least one byte), or the fault; `nearby` gets what the remapper found next to
+    /// it.
+    fn remap_one(
+        &self,
+        cur: u64,
+        end: u64,
+        access: Permissions,
+        nearby: &mut dyn FnMut(Translation),
+    ) -> Result<Mapping, Error> {
         let req_access = access_of(access);
         let req = DmaRequest {
             sid: self.sid,
@@ -451,7 +516,7 @@ impl DeviceIommu {
         };
         let t = self
             .remapper
-            .remap(&req)
+            .remap_nearby(&req, nearby)
             .map_err(|f| cannot_resolve(cur, (end - cur) as usize, f.reason.to_string()))?;
         let page_end = t.iova_base.saturating_add(t.size);
         if cur < t.iova_base || cur >= page_end {
@@ -491,10 +556,12 @@ impl DeviceIommu {
         if let Some(hit) = generation.and_then(|g| self.cached_piece(g, iova, end, access)) {
             return Ok(hit);
         }
-        // One remap covers the rest of the translated page (a superpage in one step).
-        let m = self.remap_one(iova, end, access)?;
+        // One remap covers the rest of the translated page (a superpage in one step), and may
+        // bring the pages next to it: remembered too, before it (it is the most recent).
+        let mut nearby = Nearby::new(iova);
+        let m = self.remap_one(iova, end, access, &mut |t| nearby.offer(t))?;
         if let Some(generation) = generation {
-            self.remember(generation, std::slice::from_ref(&m));
+            self.remember(generation, &nearby, std::slice::from_ref(&m));
         }
         Ok((m.gpa, m.len))
     }

@@ -109,6 +109,19 @@ pub trait Remapper: Send + Sync {
     /// requires when it fails.
     fn remap(&self, req: &DmaRequest) -> Result<Translation, Fault>;
 
+    /// [`Remapper::remap`], and `nearby` receives other translations for the same requester
+    /// the remapper found on the way (pages next to the walked one), each what `remap` would
+    /// return for it at that moment and valid under the same [`Remapper::generation`] rule.
+    /// The default finds none.
+    fn remap_nearby(
+        &self,
+        req: &DmaRequest,
+        nearby: &mut dyn FnMut(Translation),
+    ) -> Result<Translation, Fault> {
+        let _ = nearby;
+        self.remap(req)
+    }
+
     /// A counter that changes (grows) before any translation this remapper returned can stop
     /// being valid: invalidations, cache flushes, root or TE changes. A caller may reuse a
     /// translation obtained while the counter read `g` for as long as it still reads `g`.

@@ -785,6 +785,17 @@ impl Remapper for Vtd {
             .inspect_err(|fault| self.report_fault(fault))
     }
 
+    fn remap_nearby(
+        &self,
+        req: &DmaRequest,
+        nearby: &mut dyn FnMut(Translation),
+    ) -> Result<Translation, Fault> {
+        let state = self.current_state();
+        self.translator
+            .translate_nearby(&*self.ram, &state, req, nearby)
+            .inspect_err(|fault| self.report_fault(fault))
+    }
+
     fn generation(&self) -> Option<u64> {
         Some(self.invalidation_generation())
     }

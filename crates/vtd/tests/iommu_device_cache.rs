@@ -398,3 +398,45 @@ fn a_device_far_behind_the_log_forgets_everything<M: GuestMemory>(mut g: Guest<M
     g.submit(&[piotlb(3, u64::from(DID), 0, IOVA)]);
     assert_eq!(g.read(IOVA).unwrap(), 0x4444);
 }
+
+both!(
+    pages_next_to_a_walked_one_are_remembered_with_it:
+    nearby_pages_iommu_memory,
+    nearby_pages_dma_memory
+);
+/// The request's other buffers, mapped at neighbouring IOVAs before the device reads any:
+/// the walk for the first brings the others (present, accessed, in its line of the leaf
+/// table), so the device reads them without asking the unit again; they are stale until
+/// invalidated like any remembered page, and one whose D is clear is remembered read-only, so
+/// a write still reaches the unit and sets D.
+fn pages_next_to_a_walked_one_are_remembered_with_it<M: GuestMemory>(mut g: Guest<M>) {
+    let accessed = FS_P | FS_RW | FS_US | FS_A;
+    let page = |i: u64| DATA_BASE + i * 0x1000;
+    for i in 0..4 {
+        g.mem.w32(page(i), 0x100 + i as u32);
+    }
+    g.pt.map(&g.mem, IOVA, page(0), 1, accessed | FS_D);
+    g.pt.map(&g.mem, IOVA - 0x1000, page(1), 1, accessed | FS_D);
+    let clean = g.pt.map(&g.mem, IOVA - 0x2000, page(2), 1, accessed);
+    g.pt.map(&g.mem, IOVA - 0x3000, page(3), 1, FS_P | FS_RW | FS_US);
+    assert_eq!(g.read(IOVA).unwrap(), 0x100);
+    let asked = g.translations();
+    assert_eq!(g.read(IOVA - 0x1000).unwrap(), 0x101);
+    assert_eq!(g.read(IOVA - 0x2000).unwrap(), 0x102);
+    assert_eq!(g.translations(), asked, "both came with the first walk");
+    assert_eq!(g.read(IOVA - 0x3000).unwrap(), 0x103);
+    assert_eq!(g.translations(), asked + 1, "a page without A did not");
+    // Stale until invalidated.
+    g.pt.map(&g.mem, IOVA - 0x1000, page(3), 1, accessed | FS_D);
+    assert_eq!(g.read(IOVA - 0x1000).unwrap(), 0x101, "stale");
+    g.submit(&[piotlb(3, u64::from(DID), 0, IOVA - 0x1000)]);
+    assert_eq!(g.read(IOVA - 0x1000).unwrap(), 0x103, "fresh");
+    // D clear: remembered read-only, the write goes to the unit, which sets D.
+    let asked = g.translations();
+    g.dma
+        .write_obj(0xd2u32, GuestAddress(IOVA - 0x2000))
+        .unwrap();
+    assert_eq!(g.translations(), asked + 1, "the write asked the unit");
+    assert_eq!(g.mem.r64(clean) & FS_D, FS_D);
+    assert_eq!(g.mem.r32(page(2)), 0xd2);
+}

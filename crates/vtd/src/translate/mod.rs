@@ -221,11 +221,27 @@ impl Translator {
     ///
     /// Inlined into callers: the IOTLB hit is a few dozen instructions, and returning the result
     /// through memory costs about as much again; misses go to an out-of-line slow path.
+    #[inline]
     pub fn translate(
         &self,
         ram: &dyn GuestRam,
         state: &UnitState,
         req: &DmaRequest,
+    ) -> Result<Translation, Fault> {
+        self.translate_nearby(ram, state, req, &mut |_| {})
+    }
+
+    /// [`Translator::translate`], and `nearby` receives the other translations for the same
+    /// requester that a first-stage walk cached on the way (the other present, accessed
+    /// leaves of the walked leaf's line, those the request's privilege may read). Each is
+    /// exactly what a request for it would have returned at that moment.
+    #[inline]
+    pub fn translate_nearby(
+        &self,
+        ram: &dyn GuestRam,
+        state: &UnitState,
+        req: &DmaRequest,
+        nearby: &mut dyn FnMut(Translation),
     ) -> Result<Translation, Fault> {
         self.counters.translations.bump();
         if !state.translation_enabled {
@@ -245,7 +261,7 @@ impl Translator {
                 perms,
             });
         }
-        self.translate_miss(ram, state, req)
+        self.translate_miss(ram, state, req, nearby)
     }
 
     /// Everything but an IOTLB hit: the walks, and the fault the unit records on failure.
@@ -255,9 +271,10 @@ impl Translator {
         ram: &dyn GuestRam,
         state: &UnitState,
         req: &DmaRequest,
+        nearby: &mut dyn FnMut(Translation),
     ) -> Result<Translation, Fault> {
         let tag = req.pasid.unwrap_or(NO_PASID);
-        self.translate_slow(ram, state, req).map_err(|f| {
+        self.translate_slow(ram, state, req, nearby).map_err(|f| {
             tracing::trace!(target: "vtd", sid = req.sid.0, pasid = tag, iova = req.iova,
                 reason = f.reason.code(), fpd = f.fpd, "vtd_dmar_fault");
             Fault {
@@ -416,6 +433,7 @@ impl Translator {
         ram: &dyn GuestRam,
         state: &UnitState,
         req: &DmaRequest,
+        nearby: &mut dyn FnMut(Translation),
     ) -> Result<Translation, SlowFault> {
         if req.pasid.is_some_and(|p| p >= vtd_spec::PASID_LIMIT) {
             return Err(TableFault::new(FaultReason::SmPasidTooLarge, false));
@@ -430,14 +448,14 @@ impl Translator {
             Counters::bump(&self.counters.context_cache_hits);
             Counters::bump(&self.counters.pasid_cache_hits);
             tracing::trace!(target: "vtd", sid = req.sid.0, pasid = plan.pasid, "vtd_plan_hit");
-            return self.planned(ram, req, &plan, ticket);
+            return self.planned(ram, req, &plan, ticket, nearby);
         }
         let ctx = self
             .context(ram, state, req.sid, ticket)
             .map_err(|r| TableFault::new(r, false))?;
         match ctx {
             Context::Legacy(ce) => self.legacy(ram, state, req, &ce, ticket),
-            Context::Scalable(ce) => self.scalable(ram, state, req, &ce, ticket),
+            Context::Scalable(ce) => self.scalable(ram, state, req, &ce, ticket, nearby),
         }
     }
 
@@ -478,6 +496,7 @@ impl Translator {
         req: &DmaRequest,
         ce: &ScalableContextEntry,
         ticket: Option<Ticket>,
+        nearby: &mut dyn FnMut(Translation),
     ) -> Result<Translation, SlowFault> {
         let pasid = match req.pasid {
             Some(p) => {
@@ -517,7 +536,7 @@ impl Translator {
                 let tag = req.pasid.unwrap_or(NO_PASID);
                 self.plans
                     .insert_if(req.sid.0, tag, plan, || self.clock.still(ticket));
-                self.planned(ram, req, &plan, ticket)
+                self.planned(ram, req, &plan, ticket, nearby)
             }
             Pgtt::SecondStage => {
                 let levels = tables::supported_ss_levels(state.cap, pe.qw0.aw())
@@ -555,6 +574,7 @@ impl Translator {
         req: &DmaRequest,
         plan: &Plan,
         ticket: Option<Ticket>,
+        nearby: &mut dyn FnMut(Translation),
     ) -> Result<Translation, SlowFault> {
         let privileged = if req.pasid.is_some() {
             req.access.privileged
@@ -573,6 +593,7 @@ impl Translator {
             (plan.did, plan.pasid),
             plan.fpd,
             ticket,
+            nearby,
         )
     }
 
@@ -591,6 +612,7 @@ impl Translator {
         (did, pasid): (u16, u32),
         fpd: bool,
         ticket: Option<Ticket>,
+        nearby: &mut dyn FnMut(Translation),
     ) -> Result<Translation, SlowFault> {
         self.count_walk();
         tracing::trace!(target: "vtd", sid = req.sid.0, pasid, iova = req.iova, "vtd_iotlb_page_miss");
@@ -644,9 +666,23 @@ impl Translator {
                 .iter()
                 .flatten()
             {
-                if !INTERRUPT_RANGE.contains(&n.page) {
-                    Counters::bump(&self.counters.iotlb_prefetches);
-                    fill(*page, n.page, 1, n);
+                if INTERRUPT_RANGE.contains(&n.page) {
+                    continue;
+                }
+                Counters::bump(&self.counters.iotlb_prefetches);
+                fill(*page, n.page, 1, n);
+                if first_stage::check_rights(n.rights, w.controls, privileged, Access::READ).is_ok()
+                {
+                    nearby(Translation {
+                        iova_base: *page,
+                        gpa_base: n.page,
+                        size: 4096,
+                        perms: Permissions {
+                            read: true,
+                            write: first_stage::may_write(n.rights, w.controls, privileged)
+                                && n.dirty_ok,
+                        },
+                    });
                 }
             }
         }
