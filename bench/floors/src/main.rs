@@ -10,6 +10,9 @@
 //!   previous read), in a 32 KiB table (L1-resident, as when the page-table lines are hot) and
 //!   in a 256 MiB one (each read misses the caches and the TLB: DRAM latency). The floor of a
 //!   4-level page walk.
+//! * `hash_walk1`: one multiplicative-hash lookup that hits (the cached leaf table of the page's
+//!   2 MiB region) and one read it leads to (the PTE), cache-hot. The floor of a walk that
+//!   starts from a cached leaf table.
 //! * `qi16_read`: reading 16 256-bit descriptors and a wait descriptor from a ring (their first
 //!   128 bits, which hold every field these descriptors use) and writing the wait's 4-byte
 //!   status. `qi16_hash`: the same plus removing (and re-inserting,
@@ -103,8 +106,10 @@ fn cycle(n: usize) -> Vec<u64> {
 }
 
 fn walks() {
-    for (name, bytes, iters) in [("walk4_cached", 32usize << 10, 20_000_000u64),
-                                 ("walk4_dram", 256usize << 20, 200_000)] {
+    for (name, bytes, iters) in [
+        ("walk4_cached", 32usize << 10, 20_000_000u64),
+        ("walk4_dram", 256usize << 20, 200_000),
+    ] {
         let table = cycle(bytes / 8);
         let mut at = 0u64;
         let ns = measure(iters, |_| {
@@ -117,9 +122,28 @@ fn walks() {
     }
 }
 
+fn hash_walk() {
+    let keys: Vec<Key> = (0..256u64).map(|i| (2, 0, 0x8_0000 + i)).collect();
+    let table = cycle(4096);
+    let tables: HashMap<Key, u64, BuildHasherDefault<MulHasher>> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (*k, (i as u64 * 16) % 4096))
+        .collect();
+    report(
+        "hash_walk1",
+        measure(5_000_000, |i| {
+            let leaf = tables[black_box(&keys[(i % 256) as usize])];
+            table[(leaf + (i & 15)) as usize]
+        }),
+    );
+}
+
 fn queue() {
     // 64 slots of 32 bytes (four u64 each); a submission is 16 invalidations and a wait.
-    let ring: Vec<u64> = (0..256u64).map(|i| 0x0000_0010_0000_0006 ^ (i << 20)).collect();
+    let ring: Vec<u64> = (0..256u64)
+        .map(|i| 0x0000_0010_0000_0006 ^ (i << 20))
+        .collect();
     let mut status = vec![0u32; 16];
     let mut head = 0usize;
     let mut submit = |status: &mut Vec<u32>| {
@@ -162,7 +186,13 @@ struct Entry {
 
 fn scan() {
     let mut table: Vec<Entry> = (0..8192u64)
-        .map(|i| Entry { tag: i, did: 2, pasid: 0, out: i << 12, valid: true })
+        .map(|i| Entry {
+            tag: i,
+            did: 2,
+            pasid: 0,
+            out: i << 12,
+            valid: true,
+        })
         .collect();
     report(
         "scan8192",
@@ -183,6 +213,7 @@ fn scan() {
 fn main() {
     hash_hits();
     walks();
+    hash_walk();
     queue();
     scan();
 }
