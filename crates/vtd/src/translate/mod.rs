@@ -597,6 +597,29 @@ impl Translator {
         )
     }
 
+    /// Caches a page `req`'s requester may use: (DID, PASID, FPD) tags, (input base, output
+    /// base, level), rights; kept out if an invalidation started since `ticket`.
+    fn fill(
+        &self,
+        req: &DmaRequest,
+        ticket: Option<Ticket>,
+        (did, pasid, fpd): (u16, u32, bool),
+        (iova_base, gpa_base, level): (u64, u64, u32),
+        rights: CachedRights,
+    ) {
+        let entry = IotlbEntry {
+            did,
+            pasid,
+            iova_base,
+            gpa_base,
+            level: level as u8,
+            fpd,
+            rights,
+        };
+        let tag = req.pasid.unwrap_or(NO_PASID);
+        self.iotlb.insert(&self.clock, ticket, req.sid, tag, entry);
+    }
+
     fn count_walk(&self) {
         self.counters.iotlb_misses.bump();
         self.counters.walks.bump();
@@ -636,26 +659,19 @@ impl Translator {
         let write = first_stage::may_write(leaf.rights, w.controls, privileged)
             && (leaf.dirty_ok || req.access.write);
         let fill = |iova_base: u64, gpa_base: u64, level: u32, leaf: &first_stage::FsLeaf| {
-            self.iotlb.insert(
-                &self.clock,
+            let rights = CachedRights::First {
+                rights: leaf.rights,
+                controls: w.controls,
+                rid_priv: privileged && req.pasid.is_none(),
+                dirty_ok: leaf.dirty_ok,
+            };
+            self.fill(
+                req,
                 ticket,
-                req.sid,
-                req.pasid.unwrap_or(NO_PASID),
-                IotlbEntry {
-                    did,
-                    pasid,
-                    iova_base,
-                    gpa_base,
-                    level: level as u8,
-                    fpd,
-                    rights: CachedRights::First {
-                        rights: leaf.rights,
-                        controls: w.controls,
-                        rid_priv: privileged && req.pasid.is_none(),
-                        dirty_ok: leaf.dirty_ok,
-                    },
-                },
-            )
+                (did, pasid, fpd),
+                (iova_base, gpa_base, level),
+                rights,
+            );
         };
         fill(iova_base, gpa_base, level, &leaf);
         if leaf.level == 1
@@ -712,24 +728,17 @@ impl Translator {
         let (iova_base, gpa_base, level) = avoid_interrupt_range(req.iova, leaf.page, leaf.level)
             .ok_or(TableFault::new(w.faults.interrupt, fpd))?;
         let size = level_size(level);
-        self.iotlb.insert(
-            &self.clock,
+        let rights = CachedRights::Second {
+            read: leaf.read,
+            write: leaf.write,
+            dirty_ok: leaf.dirty_ok,
+        };
+        self.fill(
+            req,
             ticket,
-            req.sid,
-            req.pasid.unwrap_or(NO_PASID),
-            IotlbEntry {
-                did,
-                pasid,
-                iova_base,
-                gpa_base,
-                level: level as u8,
-                fpd,
-                rights: CachedRights::Second {
-                    read: leaf.read,
-                    write: leaf.write,
-                    dirty_ok: leaf.dirty_ok,
-                },
-            },
+            (did, pasid, fpd),
+            (iova_base, gpa_base, level),
+            rights,
         );
         Ok(Translation {
             iova_base,
