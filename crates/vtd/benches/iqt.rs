@@ -1,5 +1,5 @@
 //! The guest's invalidation-queue tail write as Linux makes it in strict DMA mode, one per
-//! unmapped page: a page-selective PASID-IOTLB invalidation (DID 2, PASID 0, one 4 KiB page)
+//! unmapped page: a page-selective PASID-IOTLB invalidation (DID 2, PASID 0, one 4 KiB page, IH)
 //! and a wait with a status write, in a 256-bit queue of a scalable-mode, first-stage unit
 //! whose IOTLB holds the page (a DMA translated it just before).
 //!
@@ -9,6 +9,8 @@
 //! - `IQT_SUBMISSIONS` (default 10000): how many IQT writes.
 //! - `IQT_OBSERVERS` (default 0): how many no-op invalidation observers to register (a
 //!   passthrough device registers one).
+//! - `IQT_IH` (default 1): the invalidation hint. Linux sets it on an unmap that freed no page
+//!   table; 0 also makes the unit drop the cached leaf table of the page's region.
 #![allow(missing_docs)]
 
 #[path = "../tests/translate_support/mod.rs"]
@@ -58,6 +60,7 @@ fn env(name: &str, default: u64) -> u64 {
 fn main() {
     let submissions = env("IQT_SUBMISSIONS", 10_000);
     let observers = env("IQT_OBSERVERS", 0);
+    let ih = env("IQT_IH", 1) & 1;
     let mem = Mem::new();
     let tables = Tables::scalable(&mem);
     tables.sm_device(SID, false);
@@ -100,8 +103,9 @@ fn main() {
             })
             .unwrap();
         black_box(t);
-        // G=3, DID 2, PASID 0, one 4 KiB page (AM 0, IH 0), as Linux's qi_flush_piotlb.
-        put(tail, 6 | (3 << 4) | (2 << 16), iova);
+        // G=3, DID 2, PASID 0, one 4 KiB page (AM 0), IH as Linux's strict-mode unmap sets it
+        // when it freed no page table (`IQT_IH`, default 1; 0 also drops cached leaf tables).
+        put(tail, 6 | (3 << 4) | (2 << 16), iova | (ih << 6));
         tail = (tail + 1) % entries;
         // Wait with SW, status data = the submission's low bits.
         put(tail, 5 | (1 << 5) | ((i & 0xffff_ffff) << 32), STATUS);

@@ -74,10 +74,15 @@ impl LeafTableKey {
             .enumerate()
             .fold(0u64, |acc, (i, &on)| acc | (u64::from(on) << (4 + i)));
         Self {
-            space: (u64::from(did) << 32) | u64::from(pasid),
+            space: Self::space_of(did, pasid),
             region: iova >> REGION_SHIFT,
             walk: (root & !0xfff) | flags | u64::from(levels & 0xf),
         }
+    }
+
+    /// The `space` word of (`did`, `pasid`).
+    fn space_of(did: u16, pasid: u32) -> u64 {
+        (u64::from(did) << 32) | u64::from(pasid)
     }
 
     fn did(&self) -> u16 {
@@ -98,42 +103,65 @@ pub(crate) struct LeafTable {
     pub(crate) rights: FsRights,
 }
 
-/// The cache: a bounded map from [`LeafTableKey`] to [`LeafTable`].
+/// The cache: a bounded map from [`LeafTableKey`] to [`LeafTable`], in parts chosen by address
+/// space and region only, so that a page invalidation visits the parts of its few regions
+/// instead of the whole cache.
 pub(crate) struct LeafTables {
-    map: ShardedCache<LeafTableKey, LeafTable>,
+    parts: Box<[ShardedCache<LeafTableKey, LeafTable>]>,
 }
 
+/// Most regions a page invalidation drops part by part; a wider one visits every part.
+const PART_BY_PART: u64 = 16;
+
 impl LeafTables {
-    pub(crate) fn new(shards: usize, shard_capacity: usize) -> Self {
+    /// `parts` (a power of two) parts of `part_capacity` entries each.
+    pub(crate) fn new(parts: usize, part_capacity: usize) -> Self {
+        let n = parts.max(1).next_power_of_two();
         Self {
-            map: ShardedCache::new(shards, shard_capacity),
+            parts: (0..n)
+                .map(|_| ShardedCache::new(1, part_capacity))
+                .collect(),
         }
     }
 
-    pub(crate) fn get(&self, key: &LeafTableKey) -> Option<LeafTable> {
-        self.map.get(key)
+    /// The part holding the entries of `region` in address space `space` (DID and PASID).
+    fn part(&self, space: u64, region: u64) -> &ShardedCache<LeafTableKey, LeafTable> {
+        let h = (space.rotate_left(29) ^ region).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let i = (h >> 32) as usize & (self.parts.len() - 1);
+        // `i` is masked to the part count, so this cannot fail; `get` keeps it panic-free.
+        self.parts.get(i).unwrap_or(&self.parts[0])
     }
 
-    /// Caches `table` if `still` holds under the shard lock (see `ShardedCache::insert_if`).
+    pub(crate) fn get(&self, key: &LeafTableKey) -> Option<LeafTable> {
+        self.part(key.space, key.region).get(key)
+    }
+
+    /// Caches `table` if `still` holds under the part's lock (see `ShardedCache::insert_if`).
     pub(crate) fn insert_if(
         &self,
         key: LeafTableKey,
         table: LeafTable,
         still: impl FnOnce() -> bool,
     ) {
-        self.map.insert_if(key, table, still);
+        self.part(key.space, key.region)
+            .insert_if(key, table, still);
     }
 
     pub(crate) fn clear(&self) {
-        self.map.clear();
+        self.parts.iter().for_each(|p| p.clear());
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.parts.iter().map(|p| p.len()).sum()
     }
 
     pub(crate) fn capacity(&self) -> usize {
-        self.map.capacity()
+        self.parts.iter().map(|p| p.capacity()).sum()
+    }
+
+    /// Drops, in every part, the entries for which `stale` holds; returns how many.
+    fn retain_all(&self, stale: impl Fn(&LeafTableKey) -> bool) -> usize {
+        self.parts.iter().map(|p| p.retain(|k, _| !stale(k))).sum()
     }
 
     /// Applies one invalidation (the table in the module docs); returns the entries dropped.
@@ -148,11 +176,11 @@ impl LeafTables {
                 n
             }
             Invalidation::IotlbDomain { did } | Invalidation::IotlbPage { did, .. } => {
-                self.map.retain(|k, _| k.did() != did)
+                self.retain_all(|k| k.did() == did)
             }
-            Invalidation::PasidIotlbAll { did, pasid } => self
-                .map
-                .retain(|k, _| !(k.did() == did && k.pasid() == pasid)),
+            Invalidation::PasidIotlbAll { did, pasid } => {
+                self.retain_all(|k| k.did() == did && k.pasid() == pasid)
+            }
             Invalidation::PasidIotlbPage { ih: true, .. } => 0,
             Invalidation::PasidIotlbPage {
                 did,
@@ -161,12 +189,19 @@ impl LeafTables {
                 am,
                 ih: false,
             } => {
-                let covered = region_span(addr, am);
-                self.map.retain(|k, _| {
-                    !(k.did() == did
-                        && k.pasid() == pasid
-                        && covered.as_ref().is_none_or(|r| r.contains(&k.region)))
-                })
+                let mine = |k: &LeafTableKey| k.did() == did && k.pasid() == pasid;
+                match region_span(addr, am) {
+                    Some(span) if span.end() - span.start() < PART_BY_PART => {
+                        let space = LeafTableKey::space_of(did, pasid);
+                        span.map(|r| {
+                            self.part(space, r)
+                                .retain(|k, _| !(mine(k) && k.region == r))
+                        })
+                        .sum()
+                    }
+                    Some(span) => self.retain_all(|k| mine(k) && span.contains(&k.region)),
+                    None => self.retain_all(mine),
+                }
             }
             Invalidation::PasidCacheGlobal
             | Invalidation::PasidCacheDomain { .. }
@@ -282,6 +317,10 @@ mod tests {
         // AM 52 and up: the whole space of (DID, PASID).
         assert_eq!(c.invalidate(&page(1, 7, 0, 63, false)), 4);
         assert_eq!(c.len(), 5);
+        // A range wider than PART_BY_PART regions (64 MiB, AM 14) visits every part.
+        assert_eq!(c.invalidate(&page(2, 0, 0x10_0000, 14, false)), 4);
+        assert_eq!(c.len(), 1);
+        assert!(has(&c, 1, 0, 0));
     }
 
     #[test]
