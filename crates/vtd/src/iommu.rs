@@ -26,8 +26,9 @@
 //! found nearby whose D bit was already set, so a later first write still goes to the unit.
 //! Pages found nearby are the unit's (`Remapper::remap_nearby`: the other present, accessed
 //! leaves of a walked leaf-table line, i.e. a request's other buffers), the [`NEARBY_PAGES`]
-//! nearest kept, remembered before the page asked for. The cache holds [`CACHED_PAGES`] pages, least recently
-//! used replaced first. A remapper without a generation gets a fresh `Iotlb` per call.
+//! nearest kept, remembered before the page asked for. The cache holds [`CACHED_PAGES`] pages,
+//! least recently used replaced first. A remapper without a generation gets a fresh `Iotlb` per
+//! call.
 //!
 //! A range is translated page by page, but a superpage or pass-through translation covers many
 //! pages in one step; the number of steps is bounded by [`MAX_TRANSLATE_LEN`].

@@ -27,17 +27,21 @@
 //! ```
 //!
 //! Invalidations ([`Translator::invalidate`]) follow §6.5 and are spelled out per cache in
-//! `iotlb.rs`, `leaf_tables.rs` (the first-stage paging-structure cache) and `entry_cache.rs`. The IOTLB never scans: wide scopes bump a generation
-//! stamped into every entry, page ranges probe the exact slots through the domain's requester
-//! record (`generation.rs`, `requesters.rs`). Every fill takes a ticket from the invalidation
-//! clock before it reads any table and inserts only if no invalidation started since, so a
-//! walk that raced an invalidation never leaves its (possibly stale) result in a cache: once
-//! `invalidate` returns, no translation starting afterwards uses anything it covered. Beyond the spec's minimum, a context-cache invalidation
-//! also drops the PASID-cache and IOTLB entries of the sources it selects (the IOTLB is looked
-//! up per requester, so entries derived from an old context entry must not outlive it even
-//! when a guest forgets the PASID-cache flush the spec asks for — the Linux 6.7-rc2 case QEMU
-//! replays for); over-flushing is always safe. PASID-cache invalidations drop PASID-cache entries only:
-//! the spec requires the guest to follow them with a (PASID-based) IOTLB invalidation.
+//! `iotlb.rs`, `leaf_tables.rs` (the first-stage paging-structure cache), `plans.rs` and
+//! `entry_cache.rs`. The IOTLB never scans: wide scopes bump a generation stamped into every
+//! entry, page ranges probe the exact slots through the domain's requester record
+//! (`generation.rs`, `requesters.rs`). Every fill takes a ticket from the invalidation clock
+//! before it reads any table and inserts only if no invalidation started since, so a walk that
+//! raced an invalidation never leaves its (possibly stale) result in a cache: once `invalidate`
+//! returns, no translation starting afterwards uses anything it covered.
+//!
+//! Beyond the spec's minimum, a context-cache invalidation also drops the PASID-cache and IOTLB
+//! entries of the sources it selects (the IOTLB is looked up per requester, so entries derived
+//! from an old context entry must not outlive it even when a guest forgets the PASID-cache
+//! flush the spec asks for — the Linux 6.7-rc2 case QEMU replays for), and every walk plan and
+//! leaf table; over-flushing is always safe. PASID-cache invalidations drop PASID-cache entries
+//! and the walk plans (which are those entries, resolved), not translations: the spec requires
+//! the guest to follow them with a (PASID-based) IOTLB invalidation.
 //!
 //! Fault qualification: faults on the root and context entries are always reported; faults on
 //! a PASID-directory entry are qualified by the context entry's FPD, on a PASID entry also by
