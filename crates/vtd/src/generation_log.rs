@@ -24,7 +24,6 @@
 //! the generation they belong to is published, so a reader that sees generation `g` finds
 //! every scope up to `g` in the log (or learns the log no longer covers its range).
 
-use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -79,7 +78,40 @@ impl Stale {
 #[derive(Debug, Default)]
 pub struct GenerationLog {
     generation: AtomicU64,
-    entries: Mutex<VecDeque<(u64, Stale)>>,
+    entries: Mutex<Ring>,
+}
+
+/// The last [`LOG_ENTRIES`] (generation, scope) pairs, oldest first, in a fixed array: a push
+/// over a full ring replaces the oldest.
+#[derive(Debug)]
+struct Ring {
+    slots: [(u64, Stale); LOG_ENTRIES],
+    /// Where the next push goes.
+    next: usize,
+    len: usize,
+}
+
+impl Default for Ring {
+    fn default() -> Self {
+        Self {
+            slots: [(0, Stale::Everything); LOG_ENTRIES],
+            next: 0,
+            len: 0,
+        }
+    }
+}
+
+impl Ring {
+    fn push(&mut self, entry: (u64, Stale)) {
+        self.slots[self.next] = entry;
+        self.next = (self.next + 1) % LOG_ENTRIES;
+        self.len = (self.len + 1).min(LOG_ENTRIES);
+    }
+
+    /// The `i`-th newest entry (0: the newest), `i < len`.
+    fn newest(&self, i: usize) -> (u64, Stale) {
+        self.slots[(self.next + LOG_ENTRIES - 1 - i) % LOG_ENTRIES]
+    }
 }
 
 impl GenerationLog {
@@ -95,12 +127,9 @@ impl GenerationLog {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let next = self.generation.load(Ordering::SeqCst) + 1;
         if count == 0 || count > MAX_SCOPES_PER_BUMP {
-            entries.push_back((next, Stale::Everything));
+            entries.push((next, Stale::Everything));
         } else {
-            entries.extend(scopes.map(|s| (next, s)));
-        }
-        while entries.len() > LOG_ENTRIES {
-            entries.pop_front();
+            scopes.for_each(|s| entries.push((next, s)));
         }
         self.generation.store(next, Ordering::SeqCst);
     }
@@ -110,14 +139,17 @@ impl GenerationLog {
     pub fn stale_between(&self, from: u64, to: u64, stale: &mut dyn FnMut(Stale)) -> bool {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         // Every scope of generation from + 1 is still there only if an older entry is too.
-        match entries.front() {
-            Some(&(oldest, _)) if oldest <= from => {}
-            _ => return from >= to,
+        if entries.len == 0 || entries.newest(entries.len - 1).0 > from {
+            return from >= to;
         }
-        // Only the newest entries are newer than `from`: find where they start from the back,
-        // so a reader one bump behind looks at that bump's scopes, not the whole log.
-        let newer = entries.iter().rev().take_while(|&&(g, _)| g > from).count();
-        for &(generation, scope) in entries.range(entries.len() - newer..) {
+        // Only the newest entries are newer than `from`: count them from the newest, so a
+        // reader one bump behind looks at that bump's scopes, not the whole log; then hand them
+        // out oldest first.
+        let newer = (0..entries.len)
+            .take_while(|&i| entries.newest(i).0 > from)
+            .count();
+        for i in (0..newer).rev() {
+            let (generation, scope) = entries.newest(i);
             if generation <= to {
                 stale(scope);
             }
@@ -209,6 +241,46 @@ mod tests {
         );
         assert_eq!(collect(&log, 3, 4), Some(vec![range(0x8000, 0x9000)]));
         assert_eq!(collect(&log, 4, 4), Some(vec![]));
+    }
+
+    #[test]
+    fn the_ring_answers_like_a_plain_list_of_the_last_entries() {
+        let log = GenerationLog::default();
+        let mut history: Vec<(u64, Stale)> = Vec::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..500 {
+            let n = rand(11);
+            let scopes: Vec<Stale> = (0..n).map(|i| range(i << 12, (i + 1) << 12)).collect();
+            log.bump(scopes.clone().into_iter());
+            let g = log.current();
+            if n == 0 || n as usize > MAX_SCOPES_PER_BUMP {
+                history.push((g, Stale::Everything));
+            } else {
+                history.extend(scopes.into_iter().map(|s| (g, s)));
+            }
+            let kept = &history[history.len().saturating_sub(LOG_ENTRIES)..];
+            for _ in 0..4 {
+                let from = rand(g + 1);
+                let to = from + rand(g - from + 1);
+                let expected = if kept.first().is_some_and(|&(oldest, _)| oldest <= from) {
+                    Some(
+                        kept.iter()
+                            .filter(|&&(generation, _)| from < generation && generation <= to)
+                            .map(|&(_, s)| s)
+                            .collect(),
+                    )
+                } else {
+                    (from >= to).then(Vec::new)
+                };
+                assert_eq!(collect(&log, from, to), expected, "from {from} to {to}");
+            }
+        }
     }
 
     #[test]
