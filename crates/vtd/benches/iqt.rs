@@ -9,6 +9,8 @@
 //! - `IQT_SUBMISSIONS` (default 10000): how many IQT writes.
 //! - `IQT_OBSERVERS` (default 0): how many no-op invalidation observers to register (a
 //!   passthrough device registers one).
+//! - `IQT_G` (default 3): 2 sends a PASID-selective invalidation instead (Linux's lazy-mode
+//!   flush queue), 3 the page-selective one.
 //! - `IQT_IH` (default 1): the invalidation hint. Linux sets it on an unmap that freed no page
 //!   table; 0 also makes the unit drop the cached leaf table of the page's region.
 #![allow(missing_docs)]
@@ -61,6 +63,7 @@ fn main() {
     let submissions = env("IQT_SUBMISSIONS", 10_000);
     let observers = env("IQT_OBSERVERS", 0);
     let ih = env("IQT_IH", 1) & 1;
+    let pasid_selective = env("IQT_G", 3) == 2;
     let mem = Mem::new();
     let tables = Tables::scalable(&mem);
     tables.sm_device(SID, false);
@@ -105,7 +108,11 @@ fn main() {
         black_box(t);
         // G=3, DID 2, PASID 0, one 4 KiB page (AM 0), IH as Linux's strict-mode unmap sets it
         // when it freed no page table (`IQT_IH`, default 1; 0 also drops cached leaf tables).
-        put(tail, 6 | (3 << 4) | (2 << 16), iova | (ih << 6));
+        if pasid_selective {
+            put(tail, 6 | (2 << 4) | (2 << 16), 0);
+        } else {
+            put(tail, 6 | (3 << 4) | (2 << 16), iova | (ih << 6));
+        }
         tail = (tail + 1) % entries;
         // Wait with SW, status data = the submission's low bits.
         put(tail, 5 | (1 << 5) | ((i & 0xffff_ffff) << 32), STATUS);
