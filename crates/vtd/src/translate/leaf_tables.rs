@@ -114,7 +114,7 @@ pub(crate) struct LeafTables {
 const PART_BY_PART: u64 = 16;
 
 impl LeafTables {
-    /// `parts` (a power of two) parts of `part_capacity` entries each.
+    /// `parts` parts (rounded up to a power of two) of `part_capacity` entries each.
     pub(crate) fn new(parts: usize, part_capacity: usize) -> Self {
         let n = parts.max(1).next_power_of_two();
         Self {

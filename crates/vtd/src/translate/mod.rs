@@ -108,8 +108,9 @@ const PASID_CACHE_PER_SHARD: usize = 64;
 const IOTLB_ENTRIES: usize = 8192;
 /// First-stage walk plans (one per requester and PASID).
 const PLANS_PER_SHARD: usize = 64;
-/// First-stage leaf tables cached (each maps 2 MiB: 1 GiB of input space in all).
-const LEAF_TABLES_PER_SHARD: usize = 32;
+/// First-stage leaf tables cached per part of the leaf-table cache (`SHARDS` parts; each table
+/// maps 2 MiB: 1 GiB of input space in all).
+const LEAF_TABLES_PER_PART: usize = 32;
 
 /// log2 of the identity window returned for untranslated requests: a 2^52-byte aligned window
 /// (the largest VT-d physical address width), so one translation covers any run of pages.
@@ -191,7 +192,7 @@ impl Translator {
             contexts: ContextCache::new(SHARDS, CONTEXT_CACHE_PER_SHARD),
             pasids: PasidCache::new(SHARDS, PASID_CACHE_PER_SHARD),
             iotlb: Iotlb::new(IOTLB_ENTRIES),
-            leaf_tables: LeafTables::new(SHARDS, LEAF_TABLES_PER_SHARD),
+            leaf_tables: LeafTables::new(SHARDS, LEAF_TABLES_PER_PART),
             plans: Plans::new(SHARDS, PLANS_PER_SHARD),
         }
     }
