@@ -30,7 +30,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use sys::GuestRam;
+use sys::{GuestRam, Vm};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Guest RAM: 64 KiB from address 0; code at `CODE`, the flag word at `FLAG`.
@@ -104,11 +104,11 @@ fn measure(kvm: &Kvm, mode: Mode, writes: u32, cpus: (usize, usize)) -> Result<f
         move |e| format!("{what}: {e}")
     }
     sys::pin_to(cpus.0);
-    let vm = kvm.create_vm().map_err(err("KVM_CREATE_VM"))?;
-    let mut ram = GuestRam::new(&vm, RAM).map_err(|e| format!("guest memory: {e}"))?;
+    let mut ram = GuestRam::new(RAM).map_err(|e| format!("guest memory: {e}"))?;
     ram.write(CODE as usize, &guest_code(writes, mode.waits()));
-    let ram = Arc::new(ram);
-    let mut vcpu = vm.create_vcpu(0).map_err(err("KVM_CREATE_VCPU"))?;
+    let vm = Vm::new(kvm, ram)?;
+    let ram = &vm.ram;
+    let mut vcpu = vm.fd.create_vcpu(0).map_err(err("KVM_CREATE_VCPU"))?;
     let mut sregs = vcpu.get_sregs().map_err(err("KVM_GET_SREGS"))?;
     (sregs.cs.base, sregs.cs.selector) = (0, 0);
     (sregs.ds.base, sregs.ds.selector) = (0, 0);
@@ -124,7 +124,8 @@ fn measure(kvm: &Kvm, mode: Mode, writes: u32, cpus: (usize, usize)) -> Result<f
         let polling = mode == Mode::PollOther;
         let efd = EventFd::new(if polling { EFD_NONBLOCK } else { 0 })
             .map_err(|e| format!("eventfd: {e}"))?;
-        vm.register_ioevent(&efd, &IoEventAddress::Mmio(DOORBELL), NoDatamatch)
+        vm.fd
+            .register_ioevent(&efd, &IoEventAddress::Mmio(DOORBELL), NoDatamatch)
             .map_err(err("KVM_IOEVENTFD"))?;
         if mode.waits() {
             let cpu = if mode == Mode::DoorbellSame {

@@ -1,11 +1,41 @@
 //! The program's only unsafe code: an anonymous guest-memory mapping, its KVM memory slot, and
 //! CPU affinity.
 
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{Kvm, VmFd};
 use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 
-/// Anonymous, zeroed, read-write memory mapped at guest physical address 0 as KVM slot 0,
-/// unmapped on drop (after the VM that uses it, which the caller drops first).
+/// A VM whose guest RAM is `ram` at guest physical address 0 (KVM slot 0). The VM is closed
+/// before the RAM can be unmapped: `fd` is dropped first (field order), and every other holder
+/// of `ram` (the vCPU loop, a worker thread) is gone before the caller drops the VM.
+pub struct Vm {
+    pub fd: VmFd,
+    pub ram: Arc<GuestRam>,
+}
+
+impl Vm {
+    /// Creates a VM and registers `ram` as its memory.
+    pub fn new(kvm: &Kvm, ram: GuestRam) -> Result<Self, String> {
+        let fd = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
+            guest_phys_addr: 0,
+            memory_size: ram.len as u64,
+            userspace_addr: ram.base as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is `ram`'s mapping, which this value keeps alive until after `fd`
+        // is closed (see the type's docs).
+        unsafe { fd.set_user_memory_region(region) }
+            .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
+        Ok(Vm {
+            fd,
+            ram: Arc::new(ram),
+        })
+    }
+}
+
+/// Anonymous, zeroed, read-write memory for a guest, unmapped on drop.
 pub struct GuestRam {
     base: *mut u8,
     len: usize,
@@ -18,8 +48,8 @@ unsafe impl Send for GuestRam {}
 unsafe impl Sync for GuestRam {}
 
 impl GuestRam {
-    /// Maps `len` bytes (a multiple of 4 KiB) and registers them with `vm`.
-    pub fn new(vm: &VmFd, len: usize) -> std::io::Result<Self> {
+    /// Maps `len` bytes (a multiple of 4 KiB).
+    pub fn new(len: usize) -> std::io::Result<Self> {
         // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
         let base = unsafe {
             libc::mmap(
@@ -34,20 +64,10 @@ impl GuestRam {
         if base == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        let ram = GuestRam {
+        Ok(GuestRam {
             base: base.cast(),
             len,
-        };
-        let region = kvm_bindings::kvm_userspace_memory_region {
-            slot: 0,
-            guest_phys_addr: 0,
-            memory_size: len as u64,
-            userspace_addr: base as u64,
-            flags: 0,
-        };
-        // SAFETY: the region is this mapping, which outlives the VM (see the type's docs).
-        unsafe { vm.set_user_memory_region(region) }.map_err(std::io::Error::from)?;
-        Ok(ram)
+        })
     }
 
     /// Copies `bytes` to guest physical address `at`.
@@ -70,7 +90,8 @@ impl GuestRam {
 
 impl Drop for GuestRam {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, not used after this.
+        // SAFETY: the mapping made in `new`, not used after this (a VM using it is closed
+        // first, see `Vm`).
         unsafe { libc::munmap(self.base.cast(), self.len) };
     }
 }
