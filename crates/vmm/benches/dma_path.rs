@@ -21,6 +21,12 @@
 //! it sets up, runs that many requests once and exits; collect only the device side with
 //! `--toggle-collect='*device_pass*'`; `crates/vmm/benches/dma-path-callgrind` does both and
 //! prints instructions per request.
+//!
+//! `DMA_PATH=<path>:<requests>:cold` also times the device pass and each IQT write, and before
+//! each of them switches to another process and back (a pipe round trip to a child), so that
+//! each starts as it does in a VMM after a VM exit: with the TLB (and, under QEMU TCG, the
+//! emulated TLB and its translated-code lookup cache) flushed by the address-space switch.
+//! `:warm` times them the same way without the switch.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -83,6 +89,97 @@ impl Path {
     }
 }
 
+/// Timing of the device pass and the IQT writes (`:cold` / `:warm`): sums and counts.
+#[derive(Default)]
+struct Timing {
+    /// A child process to switch to before each timed step (cold), else none (warm).
+    partner: Option<Partner>,
+    device_ns: u128,
+    device_passes: u64,
+    iqt_ns: u128,
+    iqt_writes: u64,
+}
+
+/// The other end of the address-space switch: a child echoing bytes through pipes.
+struct Partner {
+    child: std::process::Child,
+}
+
+impl Partner {
+    fn spawn() -> Self {
+        let child = std::process::Command::new(std::env::current_exe().expect("own path"))
+            .env("DMA_PATH_ECHO", "1")
+            .env_remove("DMA_PATH")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("echo child");
+        Partner { child }
+    }
+
+    /// One round trip: this process blocks until the child (another address space) answered.
+    fn switch(&mut self) {
+        use std::io::Read;
+        let byte = [1u8];
+        self.child
+            .stdin
+            .as_mut()
+            .expect("pipe")
+            .write_all(&byte)
+            .expect("echo");
+        let mut back = [0u8];
+        self.child
+            .stdout
+            .as_mut()
+            .expect("pipe")
+            .read_exact(&mut back)
+            .expect("echo");
+    }
+}
+
+impl Drop for Partner {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The child's side of [`Partner`]: echoes until its input closes.
+fn echo() {
+    use std::io::Read;
+    let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
+    let mut byte = [0u8];
+    while input.read_exact(&mut byte).is_ok() {
+        if output
+            .write_all(&byte)
+            .and_then(|()| output.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+impl Timing {
+    /// Runs `f` timed, after the switch when cold.
+    fn time<T>(&mut self, iqt: bool, f: impl FnOnce() -> T) -> T {
+        if let Some(partner) = self.partner.as_mut() {
+            partner.switch();
+        }
+        let start = std::time::Instant::now();
+        let value = f();
+        let ns = start.elapsed().as_nanos();
+        if iqt {
+            self.iqt_ns += ns;
+            self.iqt_writes += 1;
+        } else {
+            self.device_ns += ns;
+            self.device_passes += 1;
+        }
+        value
+    }
+}
+
 /// The Linux-like guest: its RAM, its vIOMMU and its page-table, queue and IOVA state.
 struct Guest {
     ram: GuestMemoryMmap,
@@ -100,6 +197,8 @@ struct Guest {
     unmaps: u64,
     /// Strict mode: invalidate every unmapped page at once.
     strict: bool,
+    /// Set by `:cold` / `:warm`: the device passes and IQT writes are timed.
+    timing: Option<Timing>,
 }
 
 impl Guest {
@@ -120,6 +219,7 @@ impl Guest {
             window_top: IOVA_TOP,
             unmaps: 0,
             strict: false,
+            timing: None,
         }
     }
 
@@ -156,7 +256,13 @@ impl Guest {
             }
             self.tail = (self.tail + 1) % 128;
         }
-        self.w32_reg(offset::IQT, (self.tail * 32) as u32);
+        let tail = (self.tail * 32) as u32;
+        match self.timing.as_mut() {
+            Some(timing) => timing.time(true, || {
+                self.unit.mmio_write(offset::IQT, &tail.to_le_bytes())
+            }),
+            None => self.w32_reg(offset::IQT, tail),
+        }
         assert_eq!(self.r64(self.status), 2, "wait descriptor completed");
     }
 
@@ -348,12 +454,16 @@ impl<M: GuestMemory> Rig<M> {
         let used_event = avail + 4 + 2 * u64::from(QUEUE_SIZE);
         ram.write_obj(self.avail.wrapping_sub(1), GuestAddress(used_event))
             .expect("ram");
-        let completed = device_pass(
+        let (memory, queue, disk, counters) = (
             &self.memory,
             &mut self.queue,
             &mut self.disk,
             &self.counters,
         );
+        let completed = match self.guest.timing.as_mut() {
+            Some(timing) => timing.time(false, || device_pass(memory, queue, disk, counters)),
+            None => device_pass(memory, queue, disk, counters),
+        };
         assert_eq!(completed, 1, "one request completed");
         let status: u8 = ram.read_obj(GuestAddress(buffers + 0x2000)).expect("ram");
         assert_eq!(status, 0, "request succeeded");
@@ -420,16 +530,37 @@ fn sim() -> Rig<IommuMemory<GuestMemoryMmap, SimIommu>> {
 /// `DMA_PATH=<path>:<requests>`: run that many requests once (for callgrind) and print the
 /// vIOMMU's counters per request.
 fn run_once(spec: &str) {
-    let (path, count) = spec.split_once(':').unwrap_or((spec, "1000"));
-    let path = Path::parse(path).expect("DMA_PATH=<plain|vtd|vtd-strict|sim>:<requests>");
-    let count: u64 = count.parse().expect("request count");
-    let unit = match path {
-        Path::Plain => run(plain(), count),
-        Path::Vtd => run(vtd(), count),
-        Path::VtdStrict => run(vtd_strict(), count),
-        Path::Sim => run(sim(), count),
+    const USAGE: &str = "DMA_PATH=<plain|vtd|vtd-strict|sim>:<requests>[:cold|:warm]";
+    let mut parts = spec.split(':');
+    let path = Path::parse(parts.next().unwrap_or_default()).expect(USAGE);
+    let count: u64 = parts.next().unwrap_or("1000").parse().expect(USAGE);
+    let timing = match parts.next() {
+        None => None,
+        Some("warm") => Some(Timing::default()),
+        Some("cold") => Some(Timing {
+            partner: Some(Partner::spawn()),
+            ..Timing::default()
+        }),
+        Some(_) => panic!("{USAGE}"),
+    };
+    let (unit, timing) = match path {
+        Path::Plain => run(plain(), count, timing),
+        Path::Vtd => run(vtd(), count, timing),
+        Path::VtdStrict => run(vtd_strict(), count, timing),
+        Path::Sim => run(sim(), count, timing),
     };
     println!("path {path:?} requests {count}");
+    if let Some(t) = timing {
+        let per = |ns: u128, n: u64| ns as f64 / 1000.0 / n.max(1) as f64;
+        println!(
+            "  {} device pass {:.2} us per request, IQT write {:.2} us ({} writes, {:.2} per request)",
+            if t.partner.is_some() { "cold" } else { "warm" },
+            per(t.device_ns, t.device_passes),
+            per(t.iqt_ns, t.iqt_writes),
+            t.iqt_writes,
+            t.iqt_writes as f64 / count as f64,
+        );
+    }
     for (name, value) in unit.counters().pairs() {
         if value != 0 {
             println!(
@@ -440,11 +571,16 @@ fn run_once(spec: &str) {
     }
 }
 
-fn run<M: GuestMemory>(mut rig: Rig<M>, count: u64) -> Arc<Vtd> {
+fn run<M: GuestMemory>(
+    mut rig: Rig<M>,
+    count: u64,
+    timing: Option<Timing>,
+) -> (Arc<Vtd>, Option<Timing>) {
+    rig.guest.timing = timing;
     for _ in 0..count {
         rig.request();
     }
-    rig.guest.unit.clone()
+    (rig.guest.unit.clone(), rig.guest.timing.take())
 }
 
 fn bench(c: &mut Criterion) {
@@ -463,6 +599,10 @@ fn bench(c: &mut Criterion) {
 }
 
 fn main() {
+    if std::env::var_os("DMA_PATH_ECHO").is_some() {
+        echo();
+        return;
+    }
     if let Ok(spec) = std::env::var("DMA_PATH") {
         run_once(&spec);
         return;
