@@ -149,11 +149,16 @@ impl Key {
     fn iova_base(self) -> u64 {
         (self.k1 >> 3) << (12 + 9 * (u32::from(self.level().max(1)) - 1))
     }
+    /// The set a key lives in, before masking: a hash of the requester and level, plus the
+    /// page number, so that one requester's neighbouring pages sit in neighbouring sets (as in
+    /// a hardware TLB indexed by low page-number bits). A request's buffers are mapped at
+    /// neighbouring IOVAs, so filling or invalidating them touches one or two pages of the
+    /// table instead of one each; consecutive pages never share a set.
     fn set_hash(self) -> u64 {
         let mut h = KeyHasher::default();
         h.write_u64(self.k0);
-        h.write_u64(self.k1);
-        h.finish()
+        h.write_u64(self.k1 & 0b111);
+        (h.finish() >> 32).wrapping_add(self.k1 >> 3)
     }
 }
 
@@ -455,7 +460,7 @@ impl Iotlb {
     }
 
     fn set_index(&self, key: Key) -> usize {
-        (key.set_hash() >> 32) as usize & (self.sets.len() - 1)
+        key.set_hash() as usize & (self.sets.len() - 1)
     }
 
     /// Sets per stripe (the set count is a power of two of at least `STRIPES`).
@@ -834,6 +839,28 @@ mod tests {
             assert_eq!(t.len(), 0);
             assert_eq!(t.lookup(SourceId(0x1234), 7, e.iova_base), None);
         }
+    }
+
+    #[test]
+    fn a_requesters_neighbouring_pages_sit_in_neighbouring_sets() {
+        let t = Iotlb::new(8192);
+        let sets = t.sets.len();
+        for (sid, pasid, level) in [(0x18, 0, 1), (0x18, 0, 2), (0x19, NO_PASID, 1)] {
+            let size = 1u64 << (12 + 9 * (level - 1));
+            let base = 0xffff_f000u64 & !(size - 1);
+            let at = |i: u64| t.set_index(Key::new(SourceId(sid), pasid, base - i * size, level));
+            for i in 0..64 {
+                assert_eq!(
+                    (at(i + 1) + 1) % sets,
+                    at(i),
+                    "page {i} of {sid:#x}/{level}"
+                );
+            }
+        }
+        // Other requesters (and levels) start elsewhere, so they do not share the same sets.
+        let first = |sid: u16, level: u32| t.set_index(Key::new(SourceId(sid), 0, 0, level));
+        assert_ne!(first(0x18, 1), first(0x19, 1));
+        assert_ne!(first(0x18, 1), first(0x18, 2));
     }
 
     #[test]
