@@ -5,7 +5,7 @@
 //! through [`GuestRam`]. An address outside guest RAM is an error value, never a panic; callers
 //! turn it into the spec's "error accessing ..." fault or queue error.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, VolatileMemory, VolatileMemoryError,
 };
@@ -50,6 +50,13 @@ pub trait GuestRam: Send + Sync {
     /// Writes a little-endian u32.
     fn write_u32(&self, gpa: u64, value: u32) -> Result<(), MemoryError> {
         self.write_at(gpa, &value.to_le_bytes())
+    }
+    /// Reads `out.len()` little-endian u64s from `gpa` on (a queued descriptor).
+    fn read_u64s(&self, gpa: u64, out: &mut [u64]) -> Result<(), MemoryError> {
+        for (i, q) in out.iter_mut().enumerate() {
+            *q = self.read_u64(gpa.wrapping_add(8 * i as u64))?;
+        }
+        Ok(())
     }
 }
 
@@ -110,6 +117,43 @@ impl<M: GuestMemoryBackend + Send + Sync> GuestRam for M {
             .map_err(|_: GuestMemoryError| out_of_range(gpa, 8))?;
         let atomic: &AtomicU64 = slice.get_atomic_ref(0).map_err(|_| out_of_range(gpa, 8))?;
         Ok(u64::from_le(atomic.load(Ordering::Acquire)))
+    }
+
+    /// Aligned (every descriptor is): one slice, one atomic load per word, no byte copy.
+    fn read_u64s(&self, gpa: u64, out: &mut [u64]) -> Result<(), MemoryError> {
+        let len = 8 * out.len();
+        if !gpa.is_multiple_of(8) {
+            let mut b = [0u8; 8];
+            for (i, q) in out.iter_mut().enumerate() {
+                self.read_at(gpa.wrapping_add(8 * i as u64), &mut b)?;
+                *q = u64::from_le_bytes(b);
+            }
+            return Ok(());
+        }
+        let slice = self
+            .get_slice(GuestAddress(gpa), len)
+            .map_err(|_: GuestMemoryError| out_of_range(gpa, len))?;
+        for (i, q) in out.iter_mut().enumerate() {
+            let atomic: &AtomicU64 = slice
+                .get_atomic_ref(8 * i)
+                .map_err(|_| out_of_range(gpa, len))?;
+            *q = u64::from_le(atomic.load(Ordering::Acquire));
+        }
+        Ok(())
+    }
+
+    /// One aligned 32-bit atomic store when `gpa` is 4-byte aligned (a wait descriptor's
+    /// status address is): the guest polling the word sees it whole.
+    fn write_u32(&self, gpa: u64, value: u32) -> Result<(), MemoryError> {
+        if !gpa.is_multiple_of(4) {
+            return self.write_at(gpa, &value.to_le_bytes());
+        }
+        let slice = self
+            .get_slice(GuestAddress(gpa), 4)
+            .map_err(|_: GuestMemoryError| out_of_range(gpa, 4))?;
+        let atomic: &AtomicU32 = slice.get_atomic_ref(0).map_err(|_| out_of_range(gpa, 4))?;
+        atomic.store(value.to_le(), Ordering::Release);
+        Ok(())
     }
 
     fn compare_exchange_u64(
@@ -196,5 +240,39 @@ mod tests {
         assert_eq!(m.read_u64(0xfff8).unwrap(), 0, "last qword of RAM");
         assert!(m.read_u64(0x10000).is_err());
         assert!(m.read_u64(0xfffc).is_err(), "straddles the end of RAM");
+    }
+
+    #[test]
+    fn word_reads_and_status_writes_match_the_byte_paths() {
+        let m = ram();
+        let bytes: Vec<u8> = (0..64).collect();
+        m.write_at(0x400, &bytes).unwrap();
+        for at in [0x400u64, 0x403, 0x408] {
+            let mut words = [0u64; 4];
+            m.read_u64s(at, &mut words).unwrap();
+            for (i, w) in words.iter().enumerate() {
+                let mut b = [0u8; 8];
+                m.read_at(at + 8 * i as u64, &mut b).unwrap();
+                assert_eq!(*w, u64::from_le_bytes(b), "word {i} at {at:#x}");
+            }
+        }
+        let mut words = [0u64; 4];
+        assert!(
+            m.read_u64s(0xfff0, &mut words).is_err(),
+            "past the end of RAM"
+        );
+        assert!(
+            m.read_u64s(0xfff3, &mut words).is_err(),
+            "unaligned, past the end"
+        );
+        m.read_u64s(0xffe0, &mut words).unwrap();
+        for at in [0x500u64, 0x502] {
+            m.write_u32(at, 0xdead_beef).unwrap();
+            let mut b = [0u8; 4];
+            m.read_at(at, &mut b).unwrap();
+            assert_eq!(u32::from_le_bytes(b), 0xdead_beef, "at {at:#x}");
+        }
+        assert!(m.write_u32(0xfffe, 1).is_err(), "straddles the end of RAM");
+        assert!(m.write_u32(0x10000, 1).is_err());
     }
 }

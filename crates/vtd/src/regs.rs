@@ -80,15 +80,41 @@ impl Layout {
 /// Storage for the whole register page.
 #[derive(Clone)]
 pub struct RegisterFile {
-    value: Box<[u8; PAGE]>,
-    writable: Box<[u8; PAGE]>,
-    write1_clear: Box<[u8; PAGE]>,
-    reset_value: Box<[u8; PAGE]>,
+    words: Box<Words>,
     layout: Layout,
 }
 
-fn page() -> Box<[u8; PAGE]> {
-    Box::new([0u8; PAGE])
+/// One 8-byte word of the page with its attributes side by side, so a register access touches
+/// one cache line (and the queue, fault and command registers, all below 0x100, one page of
+/// host memory) instead of one page per attribute.
+#[derive(Clone, Copy, Default)]
+struct Word {
+    value: u64,
+    writable: u64,
+    write1_clear: u64,
+    reset_value: u64,
+}
+
+/// The page's words, page-aligned so the low registers share one host page.
+#[derive(Clone)]
+#[repr(C, align(4096))]
+struct Words([Word; PAGE / 8]);
+
+/// The byte mask of bytes `[from, to)` of a word (`from < to <= 8`).
+fn byte_mask(from: usize, to: usize) -> u64 {
+    let high = if to >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * to)) - 1
+    };
+    high & !((1u64 << (8 * from)) - 1)
+}
+
+impl Words {
+    /// The value byte at `o` (`o < PAGE`).
+    fn byte(&self, o: usize) -> u8 {
+        (self.0[o / 8].value >> (8 * (o % 8))) as u8
+    }
 }
 
 impl RegisterFile {
@@ -96,10 +122,7 @@ impl RegisterFile {
     pub fn new(config: &Config) -> Self {
         let layout = Layout::new(config);
         let mut regs = Self {
-            value: page(),
-            writable: page(),
-            write1_clear: page(),
-            reset_value: page(),
+            words: Box::new(Words([Word::default(); PAGE / 8])),
             layout,
         };
         let version = if config.scalable_mode {
@@ -163,10 +186,13 @@ impl RegisterFile {
         for (i, _) in bytes.iter().enumerate() {
             let o = at as usize + i;
             if o < PAGE {
-                let shift = 8 * i;
-                self.reset_value[o] = (reset >> shift) as u8;
-                self.writable[o] = (writable >> shift) as u8;
-                self.write1_clear[o] = (w1c >> shift) as u8;
+                let (shift, place) = (8 * i, 8 * (o % 8));
+                let byte = |v: u64| ((v >> shift) & 0xff) << place;
+                let w = &mut self.words.0[o / 8];
+                let keep = !(0xffu64 << place);
+                w.reset_value = (w.reset_value & keep) | byte(reset);
+                w.writable = (w.writable & keep) | byte(writable);
+                w.write1_clear = (w.write1_clear & keep) | byte(w1c);
             }
         }
     }
@@ -184,7 +210,9 @@ impl RegisterFile {
 
     /// Puts every register back to its reset value.
     pub fn reset(&mut self) {
-        self.value.copy_from_slice(&self.reset_value[..]);
+        for w in self.words.0.iter_mut() {
+            w.value = w.reset_value;
+        }
     }
 
     /// Software read: bytes outside the page read as 0.
@@ -193,7 +221,7 @@ impl RegisterFile {
             *b = at
                 .checked_add(i as u64)
                 .filter(|&o| o < REGISTER_PAGE_SIZE)
-                .map_or(0, |o| self.value[o as usize]);
+                .map_or(0, |o| self.words.byte(o as usize));
         }
     }
 
@@ -204,23 +232,30 @@ impl RegisterFile {
         let start = at.min(REGISTER_PAGE_SIZE);
         let end = at.saturating_add(data.len() as u64).min(REGISTER_PAGE_SIZE);
         // A non-empty range starts at `at`, so `data` lines up with the page from `start`.
-        let page = start as usize..end as usize;
-        let bytes = self.value[page.clone()]
-            .iter_mut()
-            .zip(&self.writable[page.clone()])
-            .zip(&self.write1_clear[page])
-            .zip(data);
-        for (((value, &writable), &w1c), &d) in bytes {
-            let keep = *value & !writable;
-            *value = (keep | (d & writable)) & !(d & w1c);
+        let (mut o, end_byte) = (start as usize, end as usize);
+        let mut data = data;
+        while o < end_byte {
+            // The bytes of this access that fall in word `o / 8`, applied at once.
+            let (from, to) = (o % 8, (end_byte - (o - o % 8)).min(8));
+            let n = to - from;
+            let mut d = [0u8; 8];
+            d[from..to].copy_from_slice(&data[..n]);
+            let (d, covered) = (u64::from_le_bytes(d), byte_mask(from, to));
+            let w = &mut self.words.0[o / 8];
+            let keep = w.value & !(w.writable & covered);
+            w.value = (keep | (d & w.writable & covered)) & !(d & w.write1_clear & covered);
+            data = &data[n..];
+            o += n;
         }
         (start, end)
     }
 
-    /// The `N` bytes at `at` when they all lie inside the page.
+    /// The `N` bytes at `at` when they lie inside one word of the page.
     fn bytes<const N: usize>(&self, at: u64) -> Option<[u8; N]> {
-        let at = usize::try_from(at).ok()?;
-        self.value.get(at..at.checked_add(N)?)?.try_into().ok()
+        let at = usize::try_from(at).ok().filter(|&at| at < PAGE)?;
+        let from = at % 8;
+        let word = self.words.0[at / 8].value.to_le_bytes();
+        word.get(from..from.checked_add(N)?)?.try_into().ok()
     }
     /// Hardware read of a 32-bit register.
     pub fn get32(&self, at: u64) -> u32 {
@@ -249,16 +284,11 @@ impl RegisterFile {
         self.set_bytes(at, &value.to_le_bytes());
     }
     fn set_bytes(&mut self, at: u64, bytes: &[u8]) {
-        let inside = usize::try_from(at)
-            .ok()
-            .and_then(|at| self.value.get_mut(at..at.checked_add(bytes.len())?));
-        if let Some(dst) = inside {
-            dst.copy_from_slice(bytes);
-            return;
-        }
         for (i, b) in bytes.iter().enumerate() {
             if let Some(o) = at.checked_add(i as u64).filter(|&o| o < REGISTER_PAGE_SIZE) {
-                self.value[o as usize] = *b;
+                let (o, place) = (o as usize, 8 * (o as usize % 8));
+                let w = &mut self.words.0[o / 8];
+                w.value = (w.value & !(0xffu64 << place)) | (u64::from(*b) << place);
             }
         }
     }
@@ -347,6 +377,90 @@ mod tests {
         assert_eq!(r.write(u64::MAX - 2, &[1; 8]), (4096, 4096));
         r.read(u64::MAX, &mut big);
         assert!(big.iter().all(|&b| b == 0));
+    }
+
+    /// The access rule byte by byte, over plain arrays: what the word-wise storage must match.
+    struct ReferencePage {
+        value: Vec<u8>,
+        writable: Vec<u8>,
+        w1c: Vec<u8>,
+    }
+
+    impl ReferencePage {
+        fn of(r: &RegisterFile) -> Self {
+            let (mut value, mut writable, mut w1c) = (vec![0; PAGE], vec![0; PAGE], vec![0; PAGE]);
+            for o in 0..PAGE {
+                let w = &r.words.0[o / 8];
+                let byte = |v: u64| (v >> (8 * (o % 8))) as u8;
+                (value[o], writable[o], w1c[o]) =
+                    (byte(w.value), byte(w.writable), byte(w.write1_clear));
+            }
+            Self {
+                value,
+                writable,
+                w1c,
+            }
+        }
+        fn write(&mut self, at: u64, data: &[u8]) {
+            for (i, &d) in data.iter().enumerate() {
+                if let Some(o) = at.checked_add(i as u64).filter(|&o| o < PAGE as u64) {
+                    let o = o as usize;
+                    let keep = self.value[o] & !self.writable[o];
+                    self.value[o] = (keep | (d & self.writable[o])) & !(d & self.w1c[o]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn word_storage_follows_the_byte_rule_for_any_access() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut r = regs();
+        r.set64(offset::FSTS, u64::MAX);
+        r.set64(offset::ICS, u64::MAX);
+        let mut reference = ReferencePage::of(&r);
+        for _ in 0..50_000 {
+            let v = next();
+            // Mostly the low registers (where the attributes vary), unaligned and straddling.
+            let at = if v & 1 == 0 {
+                (v >> 8) % 0x140
+            } else {
+                (v >> 8) % 4200
+            };
+            let len = ((v >> 40) % 17) as usize;
+            let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            r.write(at, &data);
+            reference.write(at, &data);
+            if v & 0xf00 == 0 {
+                // Compare, then re-arm the RW1C bits.
+                assert!(
+                    ReferencePage::of(&r).value == reference.value,
+                    "after {at:#x}+{len}"
+                );
+                r.set32(offset::FSTS, u32::MAX);
+                reference = ReferencePage::of(&r);
+            }
+        }
+        assert!(
+            ReferencePage::of(&r).value == reference.value,
+            "values diverged"
+        );
+        for at in (0..0x140).step_by(4) {
+            let mut b = [0u8; 4];
+            r.read(at, &mut b);
+            assert_eq!(
+                u32::from_le_bytes(b),
+                r.get32(at),
+                "read and get32 at {at:#x}"
+            );
+            assert_eq!(&b[..], &reference.value[at as usize..at as usize + 4]);
+        }
     }
 
     #[test]

@@ -678,16 +678,13 @@ impl Vtd {
                 return SegmentEnd::Done;
             }
             *budget -= 1;
-            let size = if queue.wide { 32 } else { 16 };
-            let mut raw = [0u8; 32];
-            let at = queue.base.wrapping_add(head * size);
-            if self.ram.read_at(at, &mut raw[..size as usize]).is_err() {
+            let words = if queue.wide { 4 } else { 2 };
+            let mut q = [0u64; 4];
+            let at = queue.base.wrapping_add(head * 8 * words as u64);
+            if self.ram.read_u64s(at, &mut q[..words]).is_err() {
                 self.queue_error(regs, Some((queue, head)), IqeInfo::FetchFailed, fx);
                 return SegmentEnd::Done;
             }
-            let q: [u64; 4] = std::array::from_fn(|i| {
-                u64::from_le_bytes(raw[8 * i..8 * i + 8].try_into().unwrap_or_default())
-            });
             let desc = Descriptor::decode(q);
             trace!(target: "vtd", desc = qi::name(&desc), q0 = format_args!("{:#x}", q[0]), q1 = format_args!("{:#x}", q[1]), slot = head, "queued invalidation");
             let action = match qi::interpret_decoded(desc, q, queue.wide, features) {
