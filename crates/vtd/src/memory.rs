@@ -119,20 +119,19 @@ impl<M: GuestMemoryBackend + Send + Sync> GuestRam for M {
         Ok(u64::from_le(atomic.load(Ordering::Acquire)))
     }
 
-    /// Aligned (every descriptor is): one slice, one atomic load per word, no byte copy.
+    /// Aligned and in one region (every descriptor is): one slice, one atomic load per word,
+    /// no byte copy; otherwise word by word.
     fn read_u64s(&self, gpa: u64, out: &mut [u64]) -> Result<(), MemoryError> {
         let len = 8 * out.len();
-        if !gpa.is_multiple_of(8) {
-            let mut b = [0u8; 8];
-            for (i, q) in out.iter_mut().enumerate() {
-                self.read_at(gpa.wrapping_add(8 * i as u64), &mut b)?;
-                *q = u64::from_le_bytes(b);
+        let slice = match self.get_slice(GuestAddress(gpa), len) {
+            Ok(slice) if gpa.is_multiple_of(8) => slice,
+            _ => {
+                for (i, q) in out.iter_mut().enumerate() {
+                    *q = self.read_u64(gpa.wrapping_add(8 * i as u64))?;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        let slice = self
-            .get_slice(GuestAddress(gpa), len)
-            .map_err(|_: GuestMemoryError| out_of_range(gpa, len))?;
+        };
         for (i, q) in out.iter_mut().enumerate() {
             let atomic: &AtomicU64 = slice
                 .get_atomic_ref(8 * i)
