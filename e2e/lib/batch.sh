@@ -10,6 +10,9 @@
 #   batch_disks INDEX                 prints "HOST-DISK <name> <sha256>" per disk
 #   BATCH_PIN=CPUS (after batch_init) runs every nested job's VMM under `taskset -c CPUS` in L1
 #                                     (bench/compare: steadier timings, see docs/benchmarks.md)
+#   BATCH_WRAP=FILE (after batch_init) an executable put in front of every job's command (after
+#                                     the taskset), copied into L1 when nested: it gets the
+#                                     VMM command as its arguments (bench/profile: perf)
 #
 # Job directory WORKDIR/jobs/NN: name, inner, init, timeout, disks ("name index file" lines),
 # callargs (caller's arguments, one per line, "@NAME" already turned into @@E2EDISK<index>@@),
@@ -40,6 +43,7 @@ batch_init() {
     BATCH_NJOBS=0
     BATCH_NDISKS=0
     BATCH_PIN=""
+    BATCH_WRAP=""
     mkdir -p "$BATCH/jobs" "$BATCH/disks"
 }
 
@@ -227,6 +231,7 @@ launch_direct() {
             mapfile -t cmd < <(render_command vtd-nest "$vmm" "$E2E_CACHE/l2/vmlinuz" \
                 "$dir/initrd" "$dir/callargs" | host_paths "$dir")
         fi
+        [ -z "$BATCH_WRAP" ] || cmd=("$BATCH_WRAP" "${cmd[@]}")
         t="$(cat "$dir/timeout")"
         echo "VTD-NEST-JOB $(cat "$dir/name")" | tee_console "$live"
         rc=0
@@ -255,11 +260,13 @@ l1_initrd() {
         fi
         strip -o "$root/bin/vtd-nest" "$vmm" 2>/dev/null || cp "$vmm" "$root/bin/vtd-nest"
     fi
+    [ -z "$BATCH_WRAP" ] || install -m 0755 "$BATCH_WRAP" "$root/bin/e2e-wrap"
     for dir in "$BATCH"/jobs/*; do
         jd="$root/e2e/jobs/$(basename "$dir")"
         mkdir -p "$jd"
         cp "$dir/name" "$dir/timeout" "$jd/"
         [ -z "$BATCH_PIN" ] || echo "$BATCH_PIN" >"$jd/pin"
+        [ -z "$BATCH_WRAP" ] || : >"$jd/wrap"
         l2_initrd "$dir/init" "$jd/initrd"
         if [ "$(cat "$dir/inner")" = qemu ]; then
             render_command qemu /usr/bin/qemu-system-x86_64 /l2/vmlinuz "/e2e/jobs/${jd##*/}/initrd" \
