@@ -29,7 +29,8 @@ def kind_of(dso):
 
 
 def thread_role(comm):
-    """The VMM thread a comm names: vcpu (runs the guest), io (the disk), or main."""
+    """What a thread is, by its name: the vCPU (it runs the guest), the disk's I/O thread, the
+    VMM's main thread (QEMU's main loop runs the device), the idle task, or something else."""
     if comm.startswith("vcpu") or comm.startswith("CPU "):
         return "vCPU thread"
     if comm in ("virtio-blk", "worker") or comm.startswith("iou-"):
@@ -51,15 +52,21 @@ def parse(path):
             job["window_ms"] = float(line.split()[1]) * 1000
         elif line.startswith("PROFILE-THREAD;"):
             f = line.split(";")
-            if len(f) >= 6:
-                job["threads"].append((int(f[2]), int(f[3]), f[4].strip(), f[5].strip()))
-                pct = float(f[1].strip().rstrip("%") or 0)
-                if pct > 0 and int(f[2]) > job.get("top", (0, 0))[0]:
-                    job["top"] = (int(f[2]), pct)
+            try:
+                pct, samples, cpu = float(f[1].strip().rstrip("%")), int(f[2]), int(f[3])
+                comm, dso = f[4].strip(), f[5].strip()
+            except (IndexError, ValueError):
+                continue  # not a report row
+            job["threads"].append((samples, cpu, comm, dso))
+            if pct > 0 and samples > job.get("top", (0, 0))[0]:
+                job["top"] = (samples, pct)
         elif line.startswith("PROFILE-SYMBOL;"):
             f = line.split(";")
-            if len(f) >= 6:
-                job["symbols"].append((int(f[2]), f[3].strip(), f[4].strip(), ";".join(f[5:]).strip()))
+            try:
+                samples, comm, dso, sym = int(f[2]), f[3].strip(), f[4].strip(), ";".join(f[5:]).strip()
+            except (IndexError, ValueError):
+                continue
+            job["symbols"].append((samples, comm, dso, sym))
     return job
 
 
