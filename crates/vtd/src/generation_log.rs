@@ -247,13 +247,8 @@ mod tests {
     fn the_ring_answers_like_a_plain_list_of_the_last_entries() {
         let log = GenerationLog::default();
         let mut history: Vec<(u64, Stale)> = Vec::new();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut rand = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
+        let mut rand = |n: u64| next() % n;
         for _ in 0..500 {
             let n = rand(11);
             let scopes: Vec<Stale> = (0..n).map(|i| range(i << 12, (i + 1) << 12)).collect();

@@ -601,13 +601,7 @@ mod tests {
     fn victim_matches_the_two_pass_rule() {
         // A small deterministic generator: slot contents drawn from few values so that
         // ties, empty slots and repeated pages all occur.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
             let mut slots: [Slot; CACHED_PAGES] = Default::default();
             for s in slots.iter_mut() {

@@ -51,6 +51,9 @@ pub mod request;
 pub mod translate;
 pub mod unit;
 
+#[cfg(test)]
+mod test_rng;
+
 pub use config::{Config, ConfigError};
 pub use fault::FaultInterrupt;
 pub use observer::{InvalidationObserver, UnitView};

@@ -53,11 +53,20 @@ pub trait GuestRam: Send + Sync {
     }
     /// Reads `out.len()` little-endian u64s from `gpa` on (a queued descriptor).
     fn read_u64s(&self, gpa: u64, out: &mut [u64]) -> Result<(), MemoryError> {
-        for (i, q) in out.iter_mut().enumerate() {
-            *q = self.read_u64(gpa.wrapping_add(8 * i as u64))?;
-        }
-        Ok(())
+        read_u64s_one_by_one(self, gpa, out)
     }
+}
+
+/// [`GuestRam::read_u64s`] as `out.len()` separate [`GuestRam::read_u64`]s.
+fn read_u64s_one_by_one<R: GuestRam + ?Sized>(
+    ram: &R,
+    gpa: u64,
+    out: &mut [u64],
+) -> Result<(), MemoryError> {
+    for (i, q) in out.iter_mut().enumerate() {
+        *q = ram.read_u64(gpa.wrapping_add(8 * i as u64))?;
+    }
+    Ok(())
 }
 
 /// Reads `N` little-endian u64s through a trait object.
@@ -125,12 +134,7 @@ impl<M: GuestMemoryBackend + Send + Sync> GuestRam for M {
         let len = 8 * out.len();
         let slice = match self.get_slice(GuestAddress(gpa), len) {
             Ok(slice) if gpa.is_multiple_of(8) => slice,
-            _ => {
-                for (i, q) in out.iter_mut().enumerate() {
-                    *q = self.read_u64(gpa.wrapping_add(8 * i as u64))?;
-                }
-                return Ok(());
-            }
+            _ => return read_u64s_one_by_one(self, gpa, out),
         };
         for (i, q) in out.iter_mut().enumerate() {
             let atomic: &AtomicU64 = slice

@@ -414,13 +414,7 @@ mod tests {
 
     #[test]
     fn word_storage_follows_the_byte_rule_for_any_access() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
         let mut r = regs();
         r.set64(offset::FSTS, u64::MAX);
         r.set64(offset::ICS, u64::MAX);

@@ -290,13 +290,7 @@ mod tests {
         // Few shards, small capacity, few keys: evictions, replacements, retains and clears
         // all hit the entry a shard copied last.
         let c: ShardedCache<u32, u32> = ShardedCache::new(2, 3);
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
         for step in 0..50_000u32 {
             let r = next();
             let key = (r % 12) as u32;
