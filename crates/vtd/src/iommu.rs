@@ -14,8 +14,9 @@
 //!
 //! **The remembered pages are exact.** They hold only translations the remapper returned, the
 //! cache tagged with the remapper's [`Remapper::generation`] read *before* it was asked. The
-//! unit bumps its generation, and logs what the bump makes stale, before it applies any
-//! invalidation, flush or root/TE change (see [`crate::generation_log`]). A lookup at a newer
+//! unit applies an invalidation, flush or root/TE change first and then bumps its generation,
+//! logging what the bump makes stale, all before the guest can see the invalidation complete
+//! (see [`crate::generation_log`] for why that order, and only it, is safe). A lookup at a newer
 //! generation first drops every page that the bumps in between cover — the IOVA range of a
 //! page-selective PASID-IOTLB invalidation, or everything for any other kind or when the log
 //! no longer reaches back — so a translation is reused until the guest invalidates it (or
@@ -34,9 +35,10 @@
 //! pages in one step; the number of steps is bounded by [`MAX_TRANSLATE_LEN`].
 
 use crate::request::{Access, DmaRequest, Remapper, Translation};
+use crate::sync::{RwLock, RwLockReadGuard};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock};
 use vm_memory::iommu::{Error, Iotlb, IotlbIterator, IovaRange};
 use vm_memory::{GuestAddress, Permissions};
 use vtd_spec::SourceId;

@@ -48,9 +48,12 @@ pub mod observer;
 pub mod qi;
 pub mod regs;
 pub mod request;
+mod sync;
 pub mod translate;
 pub mod unit;
 
+#[cfg(all(test, loom))]
+mod loom_model;
 #[cfg(test)]
 mod test_rng;
 

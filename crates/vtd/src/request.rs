@@ -122,9 +122,10 @@ pub trait Remapper: Send + Sync {
         self.remap(req)
     }
 
-    /// A counter that changes (grows) before any translation this remapper returned can stop
-    /// being valid: invalidations, cache flushes, root or TE changes. A caller may reuse a
-    /// translation obtained while the counter read `g` for as long as it still reads `g`.
+    /// A counter that grows with every invalidation, cache flush, root or TE change: after
+    /// the remapper stopped answering with what the change made stale, and before the guest
+    /// can see the change complete. A caller may reuse a translation it asked for after
+    /// reading `g` for as long as the counter still reads `g`.
     /// `None` (the default): no such counter, nothing may be reused across requests.
     fn generation(&self) -> Option<u64> {
         None

@@ -276,24 +276,23 @@ impl Vtd {
         *self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Stores the new translation state, then publishes a generation that makes every
+    /// translation stale (the new state is in force before any device can read it).
     fn update_state(&self, f: impl FnOnce(&mut UnitState)) {
         f(&mut self.state.write().unwrap_or_else(|e| e.into_inner()));
-        self.bump_generation();
+        self.generations.publish(std::iter::empty());
     }
 
-    /// A counter that grows before the unit applies any invalidation or cache flush and after
-    /// any change of its translation state (root table, TE, reset). A translation obtained
-    /// through [`Remapper::remap`] while the counter read `g` may be reused for as long as
-    /// the counter still reads `g`: that is how a per-device cache outside the unit (e.g.
-    /// `iommu::DeviceIommu`) follows the guest's invalidations without a hook of its own.
-    /// Invalidations applied directly through [`Vtd::translator`] bypass it.
+    /// A counter that grows after the unit applied any invalidation or cache flush, and after
+    /// any change of its translation state (root table, TE, reset), and before the guest can
+    /// see any of them complete (a wait descriptor's status, a register's ready bit). A
+    /// translation obtained through [`Remapper::remap`] after the counter read `g` may be
+    /// reused for as long as the counter still reads `g`: that is how a per-device cache
+    /// outside the unit (e.g. `iommu::DeviceIommu`) follows the guest's invalidations without
+    /// a hook of its own (the protocol: [`crate::generation_log`]). Invalidations applied
+    /// directly through [`Vtd::translator`] bypass it.
     pub fn invalidation_generation(&self) -> u64 {
         self.generations.current()
-    }
-
-    /// A bump that may make any translation stale.
-    fn bump_generation(&self) {
-        self.generations.bump(std::iter::empty());
     }
 
     /// Every register back to its reset value, translation off, caches flushed.
@@ -502,8 +501,8 @@ impl Vtd {
     /// Carries out what was decided under the mutex; no lock is held here.
     fn finish(&self, fx: Effects) {
         if fx.flush_all {
-            self.bump_generation();
-            self.translator.flush_all();
+            self.generations
+                .apply_then_publish(std::iter::empty(), || self.translator.flush_all());
         }
         let observers = OnceCell::new();
         self.dispatch(&fx.invalidations, &observers);
@@ -533,10 +532,12 @@ impl Vtd {
         if invalidations.is_empty() {
             return;
         }
-        self.generations.bump(invalidations.iter().map(Stale::of));
-        for inv in invalidations.iter() {
-            self.translator.invalidate(inv);
-        }
+        self.generations
+            .apply_then_publish(invalidations.iter().map(Stale::of), || {
+                for inv in invalidations.iter() {
+                    self.translator.invalidate(inv);
+                }
+            });
         if let Some(observers) = observers.get_or_init(|| self.observers()) {
             for inv in invalidations.iter() {
                 for o in observers.iter() {
