@@ -43,10 +43,11 @@
 //! and the walk plans (which are those entries, resolved), not translations: the spec requires
 //! the guest to follow them with a (PASID-based) IOTLB invalidation.
 //!
-//! Fault qualification: faults on the root and context entries are always reported; faults on
-//! a PASID-directory entry are qualified by the context entry's FPD, on a PASID entry also by
-//! the directory entry's FPD, and faults of the walk by all three and the PASID entry's own
-//! FPD. Counters: `translations` counts every request, `iotlb_hits` the requests served from the
+//! Fault qualification: faults on the root and context entries are always reported, except a
+//! context entry with P clear, which its own FPD qualifies (FPD is evaluated whatever P says);
+//! faults on a PASID-directory entry are qualified by the context entry's FPD, on a PASID entry
+//! also by the directory entry's FPD (and a clear P in either by the entry's own FPD), and
+//! faults of the walk by all three and the PASID entry's own FPD. Counters: `translations` counts every request, `iotlb_hits` the requests served from the
 //! IOTLB, `iotlb_misses` and `walks` the page walks (pass-through requests are not IOTLB
 //! traffic: they are served from the context and PASID caches); the unit counts faults. These
 //! four are per-thread [`crate::counters::HotCounter`]s: an IOTLB hit shares no written cache
@@ -375,7 +376,7 @@ impl Translator {
                     false,
                 )));
             }
-            Err(r) => return Err(fault(TableFault::new(r, false))),
+            Err(f) => return Err(fault(f)),
         };
         let haw = tables::host_address_width(state.cap);
         tables::read_pasid_entry_raw(ram, haw, &ce, pasid)
@@ -389,7 +390,7 @@ impl Translator {
         state: &UnitState,
         sid: SourceId,
         ticket: Option<Ticket>,
-    ) -> Result<Context, FaultReason> {
+    ) -> Result<Context, TableFault> {
         let scalable = state.root.ttm() == TranslationTableMode::Scalable;
         if let Some(c) = self.contexts.get(sid) {
             // An entry read under the other table mode (an SRTP switched modes and the guest
@@ -425,8 +426,7 @@ impl Translator {
         tracing::trace!(target: "vtd", sid = sid.0, pasid, "vtd_pasid_cache_miss");
         let haw = tables::host_address_width(state.cap);
         let (entry, dir_fpd) = tables::read_pasid_entry_raw(ram, haw, ce, pasid)?;
-        tables::check_pasid_entry(&entry, state.cap, state.ecap)
-            .map_err(|r| TableFault::new(r, ce.lo.fpd() || dir_fpd))?;
+        tables::check_pasid_entry(&entry, state.cap, state.ecap, ce.lo.fpd() || dir_fpd)?;
         let cached = CachedPasid { entry, dir_fpd };
         self.pasids
             .insert_if(sid, pasid, cached, || self.clock.still(ticket));
@@ -455,9 +455,7 @@ impl Translator {
             tracing::trace!(target: "vtd", sid = req.sid.0, pasid = plan.pasid, "vtd_plan_hit");
             return self.planned(ram, req, &plan, ticket, nearby);
         }
-        let ctx = self
-            .context(ram, state, req.sid, ticket)
-            .map_err(|r| TableFault::new(r, false))?;
+        let ctx = self.context(ram, state, req.sid, ticket)?;
         match ctx {
             Context::Legacy(ce) => self.legacy(ram, state, req, &ce, ticket),
             Context::Scalable(ce) => self.scalable(ram, state, req, &ce, ticket, nearby),
