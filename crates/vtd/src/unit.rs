@@ -35,7 +35,7 @@ use crate::translate::{Translator, UnitState};
 use std::cell::OnceCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use tracing::{debug, trace, warn};
+use tracing::{debug, trace};
 use vtd_spec::SourceId;
 use vtd_spec::inv::Descriptor;
 use vtd_spec::pasid::PasidEntry;
@@ -440,7 +440,7 @@ impl Vtd {
                     gsts.set_qies(false);
                     regs.set64(offset::IQH, 0);
                 } else {
-                    warn!(target: "vtd", head, tail, "QI disable refused: the queue is being processed");
+                    log_limit::limited!(warn, target: "vtd", head, tail, "QI disable refused: the queue is being processed");
                 }
             }
         }
@@ -456,7 +456,7 @@ impl Vtd {
             return;
         }
         let result = if Gsts::from_bits(regs.get32(offset::GSTS)).qies() {
-            warn!(target: "vtd", "CCMD invalidation refused: queued invalidation is enabled");
+            log_limit::limited!(warn, target: "vtd", "CCMD invalidation refused: queued invalidation is enabled");
             qi::RegisterInvalidation {
                 invalidation: None,
                 actual: 0,
@@ -478,7 +478,7 @@ impl Vtd {
             return;
         }
         let result = if Gsts::from_bits(regs.get32(offset::GSTS)).qies() {
-            warn!(target: "vtd", "IOTLB register invalidation refused: queued invalidation is enabled");
+            log_limit::limited!(warn, target: "vtd", "IOTLB register invalidation refused: queued invalidation is enabled");
             qi::RegisterInvalidation {
                 invalidation: None,
                 actual: 0,
@@ -626,7 +626,7 @@ impl Vtd {
         why: IqeInfo,
         fx: &mut Effects,
     ) {
-        warn!(target: "vtd", ?why, slot = slot.map(|s| s.1), "invalidation queue error");
+        log_limit::limited!(warn, target: "vtd", ?why, slot = slot.map(|s| s.1), "invalidation queue error");
         Counters::bump(&self.counters.qi_errors);
         if let Some((queue, slot)) = slot {
             regs.set64(offset::IQH, queue.pointer(slot));
@@ -765,7 +765,7 @@ impl Vtd {
                 trace!(target: "vtd", index, "fault identical to a pending record");
             }
             Recorded::Overflow => {
-                warn!(target: "vtd", sid = %fault.sid, reason = %fault.reason, "fault dropped: recording registers full (PFO)");
+                log_limit::limited!(warn, target: "vtd", sid = %fault.sid, reason = %fault.reason, "fault dropped: recording registers full (PFO)");
             }
         }
         if let Some(m) = msi {
