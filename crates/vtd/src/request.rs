@@ -122,6 +122,16 @@ pub trait Remapper: Send + Sync {
         self.remap(req)
     }
 
+    /// A single-DWORD write of `data` without PASID at `address` in the interrupt address range
+    /// (`interrupt_range::INTERRUPT_RANGE`): an interrupt request, not DMA (§3.15). Returns
+    /// whether it was delivered; `false` if `address` is not a DWORD-aligned address in the
+    /// range (such a write, or a write of another length, is DMA: [`Remapper::remap`] faults
+    /// it). The default delivers nothing.
+    fn interrupt(&self, sid: SourceId, address: u64, data: u32) -> bool {
+        let _ = (sid, address, data);
+        false
+    }
+
     /// A counter that changes (grows) before any translation this remapper returned can stop
     /// being valid: invalidations, cache flushes, root or TE changes. A caller may reuse a
     /// translation obtained while the counter read `g` for as long as it still reads `g`.

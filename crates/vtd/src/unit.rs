@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::counters::{Counters, CountersSnapshot};
 use crate::fault::{self, EventKind, FaultInterrupt, Msi, Recorded};
 use crate::generation_log::{GenerationLog, Stale};
+use crate::interrupt_range;
 use crate::invalidation::Invalidation;
 use crate::memory::GuestRam;
 use crate::observer::{InvalidationObserver, UnitView};
@@ -776,10 +777,7 @@ impl Vtd {
 
 impl Remapper for Vtd {
     fn remap(&self, req: &DmaRequest) -> Result<Translation, Fault> {
-        let state = self.current_state();
-        self.translator
-            .translate(&*self.ram, &state, req)
-            .inspect_err(|fault| self.report_fault(fault))
+        self.remap_nearby(req, &mut |_| {})
     }
 
     fn remap_nearby(
@@ -788,9 +786,36 @@ impl Remapper for Vtd {
         nearby: &mut dyn FnMut(Translation),
     ) -> Result<Translation, Fault> {
         let state = self.current_state();
+        if req.pasid.is_some() || !state.translation_enabled {
+            return self
+                .translator
+                .translate_nearby(&*self.ram, &state, req, nearby)
+                .inspect_err(|fault| self.report_fault(fault));
+        }
+        // Without PASID: the interrupt range is not DMA, and nothing handed out covers it.
+        if interrupt_range::is_interrupt_request(req) {
+            let fault = interrupt_range::fault(req, state.root.ttm());
+            self.report_fault(&fault);
+            return Err(fault);
+        }
+        let mut outside = |t: Translation| {
+            if !interrupt_range::covers_range(&t) {
+                nearby(t);
+            }
+        };
         self.translator
-            .translate_nearby(&*self.ram, &state, req, nearby)
+            .translate_nearby(&*self.ram, &state, req, &mut outside)
+            .map(|t| interrupt_range::outside_range(t, req.iova))
             .inspect_err(|fault| self.report_fault(fault))
+    }
+
+    fn interrupt(&self, sid: SourceId, address: u64, data: u32) -> bool {
+        let Some((address, data)) = interrupt_range::message(address, data) else {
+            return false;
+        };
+        debug!(target: "vtd", %sid, address = format_args!("{address:#x}"), data = format_args!("{data:#x}"), "interrupt request (compatibility format)");
+        self.irq.deliver(address, data);
+        true
     }
 
     fn generation(&self) -> Option<u64> {

@@ -69,6 +69,7 @@ mod tables;
 mod walk;
 
 use crate::counters::Counters;
+use crate::interrupt_range::INTERRUPT_RANGE;
 use crate::invalidation::Invalidation;
 use crate::memory::GuestRam;
 use crate::request::{Access, DmaRequest, Fault, Permissions, Translation};
@@ -116,9 +117,6 @@ const LEAF_TABLES_PER_PART: usize = 32;
 /// log2 of the identity window returned for untranslated requests: a 2^52-byte aligned window
 /// (the largest VT-d physical address width), so one translation covers any run of pages.
 const IDENTITY_SHIFT: u32 = 52;
-
-/// The MSI address range 0xFEEx_xxxx: first-stage output addresses in it fault (0x87).
-const INTERRUPT_RANGE: std::ops::Range<u64> = 0xfee0_0000..0xfef0_0000;
 
 /// A fault found on the slow path, before it is tied to the request.
 type SlowFault = TableFault;
