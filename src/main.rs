@@ -84,7 +84,7 @@ fn run(config: VmConfig) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    match vmm::parse_args(std::env::args().skip(1)) {
+    match vmm::parse_args(std::env::args_os().skip(1)) {
         Ok(Command::Run(config)) => run(*config),
         Ok(Command::Help) => {
             print!("{USAGE}");

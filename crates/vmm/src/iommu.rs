@@ -109,7 +109,7 @@ impl BusDevice for VtdRegisterPage {
 impl vtd::FaultInterrupt for MsiSignaller {
     fn deliver(&self, address: u64, data: u32) {
         if let Err(e) = MsiSignaller::deliver(self, address, data) {
-            tracing::warn!("vIOMMU event interrupt lost: {e}");
+            log_limit::limited!(warn, "vIOMMU event interrupt lost: {e}");
         }
     }
 }

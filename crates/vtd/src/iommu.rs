@@ -266,6 +266,14 @@ impl DeviceIommu {
     pub fn sid(&self) -> SourceId {
         self.sid
     }
+
+    /// A single-DWORD write of `data` at `address` in the interrupt address range from this
+    /// device: an interrupt request, not DMA ([`Remapper::interrupt`]). Returns whether it was
+    /// delivered. (Writes through [`crate::dma_memory::DmaMemory`] are DMA: vm-memory writes
+    /// into the translated slices, so a write there cannot become an interrupt and faults.)
+    pub fn interrupt(&self, address: u64, data: u32) -> bool {
+        self.remapper.interrupt(self.sid, address, data)
+    }
 }
 
 /// The slot to (re)fill with the page at `start`: the slot already holding that page (e.g.

@@ -41,6 +41,7 @@ pub mod dma_memory;
 pub mod fault;
 pub mod fuzzing;
 pub mod generation_log;
+pub mod interrupt_range;
 pub mod invalidation;
 pub mod iommu;
 pub mod memory;

@@ -122,6 +122,16 @@ pub trait Remapper: Send + Sync {
         self.remap(req)
     }
 
+    /// A single-DWORD write of `data` without PASID at `address` in the interrupt address range
+    /// (`interrupt_range::INTERRUPT_RANGE`): an interrupt request, not DMA (§3.15). Returns
+    /// whether it was delivered; `false` if `address` is not a DWORD-aligned address in the
+    /// range (such a write, or a write of another length, is DMA: [`Remapper::remap`] faults
+    /// it). The default delivers nothing.
+    fn interrupt(&self, sid: SourceId, address: u64, data: u32) -> bool {
+        let _ = (sid, address, data);
+        false
+    }
+
     /// A counter that grows with every invalidation, cache flush, root or TE change: after
     /// the remapper stopped answering with what the change made stale, and before the guest
     /// can see the change complete. A caller may reuse a translation it asked for after

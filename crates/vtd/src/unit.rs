@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::counters::{Counters, CountersSnapshot};
 use crate::fault::{self, EventKind, FaultInterrupt, Msi, Recorded};
 use crate::generation_log::{GenerationLog, Stale};
+use crate::interrupt_range;
 use crate::invalidation::Invalidation;
 use crate::memory::GuestRam;
 use crate::observer::{InvalidationObserver, UnitView};
@@ -35,7 +36,7 @@ use crate::translate::{Translator, UnitState};
 use std::cell::OnceCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use tracing::{debug, trace, warn};
+use tracing::{debug, trace};
 use vtd_spec::SourceId;
 use vtd_spec::inv::Descriptor;
 use vtd_spec::pasid::PasidEntry;
@@ -439,7 +440,7 @@ impl Vtd {
                     gsts.set_qies(false);
                     regs.set64(offset::IQH, 0);
                 } else {
-                    warn!(target: "vtd", head, tail, "QI disable refused: the queue is being processed");
+                    log_limit::limited!(warn, target: "vtd", head, tail, "QI disable refused: the queue is being processed");
                 }
             }
         }
@@ -455,7 +456,7 @@ impl Vtd {
             return;
         }
         let result = if Gsts::from_bits(regs.get32(offset::GSTS)).qies() {
-            warn!(target: "vtd", "CCMD invalidation refused: queued invalidation is enabled");
+            log_limit::limited!(warn, target: "vtd", "CCMD invalidation refused: queued invalidation is enabled");
             qi::RegisterInvalidation {
                 invalidation: None,
                 actual: 0,
@@ -477,7 +478,7 @@ impl Vtd {
             return;
         }
         let result = if Gsts::from_bits(regs.get32(offset::GSTS)).qies() {
-            warn!(target: "vtd", "IOTLB register invalidation refused: queued invalidation is enabled");
+            log_limit::limited!(warn, target: "vtd", "IOTLB register invalidation refused: queued invalidation is enabled");
             qi::RegisterInvalidation {
                 invalidation: None,
                 actual: 0,
@@ -627,7 +628,7 @@ impl Vtd {
         why: IqeInfo,
         fx: &mut Effects,
     ) {
-        warn!(target: "vtd", ?why, slot = slot.map(|s| s.1), "invalidation queue error");
+        log_limit::limited!(warn, target: "vtd", ?why, slot = slot.map(|s| s.1), "invalidation queue error");
         Counters::bump(&self.counters.qi_errors);
         if let Some((queue, slot)) = slot {
             regs.set64(offset::IQH, queue.pointer(slot));
@@ -766,7 +767,7 @@ impl Vtd {
                 trace!(target: "vtd", index, "fault identical to a pending record");
             }
             Recorded::Overflow => {
-                warn!(target: "vtd", sid = %fault.sid, reason = %fault.reason, "fault dropped: recording registers full (PFO)");
+                log_limit::limited!(warn, target: "vtd", sid = %fault.sid, reason = %fault.reason, "fault dropped: recording registers full (PFO)");
             }
         }
         if let Some(m) = msi {
@@ -777,10 +778,7 @@ impl Vtd {
 
 impl Remapper for Vtd {
     fn remap(&self, req: &DmaRequest) -> Result<Translation, Fault> {
-        let state = self.current_state();
-        self.translator
-            .translate(&*self.ram, &state, req)
-            .inspect_err(|fault| self.report_fault(fault))
+        self.remap_nearby(req, &mut |_| {})
     }
 
     fn remap_nearby(
@@ -789,9 +787,36 @@ impl Remapper for Vtd {
         nearby: &mut dyn FnMut(Translation),
     ) -> Result<Translation, Fault> {
         let state = self.current_state();
+        if req.pasid.is_some() || !state.translation_enabled {
+            return self
+                .translator
+                .translate_nearby(&*self.ram, &state, req, nearby)
+                .inspect_err(|fault| self.report_fault(fault));
+        }
+        // Without PASID: the interrupt range is not DMA, and nothing handed out covers it.
+        if interrupt_range::is_interrupt_request(req) {
+            let fault = interrupt_range::fault(req, state.root.ttm());
+            self.report_fault(&fault);
+            return Err(fault);
+        }
+        let mut outside = |t: Translation| {
+            if !interrupt_range::covers_range(&t) {
+                nearby(t);
+            }
+        };
         self.translator
-            .translate_nearby(&*self.ram, &state, req, nearby)
+            .translate_nearby(&*self.ram, &state, req, &mut outside)
+            .map(|t| interrupt_range::outside_range(t, req.iova))
             .inspect_err(|fault| self.report_fault(fault))
+    }
+
+    fn interrupt(&self, sid: SourceId, address: u64, data: u32) -> bool {
+        let Some((address, data)) = interrupt_range::message(address, data) else {
+            return false;
+        };
+        debug!(target: "vtd", %sid, address = format_args!("{address:#x}"), data = format_args!("{data:#x}"), "interrupt request (compatibility format)");
+        self.irq.deliver(address, data);
+        true
     }
 
     fn generation(&self) -> Option<u64> {

@@ -213,6 +213,84 @@ fn fault_processing_disable_suppresses_recording() {
     assert_eq!((c.faults, c.faults_recorded), (1, 0));
 }
 
+/// FPD is evaluated whatever P says (§9.3-§9.6 FPD): an entry cleared to just FPD — a legacy or
+/// scalable context entry, a PASID-directory entry, a PASID entry (Linux's
+/// `pasid_clear_entry_with_fpd()`) — still fails the request but records nothing, while the same
+/// entry without FPD records the not-present fault.
+#[test]
+fn fpd_is_evaluated_whatever_present_says() {
+    type Clear = fn(&Tables<'_>);
+    let cases: [(&str, FaultReason, Clear); 4] = [
+        ("legacy context", FaultReason::ContextNotPresent, |t| {
+            let a = t.context_addr(SID);
+            t.mem.w64(a, 0);
+            t.mem.w64(a + 8, 0);
+        }),
+        ("scalable context", FaultReason::SmContextNotPresent, |t| {
+            let a = t.context_addr(SID);
+            for i in 0..4 {
+                t.mem.w64(a + 8 * i, 0);
+            }
+        }),
+        ("PASID directory", FaultReason::SmPasidDirNotPresent, |t| {
+            t.mem.w64(t.pasid_dir(SID), 0);
+        }),
+        ("PASID entry", FaultReason::SmPasidEntryNotPresent, |t| {
+            let a = t.pasid_entry_addr(SID, 0);
+            for i in 0..8 {
+                t.mem.w64(a + 8 * i, 0);
+            }
+        }),
+    ];
+    for (what, reason, clear) in cases {
+        for fpd in [false, true] {
+            let mem = Mem::new();
+            let legacy = reason == FaultReason::ContextNotPresent;
+            let (rig, tables) = if legacy {
+                let rig = Rig::with_ram("", mem.ram.clone());
+                let tables = Tables::legacy(&mem);
+                let pt = PageTable::new(&mem, 4, Stage::Second);
+                pt.map4k(&mem, MAPPED, DATA_BASE);
+                tables.legacy_translated(SID, &pt, 2);
+                rig.enable_translation(tables.rtaddr().into_bits());
+                (rig, tables)
+            } else {
+                let rig = rig(&mem);
+                let tables = Tables {
+                    mem: &mem,
+                    root: vtd::UnitView::state(&*rig.vtd).root.root_table(),
+                    scalable: true,
+                };
+                (rig, tables)
+            };
+            clear(&tables);
+            // FPD is bit 1 of the entry's first quadword in all four formats.
+            let at = match reason {
+                FaultReason::SmPasidDirNotPresent => tables.pasid_dir(SID),
+                FaultReason::SmPasidEntryNotPresent => tables.pasid_entry_addr(SID, 0),
+                _ => tables.context_addr(SID),
+            };
+            if fpd {
+                mem.w64(at, 2);
+            }
+            rig.w32(offset::FECTL, 0);
+            let fault = rig.vtd.remap(&read(MAPPED)).unwrap_err();
+            assert_eq!(fault.reason, reason, "{what}");
+            assert_eq!(fault.fpd, fpd, "{what}");
+            let recorded = rig.vtd.counters().faults_recorded;
+            if fpd {
+                assert_eq!(rig.r32(offset::FSTS), 0, "{what}: nothing recorded");
+                assert!(rig.irqs.take().is_empty(), "{what}: no fault event");
+                assert_eq!(recorded, 0, "{what}");
+            } else {
+                assert!(fsts(&rig).ppf(), "{what}: recorded");
+                assert_eq!(record(&rig, 0).1.fr(), reason.code(), "{what}");
+                assert_eq!(recorded, 1, "{what}");
+            }
+        }
+    }
+}
+
 /// The interrupt sink is called with no lock held: a sink that reads the fault registers (as a
 /// handler would) from inside `deliver` must not deadlock.
 #[test]

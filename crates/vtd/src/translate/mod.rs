@@ -43,10 +43,11 @@
 //! and the walk plans (which are those entries, resolved), not translations: the spec requires
 //! the guest to follow them with a (PASID-based) IOTLB invalidation.
 //!
-//! Fault qualification: faults on the root and context entries are always reported; faults on
-//! a PASID-directory entry are qualified by the context entry's FPD, on a PASID entry also by
-//! the directory entry's FPD, and faults of the walk by all three and the PASID entry's own
-//! FPD. Counters: `translations` counts every request, `iotlb_hits` the requests served from the
+//! Fault qualification: faults on the root and context entries are always reported, except a
+//! context entry with P clear, which its own FPD qualifies (FPD is evaluated whatever P says);
+//! faults on a PASID-directory entry are qualified by the context entry's FPD, on a PASID entry
+//! also by the directory entry's FPD (and a clear P in either by the entry's own FPD), and
+//! faults of the walk by all three and the PASID entry's own FPD. Counters: `translations` counts every request, `iotlb_hits` the requests served from the
 //! IOTLB, `iotlb_misses` and `walks` the page walks (pass-through requests are not IOTLB
 //! traffic: they are served from the context and PASID caches); the unit counts faults. These
 //! four are per-thread [`crate::counters::HotCounter`]s: an IOTLB hit shares no written cache
@@ -68,6 +69,7 @@ mod tables;
 mod walk;
 
 use crate::counters::Counters;
+use crate::interrupt_range::INTERRUPT_RANGE;
 use crate::invalidation::Invalidation;
 use crate::memory::GuestRam;
 use crate::request::{Access, DmaRequest, Fault, Permissions, Translation};
@@ -115,9 +117,6 @@ const LEAF_TABLES_PER_PART: usize = 32;
 /// log2 of the identity window returned for untranslated requests: a 2^52-byte aligned window
 /// (the largest VT-d physical address width), so one translation covers any run of pages.
 const IDENTITY_SHIFT: u32 = 52;
-
-/// The MSI address range 0xFEEx_xxxx: first-stage output addresses in it fault (0x87).
-const INTERRUPT_RANGE: std::ops::Range<u64> = 0xfee0_0000..0xfef0_0000;
 
 /// A fault found on the slow path, before it is tied to the request.
 type SlowFault = TableFault;
@@ -375,7 +374,7 @@ impl Translator {
                     false,
                 )));
             }
-            Err(r) => return Err(fault(TableFault::new(r, false))),
+            Err(f) => return Err(fault(f)),
         };
         let haw = tables::host_address_width(state.cap);
         tables::read_pasid_entry_raw(ram, haw, &ce, pasid)
@@ -389,7 +388,7 @@ impl Translator {
         state: &UnitState,
         sid: SourceId,
         ticket: Option<Ticket>,
-    ) -> Result<Context, FaultReason> {
+    ) -> Result<Context, TableFault> {
         let scalable = state.root.ttm() == TranslationTableMode::Scalable;
         if let Some(c) = self.contexts.get(sid) {
             // An entry read under the other table mode (an SRTP switched modes and the guest
@@ -425,8 +424,7 @@ impl Translator {
         tracing::trace!(target: "vtd", sid = sid.0, pasid, "vtd_pasid_cache_miss");
         let haw = tables::host_address_width(state.cap);
         let (entry, dir_fpd) = tables::read_pasid_entry_raw(ram, haw, ce, pasid)?;
-        tables::check_pasid_entry(&entry, state.cap, state.ecap)
-            .map_err(|r| TableFault::new(r, ce.lo.fpd() || dir_fpd))?;
+        tables::check_pasid_entry(&entry, state.cap, state.ecap, ce.lo.fpd() || dir_fpd)?;
         let cached = CachedPasid { entry, dir_fpd };
         self.pasids
             .insert_if(sid, pasid, cached, || self.clock.still(ticket));
@@ -455,9 +453,7 @@ impl Translator {
             tracing::trace!(target: "vtd", sid = req.sid.0, pasid = plan.pasid, "vtd_plan_hit");
             return self.planned(ram, req, &plan, ticket, nearby);
         }
-        let ctx = self
-            .context(ram, state, req.sid, ticket)
-            .map_err(|r| TableFault::new(r, false))?;
+        let ctx = self.context(ram, state, req.sid, ticket)?;
         match ctx {
             Context::Legacy(ce) => self.legacy(ram, state, req, &ce, ticket),
             Context::Scalable(ce) => self.scalable(ram, state, req, &ce, ticket, nearby),
