@@ -10,7 +10,8 @@
 #[allow(unused_imports)]
 mod translate_support;
 
-use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
 use std::sync::Arc;
 use translate_support::*;
 use vm_memory::{GuestAddress, GuestMemory, Iommu, Permissions};
