@@ -203,6 +203,14 @@ impl VtdS1HwptData {
     pub fn eafe(&self) -> bool {
         self.flags & Self::EAFE != 0
     }
+    /// The first-stage controls these flags stand for (the uAPI carries no ERE, NXE or SMEP:
+    /// they stay clear).
+    pub fn controls(&self) -> vtd_spec::rights::FsControls {
+        vtd_spec::rights::FsControls::new()
+            .with_sre(self.sre())
+            .with_wpe(self.wpe())
+            .with_eafe(self.eafe())
+    }
 }
 
 /// One `iommu_hwpt_vtd_s1_invalidate` entry: a PASID-based IOTLB invalidation for a nested HWPT.

@@ -29,6 +29,7 @@ pub mod inv;
 pub mod pasid;
 pub mod pte;
 pub mod regs;
+pub mod rights;
 pub mod root;
 
 /// Size of a VT-d page-table page and of every table page (§3.4, §9).
