@@ -54,7 +54,7 @@
 //! assert!(!att.ensure_nested(&parent, &data).unwrap(), "unchanged: nothing to do");
 //!
 //! // Guest PASID-based IOTLB invalidation (page-selective, IH=1) → forwarded as is
-//! // (`VtdS1Invalidation::from_piotlb` converts the descriptor). Batch entries per call.
+//! // (`VtdS1Invalidation::pasid_pages` converts the guest's ADDR, AM and IH). Batch entries per call.
 //! let done = att.invalidate(&[VtdS1Invalidation::range(0x1000, 1, true)]).unwrap();
 //! assert_eq!(done, 1);
 //!
@@ -73,7 +73,7 @@
 //! | PASID entry valid, PGTT=PT | `attach_parent(parent)` |
 //! | PASID entry invalid (or bind failed) | `block()`: DMA blocked, never stale |
 //! | TE off / legacy mode | `attach_parent(parent)` (DMA keeps working, as QEMU) |
-//! | PASID-IOTLB descriptor (G=2/3) for the entry's DID | `invalidate(&[VtdS1Invalidation::from_piotlb(..)?])` |
+//! | PASID-IOTLB descriptor for the entry's DID | `invalidate(&[VtdS1Invalidation::all()])` (G=2) or `invalidate(&[VtdS1Invalidation::pasid_pages(addr, am, ih)])` (G=3) |
 //! | SRTP, TE, global context-cache invalidation | re-read every PASID entry and `ensure_nested` again |
 //!
 //! Keep the vIOMMU's own locks out of these calls (they are host ioctls); a per-device lock
@@ -91,7 +91,10 @@ pub mod sim;
 mod types;
 
 pub use handles::{Attachment, DeviceAttachment, Ioas, NestParentHwpt, NestedHwpt};
-pub use types::{DmaPerm, HwCaps, HwInfo, HwInfoType, VtdHwInfo, VtdS1HwptData, VtdS1Invalidation};
+pub use types::{
+    DmaPerm, HwCaps, HwInfo, HwInfoType, NestingRefusal, VtdHwInfo, VtdS1HwptData,
+    VtdS1Invalidation,
+};
 pub use vtd_spec::regs::{Cap, Ecap};
 
 /// An iommufd device id: a device bound to the host IOMMU (the `dev_id` of

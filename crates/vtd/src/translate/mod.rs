@@ -71,7 +71,7 @@ use crate::counters::Counters;
 use crate::invalidation::Invalidation;
 use crate::memory::GuestRam;
 use crate::request::{Access, DmaRequest, Fault, Permissions, Translation};
-use entry_cache::{CachedPasid, ContextCache, PasidCache, sid_selected};
+use entry_cache::{CachedPasid, ContextCache, PasidCache};
 use generation::{Clock, Ticket};
 use iotlb::{CachedRights, Hit, Iotlb, IotlbEntry, NO_PASID};
 use leaf_tables::{LeafTableKey, LeafTables};
@@ -311,7 +311,7 @@ impl Translator {
                 n
             }
             Invalidation::ContextDevice { sid, fm, .. } => {
-                let sel = |s: u16| sid_selected(s, sid, fm);
+                let sel = |s: u16| SourceId(s).selected_by(sid, fm);
                 self.plans.clear()
                     + self.contexts.drop_sources(sel)
                     + self.pasids.drop_sources(sel)
