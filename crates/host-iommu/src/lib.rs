@@ -37,8 +37,9 @@
 //!
 //! // At VM start: the VMM maps guest RAM (GPA 0..2 MiB at host VA 0x7f00_0000_0000).
 //! let mem = Arc::new(VecHostMemory::new(&[(0x7f00_0000_0000, 2 << 20)]));
-//! let host: Arc<dyn HostIommu> = Arc::new(SimHost::new(SimConfig::default(), mem.clone()));
-//! let dev = host.as_sim().unwrap().add_device("0000:01:00.0");
+//! let sim = Arc::new(SimHost::new(SimConfig::default(), mem.clone()));
+//! let dev = sim.add_device("0000:01:00.0");
+//! let host: Arc<dyn HostIommu> = sim;
 //! let ioas = Arc::new(Ioas::new(host.clone()).unwrap());
 //! ioas.map(0, 0x7f00_0000_0000, 2 << 20, DmaPerm::READ_WRITE).unwrap();
 //! let parent = Arc::new(NestParentHwpt::new(ioas.clone(), dev).unwrap());
@@ -295,12 +296,6 @@ pub trait HostIommu: Send + Sync + fmt::Debug {
 
     /// `IOMMU_DESTROY` of an IOAS. An IOAS with HWPTs or attached devices fails with `EBUSY`.
     fn ioas_destroy(&self, ioas: IoasId) -> Result<()>;
-
-    /// The software host IOMMU behind this object, if it is one (for tests and DMA by
-    /// emulated devices).
-    fn as_sim(&self) -> Option<&sim::SimHost> {
-        None
-    }
 }
 
 #[cfg(test)]

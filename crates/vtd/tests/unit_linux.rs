@@ -8,8 +8,8 @@ mod unit_support;
 
 use translate_support::{DATA_BASE, Mem, PageTable, SID, Stage, Tables, fs_entry};
 use unit_support::*;
+use vtd::GuestRam;
 use vtd::invalidation::Invalidation;
-use vtd::memory::GuestRam;
 use vtd::request::{Access, DmaRequest, Remapper};
 use vtd_spec::regs::offset;
 

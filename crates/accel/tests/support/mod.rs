@@ -11,8 +11,8 @@ use host_iommu::sim::{GuestRamMemory, GuestRamRegion, SimConfig, SimHost};
 use host_iommu::{DeviceId, HostIommu};
 use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vtd::FaultInterrupt;
 use vtd::Vtd;
-use vtd::fault::FaultInterrupt;
 use vtd_spec::SourceId;
 use vtd_spec::regs::offset;
 
