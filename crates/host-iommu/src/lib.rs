@@ -7,7 +7,7 @@
 //! address space (IOAS) that maps guest RAM at IOVA = GPA.
 //!
 //! ```text
-//!                      vIOMMU (vtd crate, "accel": the seed's intel_iommu_accel)
+//!                      vIOMMU (vtd crate, "accel": QEMU's intel_iommu_accel)
 //!        PASID entry appears/changes ──► bind / replace     PASID-IOTLB descriptor ──► invalidate
 //!        PASID entry goes away ───────► unbind (block)       SRTP / TE / CC inval ────► replay
 //!                                   │
@@ -63,8 +63,8 @@
 //! att.block().unwrap();
 //! ```
 //!
-//! What the accel step does on each guest event (QEMU `intel_iommu_accel.c` as merged for
-//! 11.0, qemu-intel-iommu.md §1.3), one [`DeviceAttachment`] per passthrough device and one
+//! What the accel step does on each guest event (QEMU's `intel_iommu_accel.c` as merged for
+//! 11.0), one [`DeviceAttachment`] per passthrough device and one
 //! shared [`NestParentHwpt`] (guest RAM mapped at IOVA = GPA):
 //!
 //! | guest event | call |

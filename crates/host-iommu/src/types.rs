@@ -179,8 +179,8 @@ impl VtdS1HwptData {
     /// Every flag the uAPI defines.
     pub const ALL_FLAGS: u64 = Self::SRE | Self::EAFE | Self::WPE;
 
-    /// The nested-HWPT data for a guest scalable-mode PASID entry with PGTT=first stage (the
-    /// seed's `vtd_create_fs_hwpt`): SRE (bit 128), WPE (bit 132), EAFE (bit 135), FSPTPTR
+    /// The nested-HWPT data for a guest scalable-mode PASID entry with PGTT=first stage (as
+    /// QEMU's `vtd_create_fs_hwpt`): SRE (bit 128), WPE (bit 132), EAFE (bit 135), FSPTPTR
     /// (bits 191:140) and FSPM → 48/57 (VT-d spec §9.6). `None` for a reserved FSPM.
     pub fn from_pasid_entry(entry: &vtd_spec::pasid::PasidEntry) -> Option<Self> {
         let q2 = entry.qw2;

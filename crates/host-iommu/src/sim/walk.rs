@@ -156,9 +156,9 @@ impl DmaAccess {
     }
 }
 
-const ACCESSED: u64 = 1 << 5;
-const DIRTY: u64 = 1 << 6;
-const EXTENDED_ACCESSED: u64 = 1 << 10;
+const ACCESSED: u64 = FirstStagePte::new().with_accessed(true).into_bits();
+const DIRTY: u64 = FirstStagePte::new().with_dirty(true).into_bits();
+const EXTENDED_ACCESSED: u64 = FirstStagePte::new().with_ea(true).into_bits();
 /// Attempts at the atomic A/D update before giving up.
 const AD_ATTEMPTS: u32 = 4;
 
