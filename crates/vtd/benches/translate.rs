@@ -10,15 +10,16 @@
 #[allow(unused_imports)]
 mod translate_support;
 
-use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
 use std::sync::Arc;
 use translate_support::*;
 use vm_memory::{GuestAddress, GuestMemory, Iommu, Permissions};
+use vtd::Translator;
 use vtd::dma_memory::DmaMemory;
 use vtd::invalidation::Invalidation;
 use vtd::iommu::DeviceIommu;
 use vtd::request::{Access, DmaRequest};
-use vtd::translate::Translator;
 
 const IOVA: u64 = 0x1_0000_0000;
 /// More distinct pages than the IOTLB holds, so cycling through them misses.

@@ -3,6 +3,7 @@
 use crate::generation_log::Stale;
 use vtd_spec::SourceId;
 use vtd_spec::fault::FaultReason;
+use vtd_spec::rights::FsRequest;
 
 /// The kind of access a DMA request makes (§3.6: requests are reads or writes; execute and
 /// supervisor privilege come with PASID-tagged requests).
@@ -40,6 +41,16 @@ impl Access {
         execute: false,
         privileged: false,
     };
+
+    /// This access as a first-stage request of privilege `privileged` (the PR attribute for
+    /// requests with PASID, the context entry's RID_PRIV for those without).
+    pub(crate) fn first_stage(self, privileged: bool) -> FsRequest {
+        FsRequest {
+            privileged,
+            write: self.write,
+            execute: self.execute,
+        }
+    }
 }
 
 /// A DMA request from a device.

@@ -389,7 +389,7 @@ fn a_device_far_behind_the_log_forgets_everything<M: GuestMemory>(mut g: Guest<M
     // pages than the unit's log keeps: the device cannot tell what happened, so it asks again
     // (the unit's IOTLB still holds the old translation: no invalidation covered it).
     g.pt.map4k(&g.mem, IOVA, DATA_BASE + 0x1000);
-    for i in 0..vtd::generation_log::LOG_ENTRIES as u64 + 1 {
+    for i in 0..vtd::LOG_ENTRIES as u64 + 1 {
         g.submit(&[piotlb(3, u64::from(DID), 0, 0x1000_0000 + (i << 12))]);
     }
     let asked = g.translations();

@@ -5,9 +5,9 @@ mod translate_support;
 
 use std::sync::Mutex;
 use translate_support::*;
-use vtd::memory::{GuestRam, MemoryError};
+use vtd::Translator;
 use vtd::request::{Access, DmaRequest};
-use vtd::translate::Translator;
+use vtd::{GuestRam, MemoryError};
 use vtd_spec::fault::FaultReason;
 
 const IOVA: u64 = 0x7654_3000;

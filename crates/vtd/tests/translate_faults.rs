@@ -5,9 +5,9 @@ mod translate_support;
 
 use std::collections::BTreeSet;
 use translate_support::*;
-use vtd::memory::{GuestRam, MemoryError};
 use vtd::request::{Access, DmaRequest, Fault};
-use vtd::translate::{Translator, UnitState};
+use vtd::{GuestRam, MemoryError};
+use vtd::{Translator, UnitState};
 use vtd_spec::context::{
     LegacyContextEntry, LegacyContextHi, LegacyContextLo, ScalableContextEntry, ScalableContextHi,
     ScalableContextLo, TranslationType,

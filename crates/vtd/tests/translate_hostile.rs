@@ -7,10 +7,10 @@ mod translate_support;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use translate_support::*;
+use vtd::GuestRam;
 use vtd::invalidation::Invalidation;
-use vtd::memory::GuestRam;
 use vtd::request::{Access, DmaRequest};
-use vtd::translate::{Translator, UnitState};
+use vtd::{Translator, UnitState};
 use vtd_spec::SourceId;
 use vtd_spec::regs::{Cap, Ecap, RtAddr};
 

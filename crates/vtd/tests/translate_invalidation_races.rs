@@ -8,8 +8,8 @@ mod translate_support;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use translate_support::*;
+use vtd::GuestRam;
 use vtd::invalidation::Invalidation;
-use vtd::memory::GuestRam;
 use vtd::request::Access;
 use vtd_spec::SourceId;
 

@@ -1,5 +1,5 @@
 //! The register protocol of Linux 6.12's intel-iommu driver, access by access and with its
-//! access widths (linux-guest-driver.md §1c, §2 boot sequence, §4 fault handler), against the
+//! access widths (its register accessors, its boot sequence and its fault handler), against the
 //! unit with the real translator.
 
 #[path = "translate_support/mod.rs"]
@@ -8,8 +8,8 @@ mod unit_support;
 
 use translate_support::{DATA_BASE, Mem, PageTable, SID, Stage, Tables, fs_entry};
 use unit_support::*;
+use vtd::GuestRam;
 use vtd::invalidation::Invalidation;
-use vtd::memory::GuestRam;
 use vtd::request::{Access, DmaRequest, Remapper};
 use vtd_spec::regs::offset;
 

@@ -5,8 +5,8 @@
 mod unit_support;
 
 use unit_support::*;
+use vtd::GuestRam;
 use vtd::invalidation::Invalidation;
-use vtd::memory::GuestRam;
 use vtd_spec::SourceId;
 use vtd_spec::regs::offset;
 

@@ -4,7 +4,7 @@
 mod unit_support;
 
 use unit_support::*;
-use vtd::memory::GuestRam;
+use vtd::GuestRam;
 use vtd_spec::regs::offset;
 
 const TE: u32 = 1 << 31;

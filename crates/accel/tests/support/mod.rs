@@ -1,5 +1,5 @@
 //! A small model of what the Linux intel-iommu driver does in scalable mode with first-stage
-//! domains (linux-guest-driver.md §1-§3): it builds root, context, PASID and first-stage tables
+//! domains (`drivers/iommu/intel/`: `iommu.c`, `pasid.c`, `dmar.c`): it builds root, context, PASID and first-stage tables
 //! in guest RAM, programs the unit's registers and submits invalidations followed by a wait,
 //! exactly one IQT write per submission. The passthrough device's DMA is done by the software
 //! host IOMMU, never by the vIOMMU.
@@ -11,8 +11,8 @@ use host_iommu::sim::{GuestRamMemory, GuestRamRegion, SimConfig, SimHost};
 use host_iommu::{DeviceId, HostIommu};
 use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vtd::FaultInterrupt;
 use vtd::Vtd;
-use vtd::fault::FaultInterrupt;
 use vtd_spec::SourceId;
 use vtd_spec::regs::offset;
 

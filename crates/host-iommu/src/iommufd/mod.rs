@@ -150,7 +150,7 @@ impl IommufdHost {
     /// sentence that says why not.
     pub fn check_nesting(&self, dev: DeviceId) -> std::result::Result<VtdHwInfo, IommufdHostError> {
         let info = self.hw_info(dev)?;
-        Ok(*info.require_vtd_nesting()?)
+        Ok(*info.require_vtd_nesting().map_err(HostIommuError::from)?)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Arc<VfioDevice>>> {

@@ -73,7 +73,7 @@ use crate::interrupt_range::INTERRUPT_RANGE;
 use crate::invalidation::Invalidation;
 use crate::memory::GuestRam;
 use crate::request::{Access, DmaRequest, Fault, Permissions, Translation};
-use entry_cache::{CachedPasid, ContextCache, PasidCache, sid_selected};
+use entry_cache::{CachedPasid, ContextCache, PasidCache};
 use generation::{Clock, Ticket};
 use iotlb::{CachedRights, Hit, Iotlb, IotlbEntry, NO_PASID};
 use leaf_tables::{LeafTableKey, LeafTables};
@@ -86,7 +86,8 @@ use vtd_spec::fault::FaultReason;
 use vtd_spec::pasid::{PasidEntry, Pgtt};
 use vtd_spec::pte::level_size;
 use vtd_spec::regs::{Cap, Ecap, RtAddr, TranslationTableMode};
-use walk::first_stage::{self, FsControls, FsWalk};
+use vtd_spec::rights::FsControls;
+use walk::first_stage::{self, FsWalk};
 use walk::second_stage::{self, SsFaults, SsWalk};
 
 /// What the translator needs of the unit's state: the root table latched by the last SRTP
@@ -309,7 +310,7 @@ impl Translator {
                 n
             }
             Invalidation::ContextDevice { sid, fm, .. } => {
-                let sel = |s: u16| sid_selected(s, sid, fm);
+                let sel = |s: u16| SourceId(s).selected_by(sid, fm);
                 self.plans.clear()
                     + self.contexts.drop_sources(sel)
                     + self.pasids.drop_sources(sel)
@@ -584,7 +585,9 @@ impl Translator {
         };
         let w = &plan.walk;
         let f = |r| TableFault::new(r, plan.fpd);
-        first_stage::check_request(w.controls, privileged, req.access).map_err(f)?;
+        w.controls
+            .check_request(req.access.first_stage(privileged))
+            .map_err(f)?;
         first_stage::check_address(req.iova, w.levels, w.haw).map_err(f)?;
         self.first_stage(
             ram,
@@ -657,8 +660,8 @@ impl Translator {
             avoid_interrupt_range(req.iova, leaf.page, leaf.level)
                 .ok_or(TableFault::new(FaultReason::SmInvalidInterruptAddress, fpd))?;
         let size = level_size(level);
-        let write = first_stage::may_write(leaf.rights, w.controls, privileged)
-            && (leaf.dirty_ok || req.access.write);
+        let write =
+            leaf.rights.may_write(w.controls, privileged) && (leaf.dirty_ok || req.access.write);
         let fill = |iova_base: u64, gpa_base: u64, level: u32, leaf: &first_stage::FsLeaf| {
             let rights = CachedRights::First {
                 rights: leaf.rights,
@@ -688,7 +691,9 @@ impl Translator {
                 }
                 Counters::bump(&self.counters.iotlb_prefetches);
                 fill(*page, n.page, 1, n);
-                if first_stage::check_rights(n.rights, w.controls, privileged, Access::READ).is_ok()
+                if n.rights
+                    .check(w.controls, Access::READ.first_stage(privileged))
+                    .is_ok()
                 {
                     nearby(Translation {
                         iova_base: *page,
@@ -696,8 +701,7 @@ impl Translator {
                         size: 4096,
                         perms: Permissions {
                             read: true,
-                            write: first_stage::may_write(n.rights, w.controls, privileged)
-                                && n.dirty_ok,
+                            write: n.rights.may_write(w.controls, privileged) && n.dirty_ok,
                         },
                     });
                 }
@@ -789,14 +793,15 @@ fn hit(e: &Hit, req: &DmaRequest) -> Option<Permissions> {
             } else {
                 rid_priv
             };
-            first_stage::check_request(controls, privileged, a).ok()?;
-            first_stage::check_rights(rights, controls, privileged, a).ok()?;
+            let fs = a.first_stage(privileged);
+            controls.check_request(fs).ok()?;
+            rights.check(controls, fs).ok()?;
             if a.write && !dirty_ok {
                 return None;
             }
             Some(Permissions {
                 read: true,
-                write: first_stage::may_write(rights, controls, privileged) && dirty_ok,
+                write: rights.may_write(controls, privileged) && dirty_ok,
             })
         }
         CachedRights::Second {

@@ -8,11 +8,11 @@ pub mod reference;
 use std::cell::Cell;
 use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vtd::counters::Counters;
+use vtd::Counters;
+use vtd::GuestRam;
 use vtd::invalidation::Invalidation;
-use vtd::memory::GuestRam;
 use vtd::request::{Access, DmaRequest, Fault, Remapper, Translation};
-use vtd::translate::{Translator, UnitState};
+use vtd::{Translator, UnitState};
 use vtd_spec::SourceId;
 use vtd_spec::context::{
     LegacyContextEntry, LegacyContextHi, LegacyContextLo, ScalableContextEntry, ScalableContextHi,

@@ -13,7 +13,7 @@ const IRQ_FIRST: u64 = 0xfee0_0000;
 const IRQ_LAST: u64 = 0xfeef_ffff;
 
 fn read(mem: &Mem, gpa: u64) -> Option<u64> {
-    use vtd::memory::GuestRam;
+    use vtd::GuestRam;
     mem.ram.read_u64(gpa).ok()
 }
 

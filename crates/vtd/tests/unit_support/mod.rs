@@ -4,12 +4,12 @@
 
 use std::sync::{Arc, Mutex};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vtd::FaultInterrupt;
+use vtd::GuestRam;
+use vtd::Vtd;
 use vtd::config::Config;
-use vtd::fault::FaultInterrupt;
 use vtd::invalidation::Invalidation;
-use vtd::memory::GuestRam;
 use vtd::observer::{InvalidationObserver, UnitView};
-use vtd::unit::Vtd;
 use vtd_spec::regs::offset;
 
 /// Guest RAM size used by the tests (the same 64 MiB as the translator's test helpers, whose
