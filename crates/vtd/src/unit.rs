@@ -247,11 +247,6 @@ impl Vtd {
     pub fn counters(&self) -> CountersSnapshot {
         self.counters.snapshot()
     }
-    /// The translator (caches and walks), e.g. for adapters that translate in bulk.
-    pub fn translator(&self) -> &Translator {
-        &self.translator
-    }
-
     /// Registers an observer of invalidations and translation changes.
     pub fn add_observer(&self, observer: Arc<dyn InvalidationObserver>) {
         let mut list = self.observers.write().unwrap_or_else(|e| e.into_inner());
@@ -290,8 +285,7 @@ impl Vtd {
     /// translation obtained through [`Remapper::remap`] after the counter read `g` may be
     /// reused for as long as the counter still reads `g`: that is how a per-device cache
     /// outside the unit (e.g. `iommu::DeviceIommu`) follows the guest's invalidations without
-    /// a hook of its own (the protocol: [`crate::generation_log`]). Invalidations applied
-    /// directly through [`Vtd::translator`] bypass it.
+    /// a hook of its own (the protocol: [`crate::generation_log`]).
     pub fn invalidation_generation(&self) -> u64 {
         self.generations.current()
     }
