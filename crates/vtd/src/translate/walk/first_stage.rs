@@ -29,7 +29,7 @@ pub(crate) struct FsControls {
     pub(crate) ere: bool,
     /// WPE: supervisor writes honour R/W.
     pub(crate) wpe: bool,
-    /// NXE: XD is honoured (otherwise it is reserved).
+    /// NXE: XD is honoured as execute-disable (otherwise it is ignored; see `vtd_spec::pte`).
     pub(crate) nxe: bool,
     /// SMEP: supervisor execute of user pages is denied.
     pub(crate) smep: bool,
@@ -73,7 +73,7 @@ pub(crate) struct FsWalk {
     pub(crate) haw: u32,
     /// PASID-entry controls.
     pub(crate) controls: FsControls,
-    /// The reserved-bit masks of this walk's entries (host address width, NXE, CAP.FS1GP).
+    /// The reserved-bit masks of this walk's entries (host address width, CAP.FS1GP).
     reserved: FirstStageReserved,
 }
 
@@ -86,7 +86,7 @@ impl FsWalk {
             levels,
             haw,
             controls,
-            reserved: FirstStageReserved::new(haw, controls.nxe, fs1gp),
+            reserved: FirstStageReserved::new(haw, fs1gp),
         }
     }
 }
