@@ -13,8 +13,12 @@
 #   BATCH_WRAP=FILE (after batch_init) an executable put in front of every job's command (after
 #                                     the taskset), copied into L1 when nested: it gets the
 #                                     VMM command as its arguments (bench/profile: perf)
+#   BATCH_KERNEL=TAG (before batch_add) the L2 kernel of the jobs added from then on: empty or
+#                                     6.12 (default, l2/), or one of GUEST_KERNEL_TAGS
+#                                     (common.sh: 5.10, 6.1, newest; l2-<tag>/)
 #
-# Job directory WORKDIR/jobs/NN: name, inner, init, timeout, disks ("name index file" lines),
+# Job directory WORKDIR/jobs/NN: name, inner, init, timeout, kernel (the L2 kernel's tag, empty
+# for 6.12), disks ("name index file" lines),
 # callargs (caller's arguments, one per line, "@NAME" already turned into @@E2EDISK<index>@@),
 # and after the launch: initrd, output (its console section) and status.
 #
@@ -44,7 +48,23 @@ batch_init() {
     BATCH_NDISKS=0
     BATCH_PIN=""
     BATCH_WRAP=""
+    BATCH_KERNEL=""
     mkdir -p "$BATCH/jobs" "$BATCH/disks"
+}
+
+# l2_dir TAG: the cache directory of an L2 kernel (vmlinuz, base.cpio) by its tag.
+l2_dir() {
+    case "$1" in
+        "" | 6.12) echo "$E2E_CACHE/l2" ;;
+        *) echo "$E2E_CACHE/l2-$1" ;;
+    esac
+}
+
+# The L2 kernel of job directory DIR, as L1 sees it (l1_initrd puts each one there).
+l1_kernel_path() {
+    local tag
+    tag="$(cat "$1/kernel")"
+    if [ -z "$tag" ]; then echo /l2/vmlinuz; else echo "/l2-$tag/vmlinuz"; fi
 }
 
 batch_job_dir() {
@@ -79,6 +99,11 @@ batch_add() {
     echo "$name" >"$dir/name"
     echo "$inner" >"$dir/inner"
     echo "$timeout" >"$dir/timeout"
+    [ "$BATCH_KERNEL" != 6.12 ] || BATCH_KERNEL=""
+    if [ -n "$BATCH_KERNEL" ] && [[ " $GUEST_KERNEL_TAGS " != *" $BATCH_KERNEL "* ]]; then
+        die "unknown guest kernel $BATCH_KERNEL (6.12 or one of: $GUEST_KERNEL_TAGS)"
+    fi
+    echo "$BATCH_KERNEL" >"$dir/kernel"
     cp "$init" "$dir/init"
     : >"$dir/disks"
     for spec in $disks; do
@@ -110,13 +135,15 @@ create_disks() {
     done
 }
 
-# l2_initrd INIT OUT: the L2 base plus /init (the wrapper) and /e2e-init (the test's script).
+# l2_initrd INIT OUT TAG: the base of L2 kernel TAG plus /init (the wrapper) and /e2e-init (the
+# test's script).
 l2_initrd() {
     local init="$1" out="$2" root
     root="$(mktemp -d)"
     install -m 0755 "$E2E_LIB/l2-init" "$root/init"
     install -m 0755 "$init" "$root/e2e-init"
-    cat "$E2E_CACHE/l2/base.cpio" >"$out"
+    [ -s "$(l2_dir "${3:-}")/base.cpio" ] || die "no L2 base in $(l2_dir "${3:-}") (run e2e/prepare)"
+    cat "$(l2_dir "${3:-}")/base.cpio" >"$out"
     cpio_of_dir "$root" "$out.extra"
     cat "$out.extra" >>"$out"
     rm -rf "$root" "$out.extra"
@@ -219,16 +246,17 @@ batch_cleanup() {
 }
 
 launch_direct() {
-    local live="$1" dir vmm="" cmd=() rc t
+    local live="$1" dir vmm="" cmd=() rc t kernel
     if batch_uses vtd-nest; then vmm="$(vmm_binary)"; fi
     create_disks
     for dir in "$BATCH"/jobs/*; do
-        l2_initrd "$dir/init" "$dir/initrd"
+        kernel="$(l2_dir "$(cat "$dir/kernel")")/vmlinuz"
+        l2_initrd "$dir/init" "$dir/initrd" "$(cat "$dir/kernel")"
         if [ "$(cat "$dir/inner")" = qemu ]; then
-            mapfile -t cmd < <(render_command qemu qemu-system-x86_64 "$E2E_CACHE/l2/vmlinuz" \
+            mapfile -t cmd < <(render_command qemu qemu-system-x86_64 "$kernel" \
                 "$dir/initrd" "$dir/callargs" | host_paths "$dir")
         else
-            mapfile -t cmd < <(render_command vtd-nest "$vmm" "$E2E_CACHE/l2/vmlinuz" \
+            mapfile -t cmd < <(render_command vtd-nest "$vmm" "$kernel" \
                 "$dir/initrd" "$dir/callargs" | host_paths "$dir")
         fi
         [ -z "$BATCH_WRAP" ] || cmd=("$BATCH_WRAP" "${cmd[@]}")
@@ -245,13 +273,20 @@ tee_console() {
     if [ "$1" = live ]; then tee -a "$BATCH/console.log"; else cat >>"$BATCH/console.log"; fi
 }
 
-# The L1 initramfs: base (+ QEMU bundle) + this batch's init, jobs, L2 kernel and VMM.
+# The L1 initramfs: base (+ QEMU bundle) + this batch's init, jobs, L2 kernels and VMM.
 l1_initrd() {
-    local out="$1" root dir jd n=0 vmm
+    local out="$1" root dir jd n=0 vmm kpath
     root="$(mktemp -d)"
     install -m 0755 "$E2E_LIB/l1-init" "$root/init"
-    mkdir -p "$root/e2e/jobs" "$root/l2" "$root/bin"
-    cp "$E2E_CACHE/l2/vmlinuz" "$root/l2/vmlinuz"
+    mkdir -p "$root/e2e/jobs" "$root/bin"
+    # Each L2 kernel the jobs use, once.
+    for dir in "$BATCH"/jobs/*; do
+        kpath="$(l1_kernel_path "$dir")"
+        if [ ! -f "$root$kpath" ]; then
+            mkdir -p "$root$(dirname "$kpath")"
+            cp "$(l2_dir "$(cat "$dir/kernel")")/vmlinuz" "$root$kpath"
+        fi
+    done
     echo "$BATCH_NDISKS" >"$root/e2e/ndisks"
     if batch_uses vtd-nest; then
         vmm="$(vmm_binary)"
@@ -267,12 +302,13 @@ l1_initrd() {
         cp "$dir/name" "$dir/timeout" "$jd/"
         [ -z "$BATCH_PIN" ] || echo "$BATCH_PIN" >"$jd/pin"
         [ -z "$BATCH_WRAP" ] || : >"$jd/wrap"
-        l2_initrd "$dir/init" "$jd/initrd"
+        l2_initrd "$dir/init" "$jd/initrd" "$(cat "$dir/kernel")"
+        kpath="$(l1_kernel_path "$dir")"
         if [ "$(cat "$dir/inner")" = qemu ]; then
-            render_command qemu /usr/bin/qemu-system-x86_64 /l2/vmlinuz "/e2e/jobs/${jd##*/}/initrd" \
+            render_command qemu /usr/bin/qemu-system-x86_64 "$kpath" "/e2e/jobs/${jd##*/}/initrd" \
                 "$dir/callargs" >"$jd/args"
         else
-            render_command vtd-nest /bin/vtd-nest /l2/vmlinuz "/e2e/jobs/${jd##*/}/initrd" \
+            render_command vtd-nest /bin/vtd-nest "$kpath" "/e2e/jobs/${jd##*/}/initrd" \
                 "$dir/callargs" >"$jd/args"
         fi
         n=$((n + 1))
@@ -314,15 +350,15 @@ probe_direct() {
     [ -c /dev/kvm ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] || return 1
     mkdir -p "$probe"
     echo 'echo E2E-PROBE-OK' >"$probe/init"
-    l2_initrd "$probe/init" "$probe/initrd"
+    l2_initrd "$probe/init" "$probe/initrd" "$(cat "$dir/kernel")"
     create_disks
     if [ "$(cat "$dir/inner")" = qemu ]; then
         vmm="qemu-system-x86_64"
     else
         vmm="$(vmm_binary)"
     fi
-    mapfile -t cmd < <(render_command "$(cat "$dir/inner")" "$vmm" "$E2E_CACHE/l2/vmlinuz" \
-        "$probe/initrd" "$dir/callargs" | host_paths "$dir")
+    mapfile -t cmd < <(render_command "$(cat "$dir/inner")" "$vmm" \
+        "$(l2_dir "$(cat "$dir/kernel")")/vmlinuz" "$probe/initrd" "$dir/callargs" | host_paths "$dir")
     # In a subshell, so the shell's "Aborted" report of a crashing VMM lands in the log too.
     (timeout -k 5 "$t" "${cmd[@]}" </dev/null || true) >"$probe/log" 2>&1
     grep -q '^E2E-PROBE-OK' "$probe/log"

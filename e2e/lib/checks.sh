@@ -23,6 +23,19 @@ guest_ran() {
     if [ "$status" != 0 ]; then echo "the VMM exited with status $status after the guest ran"; return 1; fi
 }
 
+# guest_kernel_is TAG: the guest's "GUEST-KERNEL <release>" line names the kernel e2e/prepare
+# unpacked for TAG (its kver file), so the scenario really booted that kernel.
+guest_kernel_is() {
+    local want got
+    want="$(cat "$(l2_dir "$1")/kver" 2>/dev/null)" || true
+    got="$(grep -m1 '^GUEST-KERNEL ' "$OUT" | cut -d' ' -f2)" || true
+    [ -n "$want" ] || { echo "no kver for guest kernel $1 in $E2E_CACHE"; return 1; }
+    if [ "$got" != "$want" ]; then
+        echo "the guest ran kernel '${got:-?}', want $want (guest kernel $1)"
+        return 1
+    fi
+}
+
 # ": <last line the VMM printed>" for failure messages, if it printed anything.
 vmm_said() {
     local last

@@ -41,6 +41,56 @@ fn bound() -> (Guest, Arc<SimHost>, DeviceId, u64, u64, u64) {
     (g, sim, dev, table, pte, page)
 }
 
+/// Linux 6.1 and 5.10 (booted with `intel_iommu=on,sm_on` and caching mode) program each
+/// device before translation is on, in this order: the PASID entry (6.1 with NXE), a
+/// PASID-selective PASID-cache and a PASID-IOTLB invalidation, then the context entry, a
+/// device-selective context-cache and a domain IOTLB invalidation, each its own submission;
+/// TE comes after every device. Every first-stage entry they write has XD set. The device's DMA
+/// must go through the guest's table once TE is set (it did not: the host refused XD).
+#[test]
+fn linux_6_1_order_and_entries_bind_and_translate() {
+    for (kernel, qw2) in [("6.1", NXE), ("5.10", 0)] {
+        let mut g = Guest::new(OPTIONS);
+        g.boot();
+        let sim = g.sim(SimConfig::default());
+        let dev = g.assign(&sim, SID).unwrap();
+        let table = g.new_table();
+        let page = g.page();
+        g.fill(page, 0x61);
+        g.map_with(table, IOVA, page, true, XD);
+        // The PASID entry first; the context entry is not present yet.
+        g.set_first_stage_with(SID, DID, table, qw2);
+        let ce = g.context_entry_addr(SID);
+        let ce_lo = g.r64(ce);
+        g.w64(ce, 0);
+        g.submit(&[pasid_cache_pasid(DID, 0)]);
+        g.submit(&[piotlb_all(DID)]);
+        g.w64(ce, ce_lo);
+        g.submit(&[context_cache_device(0, SID)]);
+        g.submit(&[iotlb_domain(DID)]);
+        assert_eq!(
+            g.accel.state(SID),
+            Some(BindingState::Stage2 { did: None }),
+            "{kernel}: stage 2 only while translation is off"
+        );
+        g.translation(true);
+        assert!(
+            is_nested(g.accel.state(SID)),
+            "{kernel}: {:?}",
+            g.accel.state(SID)
+        );
+        let mut b = [0u8; 1];
+        let read = sim.dma_read(dev, IOVA, &mut b);
+        assert!(
+            read.is_ok(),
+            "{kernel}: DMA through the bound table: {read:?}"
+        );
+        assert_eq!(b[0], 0x61, "{kernel}");
+        sim.dma_write(dev, IOVA, &[0x62]).unwrap();
+        assert_eq!(dma(&sim, dev, IOVA), Some(0x62), "{kernel}");
+    }
+}
+
 #[test]
 fn translation_off_means_stage2_only() {
     let mut g = Guest::new(OPTIONS);

@@ -206,9 +206,9 @@ impl Guest {
         );
     }
 
-    /// The context entry of `sid` in the current root, creating tables as needed; returns the
-    /// PASID-table entry 0 address.
-    fn pasid_entry_addr(&mut self, sid: SourceId) -> u64 {
+    /// The address of `sid`'s scalable-mode context entry in the current root, creating the
+    /// context table as needed.
+    pub fn context_entry_addr(&mut self, sid: SourceId) -> u64 {
         let root_half =
             self.root + 16 * u64::from(sid.bus()) + if sid.devfn() >= 0x80 { 8 } else { 0 };
         let mut ctx_table = self.r64(root_half) & !0xfff;
@@ -216,7 +216,13 @@ impl Guest {
             ctx_table = self.page();
             self.w64(root_half, ctx_table | 1);
         }
-        let ce = ctx_table + 32 * u64::from(sid.devfn() & 0x7f);
+        ctx_table + 32 * u64::from(sid.devfn() & 0x7f)
+    }
+
+    /// The context entry of `sid` in the current root, creating tables as needed; returns the
+    /// PASID-table entry 0 address.
+    fn pasid_entry_addr(&mut self, sid: SourceId) -> u64 {
+        let ce = self.context_entry_addr(sid);
         let mut dir = self.r64(ce) & !0xfff;
         if dir == 0 {
             dir = self.page();
@@ -233,12 +239,18 @@ impl Guest {
 
     /// `intel_pasid_setup_first_level` for PASID 0.
     pub fn set_first_stage(&mut self, sid: SourceId, did: u16, pgtbl: u64) {
+        self.set_first_stage_with(sid, did, pgtbl, 0);
+    }
+
+    /// `intel_pasid_setup_first_level` for PASID 0 with more bits in the third quadword, e.g.
+    /// [`NXE`] as Linux 6.1 sets it.
+    pub fn set_first_stage_with(&mut self, sid: SourceId, did: u16, pgtbl: u64, qw2: u64) {
         let pe = self.pasid_entry_addr(sid);
         for i in 0..8 {
             self.w64(pe + 8 * i, 0);
         }
         self.w64(pe + 8, u64::from(did) | (1 << 23));
-        self.w64(pe + 16, pgtbl);
+        self.w64(pe + 16, pgtbl | qw2);
         self.w64(pe, (2 << 2) | (1 << 6) | 1);
     }
 
@@ -265,21 +277,32 @@ impl Guest {
 
     /// Maps the 4 KiB page `iova` → `gpa` in the first-stage table `root`; returns the PTE address.
     pub fn map(&mut self, root: u64, iova: u64, gpa: u64, writable: bool) -> u64 {
+        self.map_with(root, iova, gpa, writable, 0)
+    }
+
+    /// [`Guest::map`] with `extra` ORed into every entry it writes, e.g. [`XD`] as Linux
+    /// before 6.11 does.
+    pub fn map_with(&mut self, root: u64, iova: u64, gpa: u64, writable: bool, extra: u64) -> u64 {
         let mut table = root;
         for level in (2..=4).rev() {
             let e = table + 8 * ((iova >> (12 + 9 * (level - 1))) & 0x1ff);
             let mut next = self.r64(e) & 0x000f_ffff_ffff_f000;
             if next == 0 {
                 next = self.page();
-                self.w64(e, next | 0b100111);
+                self.w64(e, next | 0b100111 | extra);
             }
             table = next;
         }
         let pte = table + 8 * ((iova >> 12) & 0x1ff);
-        self.w64(pte, gpa | 0b1100101 | if writable { 2 } else { 0 });
+        self.w64(pte, gpa | 0b1100101 | extra | if writable { 2 } else { 0 });
         pte
     }
 }
+
+/// XD (bit 63) of a first-stage entry.
+pub const XD: u64 = 1 << 63;
+/// NXE (bit 133) of a PASID entry, as a bit of its third quadword.
+pub const NXE: u64 = 1 << 5;
 
 pub fn context_cache_global() -> [u64; 4] {
     [1 | (1 << 4), 0, 0, 0]
@@ -297,6 +320,18 @@ pub fn pasid_cache_pasid(did: u16, pasid: u32) -> [u64; 4] {
 }
 pub fn pasid_cache_domain(did: u16) -> [u64; 4] {
     [7 | (u64::from(did) << 16), 0, 0, 0]
+}
+/// A device-selective context-cache invalidation (function mask 0).
+pub fn context_cache_device(did: u16, sid: SourceId) -> [u64; 4] {
+    [
+        1 | (3 << 4) | (u64::from(did) << 16) | (u64::from(sid.0) << 32),
+        0,
+        0,
+        0,
+    ]
+}
+pub fn iotlb_domain(did: u16) -> [u64; 4] {
+    [2 | (2 << 4) | (u64::from(did) << 16), 0, 0, 0]
 }
 pub fn iotlb_global() -> [u64; 4] {
     [2 | (1 << 4), 0, 0, 0]

@@ -225,7 +225,7 @@ pub fn translate_nested(
             if !pte.present() {
                 return Err(DmaFault::S1NotPresent { iova, level });
             }
-            if raw & pte.reserved_mask(level, cfg.haw, false, cfg.fs1gp) != 0 {
+            if raw & pte.reserved_mask(level, cfg.haw, cfg.fs1gp) != 0 {
                 return Err(DmaFault::S1Reserved { iova, level });
             }
             let r = rights.through(pte, controls);

@@ -1,9 +1,9 @@
 //! A small reference walker, written plainly from the spec with raw bit arithmetic and
 //! independent of the model's walker, tables and caches: the property tests compare the two.
 //!
-//! Scope: first stage (4-level IA-32e, HAW 48, FS1GP, NXE=0, EAFE=0) for user requests and
-//! supervisor requests with SRE=1 and a given WPE; legacy second stage (3 or 4 levels, HAW 48,
-//! SLLPS 2M+1G, no snoop control). Fault results are the VT-d fault reason codes.
+//! Scope: first stage (4-level IA-32e, HAW 48, FS1GP, NXE=0 so XD is ignored, EAFE=0) for user
+//! requests and supervisor requests with SRE=1 and a given WPE; legacy second stage (3 or 4
+//! levels, HAW 48, SLLPS 2M+1G, no snoop control). Fault results are the VT-d fault reason codes.
 
 use super::Mem;
 
@@ -53,7 +53,7 @@ pub fn first_stage(
         }
         let ps = e & 0x80 != 0;
         let is_leaf = level == 1 || (ps && (level == 2 || level == 3));
-        let mut reserved = HAW_RESERVED | (1 << 63);
+        let mut reserved = HAW_RESERVED;
         if level == 4 {
             reserved |= 0x80;
         }

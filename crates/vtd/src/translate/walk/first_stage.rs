@@ -31,7 +31,7 @@ pub(crate) struct FsWalk {
     pub(crate) haw: u32,
     /// PASID-entry controls.
     pub(crate) controls: FsControls,
-    /// The reserved-bit masks of this walk's entries (host address width, NXE, CAP.FS1GP).
+    /// The reserved-bit masks of this walk's entries (host address width, CAP.FS1GP).
     reserved: FirstStageReserved,
 }
 
@@ -44,7 +44,7 @@ impl FsWalk {
             levels,
             haw,
             controls,
-            reserved: FirstStageReserved::new(haw, controls.nxe(), fs1gp),
+            reserved: FirstStageReserved::new(haw, fs1gp),
         }
     }
 }
