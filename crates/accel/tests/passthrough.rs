@@ -236,7 +236,8 @@ fn devices_share_a_nest_parent_per_host_iommu() {
         2,
         "a second host IOMMU gets its own parent"
     );
-    let dup = g.assign(&sim, SID).unwrap_err().to_string();
+    let err = g.assign(&sim, SID).unwrap_err();
+    let dup = std::error::Error::source(&err).unwrap().to_string();
     assert!(dup.contains("already exist"), "{dup}");
 }
 
