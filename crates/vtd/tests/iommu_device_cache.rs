@@ -18,7 +18,7 @@ use unit_support::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory};
 use vtd::dma_memory::DmaMemory;
 use vtd::iommu::DeviceIommu;
-use vtd::request::Remapper;
+use vtd::request::Generations;
 use vtd_spec::regs::offset;
 
 const IOVA: u64 = 0xffff_f000;
@@ -74,8 +74,7 @@ fn guest<M>(device_memory: fn(GuestMemoryMmap<()>, DeviceIommu) -> M) -> Guest<M
     let pt = PageTable::new(&mem, 4, Stage::First);
     tables.pasid_entry(SID, 0, fs_entry(&pt, DID));
     rig.w32(offset::GCMD, GCMD_QIE | GCMD_TE);
-    let remapper: Arc<dyn Remapper> = rig.vtd.clone();
-    let dma = device_memory((*mem.ram).clone(), DeviceIommu::new(remapper, SID));
+    let dma = device_memory((*mem.ram).clone(), DeviceIommu::new(rig.vtd.clone(), SID));
     Guest { mem, rig, pt, dma }
 }
 
@@ -156,16 +155,12 @@ fn any_invalidation_or_translation_change_drops_what_the_device_remembers<M: Gue
 ) {
     g.mem.w32(DATA_BASE, 0x55);
     g.pt.map4k(&g.mem, IOVA, DATA_BASE);
-    let before = g.rig.vtd.invalidation_generation();
+    let before = g.rig.vtd.generation();
     assert_eq!(g.read(IOVA).unwrap(), 0x55);
-    assert_eq!(
-        g.rig.vtd.invalidation_generation(),
-        before,
-        "DMA bumps nothing"
-    );
+    assert_eq!(g.rig.vtd.generation(), before, "DMA bumps nothing");
     // An invalidation of another domain still makes the device ask the unit again.
     g.submit(&[piotlb(2, u64::from(DID) + 1, 0, 0)]);
-    assert!(g.rig.vtd.invalidation_generation() > before);
+    assert!(g.rig.vtd.generation() > before);
     let asked = g.translations();
     assert_eq!(g.read(IOVA).unwrap(), 0x55);
     assert_eq!(g.translations(), asked + 1, "asked the unit again");
@@ -243,8 +238,8 @@ proptest::proptest! {
     ) {
 
         let g = guest(via_dma_memory);
-        let remapper: Arc<dyn Remapper> = g.rig.vtd.clone();
-        let reference = via_iommu_memory((*g.mem.ram).clone(), DeviceIommu::new(remapper, SID));
+        let reference =
+            via_iommu_memory((*g.mem.ram).clone(), DeviceIommu::new(g.rig.vtd.clone(), SID));
         for (page, kind) in kinds.iter().enumerate() {
             let kind = [Kind::Unmapped, Kind::ReadOnly, Kind::ReadWrite][usize::from(*kind)];
             let iova = WINDOW + page as u64 * 4096;

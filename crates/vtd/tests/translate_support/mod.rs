@@ -11,7 +11,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vtd::Counters;
 use vtd::GuestRam;
 use vtd::invalidation::Invalidation;
-use vtd::request::{Access, DmaRequest, Fault, Remapper, Translation};
+use vtd::request::{Access, DmaRequest, Fault, Generations, Remapper, Stale, Translation};
 use vtd::{Translator, UnitState};
 use vtd_spec::SourceId;
 use vtd_spec::context::{
@@ -430,12 +430,14 @@ pub fn ss_entry(pt: &PageTable, did: u16) -> PasidEntry {
     pe
 }
 
-/// A unit stand-in: translator + memory + state, as a `Remapper`.
+/// A unit stand-in: translator + memory + state, as a `Remapper` with `Generations` (bumped by
+/// every [`Unit::inv`], which it cannot scope: a device drops everything it remembered).
 pub struct Unit {
     pub translator: Translator,
     pub counters: Arc<Counters>,
     pub ram: Arc<GuestMemoryMmap<()>>,
     pub state: std::sync::Mutex<UnitState>,
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Unit {
@@ -446,6 +448,7 @@ impl Unit {
             counters,
             ram: mem.ram.clone(),
             state: std::sync::Mutex::new(state),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
     pub fn state(&self) -> UnitState {
@@ -479,11 +482,22 @@ impl Unit {
     }
     pub fn inv(&self, inv: Invalidation) {
         self.translator.invalidate(&inv);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
 impl Remapper for Unit {
     fn remap(&self, req: &DmaRequest) -> Result<Translation, Fault> {
         self.translator.translate(&*self.ram, &self.state(), req)
+    }
+}
+
+impl Generations for Unit {
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn stale_between(&self, _from: u64, _to: u64, _stale: &mut dyn FnMut(Stale)) -> bool {
+        false
     }
 }
