@@ -6,7 +6,7 @@
 // criterion's macros generate undocumented public functions.
 #![allow(missing_docs)]
 
-#[path = "../tests/translate_support/mod.rs"]
+#[path = "../tests/translate/support/mod.rs"]
 #[allow(unused_imports)]
 mod translate_support;
 

@@ -1,9 +1,7 @@
 //! The vm-memory adapter: `DeviceIommu` under `IommuMemory`, as an emulated device uses it.
 
-mod translate_support;
-
+use crate::support::*;
 use std::sync::Arc;
-use translate_support::*;
 use vm_memory::iommu::Error as IommuError;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, Iommu, IommuMemory, Permissions};
 use vtd::invalidation::Invalidation;

@@ -4,17 +4,13 @@
 //! (`DeviceIommu` as a vm-memory `Iommu`) and through `vtd::dma_memory::DmaMemory` (what the
 //! VMM gives its devices).
 
-#[path = "translate_support/mod.rs"]
-mod translate_support;
-mod unit_support;
-
 use std::sync::Arc;
 
-use translate_support::fs_entry;
-use translate_support::{
+use crate::support::*;
+use crate::translate_support::fs_entry;
+use crate::translate_support::{
     DATA_BASE, FS_A, FS_D, FS_P, FS_RW, FS_US, Mem, PageTable, SID, Stage, Tables,
 };
-use unit_support::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory};
 use vtd::dma_memory::DmaMemory;
 use vtd::iommu::DeviceIommu;

@@ -2,9 +2,7 @@
 //! completion interrupts, every queue error with its IQEI and IQH, resume, wrap-around, and
 //! register-based invalidation.
 
-mod unit_support;
-
-use unit_support::*;
+use crate::support::*;
 use vtd::GuestRam;
 use vtd::invalidation::Invalidation;
 use vtd_spec::SourceId;
