@@ -5,6 +5,7 @@
 use crate::support::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
+use test_fixtures::TABLES_BASE;
 use vtd::GuestRam;
 use vtd::invalidation::Invalidation;
 use vtd::request::{Access, DmaRequest};

@@ -7,6 +7,7 @@ use crate::support::reference;
 use crate::support::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
+use test_fixtures::TABLES_BASE;
 use vtd::request::Access;
 
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;

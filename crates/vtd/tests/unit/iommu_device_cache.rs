@@ -89,7 +89,7 @@ impl<M: GuestMemory> Guest<M> {
     }
     /// PASID-selective PASID-IOTLB invalidation (lazy mode's flush), one submission.
     fn flush(&mut self) {
-        self.submit(&[piotlb(2, u64::from(DID), 0, 0)]);
+        self.submit(&[piotlb(2, DID, 0, 0)]);
     }
 }
 
@@ -117,7 +117,7 @@ fn a_remapped_page_is_stale_until_the_guest_invalidates_it_and_fresh_after<M: Gu
     );
     assert_eq!(g.translations(), asked, "served from the device's cache");
     // Page-selective invalidation of just this page: fresh after.
-    g.submit(&[piotlb(3, u64::from(DID), 0, IOVA)]);
+    g.submit(&[piotlb(3, DID, 0, IOVA)]);
     assert_eq!(
         g.read(IOVA).unwrap(),
         0xbbbb,
@@ -155,7 +155,7 @@ fn any_invalidation_or_translation_change_drops_what_the_device_remembers<M: Gue
     assert_eq!(g.read(IOVA).unwrap(), 0x55);
     assert_eq!(g.rig.vtd.generation(), before, "DMA bumps nothing");
     // An invalidation of another domain still makes the device ask the unit again.
-    g.submit(&[piotlb(2, u64::from(DID) + 1, 0, 0)]);
+    g.submit(&[piotlb(2, DID + 1, 0, 0)]);
     assert!(g.rig.vtd.generation() > before);
     let asked = g.translations();
     assert_eq!(g.read(IOVA).unwrap(), 0x55);
@@ -350,7 +350,7 @@ fn a_page_invalidation_keeps_other_remembered_pages<M: GuestMemory>(mut g: Guest
     assert_eq!(g.read(buffer).unwrap(), 0x2222);
     // Strict mode: the buffer is unmapped and its page invalidated, the ring stays mapped.
     g.pt.map(&g.mem, buffer, 0, 1, 0);
-    g.submit(&[piotlb(3, u64::from(DID), 0, buffer)]);
+    g.submit(&[piotlb(3, DID, 0, buffer)]);
     let asked = g.translations();
     assert_eq!(g.read(ring).unwrap(), 0x1111);
     assert_eq!(g.translations(), asked, "the ring page is still remembered");
@@ -358,7 +358,7 @@ fn a_page_invalidation_keeps_other_remembered_pages<M: GuestMemory>(mut g: Guest
     // A 4-page range (AM=2) aligned down from an address inside it covers the ring page.
     g.pt.map4k(&g.mem, ring, DATA_BASE + 0x1000);
     assert_eq!(g.read(ring).unwrap(), 0x1111, "stale until invalidated");
-    g.submit(&[piotlb(3, u64::from(DID), 0, (ring & !0x3fff) | 2)]);
+    g.submit(&[piotlb(3, DID, 0, (ring & !0x3fff) | 2)]);
     assert_eq!(
         g.read(ring).unwrap(),
         0x2222,
@@ -381,12 +381,12 @@ fn a_device_far_behind_the_log_forgets_everything<M: GuestMemory>(mut g: Guest<M
     // (the unit's IOTLB still holds the old translation: no invalidation covered it).
     g.pt.map4k(&g.mem, IOVA, DATA_BASE + 0x1000);
     for i in 0..vtd::LOG_ENTRIES as u64 + 1 {
-        g.submit(&[piotlb(3, u64::from(DID), 0, 0x1000_0000 + (i << 12))]);
+        g.submit(&[piotlb(3, DID, 0, 0x1000_0000 + (i << 12))]);
     }
     let asked = g.translations();
     assert_eq!(g.read(IOVA).unwrap(), 0x3333, "the unit's IOTLB answers");
     assert_eq!(g.translations(), asked + 1, "but the device had to ask");
-    g.submit(&[piotlb(3, u64::from(DID), 0, IOVA)]);
+    g.submit(&[piotlb(3, DID, 0, IOVA)]);
     assert_eq!(g.read(IOVA).unwrap(), 0x4444);
 }
 
@@ -420,7 +420,7 @@ fn pages_next_to_a_walked_one_are_remembered_with_it<M: GuestMemory>(mut g: Gues
     // Stale until invalidated.
     g.pt.map(&g.mem, IOVA - 0x1000, page(3), 1, accessed | FS_D);
     assert_eq!(g.read(IOVA - 0x1000).unwrap(), 0x101, "stale");
-    g.submit(&[piotlb(3, u64::from(DID), 0, IOVA - 0x1000)]);
+    g.submit(&[piotlb(3, DID, 0, IOVA - 0x1000)]);
     assert_eq!(g.read(IOVA - 0x1000).unwrap(), 0x103, "fresh");
     // D clear: remembered read-only, the write goes to the unit, which sets D.
     let asked = g.translations();
@@ -486,9 +486,9 @@ fn no_device_uses_a_page_after_its_invalidation_wait_completed() {
             // target page comes last (as in a flush of several unmaps).
             let others = if round % 2 == 0 { 0 } else { 7 };
             let mut batch: Vec<_> = (1..=others)
-                .map(|i| piotlb(3, u64::from(DID), 0, IOVA + i * 0x1000))
+                .map(|i| piotlb(3, DID, 0, IOVA + i * 0x1000))
                 .collect();
-            batch.push(piotlb(3, u64::from(DID), 0, IOVA));
+            batch.push(piotlb(3, DID, 0, IOVA));
             batch.push(wait(0, round as u32));
             g.rig.submit(&batch);
             assert_eq!(

@@ -270,7 +270,7 @@ fn the_ring_wraps_around() {
     let mut rig = Rig::first_stage();
     rig.enable_qi(true, 0); // 128 slots
     for round in 0..3u32 {
-        let descs: Vec<[u64; 4]> = (0..50u64)
+        let descs: Vec<[u64; 4]> = (0..50u16)
             .map(|i| piotlb(2, i, 0, 0))
             .chain([wait(0, round + 1)])
             .collect();
