@@ -316,21 +316,29 @@ impl<'a> Tables<'a> {
 
     /// Writes a PASID entry.
     pub fn pasid_entry(&self, sid: SourceId, pasid: u32, pe: PasidEntry) -> u64 {
-        let a = self.pasid_entry_addr(sid, pasid);
+        self.write_pasid_entry(self.pasid_entry_addr(sid, pasid), pe)
+    }
+
+    fn write_pasid_entry(&self, a: u64, pe: PasidEntry) -> u64 {
         for (i, q) in pe.to_qwords().iter().enumerate() {
             self.mem.w64(a + 8 * i as u64, *q);
         }
         a
     }
 
-    /// [`Self::pasid_entry`], first giving `sid` a scalable context entry as Linux does
+    /// [`Self::pasid_entry_addr`], first giving `sid` a scalable context entry as Linux does
     /// ([`Self::sm_device`] without PASIDE) if it has none.
-    pub fn device_pasid_entry(&self, sid: SourceId, pasid: u32, pe: PasidEntry) -> u64 {
+    pub fn device_pasid_entry_addr(&self, sid: SourceId, pasid: u32) -> u64 {
         let ce = ScalableContextLo::from_bits(self.mem.r64(self.context_addr(sid)));
         if !ce.present() {
             self.sm_device(sid, false);
         }
-        self.pasid_entry(sid, pasid, pe)
+        self.pasid_entry_addr(sid, pasid)
+    }
+
+    /// [`Self::pasid_entry`] at [`Self::device_pasid_entry_addr`].
+    pub fn device_pasid_entry(&self, sid: SourceId, pasid: u32, pe: PasidEntry) -> u64 {
+        self.write_pasid_entry(self.device_pasid_entry_addr(sid, pasid), pe)
     }
 }
 
