@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::ops::Range;
 use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Guest RAM size of [`Mem::new`]: 64 MiB at GPA 0.
 pub const RAM_SIZE: u64 = 64 << 20;
@@ -35,11 +35,18 @@ impl Mem {
 
     /// `size` bytes of RAM, table pages allocated in `tables`.
     pub fn with_layout(size: u64, tables: Range<u64>) -> Self {
-        assert!(tables.end <= size, "table pages outside RAM");
+        let ram = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap();
+        Self::over(Arc::new(ram), tables)
+    }
+
+    /// Existing `ram`, table pages allocated in `tables`.
+    pub fn over(ram: Arc<GuestMemoryMmap<()>>, tables: Range<u64>) -> Self {
+        assert!(
+            ram.address_in_range(GuestAddress(tables.end - 1)),
+            "table pages outside RAM"
+        );
         Self {
-            ram: Arc::new(
-                GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap(),
-            ),
+            ram,
             next: Cell::new(tables.start),
             end: tables.end,
         }
