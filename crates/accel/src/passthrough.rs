@@ -39,7 +39,7 @@ pub struct HostDevice {
 #[derive(Debug, thiserror::Error)]
 pub enum AccelError {
     /// The device does not fit the vIOMMU configuration or the host.
-    #[error("Cannot assign {device}: {source}")]
+    #[error("Cannot assign {device}")]
     Incompatible {
         /// The device name.
         device: String,

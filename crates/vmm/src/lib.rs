@@ -23,7 +23,8 @@
 //!            returns VmExit  <─────────────────────────────────────────────┘
 //! ```
 //!
-//! All `unsafe` code lives in [`sys`].
+//! All `unsafe` code lives in [`sys`], plus the one call of its `unsafe fn` in
+//! [`vm::create_vm`], which states why it meets the contract.
 
 pub mod acpi;
 pub mod arch;

@@ -15,7 +15,7 @@
 //!   table; 0 also makes the unit drop the cached leaf table of the page's region.
 #![allow(missing_docs)]
 
-#[path = "../tests/translate_support/mod.rs"]
+#[path = "../tests/translate/support/mod.rs"]
 #[allow(unused_imports)]
 mod translate_support;
 

@@ -6,7 +6,7 @@
 // criterion's macros generate undocumented public functions.
 #![allow(missing_docs)]
 
-#[path = "../tests/translate_support/mod.rs"]
+#[path = "../tests/translate/support/mod.rs"]
 #[allow(unused_imports)]
 mod translate_support;
 
@@ -131,8 +131,8 @@ fn bench(c: &mut Criterion) {
                 .unwrap()
         })
     });
-    // The vm-memory adapter: one 4 KiB read through `DeviceIommu` (an IOTLB hit plus building
-    // the per-call `vm_memory::Iotlb`).
+    // The vm-memory adapter: one 4 KiB read through `DeviceIommu` (the device's remembered
+    // page as a one-mapping `vm_memory::Iotlb`).
     let unit = Unit::new(&mem, state);
     let view = DeviceIommu::new(unit.clone(), SID);
     c.bench_function("device_iommu_translate_4k", |b| {

@@ -5,7 +5,7 @@
 //! ```text
 //!  vCPU: invalidation / flush                 device cache at generation f
 //!     └─► GenerationLog::apply_then_publish      └─► reads the generation g, then (if g > f)
-//!           1. apply: the unit's caches drop          Remapper::stale_between(f, g): every
+//!           1. apply: the unit's caches drop          Generations::stale_between(f, g): every
 //!              what the invalidation covers           scope of generations f+1..=g, or
 //!           2. under the log's lock: push             "unknown" (the log no longer reaches
 //!              (g + 1, scope)..., then publish        back to f) ─► drop overlapping pages,

@@ -25,7 +25,7 @@ use vtd_spec::SourceId;
 
 use crate::generation_log::{GenerationLog, Stale};
 use crate::iommu::DeviceIommu;
-use crate::request::{DmaRequest, Fault, Permissions, Remapper, Translation};
+use crate::request::{DmaRequest, Fault, Generations, Permissions, Remapper, Translation};
 
 const IOVA: u64 = 0x10_0000;
 const OLD: u64 = 0x20_0000;
@@ -88,9 +88,11 @@ impl Remapper for ModelUnit {
             },
         })
     }
+}
 
-    fn generation(&self) -> Option<u64> {
-        Some(self.log.current())
+impl Generations for ModelUnit {
+    fn generation(&self) -> u64 {
+        self.log.current()
     }
 
     fn stale_between(&self, from: u64, to: u64, stale: &mut dyn FnMut(Stale)) -> bool {
@@ -125,8 +127,7 @@ fn model(devices: usize, invalidate: fn(&ModelUnit)) {
     }
     builder.check(move || {
         let unit = Arc::new(ModelUnit::warm());
-        let remapper: Arc<dyn Remapper> = unit.clone();
-        let device = Arc::new(DeviceIommu::new(remapper, SourceId::new(0, 3, 0)));
+        let device = Arc::new(DeviceIommu::new(unit.clone(), SourceId::new(0, 3, 0)));
         assert_eq!(translate(&device), OLD, "remembered before the race");
         let done = Arc::new(AtomicBool::new(false));
         let threads: Vec<_> = (0..devices)

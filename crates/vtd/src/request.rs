@@ -1,6 +1,6 @@
 //! What a device asks of the remapping unit, and what it gets back: a translation or a fault.
 
-use crate::generation_log::Stale;
+pub use crate::generation_log::Stale;
 use vtd_spec::SourceId;
 use vtd_spec::fault::FaultReason;
 use vtd_spec::rights::FsRequest;
@@ -122,7 +122,7 @@ pub trait Remapper: Send + Sync {
 
     /// [`Remapper::remap`], and `nearby` receives other translations for the same requester
     /// the remapper found on the way (pages next to the walked one), each what `remap` would
-    /// return for it at that moment and valid under the same [`Remapper::generation`] rule.
+    /// return for it at that moment and valid under the same [`Generations::generation`] rule.
     /// The default finds none.
     fn remap_nearby(
         &self,
@@ -142,21 +142,20 @@ pub trait Remapper: Send + Sync {
         let _ = (sid, address, data);
         false
     }
+}
 
+/// The invalidation generations of a remapper whose answers a caller may remember (the unit
+/// implements it; [`crate::iommu::DeviceIommu`] requires it alongside [`Remapper`]). The
+/// protocol that makes remembering safe is in `generation_log`'s module docs.
+pub trait Generations: Send + Sync {
     /// A counter that grows with every invalidation, cache flush, root or TE change: after
     /// the remapper stopped answering with what the change made stale, and before the guest
     /// can see the change complete. A caller may reuse a translation it asked for after
     /// reading `g` for as long as the counter still reads `g`.
-    /// `None` (the default): no such counter, nothing may be reused across requests.
-    fn generation(&self) -> Option<u64> {
-        None
-    }
+    fn generation(&self) -> u64;
 
     /// What became stale between generations `from` (exclusive) and `to` (inclusive): calls
-    /// `stale` for each scope and returns `true`, or returns `false` when that is not known
-    /// (the default): the caller must then treat every translation as stale.
-    fn stale_between(&self, from: u64, to: u64, stale: &mut dyn FnMut(Stale)) -> bool {
-        let _ = (from, to, stale);
-        false
-    }
+    /// `stale` for each scope and returns `true`, or returns `false` when that is no longer
+    /// known: the caller must then treat every translation as stale.
+    fn stale_between(&self, from: u64, to: u64, stale: &mut dyn FnMut(Stale)) -> bool;
 }

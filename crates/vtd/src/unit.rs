@@ -31,7 +31,7 @@ use crate::memory::GuestRam;
 use crate::observer::{InvalidationObserver, UnitView};
 use crate::qi::{self, Action, QueueFeatures};
 use crate::regs::{Register, RegisterFile, overlay};
-use crate::request::{DmaRequest, Fault, Remapper, Translation};
+use crate::request::{DmaRequest, Fault, Generations, Remapper, Translation};
 use crate::translate::{Translator, UnitState};
 use std::cell::OnceCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,8 +145,8 @@ pub struct Vtd {
     observers: RwLock<Arc<[Arc<dyn InvalidationObserver>]>>,
     /// Whether `observers` is non-empty (read without the lock).
     has_observers: AtomicBool,
-    /// Bumped before every invalidation is applied, every cache flush and every change of the
-    /// translation state (root, TE, reset): see [`Vtd::invalidation_generation`].
+    /// Bumped after every invalidation or cache flush is applied and after every change of the
+    /// translation state (root, TE, reset): see [`Generations::generation`].
     generations: GenerationLog,
 }
 
@@ -277,17 +277,6 @@ impl Vtd {
     fn update_state(&self, f: impl FnOnce(&mut UnitState)) {
         f(&mut self.state.write().unwrap_or_else(|e| e.into_inner()));
         self.generations.publish(std::iter::empty());
-    }
-
-    /// A counter that grows after the unit applied any invalidation or cache flush, and after
-    /// any change of its translation state (root table, TE, reset), and before the guest can
-    /// see any of them complete (a wait descriptor's status, a register's ready bit). A
-    /// translation obtained through [`Remapper::remap`] after the counter read `g` may be
-    /// reused for as long as the counter still reads `g`: that is how a per-device cache
-    /// outside the unit (e.g. `iommu::DeviceIommu`) follows the guest's invalidations without
-    /// a hook of its own (the protocol: [`crate::generation_log`]).
-    pub fn invalidation_generation(&self) -> u64 {
-        self.generations.current()
     }
 
     /// Every register back to its reset value, translation off, caches flushed.
@@ -812,9 +801,16 @@ impl Remapper for Vtd {
         self.irq.deliver(address, data);
         true
     }
+}
 
-    fn generation(&self) -> Option<u64> {
-        Some(self.invalidation_generation())
+/// The generation grows after the unit applied any invalidation or cache flush, and after any
+/// change of its translation state (root table, TE, reset), and before the guest can see any
+/// of them complete (a wait descriptor's status, a register's ready bit): that is how a
+/// per-device cache outside the unit (`iommu::DeviceIommu`) follows the guest's invalidations
+/// without a hook of its own (the protocol: `generation_log`).
+impl Generations for Vtd {
+    fn generation(&self) -> u64 {
+        self.generations.current()
     }
 
     fn stale_between(&self, from: u64, to: u64, stale: &mut dyn FnMut(Stale)) -> bool {

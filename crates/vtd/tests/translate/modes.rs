@@ -2,10 +2,8 @@
 //! first stage per CAP.FS5LP, 2 MiB and 1 GiB pages in both stages, and many threads
 //! translating while invalidations run.
 
-mod translate_support;
-
+use crate::support::*;
 use std::sync::Arc;
-use translate_support::*;
 use vtd::invalidation::Invalidation;
 use vtd::request::Access;
 use vtd_spec::fault::FaultReason;

@@ -4,16 +4,12 @@
 //! fault, and no translation handed out covers the range. Requests with PASID are translated
 //! as usual.
 
-#[path = "translate_support/mod.rs"]
-mod translate_support;
-mod unit_support;
-
 use std::sync::Arc;
 
-use translate_support::{
+use crate::support::*;
+use crate::translate_support::{
     DATA_BASE, FS_P, FS_RW, FS_US, Mem, PageTable, SID, Stage, Tables, fs_entry,
 };
-use unit_support::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use vtd::dma_memory::DmaMemory;
 use vtd::iommu::DeviceIommu;

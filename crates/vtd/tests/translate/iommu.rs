@@ -1,9 +1,7 @@
 //! The vm-memory adapter: `DeviceIommu` under `IommuMemory`, as an emulated device uses it.
 
-mod translate_support;
-
+use crate::support::*;
 use std::sync::Arc;
-use translate_support::*;
 use vm_memory::iommu::Error as IommuError;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, Iommu, IommuMemory, Permissions};
 use vtd::invalidation::Invalidation;
@@ -128,7 +126,7 @@ fn a_superpage_range_is_one_translation() {
 }
 
 #[test]
-fn no_second_cache_between_the_device_and_the_iotlb() {
+fn the_device_pages_follow_the_unit_invalidations() {
     let mem = Mem::new();
     let (unit, pt) = setup(&mem);
     pt.map4k(&mem, IOVA, DATA_BASE);
@@ -140,7 +138,7 @@ fn no_second_cache_between_the_device_and_the_iotlb() {
     m.write_obj(1u32, GuestAddress(IOVA)).unwrap();
     assert_eq!(mem.r32(DATA_BASE), 1);
     unit.inv(Invalidation::PasidIotlbAll { did: DID, pasid: 0 });
-    // ...and fresh right after: the adapter kept nothing of its own.
+    // ...and fresh right after: the device's remembered page went with the invalidation.
     m.write_obj(2u32, GuestAddress(IOVA)).unwrap();
     assert_eq!(mem.r32(DATA_BASE + 0x1000), 2);
     assert_eq!(mem.r32(DATA_BASE), 1);

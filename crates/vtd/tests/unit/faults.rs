@@ -1,12 +1,8 @@
 //! Fault reporting through the unit with the real translator: recording, the fault event and its
 //! mask protocol, overflow, FRI wrap, PPF recomputation, FPD suppression, PASID fields.
 
-#[path = "translate_support/mod.rs"]
-mod translate_support;
-mod unit_support;
-
-use translate_support::{DATA_BASE, Mem, PageTable, SID, Stage, Tables, fs_entry};
-use unit_support::*;
+use crate::support::*;
+use crate::translate_support::{DATA_BASE, Mem, PageTable, SID, Stage, Tables, fs_entry};
 use vtd::request::{Access, DmaRequest, Remapper};
 use vtd_spec::context::{ScalableContextEntry, ScalableContextHi, ScalableContextLo};
 use vtd_spec::fault::FaultReason;

@@ -1,12 +1,8 @@
 //! Queued invalidation reaching the real translator: cached translations stay in force until the
 //! guest invalidates them through the queue, and then they are gone; translation follows TE.
 
-#[path = "translate_support/mod.rs"]
-mod translate_support;
-mod unit_support;
-
-use translate_support::{DATA_BASE, Mem, PageTable, SID, Stage, Tables, fs_entry};
-use unit_support::*;
+use crate::support::*;
+use crate::translate_support::{DATA_BASE, Mem, PageTable, SID, Stage, Tables, fs_entry};
 use vtd::request::{Access, DmaRequest, Remapper};
 use vtd_spec::regs::offset;
 

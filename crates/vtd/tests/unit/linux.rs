@@ -2,12 +2,8 @@
 //! access widths (its register accessors, its boot sequence and its fault handler), against the
 //! unit with the real translator.
 
-#[path = "translate_support/mod.rs"]
-mod translate_support;
-mod unit_support;
-
-use translate_support::{DATA_BASE, Mem, PageTable, SID, Stage, Tables, fs_entry};
-use unit_support::*;
+use crate::support::*;
+use crate::translate_support::{DATA_BASE, Mem, PageTable, SID, Stage, Tables, fs_entry};
 use vtd::GuestRam;
 use vtd::invalidation::Invalidation;
 use vtd::request::{Access, DmaRequest, Remapper};

@@ -4,21 +4,17 @@
 //! (`DeviceIommu` as a vm-memory `Iommu`) and through `vtd::dma_memory::DmaMemory` (what the
 //! VMM gives its devices).
 
-#[path = "translate_support/mod.rs"]
-mod translate_support;
-mod unit_support;
-
 use std::sync::Arc;
 
-use translate_support::fs_entry;
-use translate_support::{
+use crate::support::*;
+use crate::translate_support::fs_entry;
+use crate::translate_support::{
     DATA_BASE, FS_A, FS_D, FS_P, FS_RW, FS_US, Mem, PageTable, SID, Stage, Tables,
 };
-use unit_support::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory};
 use vtd::dma_memory::DmaMemory;
 use vtd::iommu::DeviceIommu;
-use vtd::request::Remapper;
+use vtd::request::Generations;
 use vtd_spec::regs::offset;
 
 const IOVA: u64 = 0xffff_f000;
@@ -74,8 +70,7 @@ fn guest<M>(device_memory: fn(GuestMemoryMmap<()>, DeviceIommu) -> M) -> Guest<M
     let pt = PageTable::new(&mem, 4, Stage::First);
     tables.pasid_entry(SID, 0, fs_entry(&pt, DID));
     rig.w32(offset::GCMD, GCMD_QIE | GCMD_TE);
-    let remapper: Arc<dyn Remapper> = rig.vtd.clone();
-    let dma = device_memory((*mem.ram).clone(), DeviceIommu::new(remapper, SID));
+    let dma = device_memory((*mem.ram).clone(), DeviceIommu::new(rig.vtd.clone(), SID));
     Guest { mem, rig, pt, dma }
 }
 
@@ -94,7 +89,7 @@ impl<M: GuestMemory> Guest<M> {
     }
     /// PASID-selective PASID-IOTLB invalidation (lazy mode's flush), one submission.
     fn flush(&mut self) {
-        self.submit(&[piotlb(2, u64::from(DID), 0, 0)]);
+        self.submit(&[piotlb(2, DID, 0, 0)]);
     }
 }
 
@@ -122,7 +117,7 @@ fn a_remapped_page_is_stale_until_the_guest_invalidates_it_and_fresh_after<M: Gu
     );
     assert_eq!(g.translations(), asked, "served from the device's cache");
     // Page-selective invalidation of just this page: fresh after.
-    g.submit(&[piotlb(3, u64::from(DID), 0, IOVA)]);
+    g.submit(&[piotlb(3, DID, 0, IOVA)]);
     assert_eq!(
         g.read(IOVA).unwrap(),
         0xbbbb,
@@ -156,16 +151,12 @@ fn any_invalidation_or_translation_change_drops_what_the_device_remembers<M: Gue
 ) {
     g.mem.w32(DATA_BASE, 0x55);
     g.pt.map4k(&g.mem, IOVA, DATA_BASE);
-    let before = g.rig.vtd.invalidation_generation();
+    let before = g.rig.vtd.generation();
     assert_eq!(g.read(IOVA).unwrap(), 0x55);
-    assert_eq!(
-        g.rig.vtd.invalidation_generation(),
-        before,
-        "DMA bumps nothing"
-    );
+    assert_eq!(g.rig.vtd.generation(), before, "DMA bumps nothing");
     // An invalidation of another domain still makes the device ask the unit again.
-    g.submit(&[piotlb(2, u64::from(DID) + 1, 0, 0)]);
-    assert!(g.rig.vtd.invalidation_generation() > before);
+    g.submit(&[piotlb(2, DID + 1, 0, 0)]);
+    assert!(g.rig.vtd.generation() > before);
     let asked = g.translations();
     assert_eq!(g.read(IOVA).unwrap(), 0x55);
     assert_eq!(g.translations(), asked + 1, "asked the unit again");
@@ -243,8 +234,8 @@ proptest::proptest! {
     ) {
 
         let g = guest(via_dma_memory);
-        let remapper: Arc<dyn Remapper> = g.rig.vtd.clone();
-        let reference = via_iommu_memory((*g.mem.ram).clone(), DeviceIommu::new(remapper, SID));
+        let reference =
+            via_iommu_memory((*g.mem.ram).clone(), DeviceIommu::new(g.rig.vtd.clone(), SID));
         for (page, kind) in kinds.iter().enumerate() {
             let kind = [Kind::Unmapped, Kind::ReadOnly, Kind::ReadWrite][usize::from(*kind)];
             let iova = WINDOW + page as u64 * 4096;
@@ -359,7 +350,7 @@ fn a_page_invalidation_keeps_other_remembered_pages<M: GuestMemory>(mut g: Guest
     assert_eq!(g.read(buffer).unwrap(), 0x2222);
     // Strict mode: the buffer is unmapped and its page invalidated, the ring stays mapped.
     g.pt.map(&g.mem, buffer, 0, 1, 0);
-    g.submit(&[piotlb(3, u64::from(DID), 0, buffer)]);
+    g.submit(&[piotlb(3, DID, 0, buffer)]);
     let asked = g.translations();
     assert_eq!(g.read(ring).unwrap(), 0x1111);
     assert_eq!(g.translations(), asked, "the ring page is still remembered");
@@ -367,7 +358,7 @@ fn a_page_invalidation_keeps_other_remembered_pages<M: GuestMemory>(mut g: Guest
     // A 4-page range (AM=2) aligned down from an address inside it covers the ring page.
     g.pt.map4k(&g.mem, ring, DATA_BASE + 0x1000);
     assert_eq!(g.read(ring).unwrap(), 0x1111, "stale until invalidated");
-    g.submit(&[piotlb(3, u64::from(DID), 0, (ring & !0x3fff) | 2)]);
+    g.submit(&[piotlb(3, DID, 0, (ring & !0x3fff) | 2)]);
     assert_eq!(
         g.read(ring).unwrap(),
         0x2222,
@@ -390,12 +381,12 @@ fn a_device_far_behind_the_log_forgets_everything<M: GuestMemory>(mut g: Guest<M
     // (the unit's IOTLB still holds the old translation: no invalidation covered it).
     g.pt.map4k(&g.mem, IOVA, DATA_BASE + 0x1000);
     for i in 0..vtd::LOG_ENTRIES as u64 + 1 {
-        g.submit(&[piotlb(3, u64::from(DID), 0, 0x1000_0000 + (i << 12))]);
+        g.submit(&[piotlb(3, DID, 0, 0x1000_0000 + (i << 12))]);
     }
     let asked = g.translations();
     assert_eq!(g.read(IOVA).unwrap(), 0x3333, "the unit's IOTLB answers");
     assert_eq!(g.translations(), asked + 1, "but the device had to ask");
-    g.submit(&[piotlb(3, u64::from(DID), 0, IOVA)]);
+    g.submit(&[piotlb(3, DID, 0, IOVA)]);
     assert_eq!(g.read(IOVA).unwrap(), 0x4444);
 }
 
@@ -429,7 +420,7 @@ fn pages_next_to_a_walked_one_are_remembered_with_it<M: GuestMemory>(mut g: Gues
     // Stale until invalidated.
     g.pt.map(&g.mem, IOVA - 0x1000, page(3), 1, accessed | FS_D);
     assert_eq!(g.read(IOVA - 0x1000).unwrap(), 0x101, "stale");
-    g.submit(&[piotlb(3, u64::from(DID), 0, IOVA - 0x1000)]);
+    g.submit(&[piotlb(3, DID, 0, IOVA - 0x1000)]);
     assert_eq!(g.read(IOVA - 0x1000).unwrap(), 0x103, "fresh");
     // D clear: remembered read-only, the write goes to the unit, which sets D.
     let asked = g.translations();
@@ -495,9 +486,9 @@ fn no_device_uses_a_page_after_its_invalidation_wait_completed() {
             // target page comes last (as in a flush of several unmaps).
             let others = if round % 2 == 0 { 0 } else { 7 };
             let mut batch: Vec<_> = (1..=others)
-                .map(|i| piotlb(3, u64::from(DID), 0, IOVA + i * 0x1000))
+                .map(|i| piotlb(3, DID, 0, IOVA + i * 0x1000))
                 .collect();
-            batch.push(piotlb(3, u64::from(DID), 0, IOVA));
+            batch.push(piotlb(3, DID, 0, IOVA));
             batch.push(wait(0, round as u32));
             g.rig.submit(&batch);
             assert_eq!(

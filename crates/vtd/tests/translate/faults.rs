@@ -1,10 +1,8 @@
 //! Every fault reason the translator can raise, each raised by a small table setup
 //! (table-driven), plus the fault record's fields and FPD qualification.
 
-mod translate_support;
-
+use crate::support::*;
 use std::collections::BTreeSet;
-use translate_support::*;
 use vtd::request::{Access, DmaRequest, Fault};
 use vtd::{GuestRam, MemoryError};
 use vtd::{Translator, UnitState};

@@ -1,14 +1,13 @@
 //! Property tests: random first- and second-stage tables (random mappings including
 //! superpages, random flags and reserved bits, random damage to intermediate entries) against
-//! the plain reference walker in `translate_support::reference`. Translations and fault reasons
+//! the plain reference walker in `crate::support::reference`. Translations and fault reasons
 //! must agree, request after request, through the translator's caches.
 
-mod translate_support;
-
+use crate::support::reference;
+use crate::support::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use translate_support::reference;
-use translate_support::*;
+use test_fixtures::TABLES_BASE;
 use vtd::request::Access;
 
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;

@@ -1,9 +1,7 @@
 //! The register page through `mmio_read` / `mmio_write`: reset, access widths and offsets,
 //! attributes, and the GCMD commands.
 
-mod unit_support;
-
-use unit_support::*;
+use crate::support::*;
 use vtd::GuestRam;
 use vtd_spec::regs::offset;
 

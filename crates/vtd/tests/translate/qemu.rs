@@ -4,10 +4,8 @@
 //! `DeviceIommu` (the path an emulated virtio device takes) and checks that the data lands at
 //! the expected guest-physical address.
 
-mod translate_support;
-
+use crate::support::*;
 use std::sync::Arc;
-use translate_support::*;
 use vm_memory::{Bytes, GuestAddress, IommuMemory};
 use vtd::invalidation::Invalidation;
 use vtd::iommu::DeviceIommu;

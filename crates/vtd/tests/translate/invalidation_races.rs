@@ -3,11 +3,9 @@
 //! starts afterwards may use a mapping older than the one the invalidation published — neither
 //! an entry cached before it nor one filled by a walk that read the tables before it.
 
-mod translate_support;
-
+use crate::support::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use translate_support::*;
 use vtd::GuestRam;
 use vtd::invalidation::Invalidation;
 use vtd::request::Access;

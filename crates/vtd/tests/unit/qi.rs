@@ -2,9 +2,7 @@
 //! completion interrupts, every queue error with its IQEI and IQH, resume, wrap-around, and
 //! register-based invalidation.
 
-mod unit_support;
-
-use unit_support::*;
+use crate::support::*;
 use vtd::GuestRam;
 use vtd::invalidation::Invalidation;
 use vtd_spec::SourceId;
@@ -272,7 +270,7 @@ fn the_ring_wraps_around() {
     let mut rig = Rig::first_stage();
     rig.enable_qi(true, 0); // 128 slots
     for round in 0..3u32 {
-        let descs: Vec<[u64; 4]> = (0..50u64)
+        let descs: Vec<[u64; 4]> = (0..50u16)
             .map(|i| piotlb(2, i, 0, 0))
             .chain([wait(0, round + 1)])
             .collect();

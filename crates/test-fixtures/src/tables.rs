@@ -1,18 +1,12 @@
-//! Test helpers: fake guest memory, builders that write root/context/PASID tables and page
-//! tables the way a guest driver would, and a minimal `Remapper` around a `Translator`.
+//! Root, context and PASID tables and page tables, written into [`Mem`] the way a guest
+//! driver writes them, from `vtd-spec`'s entry types.
+//!
+//! ```text
+//!  Tables::scalable(mem) ─► root ─► context_addr(sid) ─► sm_device(sid) ─► PASID dir
+//!                                                       └► pasid_entry(sid, pasid, fs_entry(pt))
+//!  PageTable::new(mem, levels, stage) ─► map(iova, gpa, level, flags) / map4k / map_like_linux
+//! ```
 
-#![allow(dead_code)]
-
-pub mod reference;
-
-use std::cell::Cell;
-use std::sync::Arc;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vtd::Counters;
-use vtd::GuestRam;
-use vtd::invalidation::Invalidation;
-use vtd::request::{Access, DmaRequest, Fault, Remapper, Translation};
-use vtd::{Translator, UnitState};
 use vtd_spec::SourceId;
 use vtd_spec::context::{
     LegacyContextEntry, LegacyContextHi, LegacyContextLo, ScalableContextEntry, ScalableContextHi,
@@ -22,137 +16,65 @@ use vtd_spec::pasid::{
     FirstStagePagingMode, PasidDirEntry, PasidEntry, PasidEntryQw0, PasidEntryQw1, PasidEntryQw2,
     Pgtt,
 };
-use vtd_spec::regs::{Cap, Ecap, RtAddr, TranslationTableMode};
+use vtd_spec::pte::table_index;
+use vtd_spec::regs::{RtAddr, TranslationTableMode};
 use vtd_spec::root::RootHalf;
 
-/// Guest RAM size: 64 MiB at GPA 0.
-pub const RAM_SIZE: u64 = 64 << 20;
-/// Table pages are allocated from here up.
-pub const TABLES_BASE: u64 = 0x10_0000;
-/// Data pages tests DMA into live above this.
-pub const DATA_BASE: u64 = 0x200_0000;
-/// A GPA beyond guest RAM but within the 48-bit host address width.
-pub const OUTSIDE_RAM: u64 = 0x40_0000_0000;
+use crate::Mem;
 
-/// The device the tests use.
-pub const SID: SourceId = SourceId::new(0, 3, 0);
-/// A second device on another bus.
-pub const SID2: SourceId = SourceId::new(1, 0, 1);
-
-/// First-stage flags.
+/// First-stage entry bits (§9.7): present.
 pub const FS_P: u64 = 1;
+/// Read/write.
 pub const FS_RW: u64 = 1 << 1;
+/// User/supervisor.
 pub const FS_US: u64 = 1 << 2;
+/// Accessed.
 pub const FS_A: u64 = 1 << 5;
+/// Dirty.
 pub const FS_D: u64 = 1 << 6;
+/// Page size (a superpage leaf).
 pub const FS_PS: u64 = 1 << 7;
+/// Extended accessed.
 pub const FS_EA: u64 = 1 << 10;
+/// Execute disable.
 pub const FS_XD: u64 = 1 << 63;
-/// Second-stage flags.
+
+/// Second-stage entry bits (§9.8): read.
 pub const SS_R: u64 = 1;
+/// Write.
 pub const SS_W: u64 = 1 << 1;
+/// Page size (a superpage leaf).
 pub const SS_PS: u64 = 1 << 7;
+/// Accessed.
 pub const SS_A: u64 = 1 << 8;
+/// Dirty.
 pub const SS_D: u64 = 1 << 9;
 
-/// Fake guest memory with a bump allocator for zeroed table pages.
-pub struct Mem {
-    pub ram: Arc<GuestMemoryMmap<()>>,
-    next: Cell<u64>,
-}
-
-impl Default for Mem {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Mem {
-    pub fn new() -> Self {
-        Self {
-            ram: Arc::new(
-                GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).unwrap(),
-            ),
-            next: Cell::new(TABLES_BASE),
-        }
-    }
-    /// A fresh zeroed 4 KiB page.
-    pub fn page(&self) -> u64 {
-        let p = self.next.get();
-        assert!(p + 4096 <= DATA_BASE, "test table area exhausted");
-        self.next.set(p + 4096);
-        self.ram.write_at(p, &[0u8; 4096]).unwrap();
-        p
-    }
-    /// End of the table pages allocated so far.
-    pub fn allocated_end(&self) -> u64 {
-        self.next.get()
-    }
-    pub fn w64(&self, gpa: u64, v: u64) {
-        self.ram.write_at(gpa, &v.to_le_bytes()).unwrap();
-    }
-    pub fn r64(&self, gpa: u64) -> u64 {
-        self.ram.read_u64(gpa).unwrap()
-    }
-    pub fn w32(&self, gpa: u64, v: u32) {
-        self.ram.write_at(gpa, &v.to_le_bytes()).unwrap();
-    }
-    pub fn r32(&self, gpa: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.ram.read_at(gpa, &mut b).unwrap();
-        u32::from_le_bytes(b)
-    }
-}
-
-/// CAP as QEMU's intel-iommu reports it with aw-bits=48 and fs1gp: SAGAW 39/48 bits, MGAW 48,
-/// 2 MiB + 1 GiB second-stage pages, FS1GP, PSI, MAMV 18.
-pub fn cap() -> Cap {
-    Cap::new()
-        .with_nd(2)
-        .with_sagaw(0b0110)
-        .with_mgaw(47)
-        .with_fro(0x22)
-        .with_sllps(0b11)
-        .with_psi(true)
-        .with_nfr(7)
-        .with_mamv(18)
-        .with_fs1gp(true)
-}
-
-/// ECAP with everything the tests need: QI, PT, SC off, scalable mode with first and second
-/// stage, PASID with 20-bit PASIDs, supervisor and execute requests.
-pub fn ecap() -> Ecap {
-    Ecap::new()
-        .with_qi(true)
-        .with_pt(true)
-        .with_smts(true)
-        .with_fsts(true)
-        .with_ssts(true)
-        .with_pasid(true)
-        .with_pss(19)
-        .with_srs(true)
-        .with_ers(true)
-        .with_eafs(true)
-        .with_ssads(true)
-}
+/// Bits of an output address in a table entry.
+const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
 
 /// The leaf/table flags of a stage, to build page tables generically.
 #[derive(Clone, Copy, Debug)]
 pub enum Stage {
+    /// First-stage (IA-32e-like) tables.
     First,
+    /// Second-stage (EPT-like) tables.
     Second,
 }
 
 impl Stage {
+    /// The flags of a non-leaf entry: present (or readable) and writable, user for first stage.
     pub fn table_flags(self) -> u64 {
         match self {
             Stage::First => FS_P | FS_RW | FS_US,
             Stage::Second => SS_R | SS_W,
         }
     }
+    /// The flags of a read/write leaf.
     pub fn leaf_rw(self) -> u64 {
         self.table_flags()
     }
+    /// The page-size bit of a superpage leaf.
     pub fn ps(self) -> u64 {
         match self {
             Stage::First => FS_PS,
@@ -164,16 +86,16 @@ impl Stage {
 /// A page table rooted at `root` with `levels` levels.
 #[derive(Clone, Copy, Debug)]
 pub struct PageTable {
+    /// The top-level table.
     pub root: u64,
+    /// 3, 4 or 5.
     pub levels: u32,
+    /// Which entry format.
     pub stage: Stage,
 }
 
-fn index(iova: u64, level: u32) -> u64 {
-    (iova >> (12 + 9 * (level - 1))) & 0x1ff
-}
-
 impl PageTable {
+    /// An empty table of `levels` levels.
     pub fn new(mem: &Mem, levels: u32, stage: Stage) -> Self {
         Self {
             root: mem.page(),
@@ -184,20 +106,25 @@ impl PageTable {
 
     /// Address of the entry for `iova` at `level`, creating intermediate tables.
     pub fn entry_addr(&self, mem: &Mem, iova: u64, level: u32) -> u64 {
+        self.entry_addr_with(mem, iova, level, self.stage.table_flags())
+    }
+
+    /// [`Self::entry_addr`], new intermediate entries written with `table_flags`.
+    fn entry_addr_with(&self, mem: &Mem, iova: u64, level: u32, table_flags: u64) -> u64 {
         let mut table = self.root;
         for l in (level + 1..=self.levels).rev() {
-            let addr = table + index(iova, l) * 8;
+            let addr = table + table_index(iova, l) * 8;
             let e = mem.r64(addr);
-            let next = e & 0x000f_ffff_ffff_f000;
+            let next = e & ADDRESS_MASK;
             if e & self.stage.table_flags() == 0 || next == 0 {
                 let t = mem.page();
-                mem.w64(addr, t | self.stage.table_flags());
+                mem.w64(addr, t | table_flags);
                 table = t;
             } else {
                 table = next;
             }
         }
-        table + index(iova, level) * 8
+        table + table_index(iova, level) * 8
     }
 
     /// Maps `iova` to `gpa` with a leaf at `level` (1: 4 KiB, 2: 2 MiB, 3: 1 GiB) and `flags`
@@ -209,20 +136,33 @@ impl PageTable {
         addr
     }
 
-    /// Maps a 4 KiB page read/write (user) .
+    /// Maps a 4 KiB page read/write (user).
     pub fn map4k(&self, mem: &Mem, iova: u64, gpa: u64) -> u64 {
         self.map(mem, iova, gpa, 1, self.stage.leaf_rw())
+    }
+
+    /// Maps a 4 KiB first-stage page as Linux's `dma-iommu` does: tables P, R/W, U/S, A; the
+    /// leaf P, U/S, A, D, and R/W only if `writable`. Returns the leaf's address.
+    pub fn map_like_linux(&self, mem: &Mem, iova: u64, gpa: u64, writable: bool) -> u64 {
+        let addr = self.entry_addr_with(mem, iova, 1, FS_P | FS_RW | FS_US | FS_A);
+        let rw = if writable { FS_RW } else { 0 };
+        mem.w64(addr, (gpa & ADDRESS_MASK) | FS_P | FS_US | FS_A | FS_D | rw);
+        addr
     }
 }
 
 /// Root/context/PASID tables of one unit.
 pub struct Tables<'a> {
+    /// Where they live.
     pub mem: &'a Mem,
+    /// The root table.
     pub root: u64,
+    /// Scalable-mode (or legacy) formats.
     pub scalable: bool,
 }
 
 impl<'a> Tables<'a> {
+    /// An empty legacy-mode root table.
     pub fn legacy(mem: &'a Mem) -> Self {
         Self {
             mem,
@@ -230,6 +170,8 @@ impl<'a> Tables<'a> {
             scalable: false,
         }
     }
+
+    /// An empty scalable-mode root table.
     pub fn scalable(mem: &'a Mem) -> Self {
         Self {
             mem,
@@ -238,6 +180,7 @@ impl<'a> Tables<'a> {
         }
     }
 
+    /// The RTADDR value that points at the root table.
     pub fn rtaddr(&self) -> RtAddr {
         RtAddr::new()
             .with_rta(self.root >> 12)
@@ -246,15 +189,6 @@ impl<'a> Tables<'a> {
             } else {
                 TranslationTableMode::Legacy
             })
-    }
-
-    pub fn state(&self) -> UnitState {
-        UnitState {
-            root: self.rtaddr(),
-            translation_enabled: true,
-            cap: cap(),
-            ecap: ecap(),
-        }
     }
 
     /// Address of the root entry half for `sid`.
@@ -297,11 +231,6 @@ impl<'a> Tables<'a> {
 
     /// A legacy context entry translating through `pt` (4 levels: AW=2) in domain `did`.
     pub fn legacy_translated(&self, sid: SourceId, pt: &PageTable, did: u16) -> u64 {
-        let aw = match pt.levels {
-            3 => 1,
-            4 => 2,
-            _ => 3,
-        };
         self.legacy_context(
             sid,
             LegacyContextEntry {
@@ -309,7 +238,9 @@ impl<'a> Tables<'a> {
                     .with_present(true)
                     .with_tt(TranslationType::Untranslated)
                     .with_ssptptr(pt.root >> 12),
-                hi: LegacyContextHi::new().with_aw(aw).with_did(did),
+                hi: LegacyContextHi::new()
+                    .with_aw(second_stage_aw(pt))
+                    .with_did(did),
             },
         )
     }
@@ -385,11 +316,29 @@ impl<'a> Tables<'a> {
 
     /// Writes a PASID entry.
     pub fn pasid_entry(&self, sid: SourceId, pasid: u32, pe: PasidEntry) -> u64 {
-        let a = self.pasid_entry_addr(sid, pasid);
+        self.write_pasid_entry(self.pasid_entry_addr(sid, pasid), pe)
+    }
+
+    fn write_pasid_entry(&self, a: u64, pe: PasidEntry) -> u64 {
         for (i, q) in pe.to_qwords().iter().enumerate() {
             self.mem.w64(a + 8 * i as u64, *q);
         }
         a
+    }
+
+    /// [`Self::pasid_entry_addr`], first giving `sid` a scalable context entry as Linux does
+    /// ([`Self::sm_device`] without PASIDE) if it has none.
+    pub fn device_pasid_entry_addr(&self, sid: SourceId, pasid: u32) -> u64 {
+        let ce = ScalableContextLo::from_bits(self.mem.r64(self.context_addr(sid)));
+        if !ce.present() {
+            self.sm_device(sid, false);
+        }
+        self.pasid_entry_addr(sid, pasid)
+    }
+
+    /// [`Self::pasid_entry`] at [`Self::device_pasid_entry_addr`].
+    pub fn device_pasid_entry(&self, sid: SourceId, pasid: u32, pe: PasidEntry) -> u64 {
+        self.write_pasid_entry(self.device_pasid_entry_addr(sid, pasid), pe)
     }
 }
 
@@ -403,7 +352,8 @@ pub fn pasid_entry(pgtt: Pgtt, did: u16) -> PasidEntry {
     }
 }
 
-/// The first-stage PASID entry Linux 6.12 writes (AW=2 written even for first stage).
+/// The first-stage PASID entry Linux 6.12 writes (AW=2 written even for first stage), without
+/// page-walk snooping.
 pub fn fs_entry(pt: &PageTable, did: u16) -> PasidEntry {
     let mut pe = pasid_entry(Pgtt::FirstStage, did);
     pe.qw0 = pe.qw0.with_aw(2);
@@ -420,70 +370,26 @@ pub fn fs_entry(pt: &PageTable, did: u16) -> PasidEntry {
 
 /// A second-stage PASID entry.
 pub fn ss_entry(pt: &PageTable, did: u16) -> PasidEntry {
-    let aw = match pt.levels {
-        3 => 1,
-        4 => 2,
-        _ => 3,
-    };
     let mut pe = pasid_entry(Pgtt::SecondStage, did);
-    pe.qw0 = pe.qw0.with_aw(aw).with_ssptptr(pt.root >> 12);
+    pe.qw0 = pe
+        .qw0
+        .with_aw(second_stage_aw(pt))
+        .with_ssptptr(pt.root >> 12);
     pe
 }
 
-/// A unit stand-in: translator + memory + state, as a `Remapper`.
-pub struct Unit {
-    pub translator: Translator,
-    pub counters: Arc<Counters>,
-    pub ram: Arc<GuestMemoryMmap<()>>,
-    pub state: std::sync::Mutex<UnitState>,
+/// The pass-through PASID entry Linux writes (AW=2).
+pub fn pt_entry(did: u16) -> PasidEntry {
+    let mut pe = pasid_entry(Pgtt::PassThrough, did);
+    pe.qw0 = pe.qw0.with_aw(2);
+    pe
 }
 
-impl Unit {
-    pub fn new(mem: &Mem, state: UnitState) -> Arc<Self> {
-        let counters = Arc::new(Counters::default());
-        Arc::new(Self {
-            translator: Translator::new(state.cap, state.ecap, counters.clone()),
-            counters,
-            ram: mem.ram.clone(),
-            state: std::sync::Mutex::new(state),
-        })
-    }
-    pub fn state(&self) -> UnitState {
-        *self.state.lock().unwrap()
-    }
-    pub fn req(
-        &self,
-        sid: SourceId,
-        pasid: Option<u32>,
-        iova: u64,
-        access: Access,
-    ) -> Result<Translation, Fault> {
-        self.translator.translate(
-            &*self.ram,
-            &self.state(),
-            &DmaRequest {
-                sid,
-                pasid,
-                iova,
-                access,
-            },
-        )
-    }
-    /// The GPA a read of `iova` by `sid` (no PASID) lands at.
-    pub fn gpa(&self, sid: SourceId, iova: u64) -> Result<u64, Fault> {
-        self.req(sid, None, iova, Access::READ).map(|t| t.gpa(iova))
-    }
-    pub fn gpa_pasid(&self, sid: SourceId, pasid: u32, iova: u64) -> Result<u64, Fault> {
-        self.req(sid, Some(pasid), iova, Access::READ)
-            .map(|t| t.gpa(iova))
-    }
-    pub fn inv(&self, inv: Invalidation) {
-        self.translator.invalidate(&inv);
-    }
-}
-
-impl Remapper for Unit {
-    fn remap(&self, req: &DmaRequest) -> Result<Translation, Fault> {
-        self.translator.translate(&*self.ram, &self.state(), req)
+/// The AW field for a second-stage table of `pt.levels` levels (3: 39 bits, 4: 48, 5: 57).
+fn second_stage_aw(pt: &PageTable) -> u8 {
+    match pt.levels {
+        3 => 1,
+        4 => 2,
+        _ => 3,
     }
 }

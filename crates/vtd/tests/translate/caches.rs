@@ -3,9 +3,7 @@
 //! cache (global, domain, device with function mask). Each test shows the stale answer before
 //! the invalidation and the fresh one after.
 
-mod translate_support;
-
-use translate_support::*;
+use crate::support::*;
 use vtd::invalidation::Invalidation;
 use vtd::request::Access;
 use vtd_spec::SourceId;

@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
+use test_fixtures::RAM_SIZE;
+use test_fixtures::descriptors::write_queue;
+pub use test_fixtures::descriptors::{context_cache, iotlb, pasid_cache, piotlb, wait_interrupt};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vtd::FaultInterrupt;
 use vtd::GuestRam;
@@ -12,9 +15,6 @@ use vtd::invalidation::Invalidation;
 use vtd::observer::{InvalidationObserver, UnitView};
 use vtd_spec::regs::offset;
 
-/// Guest RAM size used by the tests (the same 64 MiB as the translator's test helpers, whose
-/// table area is 1-32 MiB).
-pub const RAM_SIZE: u64 = 64 << 20;
 /// Where tests put the invalidation queue (above the table and data areas).
 pub const QUEUE: u64 = 0x300_0000;
 /// Where tests put wait status words.
@@ -202,16 +202,8 @@ impl Rig {
 
     /// Writes descriptors at the tail (wrapping) without moving IQT.
     pub fn put(&mut self, descs: &[[u64; 4]]) {
-        let (size, n) = (if self.wide() { 32 } else { 16 }, self.entries());
-        for d in descs {
-            let at = QUEUE + self.tail * size;
-            for (i, q) in d.iter().take(size as usize / 8).enumerate() {
-                self.ram
-                    .write_at(at + 8 * i as u64, &q.to_le_bytes())
-                    .unwrap();
-            }
-            self.tail = (self.tail + 1) % n;
-        }
+        let (entries, wide) = (self.entries(), self.wide());
+        self.tail = write_queue(&self.ram, QUEUE, self.tail, entries, wide, descs);
     }
 
     /// Writes descriptors and moves IQT past them (one submission).
@@ -243,35 +235,5 @@ impl Rig {
 
 /// A wait descriptor with SW writing `data` at `STATUS + 4 * i`.
 pub fn wait(i: u64, data: u32) -> [u64; 4] {
-    [5 | (1 << 5) | (u64::from(data) << 32), STATUS + 4 * i, 0, 0]
-}
-
-/// A wait descriptor with IF only.
-pub fn wait_interrupt() -> [u64; 4] {
-    [5 | (1 << 4), 0, 0, 0]
-}
-
-/// PASID-IOTLB descriptor.
-pub fn piotlb(g: u64, did: u64, pasid: u64, qw1: u64) -> [u64; 4] {
-    [6 | (g << 4) | (did << 16) | (pasid << 32), qw1, 0, 0]
-}
-
-/// PASID-cache descriptor.
-pub fn pasid_cache(g: u64, did: u64, pasid: u64) -> [u64; 4] {
-    [7 | (g << 4) | (did << 16) | (pasid << 32), 0, 0, 0]
-}
-
-/// Context-cache descriptor.
-pub fn context_cache(g: u64, did: u64, sid: u64, fm: u64) -> [u64; 4] {
-    [
-        1 | (g << 4) | (did << 16) | (sid << 32) | (fm << 48),
-        0,
-        0,
-        0,
-    ]
-}
-
-/// IOTLB descriptor.
-pub fn iotlb(g: u64, did: u64, qw1: u64) -> [u64; 4] {
-    [2 | (g << 4) | (did << 16), qw1, 0, 0]
+    test_fixtures::descriptors::wait(STATUS + 4 * i, data)
 }

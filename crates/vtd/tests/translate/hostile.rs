@@ -2,11 +2,10 @@
 //! capabilities, random requests and invalidations. Nothing may panic (tests run with overflow
 //! checks), every call returns a translation or a fault, and the caches stay within bounds.
 
-mod translate_support;
-
+use crate::support::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use translate_support::*;
+use test_fixtures::TABLES_BASE;
 use vtd::GuestRam;
 use vtd::invalidation::Invalidation;
 use vtd::request::{Access, DmaRequest};

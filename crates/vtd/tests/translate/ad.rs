@@ -1,10 +1,8 @@
 //! Accessed/dirty updates of the first-stage walk (and of the second stage with SSADE), with
 //! regression tests for QEMU's bugs: D set on read-only leaves, and flags written separately.
 
-mod translate_support;
-
+use crate::support::*;
 use std::sync::Mutex;
-use translate_support::*;
 use vtd::Translator;
 use vtd::request::{Access, DmaRequest};
 use vtd::{GuestRam, MemoryError};
