@@ -40,6 +40,7 @@ mod binding;
 mod checks;
 mod counters;
 mod passthrough;
+mod shadow;
 mod stage2;
 
 pub use binding::BlockReason;
@@ -48,4 +49,5 @@ pub use binding::Target as BindingState;
 pub use checks::{CompatError, check_host_device};
 pub use counters::AccelCountersSnapshot;
 pub use passthrough::{Accel, AccelError, HostDevice};
+pub use shadow::{Run, Shadow, ShadowCountersSnapshot, ShadowState};
 pub use stage2::RamRegion;

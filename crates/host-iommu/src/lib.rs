@@ -85,11 +85,14 @@
 
 use std::fmt;
 
+pub mod container;
+pub mod dma;
 pub mod handles;
 pub mod iommufd;
 pub mod sim;
 mod types;
 
+pub use dma::{DmaMap, IoasDma};
 pub use handles::{Attachment, DeviceAttachment, Ioas, NestParentHwpt, NestedHwpt};
 pub use types::{DmaPerm, HwCaps, HwInfo, HwInfoType, VtdHwInfo, VtdS1HwptData, VtdS1Invalidation};
 pub use vtd_spec::regs::{Cap, Ecap};
