@@ -33,10 +33,9 @@ use vtd::observer::{InvalidationObserver, UnitView};
 use vtd::translate::shadow_view::DeviceTables;
 use vtd_spec::SourceId;
 
-/// Paging entries one walk may read (a guest can alias tables to map far beyond its RAM).
-const WALK_BUDGET: u64 = 1 << 20;
-/// Host mappings one device may hold.
-const MAX_EXTENTS: usize = 1 << 18;
+/// Paging entries one walk may read beyond four per page of guest RAM (a guest can alias its
+/// tables to map far more than its RAM; a whole-RAM map in 4 KiB pages needs about one).
+const WALK_SLACK: u64 = 1 << 16;
 /// Queued ranges per device per submission before they collapse into one full walk.
 const MAX_QUEUED: usize = 64;
 
@@ -125,6 +124,8 @@ struct Device {
     tables: DeviceTables,
     failed: bool,
     logged: bool,
+    /// Not synced yet: the first table read is no domain switch.
+    fresh: bool,
     mapped: BTreeMap<u64, Run>,
     reread: bool,
     ranges: Vec<(u64, u64)>,
@@ -134,6 +135,7 @@ struct Device {
 #[derive(Debug)]
 pub struct Shadow {
     ram: Vec<RamRegion>,
+    budget: u64,
     devices: Mutex<BTreeMap<SourceId, Device>>,
     counters: Counters,
 }
@@ -141,7 +143,9 @@ pub struct Shadow {
 impl Shadow {
     /// A shadow for a guest whose RAM is `ram`.
     pub fn new(ram: Vec<RamRegion>) -> Self {
+        let pages: u64 = ram.iter().map(|r| r.len / 4096).sum();
         Self {
+            budget: pages.saturating_mul(4).saturating_add(WALK_SLACK),
             ram,
             devices: Mutex::new(BTreeMap::new()),
             counters: Counters::default(),
@@ -161,6 +165,7 @@ impl Shadow {
             tables: DeviceTables::Blocked,
             failed: false,
             logged: false,
+            fresh: true,
             mapped: BTreeMap::new(),
             reread: true,
             ranges: Vec::new(),
@@ -227,8 +232,9 @@ impl Shadow {
                 (DeviceTables::Identity(_), DeviceTables::Identity(_)) => false,
                 (a, b) => a != b,
             };
-            if switched || d.failed {
-                if switched {
+            let fresh = std::mem::take(&mut d.fresh);
+            if switched || d.failed || fresh {
+                if switched && !fresh {
                     bump(&self.counters.domain_switches, 1);
                 }
                 self.unmap_all(d);
@@ -266,24 +272,15 @@ impl Shadow {
         let mut ranges = std::mem::take(&mut d.ranges);
         ranges.sort_unstable();
         for (start, end) in ranges {
-            let mut leaves = Vec::new();
-            let walk =
-                unit.walk_second_stage(&tables, start, end, WALK_BUDGET, &mut |l| leaves.push(l));
-            bump(&self.counters.walks, 1);
-            bump(&self.counters.walk_entries, walk.entries);
-            bump(&self.counters.bad_entries, walk.faults);
-            if walk.over_budget {
-                self.fail(d, "the guest's second-stage tables exceed the walk budget");
-                return;
-            }
             let mut wanted: Vec<Run> = Vec::new();
-            for l in leaves {
+            let mut outside = 0;
+            let walk = unit.walk_second_stage(&tables, start, end, self.budget, &mut |l| {
                 let lo = l.iova.max(start);
                 let hi = l.iova.saturating_add(l.size).min(end);
                 if hi <= lo || !(l.read || l.write) {
-                    continue;
+                    return;
                 }
-                match self.hva(l.gpa + (lo - l.iova), hi - lo) {
+                match hva(&self.ram, l.gpa + (lo - l.iova), hi - lo) {
                     Some((hva, writable)) => push_run(
                         &mut wanted,
                         Run {
@@ -293,22 +290,22 @@ impl Shadow {
                             write: l.write && writable,
                         },
                     ),
-                    None => bump(&self.counters.outside_ram, 1),
+                    None => outside += 1,
                 }
+            });
+            bump(&self.counters.walks, 1);
+            bump(&self.counters.walk_entries, walk.entries);
+            bump(&self.counters.bad_entries, walk.faults);
+            bump(&self.counters.outside_ram, outside);
+            if walk.over_budget {
+                self.fail(d, "the guest's second-stage tables exceed the walk budget");
+                return;
             }
             if let Err(e) = self.apply(d, start, end, wanted) {
                 self.fail(d, &e.to_string());
                 return;
             }
         }
-    }
-
-    /// The host address of guest-physical `[gpa, gpa + len)`, when all of it is guest RAM.
-    fn hva(&self, gpa: u64, len: u64) -> Option<(u64, bool)> {
-        self.ram.iter().find_map(|r| {
-            let end = gpa.checked_add(len)?;
-            (gpa >= r.gpa && end <= r.gpa + r.len).then(|| (r.hva + (gpa - r.gpa), r.writable))
-        })
     }
 
     /// Makes `[start, end)` map exactly `wanted` (sorted, inside the range).
@@ -368,9 +365,10 @@ impl Shadow {
 
     fn map_runs(&self, d: &mut Device, runs: Vec<Run>) -> Result<(), HostIommuError> {
         for r in runs {
-            if d.mapped.len() >= MAX_EXTENTS {
+            if d.mapped.len() as u64 >= self.budget {
                 return Err(HostIommuError::Unsupported(format!(
-                    "more than {MAX_EXTENTS} host mappings"
+                    "more than {} host mappings",
+                    self.budget
                 )));
             }
             let perm = if r.write {
@@ -420,6 +418,15 @@ impl Shadow {
             }
         }
     }
+}
+
+/// The host address of guest-physical `[gpa, gpa + len)` and whether it is writable, when
+/// all of it is guest RAM.
+fn hva(ram: &[RamRegion], gpa: u64, len: u64) -> Option<(u64, bool)> {
+    let end = gpa.checked_add(len)?;
+    ram.iter()
+        .find(|r| gpa >= r.gpa && end <= r.gpa + r.len)
+        .map(|r| (r.hva + (gpa - r.gpa), r.writable))
 }
 
 fn push_run(runs: &mut Vec<Run>, r: Run) {

@@ -266,7 +266,7 @@ struct Context {
     kvm_vfio: Option<Arc<VfioDeviceFd>>,
     iommufd: Option<Arc<IommufdHost>>,
     iommufd_ram: Option<Arc<WholeRam>>,
-    container: Option<(Arc<VfioContainer>, Option<Arc<WholeRam>>)>,
+    container: Option<(Arc<VfioContainer>, Arc<WholeRam>)>,
     shadow: Option<Arc<accel::Shadow>>,
     accel: Option<Arc<accel::Accel>>,
 }
@@ -489,31 +489,31 @@ fn add_device(
             }
             let kvm_vfio = context.kvm_vfio(builder)?;
             // Shadowed devices each need an address space of their own; whole-RAM devices
-            // share one container.
-            let (container, fresh) = match (&context.container, path) {
-                (Some((c, _)), DmaPath::WholeRam) => (c.clone(), false),
-                _ => (
-                    Arc::new(VfioContainer::new(Some(kvm_vfio)).map_err(vfio_err)?),
-                    true,
-                ),
+            // share one container, with guest RAM mapped once.
+            let shared = match path {
+                DmaPath::WholeRam => context.container.clone(),
+                _ => None,
+            };
+            let container = match &shared {
+                Some((c, _)) => c.clone(),
+                None => Arc::new(VfioContainer::new(Some(kvm_vfio)).map_err(vfio_err)?),
             };
             let ops: Arc<dyn VfioOps> = container.clone();
             let device = Arc::new(VfioDevice::new(&config.path, ops, false).map_err(vfio_err)?);
             device.reset();
+            // The IOMMU type is set once a group is in the container: map only now.
             let dma: Arc<dyn DmaMap> = Arc::new(ContainerDma::new(container.clone()));
-            match path {
-                DmaPath::WholeRam => {
-                    let ram = match &context.container {
-                        Some((_, Some(r))) if !fresh => r.clone(),
-                        _ => Arc::new(WholeRam::map(dma, ram_regions(builder)).map_err(host_err)?),
-                    };
-                    context.container = Some((container.clone(), Some(ram.clone())));
+            match (path, shared) {
+                (DmaPath::WholeRam, Some((_, ram))) => keep.push(Box::new(ram)),
+                (DmaPath::WholeRam, None) => {
+                    let ram = Arc::new(WholeRam::map(dma, ram_regions(builder)).map_err(host_err)?);
+                    context.container = Some((container.clone(), ram.clone()));
                     keep.push(Box::new(ram));
                 }
-                DmaPath::Shadow => {
+                (DmaPath::Shadow, _) => {
                     shadow_device(builder, context, sid, name, dma, &mut release)?;
                 }
-                DmaPath::Nested => unreachable!("refused above"),
+                (DmaPath::Nested, _) => unreachable!("refused above"),
             }
             keep.push(Box::new(container));
             device
