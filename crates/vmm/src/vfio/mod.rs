@@ -40,7 +40,7 @@ use crate::builder::VmBuilder;
 use crate::config::{DeviceConfig, VfioBackend};
 use crate::interrupt::{KvmMsiController, VectorSignaller};
 use crate::iommu::bus0_sid;
-pub use device::VfioPciDevice;
+pub use device::{HostFunction, Release, VectorEventFds, VfioPciDevice};
 
 /// Errors assigning a device. [`Error::is_refusal`] ones are the host or configuration saying
 /// no (exit status 2).
@@ -349,10 +349,14 @@ impl Context {
     }
 }
 
-/// Whether `auto` means iommufd on this host.
-fn resolve(backend: VfioBackend) -> VfioBackend {
+/// What `auto` means for the device at `sysfs`: iommufd when the host has `/dev/iommu` and the
+/// device a VFIO cdev, else the container.
+fn resolve(backend: VfioBackend, sysfs: &std::path::Path) -> VfioBackend {
     match backend {
-        VfioBackend::Auto if std::path::Path::new(host_iommu::iommufd::IOMMU_DEV).exists() => {
+        VfioBackend::Auto
+            if std::path::Path::new(host_iommu::iommufd::IOMMU_DEV).exists()
+                && sysfs.join("vfio-dev").is_dir() =>
+        {
             VfioBackend::Iommufd
         }
         VfioBackend::Auto => VfioBackend::Container,
@@ -389,7 +393,7 @@ fn add_device(
     let name = config.id.as_str();
     let address = host::check_device(&config.path)?;
     let path = DmaPath::choose(config, vtd_config);
-    let backend = resolve(config.backend);
+    let backend = resolve(config.backend, &config.path);
     let sid = bus0_sid(slot);
     let vfio_err = |source| Error::Vfio {
         device: name.to_owned(),
@@ -539,13 +543,19 @@ fn add_device(
         VectorSignaller::Kernel,
     ));
     let keep = Mutex::new(keep);
-    let on_drop = Box::new(move || {
+    let reset = device.clone();
+    let label = name.to_owned();
+    let release = Release::new(Box::new(move || {
+        reset.reset();
+        tracing::info!(device = %label, "assigned device reset");
+        drop(reset);
         for f in release {
             f();
         }
         drop(keep);
-    });
-    let function = VfioPciDevice::new(name, device, builder.kvm_vm(), controller, on_drop)?;
+    }));
+    let host: Arc<dyn HostFunction> = device;
+    let function = VfioPciDevice::new(name, host, Some(builder.kvm_vm()), controller, release)?;
     let function: SharedPciDevice = Arc::new(Mutex::new(function));
     bus.add_device_at(slot, function)
         .map_err(|source| Error::Bus {
