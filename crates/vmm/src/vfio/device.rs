@@ -151,15 +151,17 @@ struct Msix {
 
 /// The assigned function.
 pub struct VfioPciDevice {
+    // Dropped in this order, after `drop` turned MSI-X off: the KVM slots and BAR mmaps, then
+    // the host binding (reset, detach, DMA mappings, address space) while the device is still
+    // open, then the device itself.
+    areas: Vec<(usize, Area)>,
+    _release: Release,
     name: String,
     device: Arc<dyn HostFunction>,
     config: PciConfiguration,
     config_size: u64,
-    areas: Vec<(usize, Area)>,
     msix: Msix,
     msi_cap: Option<(usize, usize)>,
-    /// Last: runs after the KVM slots are gone and MSI-X is off.
-    _release: Release,
 }
 
 impl std::fmt::Debug for VfioPciDevice {
@@ -565,7 +567,7 @@ impl Drop for VfioPciDevice {
         {
             tracing::warn!(device = %self.name, "Cannot disable MSI-X: {e}");
         }
-        // The fields go next: the KVM slots, then the mmaps, then `_release` (reset, detach).
+        // The fields go next, in their declared order.
     }
 }
 
