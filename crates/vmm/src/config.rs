@@ -319,6 +319,9 @@ pub enum ArgError {
     /// Two devices with one id.
     #[error("Device id '{0}' is given twice")]
     DuplicateDeviceId(String),
+    /// One host device assigned twice.
+    #[error("Device {0} is assigned twice")]
+    DuplicateDevicePath(String),
     /// `--test-dma-fault` without a translated disk.
     #[error("Option '--test-dma-fault' needs a disk with iommu=on to issue the DMA")]
     FaultNeedsDisk,
@@ -552,6 +555,11 @@ where
                 let device = parse_device(&value, config.devices.len())?;
                 if config.devices.iter().any(|d| d.id == device.id) {
                     return Err(ArgError::DuplicateDeviceId(device.id));
+                }
+                if config.devices.iter().any(|d| d.path == device.path) {
+                    return Err(ArgError::DuplicateDevicePath(
+                        device.path.display().to_string(),
+                    ));
                 }
                 config.devices.push(device);
             }
@@ -887,6 +895,19 @@ mod tests {
             ])
             .unwrap_err(),
             ArgError::DuplicateDeviceId("a".into())
+        );
+        assert_eq!(
+            run(&[
+                "--kernel",
+                "/k",
+                "--device",
+                &format!("path={P}"),
+                "--device",
+                &format!("path={P}")
+            ])
+            .unwrap_err()
+            .to_string(),
+            format!("Device {P} is assigned twice")
         );
         for spec in [
             "iommu=on",
