@@ -826,6 +826,7 @@ mod tests {
     #[test]
     fn devices() {
         const P: &str = "/sys/bus/pci/devices/0000:00:04.0";
+        const Q: &str = "/sys/bus/pci/devices/0000:00:05.0";
         let c = run(&[
             "--kernel",
             "/k",
@@ -834,7 +835,7 @@ mod tests {
             "--device",
             &format!("path={P},iommu=on,backend=container,id=nvme0"),
             "--device",
-            &format!("path={P}"),
+            &format!("path={Q}"),
         ])
         .unwrap();
         assert_eq!(
@@ -847,7 +848,7 @@ mod tests {
                     id: "nvme0".into(),
                 },
                 DeviceConfig {
-                    path: P.into(),
+                    path: Q.into(),
                     iommu: false,
                     backend: VfioBackend::Auto,
                     id: "vfio1".into(),
