@@ -214,12 +214,14 @@ impl Shadow {
 
     fn queue(&self, filter: impl Fn(&Device) -> bool, range: Option<(u64, u64)>) {
         for d in self.lock().values_mut().filter(|d| filter(d)) {
+            const ALL: (u64, u64) = (0, u64::MAX);
             match range {
                 None => d.reread = true,
-                Some(r) if d.ranges.len() < MAX_QUEUED => d.ranges.push(r),
+                Some(_) if d.ranges.first() == Some(&ALL) => {}
+                Some(r) if r != ALL && d.ranges.len() < MAX_QUEUED => d.ranges.push(r),
                 Some(_) => {
                     d.ranges.clear();
-                    d.ranges.push((0, u64::MAX));
+                    d.ranges.push(ALL);
                 }
             }
         }
@@ -269,8 +271,15 @@ impl Shadow {
             d.ranges.clear();
             return;
         }
-        let mut ranges = std::mem::take(&mut d.ranges);
-        ranges.sort_unstable();
+        let mut queued = std::mem::take(&mut d.ranges);
+        queued.sort_unstable();
+        let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(queued.len());
+        for (start, end) in queued {
+            match ranges.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => ranges.push((start, end)),
+            }
+        }
         for (start, end) in ranges {
             let mut wanted: Vec<Run> = Vec::new();
             let mut outside = 0;
@@ -331,27 +340,42 @@ impl Shadow {
         if stale.is_empty() && fresh.is_empty() {
             return Ok(());
         }
-        // Host mappings are unmapped whole: the parts that stay valid are mapped again.
-        let mut remap = Vec::new();
-        for r in current
+        // Host mappings are unmapped whole: the parts that stay valid are mapped again. Every
+        // list here is sorted and free of overlaps, so one pass over each suffices.
+        let mut cuts: Vec<(u64, u64)> = stale
             .iter()
-            .filter(|r| stale.iter().any(|s| overlaps(r, s)))
-        {
+            .chain(&fresh)
+            .map(|r| (r.iova, r.end()))
+            .collect();
+        cuts.sort_unstable();
+        let mut remap = Vec::new();
+        let (mut si, mut ci) = (0, 0);
+        for r in &current {
+            while si < stale.len() && stale[si].end() <= r.iova {
+                si += 1;
+            }
+            if stale.get(si).is_none_or(|s| s.iova >= r.end()) {
+                continue;
+            }
             d.dma.unmap(r.iova, r.len)?;
             d.mapped.remove(&r.iova);
             bump(&self.counters.unmaps, 1);
             bump(&self.counters.unmapped_bytes, r.len);
-            let mut pieces = vec![*r];
-            for s in &stale {
-                pieces = pieces.into_iter().flat_map(|p| subtract(&p, s)).collect();
+            while ci < cuts.len() && cuts[ci].1 <= r.iova {
+                ci += 1;
             }
-            for p in pieces {
-                // What `fresh` maps anyway need not be kept.
-                let keep: Vec<Run> = fresh.iter().fold(vec![p], |acc, f| {
-                    acc.into_iter().flat_map(|x| subtract(&x, f)).collect()
-                });
-                bump(&self.counters.remaps, keep.len() as u64);
-                remap.extend(keep);
+            // What is neither stale nor mapped anew by `fresh` is kept.
+            let mut pos = r.iova;
+            for &(lo, hi) in cuts[ci..].iter().take_while(|c| c.0 < r.end()) {
+                if lo > pos {
+                    remap.extend(clip(r, pos, lo));
+                    bump(&self.counters.remaps, 1);
+                }
+                pos = pos.max(hi);
+            }
+            if pos < r.end() {
+                remap.extend(clip(r, pos, r.end()));
+                bump(&self.counters.remaps, 1);
             }
         }
         remap.extend(fresh);
@@ -447,23 +471,8 @@ fn clip(r: &Run, start: u64, end: u64) -> Option<Run> {
     })
 }
 
-fn overlaps(a: &Run, b: &Run) -> bool {
-    a.iova < b.end() && b.iova < a.end()
-}
-
-/// `a` without the IOVAs of `b` (0, 1 or 2 pieces).
-fn subtract(a: &Run, b: &Run) -> Vec<Run> {
-    if !overlaps(a, b) {
-        return vec![*a];
-    }
-    [clip(a, a.iova, b.iova), clip(a, b.end(), a.end())]
-        .into_iter()
-        .flatten()
-        .collect()
-}
-
 /// Where `current` and `wanted` (sorted, non-overlapping) disagree: the current runs to drop
-/// and the wanted runs to add.
+/// and the wanted runs to add. One pass over both lists.
 fn diff(current: &[Run], wanted: &[Run]) -> (Vec<Run>, Vec<Run>) {
     let mut points: Vec<u64> = current
         .iter()
@@ -472,11 +481,18 @@ fn diff(current: &[Run], wanted: &[Run]) -> (Vec<Run>, Vec<Run>) {
         .collect();
     points.sort_unstable();
     points.dedup();
-    let at = |runs: &[Run], lo: u64, hi: u64| runs.iter().find_map(|r| clip(r, lo, hi));
     let (mut stale, mut fresh) = (Vec::new(), Vec::new());
+    let (mut ci, mut wi) = (0, 0);
     for w in points.windows(2) {
         let (lo, hi) = (w[0], w[1]);
-        let (c, n) = (at(current, lo, hi), at(wanted, lo, hi));
+        while ci < current.len() && current[ci].end() <= lo {
+            ci += 1;
+        }
+        while wi < wanted.len() && wanted[wi].end() <= lo {
+            wi += 1;
+        }
+        let c = current.get(ci).and_then(|r| clip(r, lo, hi));
+        let n = wanted.get(wi).and_then(|r| clip(r, lo, hi));
         if c != n {
             if let Some(c) = c {
                 push_run(&mut stale, c);
@@ -567,13 +583,6 @@ mod tests {
         let (stale, fresh) = diff(&cur, &want);
         assert_eq!(stale, vec![run(0x2000, 0x1000, 0x10_2000)]);
         assert_eq!(fresh, vec![run(0x2000, 0x1000, 0x20_0000)]);
-        assert_eq!(
-            subtract(&cur[0], &stale[0]),
-            vec![
-                run(0x1000, 0x1000, 0x10_1000),
-                run(0x3000, 0x1000, 0x10_3000)
-            ]
-        );
         assert_eq!(page_range(0x5000, 2), (0x4000, 0x8000));
         assert_eq!(page_range(0, 63), (0, u64::MAX));
     }

@@ -510,3 +510,36 @@ fn removing_a_device_unmaps_what_it_had() {
     assert!(w.shadow.remove_device(SID));
     assert_eq!(w.host.mapped(), vec![]);
 }
+
+#[test]
+fn many_separate_pages_cost_one_map_each_and_an_unchanged_flush_costs_nothing() {
+    let mut w = World::new("caching-mode=on");
+    w.legacy();
+    w.host.take();
+    // Every other page of 8 MiB of IOVA: 1024 runs that cannot be coalesced.
+    for i in 0..1024u64 {
+        w.pt.map4k(w.mem, 0x100_0000 + 2 * i * 0x1000, DATA_BASE + i * 0x1000);
+    }
+    w.submit(&[iotlb(1, 0, 0)]);
+    let calls = w.host.take();
+    assert_eq!(calls.len(), 1024);
+    assert!(
+        calls
+            .iter()
+            .all(|c| matches!(c, Call::Map { len: 0x1000, .. }))
+    );
+    // The same flush again (and a page flush inside): nothing changed, no host call.
+    w.submit(&[iotlb(1, 0, 0), page_iotlb(0x100_0000, 4)]);
+    assert_eq!(w.host.take(), vec![]);
+    // Filling the holes coalesces each with its neighbours only where host addresses follow.
+    for i in 0..1024u64 {
+        w.pt.map4k(
+            w.mem,
+            0x100_1000 + 2 * i * 0x1000,
+            DATA_BASE + 0x40_0000 + i * 0x1000,
+        );
+    }
+    w.submit(&[iotlb(2, u64::from(DID), 0)]);
+    assert_eq!(w.host.take().len(), 1024, "one map per hole, no unmap");
+    assert_eq!(w.host.mapped().len(), 2048);
+}
