@@ -46,7 +46,7 @@ fn run(config: VmConfig) -> ExitCode {
         Ok(vm) => vm,
         Err(e) => {
             report(&e);
-            return ExitCode::FAILURE;
+            return ExitCode::from(e.exit_status());
         }
     };
     let counters = vm.counters().clone();

@@ -30,9 +30,10 @@
 //!   too, as "invalidate everything" (the spec says they drop first-stage entries of the domain);
 //! - a failed bind or invalidation blocks the device's DMA instead of leaving it on stale
 //!   tables; the failure is counted and logged once, and the next successful sync restores it;
-//! - a guest in legacy mode with translation on gets its passthrough devices blocked with a
-//!   clear log line, since legacy second-stage tables would have to be shadowed, which this
-//!   VMM does not do.
+//! - a guest in legacy mode with translation on gets its nested devices blocked with a clear
+//!   log line: second-stage tables are the shadow's job ([`Shadow`], `shadow.rs`), which the
+//!   VMM picks at start for a vIOMMU without `x-flts`, and which works on hosts that cannot
+//!   nest (map/unmap into an IOAS or VFIO container on each invalidation).
 
 #![forbid(unsafe_code)]
 
@@ -40,6 +41,7 @@ mod binding;
 mod checks;
 mod counters;
 mod passthrough;
+mod shadow;
 mod stage2;
 
 pub use binding::BlockReason;
@@ -48,4 +50,5 @@ pub use binding::Target as BindingState;
 pub use checks::{CompatError, check_host_device};
 pub use counters::AccelCountersSnapshot;
 pub use passthrough::{Accel, AccelError, HostDevice};
+pub use shadow::{Run, Shadow, ShadowCountersSnapshot, ShadowState};
 pub use stage2::RamRegion;

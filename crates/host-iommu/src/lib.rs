@@ -86,11 +86,14 @@
 
 use std::fmt;
 
+pub mod container;
+pub mod dma;
 pub mod handles;
 pub mod iommufd;
 pub mod sim;
 mod types;
 
+pub use dma::{DmaMap, IoasDma};
 pub use handles::{Attachment, DeviceAttachment, Ioas, NestParentHwpt, NestedHwpt};
 pub use types::{
     DmaPerm, HwCaps, HwInfo, HwInfoType, NestingRefusal, VtdHwInfo, VtdS1HwptData,

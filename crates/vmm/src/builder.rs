@@ -45,6 +45,9 @@ pub enum Error {
     /// PCI devices.
     #[error(transparent)]
     Pci(#[from] crate::pci::Error),
+    /// Assigned host devices.
+    #[error(transparent)]
+    Vfio(#[from] crate::vfio::Error),
     /// Opening KVM or creating the VM.
     #[error(transparent)]
     Vm(#[from] vm::Error),
@@ -107,6 +110,17 @@ pub enum Error {
     /// The guest or KVM failed while running.
     #[error("{0}")]
     Guest(String),
+}
+
+impl Error {
+    /// The exit status for this error: 2 when the host or the configuration refuses what was
+    /// asked (as for bad options), 1 otherwise.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Error::Vfio(e) if e.is_refusal() => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// How a VM run ended.
@@ -350,6 +364,8 @@ impl VmBuilder {
         self.add_platform_devices()?;
         let pci = crate::pci::add_bus(&self)?;
         crate::pci::add_disks(&self, &pci)?;
+        let first_slot = u8::try_from(self.config.disks.len() + 1).unwrap_or(u8::MAX);
+        crate::vfio::add_devices(&self, &pci, first_slot)?;
         let dmar = self.iommu_aw_bits.map(|aw_bits| DmarConfig {
             aw_bits,
             base: DRHD_START,

@@ -43,6 +43,12 @@ Options of `run` (each as `--name VALUE` or `--name=VALUE`):
                         with caching-mode=on, as QEMU requires for device assignment);
                         indirect_desc=on offers indirect descriptors [default: off: one
                         DMA mapping, and in strict mode one invalidation, fewer per request]
+  --device path=/sys/bus/pci/devices/DDDD:BB:DD.F[,iommu=on|off][,backend=auto|iommufd|container][,id=NAME]
+                        assign a host PCI device bound to vfio-pci (repeatable); iommu=on puts
+                        it behind the vIOMMU (needs --iommu intel with caching-mode=on: the
+                        guest's second-stage tables are shadowed, or, with x-flts=on, its
+                        first-stage tables nested on a host IOMMU that can nest); backend
+                        auto takes iommufd when /dev/iommu exists, else the VFIO container
   --serial stdio|file=PATH
                         where COM1 output goes [default: stdio]
   --log-level LEVEL     error, warn, info, debug or trace, to stderr [default: warn]
@@ -81,6 +87,8 @@ pub struct VmConfig {
     pub iommu: Option<IommuConfig>,
     /// virtio-blk disks.
     pub disks: Vec<DiskConfig>,
+    /// Assigned host PCI devices (VFIO).
+    pub devices: Vec<DeviceConfig>,
     /// Serial output.
     pub serial: SerialConfig,
     /// Log level.
@@ -100,6 +108,7 @@ impl VmConfig {
             cpus: 1,
             iommu: None,
             disks: Vec::new(),
+            devices: Vec::new(),
             serial: SerialConfig::Stdio,
             log_level: LogLevel::Warn,
             test_dma_fault: None,
@@ -175,6 +184,30 @@ pub struct DiskConfig {
     pub assigned: Option<AssignedBackend>,
     /// Offer VIRTIO_RING_F_INDIRECT_DESC (QEMU's `indirect_desc`).
     pub indirect_desc: bool,
+}
+
+/// `--device`: a host PCI device assigned through VFIO.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// The device's sysfs directory, `/sys/bus/pci/devices/DDDD:BB:DD.F`.
+    pub path: PathBuf,
+    /// Behind the vIOMMU.
+    pub iommu: bool,
+    /// How the device is bound to the host IOMMU.
+    pub backend: VfioBackend,
+    /// A name for messages and counters (`vfioN` when not given).
+    pub id: String,
+}
+
+/// The host VFIO interface an assigned device goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VfioBackend {
+    /// iommufd when `/dev/iommu` exists, else the container.
+    Auto,
+    /// `/dev/iommu` and the device's VFIO cdev.
+    Iommufd,
+    /// The legacy VFIO container and group (type1).
+    Container,
 }
 
 /// Host IOMMU backend for an assigned device.
@@ -281,6 +314,26 @@ pub enum ArgError {
     /// A disk wants the vIOMMU, but there is none.
     #[error("Disk {0} uses iommu=on or assigned=sim, which need --iommu intel,...")]
     DiskNeedsIommu(String),
+    /// Bad device option.
+    #[error("Invalid --device '{spec}': {why}")]
+    BadDevice {
+        /// The whole spec.
+        spec: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A device wants the vIOMMU, but there is none.
+    #[error("Device {0} has iommu=on, which needs --iommu intel,...")]
+    DeviceNeedsIommu(String),
+    /// QEMU's refusal of device assignment behind a vIOMMU without caching mode.
+    #[error("Device assignment is not allowed without enabling caching-mode=on for Intel IOMMU.")]
+    AssignmentNeedsCachingMode,
+    /// Two devices with one id.
+    #[error("Device id '{0}' is given twice")]
+    DuplicateDeviceId(String),
+    /// One host device assigned twice.
+    #[error("Device {0} is assigned twice")]
+    DuplicateDevicePath(String),
     /// `--test-dma-fault` without a translated disk.
     #[error("Option '--test-dma-fault' needs a disk with iommu=on to issue the DMA")]
     FaultNeedsDisk,
@@ -364,6 +417,55 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ArgError> {
     Ok(disk)
 }
 
+/// Parses a `--device` value; `index` names it `vfio<index>` when it has no `id`.
+pub fn parse_device(spec: &str, index: usize) -> Result<DeviceConfig, ArgError> {
+    let bad = |why: String| ArgError::BadDevice {
+        spec: spec.to_owned(),
+        why,
+    };
+    let mut path = None;
+    let mut device = DeviceConfig {
+        path: PathBuf::new(),
+        iommu: false,
+        backend: VfioBackend::Auto,
+        id: format!("vfio{index}"),
+    };
+    let mut seen = Vec::new();
+    for item in spec.split(',') {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(bad(format!("'{item}' is not KEY=VALUE")));
+        };
+        if seen.contains(&key) {
+            return Err(bad(format!("'{key}' is given twice")));
+        }
+        seen.push(key);
+        match key {
+            "path" if value.is_empty() => return Err(bad("path is empty".into())),
+            "path" => path = Some(PathBuf::from(value)),
+            "iommu" => {
+                device.iommu =
+                    parse_on_off(value).ok_or_else(|| bad("iommu must be on or off".into()))?
+            }
+            "backend" => {
+                device.backend = match value {
+                    "auto" => VfioBackend::Auto,
+                    "iommufd" => VfioBackend::Iommufd,
+                    "container" => VfioBackend::Container,
+                    _ => return Err(bad("backend must be auto, iommufd or container".into())),
+                }
+            }
+            "id" if value.is_empty() || value.contains(char::is_whitespace) => {
+                return Err(bad("id must be a non-empty word".into()));
+            }
+            "id" => device.id = value.to_owned(),
+            _ => return Err(bad(format!("unknown key '{key}'"))),
+        }
+    }
+    device.path =
+        path.ok_or_else(|| bad("path=/sys/bus/pci/devices/DDDD:BB:DD.F is required".into()))?;
+    Ok(device)
+}
+
 /// Parses an `--iommu` value: the model name here, the options by the model itself.
 pub fn parse_iommu(spec: &str) -> Result<IommuConfig, ArgError> {
     let (model, options) = spec.split_once(',').unwrap_or((spec, ""));
@@ -423,7 +525,7 @@ where
             Some((n, v)) => (n, Some(v.to_owned())),
             None => (body, None),
         };
-        const NAMES: [&str; 10] = [
+        const NAMES: [&str; 11] = [
             "kernel",
             "initrd",
             "cmdline",
@@ -431,6 +533,7 @@ where
             "cpus",
             "iommu",
             "disk",
+            "device",
             "serial",
             "log-level",
             "test-dma-fault",
@@ -442,7 +545,7 @@ where
             Some(v) => v,
             None => args.next().ok_or(ArgError::MissingValue(name))?,
         };
-        if name != "disk" {
+        if name != "disk" && name != "device" {
             if seen.contains(&name) {
                 return Err(ArgError::Duplicate(name));
             }
@@ -470,6 +573,18 @@ where
             }
             "iommu" => config.iommu = Some(parse_iommu(&value)?),
             "disk" => config.disks.push(parse_disk(&value)?),
+            "device" => {
+                let device = parse_device(&value, config.devices.len())?;
+                if config.devices.iter().any(|d| d.id == device.id) {
+                    return Err(ArgError::DuplicateDeviceId(device.id));
+                }
+                if config.devices.iter().any(|d| d.path == device.path) {
+                    return Err(ArgError::DuplicateDevicePath(
+                        device.path.display().to_string(),
+                    ));
+                }
+                config.devices.push(device);
+            }
             "serial" => {
                 config.serial = match value.as_str() {
                     "stdio" => SerialConfig::Stdio,
@@ -503,6 +618,16 @@ where
             .find(|d| d.iommu || d.assigned.is_some())
     {
         return Err(ArgError::DiskNeedsIommu(disk.path.display().to_string()));
+    }
+    if let Some(device) = config.devices.iter().find(|d| d.iommu) {
+        let Some(iommu) = &config.iommu else {
+            return Err(ArgError::DeviceNeedsIommu(device.id.clone()));
+        };
+        let vtd = vtd::Config::parse(&iommu.options)
+            .map_err(|e| ArgError::BadIommuOptions(e.to_string()))?;
+        if !vtd.caching_mode {
+            return Err(ArgError::AssignmentNeedsCachingMode);
+        }
     }
     if config.test_dma_fault.is_some() && !config.disks.iter().any(|d| d.iommu) {
         return Err(ArgError::FaultNeedsDisk);
@@ -614,6 +739,7 @@ mod tests {
             "--cpus",
             "--iommu",
             "--disk",
+            "--device",
             "--serial",
             "--log-level",
             "--test-dma-fault",
@@ -742,6 +868,108 @@ mod tests {
             parse_args(["--kernel"]),
             Err(ArgError::UnknownOption("--kernel".into()))
         );
+    }
+
+    #[test]
+    fn devices() {
+        const P: &str = "/sys/bus/pci/devices/0000:00:04.0";
+        const Q: &str = "/sys/bus/pci/devices/0000:00:05.0";
+        let c = run(&[
+            "--kernel",
+            "/k",
+            "--iommu",
+            "intel,caching-mode=on",
+            "--device",
+            &format!("path={P},iommu=on,backend=container,id=nvme0"),
+            "--device",
+            &format!("path={Q}"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.devices,
+            vec![
+                DeviceConfig {
+                    path: P.into(),
+                    iommu: true,
+                    backend: VfioBackend::Container,
+                    id: "nvme0".into(),
+                },
+                DeviceConfig {
+                    path: Q.into(),
+                    iommu: false,
+                    backend: VfioBackend::Auto,
+                    id: "vfio1".into(),
+                },
+            ]
+        );
+        let dev = format!("path={P},iommu=on");
+        assert_eq!(
+            run(&["--kernel", "/k", "--device", &dev]).unwrap_err(),
+            ArgError::DeviceNeedsIommu("vfio0".into())
+        );
+        let err = run(&[
+            "--kernel",
+            "/k",
+            "--iommu",
+            "intel,x-scalable-mode=on",
+            "--device",
+            &dev,
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Device assignment is not allowed without enabling caching-mode=on for Intel IOMMU."
+        );
+        // Without iommu=on the device does not go behind the vIOMMU: no caching mode needed.
+        assert!(
+            run(&[
+                "--kernel",
+                "/k",
+                "--iommu",
+                "intel",
+                "--device",
+                &format!("path={P}")
+            ])
+            .is_ok()
+        );
+        assert_eq!(
+            run(&[
+                "--kernel",
+                "/k",
+                "--device",
+                &format!("path={P},id=a"),
+                "--device",
+                &format!("path={P},id=a")
+            ])
+            .unwrap_err(),
+            ArgError::DuplicateDeviceId("a".into())
+        );
+        assert_eq!(
+            run(&[
+                "--kernel",
+                "/k",
+                "--device",
+                &format!("path={P}"),
+                "--device",
+                &format!("path={P}")
+            ])
+            .unwrap_err()
+            .to_string(),
+            format!("Device {P} is assigned twice")
+        );
+        for spec in [
+            "iommu=on",
+            "path=",
+            "path=/p,iommu=maybe",
+            "path=/p,backend=vfio",
+            "path=/p,id=",
+            "path=/p,rombar=0",
+            "path=/p,path=/q",
+        ] {
+            let err = parse_device(spec, 0).unwrap_err();
+            assert!(matches!(err, ArgError::BadDevice { .. }), "{spec}");
+            assert!(!err.to_string().contains('\n'));
+        }
     }
 
     #[test]

@@ -230,27 +230,67 @@ impl IrqLine {
     }
 }
 
+/// Who signals a vector's eventfd, and so how masking is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorSignaller {
+    /// The VMM's device model, which never signals a masked vector: the irqfd stays
+    /// connected.
+    Vmm,
+    /// The host kernel (a VFIO device's `VFIO_DEVICE_SET_IRQS` eventfd), which signals whatever
+    /// the guest's mask says: the irqfd is connected only while the vector is configured and
+    /// unmasked. A signal that arrives while masked stays in the eventfd and is delivered when
+    /// the irqfd is connected again (KVM polls the eventfd at KVM_IRQFD).
+    Kernel,
+}
+
 /// One MSI(-X) vector: an irqfd on its own GSI whose route carries the message.
 #[derive(Debug)]
 pub struct MsiVector {
+    vm: Arc<KvmVm>,
     routing: Arc<GsiRouting>,
     gsi: u32,
     evt: EventFd,
-    state: Mutex<(Option<Msi>, bool)>,
+    signaller: VectorSignaller,
+    state: Mutex<VectorState>,
+}
+
+#[derive(Debug)]
+struct VectorState {
+    msi: Option<Msi>,
+    masked: bool,
+    irqfd: bool,
 }
 
 impl MsiVector {
     /// Allocates a GSI and an irqfd for a new, unconfigured and masked vector.
-    pub fn new(vm: &VmFd, routing: Arc<GsiRouting>) -> Result<Self, Error> {
+    pub fn new(vm: &Arc<KvmVm>, routing: Arc<GsiRouting>) -> Result<Self, Error> {
+        Self::with_signaller(vm, routing, VectorSignaller::Vmm)
+    }
+
+    /// Like [`MsiVector::new`], for eventfds `signaller` writes.
+    pub fn with_signaller(
+        vm: &Arc<KvmVm>,
+        routing: Arc<GsiRouting>,
+        signaller: VectorSignaller,
+    ) -> Result<Self, Error> {
         let gsi = routing.allocate_gsi()?;
         let evt = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
-        vm.register_irqfd(&evt, gsi)
-            .map_err(|source| Error::Irqfd { gsi, source })?;
+        let irqfd = signaller == VectorSignaller::Vmm;
+        if irqfd {
+            vm.register_irqfd(&evt, gsi)
+                .map_err(|source| Error::Irqfd { gsi, source })?;
+        }
         Ok(MsiVector {
+            vm: vm.clone(),
             routing,
             gsi,
             evt,
-            state: Mutex::new((None, true)),
+            signaller,
+            state: Mutex::new(VectorState {
+                msi: None,
+                masked: true,
+                irqfd,
+            }),
         })
     }
 
@@ -262,11 +302,24 @@ impl MsiVector {
     /// Sets the message and mask; the route is updated only when the message changes.
     pub fn configure(&self, msi: Msi, masked: bool) -> Result<(), Error> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.0 != Some(msi) {
+        if state.msi != Some(msi) {
             self.routing.set_msi_route(self.gsi, Some(msi))?;
-            state.0 = Some(msi);
+            state.msi = Some(msi);
         }
-        state.1 = masked;
+        state.masked = masked;
+        if self.signaller == VectorSignaller::Kernel && state.irqfd == masked {
+            let gsi = self.gsi;
+            if masked {
+                self.vm
+                    .unregister_irqfd(&self.evt, gsi)
+                    .map_err(|source| Error::Irqfd { gsi, source })?;
+            } else {
+                self.vm
+                    .register_irqfd(&self.evt, gsi)
+                    .map_err(|source| Error::Irqfd { gsi, source })?;
+            }
+            state.irqfd = !masked;
+        }
         Ok(())
     }
 
@@ -274,7 +327,7 @@ impl MsiVector {
     /// caller can set its pending bit.
     pub fn trigger(&self) -> Result<bool, Error> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.1 || state.0.is_none() {
+        if state.masked || state.msi.is_none() {
             return Ok(false);
         }
         self.evt.write(1).map_err(Error::Signal)?;
@@ -293,6 +346,7 @@ impl MsiVector {
 pub struct KvmMsiController {
     vm: Arc<KvmVm>,
     routing: Arc<GsiRouting>,
+    signaller: VectorSignaller,
     vectors: RwLock<BTreeMap<u16, MsiVector>>,
 }
 
@@ -308,11 +362,39 @@ impl std::fmt::Debug for KvmMsiController {
 impl KvmMsiController {
     /// A controller with no vectors yet.
     pub fn new(vm: Arc<KvmVm>, routing: Arc<GsiRouting>) -> Self {
+        Self::with_signaller(vm, routing, VectorSignaller::Vmm)
+    }
+
+    /// A controller whose vectors' eventfds `signaller` writes.
+    pub fn with_signaller(
+        vm: Arc<KvmVm>,
+        routing: Arc<GsiRouting>,
+        signaller: VectorSignaller,
+    ) -> Self {
         KvmMsiController {
             vm,
             routing,
+            signaller,
             vectors: RwLock::new(BTreeMap::new()),
         }
+    }
+
+    /// Creates vectors `0..count` (masked and unconfigured where new) and returns their
+    /// eventfds, for a VFIO device's `VFIO_DEVICE_SET_IRQS`.
+    pub fn eventfds(&self, count: u16) -> std::io::Result<Vec<EventFd>> {
+        let mut vectors = self.vectors.write().unwrap_or_else(|e| e.into_inner());
+        let mut fds = Vec::with_capacity(usize::from(count));
+        for vector in 0..count {
+            let v = match vectors.entry(vector) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(
+                    MsiVector::with_signaller(&self.vm, self.routing.clone(), self.signaller)
+                        .map_err(std::io::Error::other)?,
+                ),
+            };
+            fds.push(v.eventfd().try_clone()?);
+        }
+        Ok(fds)
     }
 
     /// Installs `msi` for `vector` (allocating its GSI and irqfd on first use).
@@ -321,7 +403,8 @@ impl KvmMsiController {
         let v = match vectors.entry(vector) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => e.insert(
-                MsiVector::new(&self.vm, self.routing.clone()).map_err(std::io::Error::other)?,
+                MsiVector::with_signaller(&self.vm, self.routing.clone(), self.signaller)
+                    .map_err(std::io::Error::other)?,
             ),
         };
         v.configure(msi, masked).map_err(std::io::Error::other)

@@ -12,6 +12,7 @@
 //!  VmBuilder::build ── platform devices: COM1 (irqfd → IOAPIC pin 4), ACPI PM block, i8042
 //!        │             PCI bus 0 + virtio-blk disks, DMA memory per disk:
 //!        │               plain RAM | iommu::TranslatedMemory | passthrough::AssignedMemory
+//!        │             vfio: --device host functions (whole RAM | shadow | nested DMA)
 //!        │             acpi::write_tables (RSDP, XSDT, FADT, DSDT, MADT, MCFG, DMAR)
 //!        │             arch::x86_64::boot::load (bzImage / PVH / ELF, initrd, cmdline, e820)
 //!        │             vCPUs: CPUID, MSRs, FPU, LINTs, BSP registers, AP mp_state
@@ -23,8 +24,9 @@
 //!            returns VmExit  <─────────────────────────────────────────────┘
 //! ```
 //!
-//! All `unsafe` code lives in [`sys`], plus the one call of its `unsafe fn` in
-//! [`vm::create_vm`], which states why it meets the contract.
+//! All `unsafe` code lives in [`sys`] and `vfio::sys` (BAR mmaps as KVM memory slots), plus
+//! the one call of `sys`'s `unsafe fn` in [`vm::create_vm`], which states why it meets the
+//! contract.
 
 pub mod acpi;
 pub mod arch;
@@ -42,6 +44,7 @@ pub mod serial;
 pub mod stop_signals;
 pub mod sys;
 pub mod vcpu;
+pub mod vfio;
 pub mod vm;
 
 pub use builder::{Vm, VmBuilder, VmExit};

@@ -3,7 +3,7 @@
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::sys;
 
@@ -106,6 +106,7 @@ pub enum Irqchip {
 pub struct KvmVm {
     fd: VmFd,
     memory: GuestMemoryMmap,
+    next_slot: std::sync::atomic::AtomicU32,
 }
 
 impl std::ops::Deref for KvmVm {
@@ -120,6 +121,12 @@ impl KvmVm {
     /// The guest memory registered with this VM.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
+    }
+
+    /// A memory slot number no other user of this VM has (guest RAM has the first ones).
+    pub fn allocate_slot(&self) -> u32 {
+        self.next_slot
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -156,6 +163,9 @@ pub fn create_vm(
     let vm = KvmVm {
         fd: vm,
         memory: mem.clone(),
+        next_slot: std::sync::atomic::AtomicU32::new(
+            u32::try_from(mem.num_regions()).unwrap_or(u32::MAX),
+        ),
     };
     #[allow(unsafe_code)]
     // SAFETY: `vm.fd` was just created and has no memory slots, and `vm.memory` is a clone of

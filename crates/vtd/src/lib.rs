@@ -71,5 +71,5 @@ pub use fault::FaultInterrupt;
 pub use generation_log::LOG_ENTRIES;
 pub use memory::{GuestRam, MemoryError};
 pub use observer::{InvalidationObserver, UnitView};
-pub use translate::{CacheStats, Translator, UnitState};
+pub use translate::{CacheStats, Translator, UnitState, shadow_view};
 pub use unit::Vtd;

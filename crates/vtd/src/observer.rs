@@ -11,6 +11,7 @@
 use crate::invalidation::Invalidation;
 use crate::request::Fault;
 use crate::translate::UnitState;
+use crate::translate::shadow_view::{DeviceTables, SecondStageTables, SsRangeLeaf, SsRangeWalk};
 use vtd_spec::SourceId;
 use vtd_spec::pasid::PasidEntry;
 
@@ -21,6 +22,18 @@ pub trait UnitView {
     /// Reads the PASID table entry `(sid, pasid)` through the guest's current tables, with the
     /// unit's PASID cache.
     fn read_pasid_entry(&self, sid: SourceId, pasid: u32) -> Result<PasidEntry, Fault>;
+    /// How `sid`'s requests without PASID are translated now, read from guest memory.
+    fn device_tables(&self, sid: SourceId) -> DeviceTables;
+    /// Visits the present second-stage leaves of `tables` overlapping `[start, end)`, reading
+    /// at most `budget` paging entries from guest memory.
+    fn walk_second_stage(
+        &self,
+        tables: &SecondStageTables,
+        start: u64,
+        end: u64,
+        budget: u64,
+        visit: &mut dyn FnMut(SsRangeLeaf),
+    ) -> SsRangeWalk;
 }
 
 /// Told about the guest's invalidations and translation changes (see the module docs).

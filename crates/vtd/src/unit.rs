@@ -827,6 +827,20 @@ impl UnitView for Vtd {
         self.translator
             .read_pasid_entry(&*self.ram, &state, sid, pasid)
     }
+    fn device_tables(&self, sid: SourceId) -> crate::translate::shadow_view::DeviceTables {
+        let state = self.current_state();
+        crate::translate::shadow_view::device_tables(&*self.ram, &state, sid)
+    }
+    fn walk_second_stage(
+        &self,
+        tables: &crate::translate::shadow_view::SecondStageTables,
+        start: u64,
+        end: u64,
+        budget: u64,
+        visit: &mut dyn FnMut(crate::translate::shadow_view::SsRangeLeaf),
+    ) -> crate::translate::shadow_view::SsRangeWalk {
+        tables.walk(&*self.ram, start, end, budget, visit)
+    }
 }
 
 impl std::fmt::Debug for Vtd {

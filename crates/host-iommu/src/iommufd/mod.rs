@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use iommufd_ioctls::IommuFd;
-use vfio_ioctls::{VfioDevice, VfioError, VfioIommufd};
+use vfio_ioctls::{VfioDevice, VfioDeviceFd, VfioError, VfioIommufd};
 
 use crate::{
     DeviceId, DmaPerm, HostIommu, HostIommuError, HwCaps, HwInfo, HwInfoType, HwptId, IoasId, Op,
@@ -83,10 +83,19 @@ impl std::fmt::Debug for IommufdHost {
 impl IommufdHost {
     /// Opens `/dev/iommu`.
     pub fn open() -> std::result::Result<Self, IommufdHostError> {
-        Self::open_path(Path::new(IOMMU_DEV))
+        Self::open_path(Path::new(IOMMU_DEV), None)
     }
 
-    fn open_path(path: &Path) -> std::result::Result<Self, IommufdHostError> {
+    /// Opens `/dev/iommu` for a VM: every device file bound later is also added to the VM's
+    /// KVM VFIO pseudo-device `kvm_vfio` (`KVM_DEV_VFIO_FILE_ADD`).
+    pub fn open_for_vm(kvm_vfio: Arc<VfioDeviceFd>) -> std::result::Result<Self, IommufdHostError> {
+        Self::open_path(Path::new(IOMMU_DEV), Some(kvm_vfio))
+    }
+
+    fn open_path(
+        path: &Path,
+        kvm_vfio: Option<Arc<VfioDeviceFd>>,
+    ) -> std::result::Result<Self, IommufdHostError> {
         if !path.exists() {
             return Err(IommufdHostError::Missing);
         }
@@ -96,12 +105,28 @@ impl IommufdHost {
             .open(path)
             .map_err(IommufdHostError::Open)?;
         let iommufd = Arc::new(IommuFd::new_from_fd(file));
-        let vfio = VfioIommufd::new(iommufd.clone(), None, None).map_err(IommufdHostError::Vfio)?;
+        // The IOAS vfio-ioctls allocates here is the one devices without nesting use (guest
+        // RAM mapped once, or the shadow of the guest's tables): see `dma_ioas`.
+        let vfio =
+            VfioIommufd::new(iommufd.clone(), None, kvm_vfio).map_err(IommufdHostError::Vfio)?;
         Ok(Self {
             iommufd,
             vfio: Arc::new(vfio),
             devices: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The IOAS of devices the VMM maps itself (no nesting): vfio-ioctls' own IOAS, destroyed
+    /// with this host.
+    pub fn dma_ioas(&self) -> IoasId {
+        IoasId(self.vfio.ioas().id())
+    }
+
+    /// Whether the kernel gives `dev` a nest parent: allocates one on the DMA IOAS and frees
+    /// it. The kernel's refusal (EOPNOTSUPP where the IOMMU lacks ECAP.NEST) is returned.
+    pub fn probe_nest_parent(&self, dev: DeviceId) -> Result<()> {
+        let hwpt = self.hwpt_alloc_nest_parent(dev, self.dma_ioas())?;
+        self.hwpt_destroy(hwpt)
     }
 
     /// The VFIO wrapper devices are bound through (for `VfioDevice::new(.., attach_ioas:
@@ -291,7 +316,7 @@ mod tests {
                 "/dev/iommu is missing: the host kernel needs CONFIG_IOMMUFD"
             );
         }
-        let e = IommufdHost::open_path(Path::new("/nonexistent/iommu")).unwrap_err();
+        let e = IommufdHost::open_path(Path::new("/nonexistent/iommu"), None).unwrap_err();
         assert!(matches!(e, IommufdHostError::Missing), "{e}");
     }
 

@@ -65,6 +65,7 @@ mod iotlb;
 mod leaf_tables;
 mod plans;
 mod requesters;
+pub mod shadow_view;
 mod tables;
 mod walk;
 

@@ -18,3 +18,4 @@ mod iommu;
 mod modes;
 mod prop;
 mod qemu;
+mod shadow_view;

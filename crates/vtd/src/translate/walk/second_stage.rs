@@ -165,3 +165,133 @@ fn walk_once(ram: &dyn GuestRam, w: &SsWalk, iova: u64, access: Access) -> Resul
     }
     Err(f.not_present_read.into())
 }
+
+/// A leaf met by [`walk_range`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SsRangeLeaf {
+    /// Input (IOVA) base of the page.
+    pub iova: u64,
+    /// Guest-physical base of the page.
+    pub gpa: u64,
+    /// Page size in bytes (4 KiB, 2 MiB or 1 GiB).
+    pub size: u64,
+    /// R over all levels.
+    pub read: bool,
+    /// W over all levels.
+    pub write: bool,
+}
+
+/// What a range walk found besides its leaves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SsRangeWalk {
+    /// Paging entries read.
+    pub entries: u64,
+    /// Entries that would fault a translation (reserved bits, unreadable): nothing is mapped
+    /// below them.
+    pub faults: u64,
+    /// The walk stopped because it read `budget` entries.
+    pub over_budget: bool,
+}
+
+/// Visits every present leaf of the second-stage tables that maps a page overlapping
+/// `[start, end)`, in IOVA order, with the same entry checks as [`walk`] (present, reserved
+/// bits, R/W over the levels; no A/D updates). Non-present entries skip their whole range, so
+/// the cost is the number of entries read, at most `budget` (a guest can make tables alias
+/// each other and map far more than its RAM).
+pub(crate) fn walk_range(
+    ram: &dyn GuestRam,
+    w: &SsWalk,
+    start: u64,
+    end: u64,
+    budget: u64,
+    visit: &mut dyn FnMut(SsRangeLeaf),
+) -> SsRangeWalk {
+    let width = (12 + 9 * w.levels).min(w.haw);
+    let end = if width < 64 { end.min(1 << width) } else { end };
+    let mut out = SsRangeWalk::default();
+    if start < end {
+        range_level(
+            ram,
+            w,
+            w.root,
+            w.levels,
+            (start, end),
+            (true, true),
+            budget,
+            &mut out,
+            visit,
+        );
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn range_level(
+    ram: &dyn GuestRam,
+    w: &SsWalk,
+    table: u64,
+    level: u32,
+    (start, end): (u64, u64),
+    (read, write): (bool, bool),
+    budget: u64,
+    out: &mut SsRangeWalk,
+    visit: &mut dyn FnMut(SsRangeLeaf),
+) {
+    let size = vtd_spec::pte::level_size(level);
+    let mut iova = start & !(size - 1);
+    while iova < end {
+        if out.entries >= budget {
+            out.over_budget = true;
+            return;
+        }
+        out.entries += 1;
+        let addr = table + table_index(iova, level) * 8;
+        let next = iova.checked_add(size);
+        let Ok(raw) = ram.read_u64(addr) else {
+            out.faults += 1;
+            match next {
+                Some(n) => iova = n,
+                None => return,
+            }
+            continue;
+        };
+        let pte = SecondStagePte::from_bits(raw);
+        if pte.present() {
+            if raw & pte.reserved_mask(level, w.haw, w.sllps, w.snoop, w.execute) != 0 {
+                out.faults += 1;
+            } else {
+                let (r, wr) = (read && pte.read(), write && pte.write());
+                if pte.is_leaf(level) {
+                    visit(SsRangeLeaf {
+                        iova,
+                        gpa: pte.output_address(level),
+                        size,
+                        read: r,
+                        write: wr,
+                    });
+                } else if r || wr {
+                    let lo = start.max(iova);
+                    let hi = next.map_or(end, |n| end.min(n));
+                    range_level(
+                        ram,
+                        w,
+                        pte.next_table(),
+                        level - 1,
+                        (lo, hi),
+                        (r, wr),
+                        budget,
+                        out,
+                        visit,
+                    );
+                    if out.over_budget {
+                        return;
+                    }
+                }
+            }
+        }
+        match next {
+            Some(n) => iova = n,
+            None => return,
+        }
+    }
+}

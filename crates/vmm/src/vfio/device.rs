@@ -1,0 +1,834 @@
+//! A host PCI function assigned through VFIO, as a function on the VMM's PCI bus.
+//!
+//! ```text
+//!  config access ─► emulated bytes? ── BARs, ROM, interrupt line/pin, MSI-X control, MSI ─► here
+//!                   └─ every other byte ─► the device's config region (vfio-pci virtualises it)
+//!  BAR access    ─► mmapped areas: KVM memory slots, no exit (BarSlot, moved with the BAR)
+//!                   MSI-X table / PBA: emulated (MsixConfig), never mmapped
+//!                   the rest of a BAR that is not mmap-able: the device's region (pread/pwrite)
+//!  MSI-X enable  ─► VFIO_DEVICE_SET_IRQS: one eventfd per vector = that vector's KVM irqfd;
+//!                   the guest's table writes move its GSI route, its masks connect or
+//!                   disconnect the irqfd (VectorSignaller::Kernel)
+//! ```
+//!
+//! INTx and MSI are not offered: the interrupt pin reads 0 and writes to an MSI capability are
+//! dropped, so the guest's driver uses MSI-X; a device without MSI-X is refused at start.
+
+use std::sync::Arc;
+
+use devices::MsiController;
+use devices::pci::PciDevice;
+use devices::pci::config::{BarKind, BarSpec, PciConfiguration, PciIds};
+use devices::pci::msix::{MSIX_CONTROL_ENABLE, MSIX_CONTROL_FUNCTION_MASK, MsixConfig, MsixLayout};
+use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
+use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::Error;
+use super::sys::{BarSlot, RegionMmap};
+use crate::interrupt::KvmMsiController;
+use crate::vm::KvmVm;
+
+/// What the function needs of the host device (vfio-ioctls' `VfioDevice`; a fake in tests).
+pub trait HostFunction: Send + Sync {
+    /// Size of VFIO region `index` (0 when absent).
+    fn region_size(&self, index: u32) -> u64;
+    /// Offset of region `index` in the device file.
+    fn region_offset(&self, index: u32) -> u64;
+    /// Whether region `index` may be mmapped, and its sparse mmap areas `(offset, size)` when
+    /// the kernel lists them (`None`: all of it).
+    fn mmap_areas(&self, index: u32) -> Option<Option<Vec<(u64, u64)>>>;
+    /// Reads region `index` at `offset` (in bounds).
+    fn read(&self, index: u32, offset: u64, data: &mut [u8]);
+    /// Writes region `index` at `offset` (in bounds).
+    fn write(&self, index: u32, offset: u64, data: &[u8]);
+    /// `VFIO_DEVICE_SET_IRQS` for MSI-X with one eventfd per vector.
+    fn enable_msix(&self, fds: &[EventFd]) -> Result<(), String>;
+    /// `VFIO_DEVICE_SET_IRQS` disabling MSI-X.
+    fn disable_msix(&self) -> Result<(), String>;
+    /// Maps `len` bytes of the device file at `offset`.
+    fn mmap(&self, offset: u64, len: usize) -> std::io::Result<RegionMmap>;
+}
+
+impl HostFunction for VfioDevice {
+    fn region_size(&self, index: u32) -> u64 {
+        self.get_region_size(index)
+    }
+    fn region_offset(&self, index: u32) -> u64 {
+        self.get_region_offset(index)
+    }
+    fn mmap_areas(&self, index: u32) -> Option<Option<Vec<(u64, u64)>>> {
+        if self.get_region_flags(index) & VFIO_REGION_INFO_FLAG_MMAP == 0 {
+            return None;
+        }
+        let mut areas = None;
+        for cap in self.get_region_caps(index) {
+            if let VfioRegionInfoCap::SparseMmap(s) = cap {
+                areas
+                    .get_or_insert_with(Vec::new)
+                    .extend(s.areas.iter().map(|a| (a.offset, a.size)));
+            }
+        }
+        Some(areas)
+    }
+    fn read(&self, index: u32, offset: u64, data: &mut [u8]) {
+        self.region_read(index, data, offset);
+    }
+    fn write(&self, index: u32, offset: u64, data: &[u8]) {
+        self.region_write(index, data, offset);
+    }
+    fn enable_msix(&self, fds: &[EventFd]) -> Result<(), String> {
+        VfioDevice::enable_msix(self, fds.iter().collect()).map_err(|e| e.to_string())
+    }
+    fn disable_msix(&self) -> Result<(), String> {
+        VfioDevice::disable_msix(self).map_err(|e| e.to_string())
+    }
+    fn mmap(&self, offset: u64, len: usize) -> std::io::Result<RegionMmap> {
+        RegionMmap::new(self, offset, len)
+    }
+}
+
+/// Where the function's MSI-X vectors go: a per-device controller that also hands out each
+/// vector's eventfd (the VMM's `KvmMsiController` with `VectorSignaller::Kernel`).
+pub trait VectorEventFds: MsiController + std::fmt::Debug {
+    /// The eventfds of vectors `0..count`, created masked where new.
+    fn eventfds(&self, count: u16) -> std::io::Result<Vec<EventFd>>;
+}
+
+impl VectorEventFds for KvmMsiController {
+    fn eventfds(&self, count: u16) -> std::io::Result<Vec<EventFd>> {
+        KvmMsiController::eventfds(self, count)
+    }
+}
+
+/// Runs once when dropped: what releases a device's host binding (reset, detach, address
+/// space) on teardown and on a failed start alike.
+pub struct Release(Option<Box<dyn FnOnce() + Send>>);
+
+impl Release {
+    /// Runs `f` on drop.
+    pub fn new(f: Box<dyn FnOnce() + Send>) -> Self {
+        Self(Some(f))
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+const PAGE: u64 = 4096;
+const CAP_MSI: u8 = 0x05;
+const CAP_MSIX: u8 = 0x11;
+/// Bytes of the type-0 header the VMM emulates: BARs (0x10..0x28) and the ROM BAR (0x30).
+const BAR_BYTES: std::ops::Range<usize> = 0x10..0x28;
+const ROM_BYTES: std::ops::Range<usize> = 0x30..0x34;
+/// Interrupt line (scratch) and pin (0: no INTx).
+const INTX_BYTES: std::ops::Range<usize> = 0x3c..0x3e;
+const COMMAND_BYTES: std::ops::Range<usize> = 0x04..0x06;
+
+/// An mmapped area of a BAR.
+#[derive(Debug)]
+struct Area {
+    /// Offset in the BAR.
+    offset: u64,
+    slot: BarSlot,
+}
+
+#[derive(Debug)]
+struct Msix {
+    /// Offset of the capability in configuration space.
+    cap: usize,
+    config: MsixConfig,
+    controller: Arc<dyn VectorEventFds>,
+    /// Whether VFIO currently has the eventfds.
+    vfio_enabled: bool,
+}
+
+/// The assigned function.
+pub struct VfioPciDevice {
+    // Dropped in this order, after `drop` turned MSI-X off: the KVM slots and BAR mmaps, then
+    // the host binding (reset, detach, DMA mappings, address space) while the device is still
+    // open, then the device itself.
+    areas: Vec<(usize, Area)>,
+    _release: Release,
+    name: String,
+    device: Arc<dyn HostFunction>,
+    config: PciConfiguration,
+    config_size: u64,
+    msix: Msix,
+    msi_cap: Option<(usize, usize)>,
+}
+
+impl std::fmt::Debug for VfioPciDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfioPciDevice")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_phys(device: &dyn HostFunction, size: u64, offset: usize, data: &mut [u8]) {
+    if (offset as u64).saturating_add(data.len() as u64) > size {
+        data.fill(0xff);
+        return;
+    }
+    device.read(VFIO_PCI_CONFIG_REGION_INDEX, offset as u64, data);
+}
+
+fn phys_u32(device: &dyn HostFunction, size: u64, offset: usize) -> u32 {
+    let mut b = [0u8; 4];
+    read_phys(device, size, offset, &mut b);
+    u32::from_le_bytes(b)
+}
+
+/// Capabilities in the device's legacy configuration space: `(id, offset)`.
+fn capabilities(device: &dyn HostFunction, size: u64) -> Vec<(u8, usize)> {
+    let mut caps = Vec::new();
+    let status = phys_u32(device, size, 0x04) >> 16;
+    if status & (1 << 4) == 0 {
+        return caps;
+    }
+    let mut next = (phys_u32(device, size, 0x34) & 0xfc) as usize;
+    // At most 48 capabilities fit in 192 bytes: a looping list stops there.
+    while next >= 0x40 && caps.len() < 48 {
+        let header = phys_u32(device, size, next);
+        caps.push((header as u8, next));
+        next = ((header >> 8) & 0xfc) as usize;
+    }
+    caps
+}
+
+/// `[start, end)` with the pages of `holes` cut out, page aligned.
+fn cut(start: u64, end: u64, holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut pieces = vec![(start, end)];
+    for &(h0, h1) in holes {
+        let (h0, h1) = (h0 & !(PAGE - 1), h1.div_ceil(PAGE) * PAGE);
+        pieces = pieces
+            .into_iter()
+            .flat_map(|(a, b)| {
+                let mut out = Vec::new();
+                if h1 <= a || h0 >= b {
+                    out.push((a, b));
+                } else {
+                    if a < h0 {
+                        out.push((a, h0));
+                    }
+                    if h1 < b {
+                        out.push((h1, b));
+                    }
+                }
+                out
+            })
+            .collect();
+    }
+    pieces.retain(|(a, b)| b > a);
+    pieces
+}
+
+impl VfioPciDevice {
+    /// Builds the function over an opened, reset `device`; `controller` delivers its MSI-X
+    /// vectors. The mmap-able parts of its BARs become memory slots of `vm` (without a VM,
+    /// every BAR access is trapped). `release` runs when the function goes, or now if it
+    /// cannot be built.
+    pub fn new(
+        name: &str,
+        device: Arc<dyn HostFunction>,
+        vm: Option<&Arc<KvmVm>>,
+        controller: Arc<dyn VectorEventFds>,
+        release: Release,
+    ) -> Result<Self, Error> {
+        let size = device.region_size(VFIO_PCI_CONFIG_REGION_INDEX);
+        let id = phys_u32(&*device, size, 0);
+        let class = phys_u32(&*device, size, 0x08);
+        let subsystem = phys_u32(&*device, size, 0x2c);
+        let ids = PciIds {
+            vendor_id: id as u16,
+            device_id: (id >> 16) as u16,
+            revision_id: class as u8,
+            prog_if: (class >> 8) as u8,
+            subclass: (class >> 16) as u8,
+            class_code: (class >> 24) as u8,
+            subsystem_vendor_id: subsystem as u16,
+            subsystem_id: (subsystem >> 16) as u16,
+        };
+        let header_type = (phys_u32(&*device, size, 0x0c) >> 16) as u8 & 0x7f;
+        if header_type != 0 {
+            return Err(Error::Unsupported {
+                device: name.to_owned(),
+                why: "it is a bridge (header type 1); only endpoints can be assigned".into(),
+            });
+        }
+        let mut config = PciConfiguration::new(&ids);
+
+        let caps = capabilities(&*device, size);
+        let msix_cap = caps
+            .iter()
+            .find(|(id, _)| *id == CAP_MSIX)
+            .map(|&(_, o)| o)
+            .ok_or_else(|| Error::Unsupported {
+                device: name.to_owned(),
+                why: "it has no MSI-X capability, and INTx and MSI are not offered".into(),
+            })?;
+        let control = (phys_u32(&*device, size, msix_cap) >> 16) as u16;
+        let table = phys_u32(&*device, size, msix_cap + 4);
+        let pba = phys_u32(&*device, size, msix_cap + 8);
+        let layout = MsixLayout {
+            vectors: (control & 0x7ff) + 1,
+            table_bar: (table & 7) as u8,
+            table_offset: table & !7,
+            pba_bar: (pba & 7) as u8,
+            pba_offset: pba & !7,
+        };
+        // MSI: 10 bytes, 4 more for a 64-bit address, 10 more with per-vector masking.
+        let msi_cap = caps.iter().find(|(id, _)| *id == CAP_MSI).map(|&(_, o)| {
+            let control = phys_u32(&*device, size, o) >> 16;
+            let len = 10
+                + if control & (1 << 7) != 0 { 4 } else { 0 }
+                + if control & (1 << 8) != 0 { 10 } else { 0 };
+            (o, o + len)
+        });
+
+        let mut bar = 0usize;
+        let mut areas = Vec::new();
+        while bar < 6 {
+            let index = bar;
+            let raw = phys_u32(&*device, size, 0x10 + 4 * index);
+            let bar_size = device.region_size(index as u32);
+            let kind = if raw & 0b110 == 0b100 {
+                BarKind::Memory64
+            } else {
+                BarKind::Memory32
+            };
+            bar += if kind == BarKind::Memory64 { 2 } else { 1 };
+            if bar_size == 0 {
+                continue;
+            }
+            if raw & 1 != 0 {
+                tracing::warn!(
+                    device = name,
+                    bar = index,
+                    "I/O BAR not offered to the guest"
+                );
+                continue;
+            }
+            let spec = BarSpec {
+                index,
+                size: bar_size.max(16).next_power_of_two(),
+                kind,
+                prefetchable: raw & 0b1000 != 0,
+            };
+            config
+                .add_memory_bar(spec)
+                .map_err(|e| Error::Unsupported {
+                    device: name.to_owned(),
+                    why: format!("BAR {index}: {e}"),
+                })?;
+            let (Some(vm), Some(sparse)) = (vm, device.mmap_areas(index as u32)) else {
+                continue;
+            };
+            let mmap_able: Vec<(u64, u64)> = match sparse {
+                Some(areas) => areas
+                    .into_iter()
+                    .map(|(o, l)| (o, o.saturating_add(l)))
+                    .collect(),
+                None => vec![(0, bar_size)],
+            };
+            let mut holes = Vec::new();
+            if usize::from(layout.table_bar) == index {
+                let o = u64::from(layout.table_offset);
+                holes.push((o, o + layout.table_size()));
+            }
+            if usize::from(layout.pba_bar) == index {
+                let o = u64::from(layout.pba_offset);
+                holes.push((o, o + layout.pba_size()));
+            }
+            let region_offset = device.region_offset(index as u32);
+            for (a, b) in mmap_able {
+                for (start, end) in cut(a.min(bar_size), b.min(bar_size), &holes) {
+                    if start % PAGE != 0 || (end - start) % PAGE != 0 {
+                        continue;
+                    }
+                    let mmap = device
+                        .mmap(region_offset + start, (end - start) as usize)
+                        .map_err(|source| Error::Mmap {
+                            device: name.to_owned(),
+                            bar: index,
+                            source,
+                        })?;
+                    areas.push((
+                        index,
+                        Area {
+                            offset: start,
+                            slot: BarSlot::new(vm.clone(), mmap),
+                        },
+                    ));
+                }
+            }
+        }
+        let msi: Arc<dyn MsiController> = controller.clone();
+        let msix_config = MsixConfig::new(layout, msi).map_err(|e| Error::Unsupported {
+            device: name.to_owned(),
+            why: format!("MSI-X: {e}"),
+        })?;
+        Ok(Self {
+            name: name.to_owned(),
+            device,
+            config,
+            config_size: size,
+            areas,
+            msix: Msix {
+                cap: msix_cap,
+                config: msix_config,
+                controller,
+                vfio_enabled: false,
+            },
+            msi_cap,
+            _release: release,
+        })
+    }
+
+    fn emulated(&self, p: usize) -> bool {
+        BAR_BYTES.contains(&p)
+            || ROM_BYTES.contains(&p)
+            || INTX_BYTES.contains(&p)
+            || self.msix_control(p)
+    }
+
+    fn msix_control(&self, p: usize) -> bool {
+        (self.msix.cap + 2..self.msix.cap + 4).contains(&p)
+    }
+
+    fn in_msi(&self, p: usize) -> bool {
+        self.msi_cap.is_some_and(|(a, b)| (a + 2..b).contains(&p))
+    }
+
+    fn emulated_byte(&self, p: usize) -> u8 {
+        if self.msix_control(p) {
+            let mut b = [0u8; 2];
+            read_phys(&*self.device, self.config_size, self.msix.cap + 2, &mut b);
+            let mut control =
+                u16::from_le_bytes(b) & !(MSIX_CONTROL_ENABLE | MSIX_CONTROL_FUNCTION_MASK);
+            if self.msix.config.enabled() {
+                control |= MSIX_CONTROL_ENABLE;
+            }
+            if self.msix.config.function_masked() {
+                control |= MSIX_CONTROL_FUNCTION_MASK;
+            }
+            return control.to_le_bytes()[p - self.msix.cap - 2];
+        }
+        let mut b = [0u8; 1];
+        self.config.read(p, &mut b);
+        b[0]
+    }
+
+    /// Hands the vectors' eventfds to VFIO when the guest enables MSI-X, takes them back when
+    /// it disables it.
+    fn sync_msix_enable(&mut self) {
+        let want = self.msix.config.enabled();
+        if want == self.msix.vfio_enabled {
+            return;
+        }
+        let result = if want {
+            self.msix
+                .controller
+                .eventfds(self.msix.config.layout().vectors)
+                .map_err(|e| e.to_string())
+                .and_then(|fds| self.device.enable_msix(&fds))
+        } else {
+            self.device.disable_msix()
+        };
+        match result {
+            Ok(()) => self.msix.vfio_enabled = want,
+            Err(e) => {
+                tracing::error!(device = %self.name, "Cannot {} MSI-X: {e}", if want { "enable" } else { "disable" })
+            }
+        }
+    }
+
+    fn msix_bar_part(&self, index: usize, offset: u64) -> Option<(bool, u64)> {
+        let l = self.msix.config.layout();
+        let t = u64::from(l.table_offset);
+        let p = u64::from(l.pba_offset);
+        if usize::from(l.table_bar) == index && offset >= t && offset - t < l.table_size() {
+            return Some((true, offset - t));
+        }
+        if usize::from(l.pba_bar) == index && offset >= p && offset - p < l.pba_size() {
+            return Some((false, offset - p));
+        }
+        None
+    }
+}
+
+impl PciDevice for VfioPciDevice {
+    fn config(&self) -> &PciConfiguration {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut PciConfiguration {
+        &mut self.config
+    }
+
+    fn read_config(&mut self, offset: usize, data: &mut [u8]) {
+        read_phys(&*self.device, self.config_size, offset, data);
+        for (i, byte) in data.iter_mut().enumerate() {
+            let p = offset.saturating_add(i);
+            if self.emulated(p) {
+                *byte = self.emulated_byte(p);
+            }
+        }
+    }
+
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        let mut control = None;
+        for (i, &byte) in data.iter().enumerate() {
+            let Some(p) = offset.checked_add(i) else {
+                return;
+            };
+            if (p as u64) >= self.config_size {
+                return;
+            }
+            if self.msix_control(p) {
+                let mut c = control.unwrap_or_else(|| {
+                    let mut b = [0u8; 2];
+                    for (j, x) in b.iter_mut().enumerate() {
+                        *x = self.emulated_byte(self.msix.cap + 2 + j);
+                    }
+                    u16::from_le_bytes(b)
+                });
+                let shift = 8 * (p - self.msix.cap - 2);
+                c = (c & !(0xff << shift)) | (u16::from(byte) << shift);
+                control = Some(c);
+            } else if self.emulated(p) {
+                self.config.write(p, &[byte]);
+            } else if self.in_msi(p) {
+                // MSI is not offered: its enable never sticks.
+            } else {
+                if COMMAND_BYTES.contains(&p) {
+                    self.config.write(p, &[byte]);
+                }
+                self.device
+                    .write(VFIO_PCI_CONFIG_REGION_INDEX, p as u64, &[byte]);
+            }
+        }
+        if let Some(c) = control {
+            self.msix.config.set_control(c);
+            self.sync_msix_enable();
+        }
+    }
+
+    fn read_bar(&mut self, index: usize, offset: u64, data: &mut [u8]) {
+        match self.msix_bar_part(index, offset) {
+            Some((true, o)) => self.msix.config.read_table(o, data),
+            Some((false, o)) => self.msix.config.read_pba(o, data),
+            None => {
+                let size = self.device.region_size(index as u32);
+                if offset.saturating_add(data.len() as u64) > size {
+                    data.fill(0xff);
+                } else {
+                    self.device.read(index as u32, offset, data);
+                }
+            }
+        }
+    }
+
+    fn write_bar(&mut self, index: usize, offset: u64, data: &[u8]) {
+        match self.msix_bar_part(index, offset) {
+            Some((true, o)) => self.msix.config.write_table(o, data),
+            Some((false, _)) => {}
+            None => {
+                let size = self.device.region_size(index as u32);
+                if offset.saturating_add(data.len() as u64) <= size {
+                    self.device.write(index as u32, offset, data);
+                }
+            }
+        }
+    }
+
+    fn bar_moved(&mut self, index: usize, _old: Option<u64>, new: Option<u64>) {
+        for (bar, area) in self.areas.iter_mut().filter(|(b, _)| *b == index) {
+            let gpa = new.and_then(|base| base.checked_add(area.offset));
+            if let Err(e) = area.slot.place(gpa) {
+                tracing::error!(device = %self.name, bar, "Cannot map a BAR area into the guest: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for VfioPciDevice {
+    fn drop(&mut self) {
+        if self.msix.vfio_enabled
+            && let Err(e) = self.device.disable_msix()
+        {
+            tracing::warn!(device = %self.name, "Cannot disable MSI-X: {e}");
+        }
+        // The fields go next, in their declared order.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::MsiMessage;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const BAR0: u64 = 0x4000;
+
+    /// A host NVMe-like function: BAR0 (64-bit, 16 KiB) with the MSI-X table at 0x2000 and
+    /// the PBA at 0x3000, an MSI capability at 0x40 and MSI-X (4 vectors) at 0x60.
+    #[derive(Default)]
+    struct FakeFunction {
+        config: Mutex<Vec<u8>>,
+        bar0: Mutex<Vec<u8>>,
+        msix: Mutex<Vec<Option<usize>>>,
+        no_msix: bool,
+    }
+
+    impl FakeFunction {
+        fn new(no_msix: bool) -> Arc<Self> {
+            let mut c = vec![0u8; 4096];
+            c[0..4].copy_from_slice(&0x5845_1b36u32.to_le_bytes());
+            c[0x06] = 0x10; // capability list
+            c[0x08..0x0c].copy_from_slice(&0x0108_0202u32.to_le_bytes());
+            c[0x10] = 0b1100; // 64-bit, prefetchable
+            c[0x34] = 0x40;
+            c[0x3d] = 1; // INTA
+            c[0x40] = CAP_MSI;
+            c[0x41] = if no_msix { 0 } else { 0x60 };
+            if !no_msix {
+                c[0x60] = CAP_MSIX;
+                c[0x62] = 3; // 4 vectors
+                c[0x64..0x68].copy_from_slice(&0x2000u32.to_le_bytes());
+                c[0x68..0x6c].copy_from_slice(&0x3000u32.to_le_bytes());
+            }
+            let mut bar0 = vec![0u8; BAR0 as usize];
+            bar0[0x100] = 0x5a;
+            Arc::new(Self {
+                config: Mutex::new(c),
+                bar0: Mutex::new(bar0),
+                msix: Mutex::new(Vec::new()),
+                no_msix,
+            })
+        }
+        fn config_byte(&self, at: usize) -> u8 {
+            self.config.lock().unwrap()[at]
+        }
+    }
+
+    impl HostFunction for FakeFunction {
+        fn region_size(&self, index: u32) -> u64 {
+            match index {
+                0 => BAR0,
+                VFIO_PCI_CONFIG_REGION_INDEX => 4096,
+                _ => 0,
+            }
+        }
+        fn region_offset(&self, index: u32) -> u64 {
+            u64::from(index) << 40
+        }
+        fn mmap_areas(&self, _index: u32) -> Option<Option<Vec<(u64, u64)>>> {
+            Some(None)
+        }
+        fn read(&self, index: u32, offset: u64, data: &mut [u8]) {
+            let src = match index {
+                0 => self.bar0.lock().unwrap(),
+                _ => self.config.lock().unwrap(),
+            };
+            let o = offset as usize;
+            data.copy_from_slice(&src[o..o + data.len()]);
+        }
+        fn write(&self, index: u32, offset: u64, data: &[u8]) {
+            let mut dst = match index {
+                0 => self.bar0.lock().unwrap(),
+                _ => self.config.lock().unwrap(),
+            };
+            let o = offset as usize;
+            dst[o..o + data.len()].copy_from_slice(data);
+        }
+        fn enable_msix(&self, fds: &[EventFd]) -> Result<(), String> {
+            assert!(!self.no_msix);
+            self.msix.lock().unwrap().push(Some(fds.len()));
+            Ok(())
+        }
+        fn disable_msix(&self) -> Result<(), String> {
+            self.msix.lock().unwrap().push(None);
+            Ok(())
+        }
+        fn mmap(&self, _offset: u64, _len: usize) -> std::io::Result<RegionMmap> {
+            unreachable!("no VM: nothing is mmapped")
+        }
+    }
+
+    #[derive(Debug, Default)]
+    struct FakeVectors {
+        configured: Mutex<Vec<(u16, MsiMessage, bool)>>,
+    }
+
+    impl MsiController for FakeVectors {
+        fn configure(&self, vector: u16, msg: MsiMessage, masked: bool) -> std::io::Result<()> {
+            self.configured.lock().unwrap().push((vector, msg, masked));
+            Ok(())
+        }
+        fn trigger(&self, _vector: u16) {
+            panic!("the kernel signals a VFIO device's vectors, never the VMM");
+        }
+    }
+
+    impl VectorEventFds for FakeVectors {
+        fn eventfds(&self, count: u16) -> std::io::Result<Vec<EventFd>> {
+            (0..count).map(|_| EventFd::new(0)).collect()
+        }
+    }
+
+    fn build(
+        no_msix: bool,
+    ) -> (
+        Result<VfioPciDevice, Error>,
+        Arc<FakeFunction>,
+        Arc<FakeVectors>,
+        Arc<AtomicBool>,
+    ) {
+        let f = FakeFunction::new(no_msix);
+        let v = Arc::new(FakeVectors::default());
+        let released = Arc::new(AtomicBool::new(false));
+        let r = released.clone();
+        let release = Release::new(Box::new(move || r.store(true, Ordering::SeqCst)));
+        let d = VfioPciDevice::new("dev0", f.clone(), None, v.clone(), release);
+        (d, f, v, released)
+    }
+
+    fn r32(d: &mut VfioPciDevice, at: usize) -> u32 {
+        let mut b = [0u8; 4];
+        d.read_config(at, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn config_space_is_the_device_s_with_bars_rom_intx_and_msi_emulated() {
+        let (d, f, _, released) = build(false);
+        let mut d = d.unwrap();
+        assert_eq!(r32(&mut d, 0), 0x5845_1b36);
+        assert_eq!(r32(&mut d, 0x08), 0x0108_0202);
+        assert_eq!(r32(&mut d, 0x3c) >> 8 & 0xff, 0, "no INTx pin");
+        assert_eq!(r32(&mut d, 0x30), 0, "no ROM");
+        // BAR0 sizing by the guest, against the emulated register.
+        d.write_config(0x10, &0xffff_ffffu32.to_le_bytes());
+        d.write_config(0x14, &0xffff_ffffu32.to_le_bytes());
+        assert_eq!(r32(&mut d, 0x10), !(BAR0 as u32 - 1) | 0b1100);
+        assert_eq!(r32(&mut d, 0x14), 0xffff_ffff);
+        assert_eq!(
+            f.config_byte(0x10),
+            0b1100,
+            "the device's BAR is not touched"
+        );
+        // Other registers reach the device; the command register both.
+        d.write_config(0x0c, &[0x10]);
+        assert_eq!(f.config_byte(0x0c), 0x10);
+        d.write_config(0x04, &0x0006u16.to_le_bytes());
+        assert_eq!(f.config_byte(0x04), 0x06);
+        assert!(d.config().memory_decode_enabled() && d.config().bus_master_enabled());
+        // MSI is not offered: its enable never reaches the device.
+        d.write_config(0x42, &[1]);
+        assert_eq!(f.config_byte(0x42), 0);
+        // Accesses beyond configuration space read all-ones and write nothing.
+        let mut b = [0u8; 4];
+        d.read_config(4094, &mut b);
+        assert_eq!(b, [0xff; 4]);
+        d.write_config(usize::MAX, &[1, 2]);
+        drop(d);
+        assert!(released.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn msix_is_emulated_and_handed_to_vfio_on_enable() {
+        let (d, f, v, _) = build(false);
+        let mut d = d.unwrap();
+        let ctl = 0x62;
+        assert_eq!(r32(&mut d, 0x60) >> 16, 3, "4 vectors, disabled");
+        // Linux: enable with the function masked, program vector 0, unmask.
+        d.write_config(
+            ctl,
+            &(MSIX_CONTROL_ENABLE | MSIX_CONTROL_FUNCTION_MASK).to_le_bytes(),
+        );
+        assert_eq!(
+            *f.msix.lock().unwrap(),
+            vec![Some(4)],
+            "all vectors' eventfds to VFIO"
+        );
+        assert_eq!(r32(&mut d, 0x60) >> 16, u32::from(0xc003u16));
+        assert_eq!(
+            f.config_byte(0x63),
+            0,
+            "the device's control is the kernel's"
+        );
+        let entry: Vec<u8> = [0xfee0_1000u32, 0, 0x41, 0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        d.write_bar(0, 0x2000, &entry);
+        d.write_config(ctl, &MSIX_CONTROL_ENABLE.to_le_bytes());
+        let msg = MsiMessage {
+            address: 0xfee0_1000,
+            data: 0x41,
+        };
+        assert_eq!(*v.configured.lock().unwrap(), vec![(0, msg, false)]);
+        assert!(
+            f.bar0.lock().unwrap()[0x2000..0x2010]
+                .iter()
+                .all(|&b| b == 0),
+            "table trapped"
+        );
+        // Masking the vector reaches the controller (which disconnects the irqfd).
+        d.write_bar(0, 0x200c, &1u32.to_le_bytes());
+        assert_eq!(v.configured.lock().unwrap().last(), Some(&(0, msg, true)));
+        let mut b = [0u8; 8];
+        d.read_bar(0, 0x3000, &mut b);
+        assert_eq!(b, [0; 8], "PBA");
+        // The rest of the BAR is the device's.
+        let mut b = [0u8; 1];
+        d.read_bar(0, 0x100, &mut b);
+        assert_eq!(b, [0x5a]);
+        d.write_bar(0, 0x104, &[7]);
+        assert_eq!(f.bar0.lock().unwrap()[0x104], 7);
+        d.read_bar(0, BAR0 - 2, &mut [0u8; 4]);
+        d.write_config(ctl, &0u16.to_le_bytes());
+        assert_eq!(
+            f.msix.lock().unwrap().last(),
+            Some(&None),
+            "disabled in VFIO"
+        );
+    }
+
+    #[test]
+    fn a_device_without_msix_is_refused_and_released() {
+        let (d, _, _, released) = build(true);
+        let e = d.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Cannot assign dev0: it has no MSI-X capability, and INTx and MSI are not offered"
+        );
+        assert!(e.is_refusal());
+        assert!(released.load(Ordering::SeqCst), "released at once");
+    }
+
+    #[test]
+    fn msix_pages_are_cut_out_of_mmapped_areas() {
+        assert_eq!(cut(0, 0x4000, &[]), vec![(0, 0x4000)]);
+        // Table at 0x2000 (65 vectors: 1040 bytes), PBA at 0x3000.
+        assert_eq!(
+            cut(0, 0x4000, &[(0x2000, 0x2410), (0x3000, 0x3010)]),
+            vec![(0, 0x2000)]
+        );
+        assert_eq!(
+            cut(0, 0x8000, &[(0x2008, 0x2010)]),
+            vec![(0, 0x2000), (0x3000, 0x8000)]
+        );
+        assert_eq!(cut(0x1000, 0x2000, &[(0, 0x1000)]), vec![(0x1000, 0x2000)]);
+    }
+}
