@@ -13,7 +13,8 @@
 # the guest's RAM holds, so it is printed, not checked.
 #
 # Every write is printed ("HOSTILE <n> <register> <width> <value>"); the sequence depends only
-# on the seed (VTD_NEST_E2E_HOSTILE_SEED, default below), so a failure replays with that seed.
+# on the seed (VTD_NEST_E2E_HOSTILE_SEED, default below) and on the unit's CAP/ECAP (where the
+# fault-recording and IOTLB registers are, how many), so a failure replays with that seed.
 # Fault-event data always asks for a fixed-mode interrupt on a device vector (0x30-0xeb, not
 # 0x80): INIT, SMI, NMI or a system vector would be the guest attacking its own vCPU, which ends
 # the run before the power-off this scenario checks for.
