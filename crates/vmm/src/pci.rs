@@ -191,6 +191,7 @@ fn add_disk<M: GuestMemory + Clone + Send + Sync + 'static>(
             ("errors", s.errors),
             ("notifications", s.notifications),
             ("interrupts", s.interrupts),
+            ("ring_errors", s.ring_errors),
             ("busy_us", s.busy_ns / 1000),
         ]
         .into_iter()

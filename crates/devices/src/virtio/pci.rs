@@ -9,6 +9,7 @@
 //!  0x4000 MSI-X table, 0x6000 MSI-X PBA
 //!
 //!  status: 0 ─reset─► ACK ─► DRIVER ─► FEATURES_OK (checked) ─► DRIVER_OK (activate)
+//!          device error (bad queue, ring fault) ─► |= NEEDS_RESET, config-change interrupt
 //!          any state ─write 0─► device reset, queues reset, features cleared
 //! ```
 //!
@@ -198,11 +199,16 @@ impl VirtioInterrupt for SharedState {
         self.trigger(self.config_vector.load(Ordering::Acquire));
     }
 
+    /// DEVICE_NEEDS_RESET (virtio 1.2, 2.1.2): set once, with a configuration-change
+    /// notification if the driver had set DRIVER_OK (never before it). The driver's write of 0
+    /// to device_status clears it and resets the device.
     fn set_needs_reset(&self) {
         let previous = self.status.fetch_or(STATUS_NEEDS_RESET, Ordering::SeqCst);
         if previous & STATUS_NEEDS_RESET == 0 {
             log_limit::limited!(warn, "Virtio device needs reset");
-            self.signal_config();
+            if previous & STATUS_DRIVER_OK != 0 {
+                self.signal_config();
+            }
         }
     }
 }

@@ -9,7 +9,8 @@
 //! Requests: IN, OUT, FLUSH (fsync), GET_ID; anything else completes with UNSUPP. A read-only
 //! disk offers VIRTIO_BLK_F_RO and fails writes with IOERR. Every guest-memory access goes
 //! through `M`, so with an `IommuMemory` each one is translated with the right permission, and
-//! a failed translation fails that request (or, for the rings, breaks the queue).
+//! a failed translation fails that request; for the rings it sets DEVICE_NEEDS_RESET until
+//! the driver resets the device (the I/O thread, `worker.rs`, says how).
 
 pub mod request;
 mod worker;
@@ -124,6 +125,9 @@ pub struct BlockCounters {
     pub notifications: AtomicU64,
     /// Interrupts raised towards the driver.
     pub interrupts: AtomicU64,
+    /// Ring accesses that failed (descriptor table, avail or used ring not translatable, or a
+    /// bogus avail index): each set DEVICE_NEEDS_RESET.
+    pub ring_errors: AtomicU64,
     /// Wall-clock nanoseconds the I/O thread spent serving queues (from wakeup to sleep):
     /// what the device model and its back end cost per request, translation included.
     pub busy_ns: AtomicU64,
@@ -146,6 +150,8 @@ pub struct BlockStats {
     pub notifications: u64,
     /// See [`BlockCounters::interrupts`].
     pub interrupts: u64,
+    /// See [`BlockCounters::ring_errors`].
+    pub ring_errors: u64,
     /// See [`BlockCounters::busy_ns`].
     pub busy_ns: u64,
 }
@@ -161,6 +167,7 @@ impl BlockCounters {
             errors: self.errors.load(Ordering::Relaxed),
             notifications: self.notifications.load(Ordering::Relaxed),
             interrupts: self.interrupts.load(Ordering::Relaxed),
+            ring_errors: self.ring_errors.load(Ordering::Relaxed),
             busy_ns: self.busy_ns.load(Ordering::Relaxed),
         }
     }
@@ -346,7 +353,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioDevice<M> for Block<M
         let kill = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::EventFd)?;
         let worker = Worker {
             memory: activation.memory,
-            broken: vec![false; activation.queues.len()],
+            needs_reset: false,
             queues: activation.queues,
             interrupt: activation.interrupt,
             disk: Disk {

@@ -49,6 +49,10 @@ pub enum RequestError {
     /// The chain has no header or no status byte.
     #[error("Request is too short")]
     TooShort,
+    /// The queue's own descriptor table could not be read (unmapped, IOMMU fault): the ring
+    /// is unusable, not just this request (the device then needs a reset).
+    #[error("Descriptor table access failed")]
+    DescriptorTable(#[source] vm_memory::GuestMemoryError),
     /// A guest-memory access failed (unmapped, IOMMU fault, out of guest RAM).
     #[error("Guest memory access failed")]
     Memory(#[source] vm_memory::GuestMemoryError),
@@ -112,7 +116,9 @@ pub fn walk_chain<M: GuestMemory>(
         let descriptor = if indirect {
             ahead.get(memory, address, index, size)?
         } else {
-            memory.read_obj(address).map_err(RequestError::Memory)?
+            memory
+                .read_obj(address)
+                .map_err(RequestError::DescriptorTable)?
         };
         if descriptor.refers_to_indirect_table() {
             let entries = u64::from(descriptor.len()) / DESCRIPTOR_SIZE;

@@ -193,7 +193,7 @@ fn worker<M: GuestMemory>(
         counters: counters.clone(),
         kill: EventFd::new(EFD_NONBLOCK).unwrap(),
         max_segments: 8,
-        broken: vec![false],
+        needs_reset: false,
         dma_enabled: Arc::new(AtomicBool::new(true)),
     };
     (worker, interrupt, counters)
@@ -552,7 +552,7 @@ fn an_indirect_table_whose_unused_tail_is_unreadable_still_works() {
 }
 
 #[test]
-fn bogus_avail_index_breaks_the_queue() {
+fn bogus_avail_index_needs_reset() {
     let memory = ram();
     let image = disk_image();
     let (mut worker, interrupt, _) = worker(memory.clone(), &image, false);
@@ -563,7 +563,7 @@ fn bogus_avail_index_breaks_the_queue() {
     worker.process_queue(0);
     assert!(interrupt.needs_reset.load(Ordering::SeqCst));
     assert_eq!(Driver::new(&memory).used_idx(), 0);
-    // A broken queue stays stopped until reset.
+    // The device stays stopped until reset.
     memory
         .write_obj(1u16, GuestAddress(AVAIL_RING + 2))
         .unwrap();
@@ -739,7 +739,7 @@ fn translation_faults_fail_the_request_cleanly() {
 }
 
 #[test]
-fn unmapped_ring_breaks_the_queue() {
+fn unmapped_used_ring_needs_reset() {
     let ram = ram();
     let image = disk_image();
     let (memory, mut driver) = translated(&ram);
@@ -863,5 +863,249 @@ fn random_descriptor_tables_never_panic() {
         worker.process_queue(0);
         let used: u16 = memory.read_obj(GuestAddress(USED_RING + 2)).unwrap();
         assert!(used <= published);
+    }
+}
+
+#[test]
+fn unmapped_descriptor_table_needs_reset_and_stops_the_device() {
+    let ram = ram();
+    let image = disk_image();
+    let (memory, mut driver) = translated(&ram);
+    let (mut worker, interrupt) = translated_worker(&memory, &image);
+    let counters = worker.counters.clone();
+    driver.header(HEADER, VIRTIO_BLK_T_FLUSH, 0);
+    driver.chain(&[
+        (HEADER + IOVA_OFFSET, 16, false),
+        (STATUS + IOVA_OFFSET, 1, true),
+    ]);
+    let unmap_table = || {
+        memory
+            .iommu()
+            .iotlb
+            .write()
+            .unwrap()
+            .invalidate_mapping(GuestAddress(DESC_TABLE + IOVA_OFFSET), 0x1000);
+    };
+    unmap_table();
+    worker.process_queue(0);
+    assert!(
+        interrupt.needs_reset.load(Ordering::SeqCst),
+        "a descriptor table the device cannot read is a ring failure"
+    );
+    assert_eq!(driver.used_idx(), 0, "the request is not returned");
+    assert_eq!(counters.snapshot().ring_errors, 1);
+    // Mapped again, the request is still not processed: only a reset brings the device back.
+    memory.iommu().map(
+        DESC_TABLE + IOVA_OFFSET,
+        DESC_TABLE,
+        0x1000,
+        Permissions::Read,
+    );
+    worker.process_queue(0);
+    assert_eq!(driver.used_idx(), 0);
+    assert_eq!(driver.byte(STATUS), 0);
+    assert_eq!(counters.snapshot().ring_errors, 1);
+    assert!(lock(&interrupt.queue_signals).is_empty());
+}
+
+/// The guest driver's side of the transport for the needs-reset tests: BAR0 accesses and
+/// configuration-space writes on a [`VirtioPciDevice`] over translated memory.
+mod needs_reset {
+    use super::*;
+    use crate::interrupt::FakeMsiController;
+    use crate::pci::PciDevice;
+    use crate::virtio::pci::{
+        ISR_OFFSET, MSIX_TABLE_OFFSET, NOTIFY_OFFSET, VirtioPciDevice, VirtioPciOptions,
+    };
+    use crate::virtio::{VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
+
+    const QUEUE_VECTOR: u64 = 0;
+    const CONFIG_VECTOR: u64 = 1;
+    const NEEDS_RESET: u64 = 0x40;
+
+    struct Function {
+        device: VirtioPciDevice<Translated>,
+        msi: Arc<FakeMsiController>,
+        counters: Arc<BlockCounters>,
+    }
+
+    impl Function {
+        fn new(memory: &Translated, image: &TempFile) -> Self {
+            let mut config = BlockConfig::new(image.as_path());
+            config.queue_size = QUEUE_SIZE;
+            config.event_idx = false;
+            let block = Block::<Translated>::new(&config).unwrap();
+            let counters = block.counters();
+            let msi = Arc::new(FakeMsiController::new());
+            let options = VirtioPciOptions {
+                behind_iommu: true,
+                msix_vectors: None,
+            };
+            let device =
+                VirtioPciDevice::new(Box::new(block), memory.clone(), msi.clone(), options)
+                    .unwrap();
+            let mut function = Function {
+                device,
+                msi,
+                counters,
+            };
+            // Bus mastering, and MSI-X with one vector for the queue and one for config changes.
+            function.device.write_config(4, &[0x06, 0]);
+            for vector in [QUEUE_VECTOR, CONFIG_VECTOR] {
+                let entry = MSIX_TABLE_OFFSET + vector * 16;
+                function.write(entry, 8, 0xfee0_0000);
+                function.write(entry + 8, 4, 0x40 + vector);
+                function.write(entry + 12, 4, 0);
+            }
+            let mut capability = function.config_read(0x34);
+            while function.config_read(capability) != 0x11 {
+                capability = function.config_read(capability + 1);
+            }
+            function.device.write_config(capability + 3, &[0x80]);
+            function
+        }
+
+        fn config_read(&mut self, offset: usize) -> usize {
+            let mut byte = [0u8];
+            self.device.read_config(offset, &mut byte);
+            usize::from(byte[0])
+        }
+
+        fn write(&mut self, offset: u64, width: usize, value: u64) {
+            self.device
+                .write_bar(0, offset, &value.to_le_bytes()[..width]);
+        }
+
+        fn read(&mut self, offset: u64, width: usize) -> u64 {
+            let mut data = [0u8; 8];
+            self.device.read_bar(0, offset, &mut data[..width]);
+            u64::from_le_bytes(data)
+        }
+
+        fn status(&mut self) -> u64 {
+            self.read(0x14, 1)
+        }
+
+        /// Virtio initialisation (virtio 1.2, 3.1.1) with the rings at their IOVAs.
+        fn initialise(&mut self) {
+            let features = VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM;
+            self.write(0x14, 1, 1);
+            self.write(0x14, 1, 3);
+            for select in 0..2u64 {
+                self.write(0x08, 4, select);
+                self.write(0x0c, 4, (features >> (32 * select)) & 0xffff_ffff);
+            }
+            self.write(0x14, 1, 0xb);
+            self.write(0x10, 2, CONFIG_VECTOR);
+            self.write(0x16, 2, 0);
+            self.write(0x18, 2, u64::from(QUEUE_SIZE));
+            self.write(0x1a, 2, QUEUE_VECTOR);
+            self.write(0x20, 8, DESC_TABLE + IOVA_OFFSET);
+            self.write(0x28, 8, AVAIL_RING + IOVA_OFFSET);
+            self.write(0x30, 8, USED_RING + IOVA_OFFSET);
+            self.write(0x1c, 2, 1);
+            self.write(0x14, 1, 0xf);
+            assert_eq!(self.status(), 0xf, "the device accepted DRIVER_OK");
+        }
+
+        fn notify(&mut self) {
+            self.write(NOTIFY_OFFSET, 2, 0);
+        }
+
+        /// Waits (bounded) until `done` holds; asserts behaviour, not timing.
+        fn wait_until(&mut self, mut done: impl FnMut(&mut Self) -> bool) -> bool {
+            for _ in 0..10_000 {
+                if done(self) {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            done(self)
+        }
+    }
+
+    /// Queues a read of `sector` into DATA; the status byte is at STATUS.
+    fn read_request(driver: &mut Driver<'_>, ram: &GuestMemoryMmap, sector: u64) {
+        ram.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        driver.header(HEADER, VIRTIO_BLK_T_IN, sector);
+        driver.chain(&[
+            (HEADER + IOVA_OFFSET, 16, false),
+            (DATA + IOVA_OFFSET, 512, true),
+            (STATUS + IOVA_OFFSET, 1, true),
+        ]);
+    }
+
+    #[test]
+    fn ring_fault_sets_needs_reset_and_a_reset_brings_the_device_back() {
+        let ram = ram();
+        let image = disk_image();
+        let (memory, mut driver) = translated(&ram);
+        memory
+            .iommu()
+            .map(DATA + IOVA_OFFSET, DATA, 0x1000, Permissions::Write);
+        let mut function = Function::new(&memory, &image);
+        function.initialise();
+
+        // A request goes through while the rings are mapped.
+        read_request(&mut driver, &ram, 4);
+        function.notify();
+        assert!(function.wait_until(|_| driver.used_idx() == 1));
+        assert_eq!(driver.byte(DATA), 4);
+        assert!(function.wait_until(|f| f.msi.trigger_count(QUEUE_VECTOR as u16) == 1));
+        assert_eq!(function.read(ISR_OFFSET, 1), 1, "the ISR says queue");
+
+        // The guest unmaps the descriptor table; the next request faults on the ring.
+        memory
+            .iommu()
+            .iotlb
+            .write()
+            .unwrap()
+            .invalidate_mapping(GuestAddress(DESC_TABLE + IOVA_OFFSET), 0x1000);
+        read_request(&mut driver, &ram, 5);
+        function.notify();
+        assert!(function.wait_until(|f| f.status() & NEEDS_RESET != 0));
+        assert_eq!(function.status(), 0xf | NEEDS_RESET);
+        assert!(function.wait_until(|f| f.msi.trigger_count(CONFIG_VECTOR as u16) == 1));
+        assert_eq!(
+            function.read(ISR_OFFSET, 1),
+            2,
+            "the ISR says configuration change"
+        );
+        assert_eq!(function.counters.snapshot().ring_errors, 1);
+
+        // Mapped again and kicked: a device that needs a reset processes nothing.
+        memory.iommu().map(
+            DESC_TABLE + IOVA_OFFSET,
+            DESC_TABLE,
+            0x1000,
+            Permissions::Read,
+        );
+        function.notify();
+        // The driver's reset: status 0 stops the I/O thread (joined) and reads back 0.
+        function.write(0x14, 1, 0);
+        assert_eq!(function.status(), 0);
+        assert_eq!(
+            driver.used_idx(),
+            1,
+            "nothing was processed after the failure"
+        );
+        assert_eq!(driver.byte(STATUS), 0xff);
+        assert_eq!(function.msi.trigger_count(QUEUE_VECTOR as u16), 1);
+
+        // Re-initialised with fresh rings, the device works again.
+        for ring in [AVAIL_RING, USED_RING] {
+            ram.write_slice(&[0; 0x1000], GuestAddress(ring)).unwrap();
+        }
+        let mut driver = Driver::new(&ram);
+        function.initialise();
+        read_request(&mut driver, &ram, 6);
+        function.notify();
+        assert!(function.wait_until(|_| driver.used_idx() == 1));
+        assert_eq!(driver.byte(STATUS), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(driver.byte(DATA), 6);
+        assert_eq!(function.status(), 0xf);
+        assert!(function.wait_until(|f| f.msi.trigger_count(QUEUE_VECTOR as u16) == 2));
+        assert_eq!(function.msi.trigger_count(CONFIG_VECTOR as u16), 1);
+        assert_eq!(function.counters.snapshot().ring_errors, 1);
     }
 }

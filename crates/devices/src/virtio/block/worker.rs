@@ -5,8 +5,15 @@
 //!        └─ queue q notify EventFd ─────► drain avail ring: walk chain ─► execute ─► used ring
 //!                                          (at most 2 x queue size per wakeup, then re-arm)
 //!                                        ─► needs_notification? ─► signal_queue(q) (MSI-X)
-//!  avail/used ring unusable (bad index, IOMMU fault) ─► queue broken, DEVICE_NEEDS_RESET
+//!  a ring unusable (bad avail index; descriptor table, avail or used ring not translatable)
+//!        ─► DEVICE_NEEDS_RESET + configuration-change interrupt; every queue stops
+//!  driver writes status 0 ─► Block::reset joins this thread ─► re-init starts a fresh one
 //! ```
+//!
+//! A ring the device cannot use is an error it cannot recover from on its own (virtio 1.2,
+//! 2.1.2): it sets DEVICE_NEEDS_RESET, sends a configuration-change notification, and touches
+//! no queue again; the driver's reset (device_status 0) and re-initialisation bring up a new
+//! thread with fresh queues. A request whose *buffers* fault only fails that request.
 
 use std::io;
 use std::sync::Arc;
@@ -18,7 +25,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::BlockCounters;
-use super::request::{Disk, execute, walk_chain};
+use super::request::{Disk, RequestError, execute, walk_chain};
 use crate::virtio::{ActiveQueue, VirtioInterrupt};
 
 const KILL_TOKEN: u64 = u64::MAX;
@@ -32,7 +39,8 @@ pub(super) struct Worker<M> {
     pub(super) counters: Arc<BlockCounters>,
     pub(super) kill: EventFd,
     pub(super) max_segments: usize,
-    pub(super) broken: Vec<bool>,
+    /// A ring failed: nothing is processed until the driver resets the device.
+    pub(super) needs_reset: bool,
     pub(super) dma_enabled: Arc<AtomicBool>,
 }
 
@@ -100,15 +108,14 @@ impl<M: GuestMemory> Worker<M> {
 
     /// Processes available requests of the queue at `position` in `self.queues`.
     pub(super) fn process_queue(&mut self, position: usize) {
-        if self.broken.get(position).copied().unwrap_or(true) {
+        if self.needs_reset || !self.dma_enabled.load(Ordering::SeqCst) {
+            // After a ring failure nothing runs until reset. While bus mastering is off the
+            // requests stay where they are (the transport kicks the queue when it comes back).
             return;
         }
-        if !self.dma_enabled.load(Ordering::SeqCst) {
-            // Bus mastering is off: leave the requests where they are (the transport kicks
-            // the queue when it comes back on).
+        let Some(active) = self.queues.get_mut(position) else {
             return;
-        }
-        let active = &mut self.queues[position];
+        };
         let result = service_queue(
             &self.memory,
             &mut active.queue,
@@ -119,8 +126,9 @@ impl<M: GuestMemory> Worker<M> {
         let serviced = match result {
             Ok(serviced) => serviced,
             Err(error) => {
-                log_limit::limited!(warn, queue = active.index, %error, "virtio-blk queue is broken");
-                self.broken[position] = true;
+                log_limit::limited!(warn, queue = active.index, %error, "virtio-blk ring access failed: the device needs a reset");
+                self.counters.ring_errors.fetch_add(1, Ordering::Relaxed);
+                self.needs_reset = true;
                 self.interrupt.set_needs_reset();
                 return;
             }
@@ -152,8 +160,8 @@ pub struct Serviced {
 
 /// One pass over a queue, as the I/O thread makes on each notification: completes the
 /// available requests (at most twice the queue size), re-enables notifications (event index),
-/// and says whether the driver should be interrupted. An `Err` means the rings themselves are
-/// unusable (the queue is then broken).
+/// and says whether the driver should be interrupted. An `Err` means the rings themselves
+/// (descriptor table, avail or used ring) are unusable: the device needs a reset.
 pub fn service_queue<M: GuestMemory>(
     memory: &M,
     queue: &mut Queue,
@@ -216,6 +224,9 @@ fn drain<M: GuestMemory>(
                 let completion = execute(memory, disk, &chain);
                 counters.record(&completion);
                 completion.used_length
+            }
+            Err(RequestError::DescriptorTable(error)) => {
+                return Err(virtio_queue::Error::GuestMemory(error));
             }
             Err(error) => {
                 tracing::debug!(head, %error, "Skipping malformed virtio-blk request");
