@@ -36,14 +36,19 @@ fn run(config: VmConfig) -> ExitCode {
         eprintln!("vtd-nest: Cannot install the SIGINT/SIGTERM/SIGHUP handlers: {e}");
         return ExitCode::FAILURE;
     }
+    // The unit's CAP/ECAP line once the whole machine is built, so that a refusal (of a device,
+    // say) is the only thing the VMM prints.
     let built = VmBuilder::new(config).and_then(|builder| {
-        if let Some(unit) = builder.vtd() {
-            println!("{}", vmm::iommu::cap_line(unit));
-        }
-        builder.build()
+        let cap_line = builder.vtd().map(|unit| vmm::iommu::cap_line(unit));
+        builder.build().map(|vm| (vm, cap_line))
     });
     let vm = match built {
-        Ok(vm) => vm,
+        Ok((vm, cap_line)) => {
+            if let Some(line) = cap_line {
+                println!("{line}");
+            }
+            vm
+        }
         Err(e) => {
             report(&e);
             return ExitCode::from(e.exit_status());
