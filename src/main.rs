@@ -16,16 +16,14 @@ fn init_logging(level: LogLevel) {
         .try_init();
 }
 
-/// Prints an error and its causes as one line.
+/// Prints an error and each of its causes once, as one line: "vtd-nest: X: Y: Z". Every error
+/// type in the workspace leaves its `#[source]` out of its own message, so nothing repeats.
 fn report(error: &dyn std::error::Error) {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
         source = cause.source();
     }
     eprintln!("vtd-nest: {message}");
@@ -84,7 +82,7 @@ fn run(config: VmConfig) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    match vmm::parse_args(std::env::args().skip(1)) {
+    match vmm::parse_args(std::env::args_os().skip(1)) {
         Ok(Command::Run(config)) => run(*config),
         Ok(Command::Help) => {
             print!("{USAGE}");
@@ -95,7 +93,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("vtd-nest: {e}");
+            report(&e);
             ExitCode::from(2)
         }
     }

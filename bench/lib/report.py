@@ -579,9 +579,11 @@ def doc_section(out: str, fig: Figures, jobs: list[Job], raw: list[Job],
     times = "each phase ran once" if n == 1 else (
         f"phase times are the median of {n} runs ({rounds} interleaved round(s) of guests, "
         f"{repeat} run(s) per guest)")
+    # The doc is a reference: it names how the binary was built, not where it lay or which
+    # commit it came from (the run directory keeps both, in `vmm-binary` and `source`).
     binary = read(os.path.join(out, "vmm-binary"), "none").strip()
-    binary = "built by the runner" if binary in ("", "none") else f"`{binary}`"
-    source = read(os.path.join(out, "source"), "unknown").strip()
+    binary = ("built by the runner" if binary in ("", "none")
+              else "a static release build given with VTD_NEST_BIN")
     indirect = read(os.path.join(out, "indirect"), "default").strip()
     pin = read(os.path.join(out, "pin"), "none").strip()
     pinned = ("" if pin == "none" or mode != "nested"
@@ -589,13 +591,12 @@ def doc_section(out: str, fig: Figures, jobs: list[Job], raw: list[Job],
     indirect = ("each VMM's default (QEMU offers them, vtd-nest does not)" if indirect == "default"
                 else f"{indirect} for both VMMs")
     parts = [f"Run of {date} on a {machine} host; mode {mode} ({where}); {times}; the whole run "
-             f"took {secs} s; {load}. Repository at {source}; vtd-nest binary {binary}; "
+             f"took {secs} s; {load}. vtd-nest binary: {binary}; "
              f"virtio indirect descriptors: {indirect}{pinned}.", "",
              main_table(fig), ""]
     if pooled:
-        runs = [f"{read(os.path.join(p, 'date')).strip()} (repository at "
-                f"{read(os.path.join(p, 'source'), 'unknown').strip()}, "
-                f"{read(os.path.join(p, 'seconds')).strip()} s)" for p in pooled]
+        runs = [f"{read(os.path.join(p, 'date')).strip()} "
+                f"({read(os.path.join(p, 'seconds')).strip()} s)" for p in pooled]
         parts[0:0] = [f"**Pooled**: the rounds of this run and of the runs of {', '.join(runs)}, "
                       "same configurations; every median is over all of them.", ""]
     work_failed = {(j.vmm, j.config) for j in jobs if j.kind == "work" and j.failure}

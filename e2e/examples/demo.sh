@@ -1,9 +1,11 @@
 # e2e/examples/demo.sh: the guest side of scripts/demo (busybox sh, run as init by e2e/run).
 # Two virtio-blk disks: vda is emulated and translated by the vIOMMU, vdb is "assigned" — its
 # DMA goes through the (software) host IOMMU's nested page table, bound from the guest's own
-# first-stage table. Shows the guest's IOMMU view, writes a random pattern over each whole disk
-# with direct I/O, reads it back, and prints "GUEST-DISK <name> <sha256>" for each, to compare
-# with the runner's "HOST-DISK <name> <sha256>" lines computed outside the guest.
+# first-stage table; or (scripts/demo's second guest) nvme0n1, a real device assigned through
+# VFIO, driven by the guest's own NVMe driver. Shows the guest's IOMMU view, writes a random
+# pattern over each whole disk present with direct I/O, reads it back, and prints
+# "GUEST-DISK <name> <sha256>" for each, to compare with the runner's "HOST-DISK <name> <sha256>"
+# lines computed outside the guest (scripts/demo checks that every disk it gave has both).
 set -e
 echo "guest: Linux $(uname -r), init reached at $(cut -d' ' -f1 /proc/uptime) s uptime"
 echo "guest: the kernel's DMAR lines:"
@@ -12,11 +14,19 @@ if [ -r /sys/class/iommu/dmar0/intel-iommu/cap ]; then
     echo "guest: dmar0 cap=$(cat /sys/class/iommu/dmar0/intel-iommu/cap) ecap=$(cat /sys/class/iommu/dmar0/intel-iommu/ecap)"
 fi
 verdict=0
-for pair in vda:emulated vdb:assigned; do
+# The NVMe driver probes asynchronously: give a real device up to 10 s to show up.
+if [ -e /sys/class/nvme/nvme0 ]; then
+    i=0
+    while [ ! -b /dev/nvme0n1 ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+fi
+for pair in vda:emulated vdb:assigned nvme0n1:real; do
     dev=/dev/${pair%%:*}
     name=${pair#*:}
-    [ -b "$dev" ] || { echo "guest: no $dev"; verdict=1; continue; }
-    pci=$(basename "$(readlink -f "/sys/block/${dev#/dev/}/device/..")" 2>/dev/null || echo '?')
+    [ -b "$dev" ] || continue
+    case "$name" in
+        real) pci=$(basename "$(readlink -f /sys/class/nvme/nvme0/device)" 2>/dev/null || echo '?') ;;
+        *) pci=$(basename "$(readlink -f "/sys/block/${dev#/dev/}/device/..")" 2>/dev/null || echo '?') ;;
+    esac
     group=$(basename "$(readlink -f "/sys/bus/pci/devices/$pci/iommu_group" 2>/dev/null)" 2>/dev/null || echo none)
     type=$(cat "/sys/kernel/iommu_groups/$group/type" 2>/dev/null || echo '?')
     mib=$(($(cat "/sys/block/${dev#/dev/}/size") / 2048))

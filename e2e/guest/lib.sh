@@ -39,10 +39,50 @@ disk_dev() {
     fail "no virtio disk number $1 in the guest"
 }
 
-# The PCI address (0000:00:03.0) of a /dev/vdX.
+# The first namespace of NVMe controller N (e.g. /dev/nvme0n1): an assigned real device, driven
+# by the guest's own (built-in) NVMe driver, which probes asynchronously, so this waits up to
+# 10 s for it.
+nvme_dev() {
+    i=0
+    until [ -b "/dev/nvme${1}n1" ] && [ -r "/sys/block/nvme${1}n1/size" ]; do
+        [ "$i" -lt 100 ] ||
+            fail "no NVMe namespace /dev/nvme${1}n1 in the guest after 10 s (dmesg: $(dmesg | grep -i nvme | tail -n 3 | tr "\n" "|"))"
+        sleep 0.1
+        i=$((i + 1))
+    done
+    echo "/dev/nvme${1}n1"
+}
+
+# The PCI address (0000:00:03.0) of a block device (/dev/vdX or /dev/nvmeXnY): the nearest PCI
+# device above it in sysfs.
 pci_of() {
-    p=$(readlink -f "/sys/block/${1##*/}/device/..")
-    echo "${p##*/}"
+    case "${1##*/}" in
+        # With native multipath the namespace's disk hangs off the NVMe subsystem, not the PCI
+        # device: go through its controller.
+        nvme*n*) c=${1##*/nvme}; p=$(readlink -f "/sys/class/nvme/nvme${c%%n*}/device") ;;
+        *) p=$(readlink -f "/sys/block/${1##*/}/device") ;;
+    esac
+    while [ -n "$p" ] && [ "$p" != / ]; do
+        case "${p##*/}" in
+            [0-9a-f][0-9a-f][0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[0-9a-f][0-9a-f].[0-7])
+                echo "${p##*/}"
+                return 0 ;;
+        esac
+        p=${p%/*}
+    done
+    fail "no PCI device above $1"
+}
+
+# assigned_nvme_check NAME WHAT [DOMAIN_TYPE]: the assigned NVMe (QEMU's, 1b36:0010) is the
+# guest's first NVMe namespace; with DOMAIN_TYPE its IOMMU group has that default domain; then
+# data_check over it.
+assigned_nvme_check() {
+    dev=$(nvme_dev 0)
+    pci=$(pci_of "$dev")
+    id="$(cat "/sys/bus/pci/devices/$pci/vendor"):$(cat "/sys/bus/pci/devices/$pci/device")"
+    if [ "$id" = 0x1b36:0x0010 ]; then ok "$dev is the assigned NVMe at $pci"; else fail "$dev at $pci is $id, not QEMU's NVMe"; fi
+    [ -z "${3:-}" ] || expect_domain_type "$pci" "$3"
+    data_check "$1" "$dev" "$2"
 }
 
 # The IOMMU group number of a PCI address.

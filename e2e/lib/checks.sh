@@ -23,10 +23,23 @@ guest_ran() {
     if [ "$status" != 0 ]; then echo "the VMM exited with status $status after the guest ran"; return 1; fi
 }
 
+# guest_kernel_is TAG: the guest's "GUEST-KERNEL <release>" line names the kernel e2e/prepare
+# unpacked for TAG (its kver file), so the scenario really booted that kernel.
+guest_kernel_is() {
+    local want got
+    want="$(cat "$(l2_dir "$1")/kver" 2>/dev/null)" || true
+    got="$(grep -m1 '^GUEST-KERNEL ' "$OUT" | cut -d' ' -f2)" || true
+    [ -n "$want" ] || { echo "no kver for guest kernel $1 in $E2E_CACHE"; return 1; }
+    if [ "$got" != "$want" ]; then
+        echo "the guest ran kernel '${got:-?}', want $want (guest kernel $1)"
+        return 1
+    fi
+}
+
 # ": <last line the VMM printed>" for failure messages, if it printed anything.
 vmm_said() {
     local last
-    last="$(grep -Ev '^(VTD-NEST-|HOST-DISK |Killed$|[[:space:]]*$)' "$OUT" | tail -n1 | cut -c1-160)"
+    last="$(grep -Ev '^(VTD-NEST-|HOST-DISK |e2e-l1: |Killed$|[[:space:]]*$)' "$OUT" | tail -n1 | cut -c1-160)"
     if [ -n "$last" ]; then printf '; last output: %s' "$last"; fi
 }
 
@@ -85,4 +98,31 @@ counter_is() {
     v="$(counter "$1")"
     [ -n "$v" ] || { echo "the VMM's summary has no 'counter $1 <value>' line"; return 1; }
     if ! test "$v" "$2" "$3"; then echo "counter $1 is $v, want $2 $3"; return 1; fi
+}
+
+# vmm_refused STATUS REGEX: the VMM refused to start (a non-zero exit, before any guest booted),
+# saying something that matches REGEX. vtd-nest must exit 2 with one sentence (one non-empty
+# line besides the harness's markers and L1's own lines); QEMU (--inner qemu) exits 1.
+vmm_refused() {
+    local status="$1" regex="$2" said lines want=2
+    case "$status" in
+        timeout) echo "the VMM timed out instead of refusing$(vmm_said)"; return 1 ;;
+        missing) echo "the VMM never reported an exit status (L1 died or timed out)"; return 1 ;;
+        0) echo "the VMM exited with status 0 instead of refusing"; return 1 ;;
+    esac
+    if grep -q '^E2E-GUEST-START' "$OUT"; then echo "a guest started (status $status)"; return 1; fi
+    said="$(grep -Ev '^(VTD-NEST-|HOST-DISK |e2e-l1: |[[:space:]]*$)' "$OUT" || true)"
+    if ! grep -Eq "$regex" <<<"$said"; then
+        echo "the VMM's message does not match /$regex/: $(head -c 200 <<<"$said" | tr '\n' '|')"
+        return 1
+    fi
+    [ "$INNER" = qemu ] && want=1
+    if [ "$status" != "$want" ]; then echo "the VMM exited with status $status, want $want"; return 1; fi
+    if [ "$INNER" != qemu ]; then
+        lines="$(grep -c . <<<"$said")"
+        if [ "$lines" != 1 ]; then
+            echo "want one sentence, the VMM printed $lines lines: $(head -c 200 <<<"$said" | tr '\n' '|')"
+            return 1
+        fi
+    fi
 }

@@ -3,6 +3,10 @@
 
 E2E_CACHE="${VTD_NEST_E2E_CACHE:-/var/cache/vtd-nest/e2e}"
 
+# The guest kernels besides the default 6.12 (l2/): e2e/prepare unpacks each into l2-<tag>/.
+# 5.10 (bullseye), 6.1 (bookworm), newest (the highest cloud kernel in trixie-backports).
+GUEST_KERNEL_TAGS="5.10 6.1 newest"
+
 log() {
     echo "e2e: $*" >&2
 }

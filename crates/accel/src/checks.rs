@@ -2,9 +2,9 @@
 //!
 //! The checks of QEMU's `vtd_check_hiod` / `vtd_check_hiod_accel`, each failing with one
 //! sentence (QEMU's wording where QEMU has one), plus nesting support, which QEMU only finds
-//! out when the first bind fails.
+//! out when the first bind fails (both host checks are host-iommu's `require_vtd_nesting`).
 
-use host_iommu::{HwInfo, HwInfoType};
+use host_iommu::{HwInfo, NestingRefusal};
 
 /// A host device the vIOMMU cannot accept.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -19,9 +19,9 @@ pub enum CompatError {
     /// A second device at the same requester id.
     #[error("Host IOMMU device already exist for {0}")]
     Duplicate(String),
-    /// The host IOMMU is not VT-d.
-    #[error("Incompatible host platform IOMMU type {0}")]
-    NotVtd(u32),
+    /// The host IOMMU is not VT-d, or cannot nest.
+    #[error(transparent)]
+    Host(#[from] NestingRefusal),
     /// The guest could use more address bits than the host walks.
     #[error("aw-bits {guest} > host aw-bits {host}")]
     AddressWidth {
@@ -33,9 +33,6 @@ pub enum CompatError {
     /// The guest may build 1 GiB first-stage pages the host cannot walk.
     #[error("First stage 1GB large page is unsupported by host IOMMU")]
     NoFs1gp,
-    /// The host IOMMU cannot nest.
-    #[error("The host IOMMU does not support nested translation (ECAP.NEST is clear)")]
-    NoNesting,
     /// A device behind a PCI bridge shares its requester id with its siblings.
     #[error("Host device downstream to a PCI bridge is unsupported when x-flts=on")]
     BehindBridge,
@@ -53,10 +50,7 @@ pub fn check_host_device(
     if !(config.scalable_mode && config.first_stage) {
         return Err(CompatError::FirstStageOff);
     }
-    let vtd = match (info.kind, info.vtd) {
-        (HwInfoType::IntelVtd, Some(vtd)) => vtd,
-        (kind, _) => return Err(CompatError::NotVtd(kind.raw())),
-    };
+    let vtd = info.require_vtd_nesting()?;
     let host_aw = vtd.cap.guest_address_width();
     if u32::from(config.aw_bits) > host_aw {
         return Err(CompatError::AddressWidth {
@@ -67,9 +61,6 @@ pub fn check_host_device(
     if config.fs1gp && !vtd.fs1gp() {
         return Err(CompatError::NoFs1gp);
     }
-    if !vtd.nesting() {
-        return Err(CompatError::NoNesting);
-    }
     if behind_bridge {
         return Err(CompatError::BehindBridge);
     }
@@ -79,7 +70,7 @@ pub fn check_host_device(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use host_iommu::{HwCaps, VtdHwInfo};
+    use host_iommu::{HwCaps, HwInfoType, VtdHwInfo};
     use vtd_spec::regs::{Cap, Ecap};
 
     fn host(nest: bool, fs1gp: bool, mgaw: u8) -> HwInfo {

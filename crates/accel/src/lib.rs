@@ -1,4 +1,4 @@
-//! Passthrough devices behind the vIOMMU: the seed's `intel_iommu_accel`.
+//! Passthrough devices behind the vIOMMU: what QEMU's `intel_iommu_accel.c` does.
 //!
 //! A passthrough (VFIO) device's DMA never enters the vIOMMU. Instead, the guest's first-stage
 //! page-table pointer is handed to the host IOMMU, which walks the guest's table itself as

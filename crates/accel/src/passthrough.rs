@@ -39,7 +39,7 @@ pub struct HostDevice {
 #[derive(Debug, thiserror::Error)]
 pub enum AccelError {
     /// The device does not fit the vIOMMU configuration or the host.
-    #[error("Cannot assign {device}: {source}")]
+    #[error("Cannot assign {device}")]
     Incompatible {
         /// The device name.
         device: String,
@@ -243,10 +243,6 @@ fn target(unit: &dyn UnitView, sid: SourceId) -> Target {
     }
 }
 
-fn pages(am: u8) -> u64 {
-    1u64 << am.min(52)
-}
-
 impl InvalidationObserver for Accel {
     fn invalidated(&self, unit: &dyn UnitView, inv: &Invalidation) {
         debug!(target: "accel", ?inv, "guest invalidation");
@@ -262,13 +258,7 @@ impl InvalidationObserver for Accel {
             // PASID-cache flush, so every binding is re-read (QEMU does the same).
             Invalidation::ContextGlobal | Invalidation::ContextDomain { .. } => self.replay(unit),
             Invalidation::ContextDevice { sid, fm, .. } => {
-                let mask = !(match fm & 3 {
-                    0 => 0u16,
-                    1 => 0b100,
-                    2 => 0b110,
-                    _ => 0b111,
-                });
-                self.sync(unit, |b, _| b.sid.0 & mask == sid.0 & mask);
+                self.sync(unit, |b, _| b.sid.selected_by(sid, fm));
             }
             Invalidation::IotlbGlobal => self.forward(None, None, VtdS1Invalidation::all()),
             Invalidation::IotlbDomain { did } | Invalidation::IotlbPage { did, .. } => {
@@ -284,11 +274,7 @@ impl InvalidationObserver for Accel {
                 am,
                 ih,
             } => {
-                let inv = if am >= 52 {
-                    VtdS1Invalidation::all()
-                } else {
-                    VtdS1Invalidation::range(addr, pages(am), ih)
-                };
+                let inv = VtdS1Invalidation::pasid_pages(addr, am, ih);
                 self.forward(Some(did), Some(pasid), inv);
             }
         }

@@ -2,9 +2,9 @@
 //! invalidation queue, wait descriptors) with its tables in fake guest RAM, over a recording
 //! host address space that behaves as the kernel's (whole-mapping unmaps, EEXIST on overlap).
 
-#[path = "../../vtd/tests/translate_support/mod.rs"]
-mod translate_support;
-#[path = "../../vtd/tests/unit_support/mod.rs"]
+// The vtd unit tests' rig (registers, queue, wait status words); not every helper is used here.
+#[allow(unused_imports)]
+#[path = "../../vtd/tests/unit/support/mod.rs"]
 mod unit_support;
 
 use accel::BlockReason;
@@ -13,13 +13,18 @@ use host_iommu::{DmaMap, DmaPerm, HostIommuError, Op};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use translate_support::{DATA_BASE, Mem, PageTable, SID, SS_R, SS_W, Stage, Tables, ss_entry};
+use test_fixtures::tables::{PageTable, SS_R, SS_W, Stage, Tables, ss_entry};
+use test_fixtures::{DATA_BASE, Mem};
 use unit_support::{Rig, STATUS, context_cache, iotlb, pasid_cache, wait};
 use vm_memory::GuestMemoryMmap;
 
 /// Where the "VMM" has guest RAM mapped.
 const HVA: u64 = 0x7f00_0000_0000;
-const RAM: u64 = translate_support::RAM_SIZE;
+const RAM: u64 = test_fixtures::RAM_SIZE;
+/// The shadowed device.
+const SID: SourceId = SourceId::new(0, 3, 0);
+/// A GPA beyond guest RAM.
+const OUTSIDE_RAM: u64 = 0x40_0000_0000;
 const DID: u16 = 5;
 
 /// One host call, with the first wait status word when it was made.
@@ -76,7 +81,8 @@ impl Recording {
     }
 }
 
-use vtd::memory::GuestRam;
+use vtd::GuestRam;
+use vtd_spec::SourceId;
 
 impl DmaMap for Recording {
     fn map(&self, iova: u64, hva: u64, len: u64, perm: DmaPerm) -> host_iommu::Result<()> {
@@ -189,7 +195,7 @@ impl World {
 }
 
 fn page_iotlb(addr: u64, am: u64) -> [u64; 4] {
-    iotlb(3, u64::from(DID), addr | am)
+    iotlb(3, DID, addr | am)
 }
 
 fn hva(gpa: u64) -> u64 {
@@ -313,14 +319,14 @@ fn domain_and_global_invalidations_follow_permission_and_target_changes() {
     // The guest makes the page read-only and points it elsewhere; a domain-selective flush.
     let leaf = w.pt.entry_addr(w.mem, 0x20000, 1);
     w.mem.w64(leaf, (DATA_BASE + 0x5000) | SS_R);
-    w.submit(&[iotlb(2, u64::from(DID), 0)]);
+    w.submit(&[iotlb(2, DID, 0)]);
     assert_eq!(
         w.host.mapped(),
         vec![(0x20000, 0x1000, hva(DATA_BASE + 0x5000), false)]
     );
     // A flush of another domain changes nothing.
     w.mem.w64(leaf, (DATA_BASE + 0x6000) | SS_R | SS_W);
-    w.submit(&[iotlb(2, u64::from(DID) + 1, 0)]);
+    w.submit(&[iotlb(2, DID + 1, 0)]);
     assert_eq!(
         w.host.mapped(),
         vec![(0x20000, 0x1000, hva(DATA_BASE + 0x5000), false)]
@@ -353,7 +359,7 @@ fn a_domain_switch_unmaps_everything_and_replays_the_new_tables() {
     other.map4k(w.mem, 0x90000, DATA_BASE + 0x3000);
     t.legacy_translated(SID, &other, DID + 1);
     let before = w.status();
-    w.submit(&[context_cache(3, u64::from(DID), u64::from(SID.0), 0)]);
+    w.submit(&[context_cache(3, DID, SID.0, 0)]);
     assert_eq!(
         w.host.take(),
         vec![
@@ -431,7 +437,7 @@ fn garbage_tables_map_nothing_outside_guest_ram() {
     w.legacy();
     w.host.take();
     // A leaf beyond RAM, a leaf with a reserved bit (address bit 50 > HAW), one straddling the end of RAM (2 MiB).
-    w.pt.map4k(w.mem, 0x1000, translate_support::OUTSIDE_RAM);
+    w.pt.map4k(w.mem, 0x1000, OUTSIDE_RAM);
     let bad = w.pt.entry_addr(w.mem, 0x2000, 1);
     w.mem.w64(bad, DATA_BASE | SS_R | SS_W | (1 << 50));
     w.pt.map(w.mem, 0x20_0000, RAM - 0x10_0000, 2, SS_R | SS_W);
@@ -490,7 +496,7 @@ fn scalable_mode_second_stage_pasid_entries_are_shadowed() {
     // The PASID entry is cleared (PASID-cache invalidation): blocked, unmapped.
     let a = t.pasid_entry_addr(SID, 0);
     w.mem.w64(a, 0);
-    w.submit(&[pasid_cache(1, u64::from(DID), 0)]);
+    w.submit(&[pasid_cache(1, DID, 0)]);
     assert_eq!(
         w.shadow.state(SID),
         Some(ShadowState::Blocked(BlockReason::NoEntry))
@@ -539,7 +545,7 @@ fn many_separate_pages_cost_one_map_each_and_an_unchanged_flush_costs_nothing() 
             DATA_BASE + 0x40_0000 + i * 0x1000,
         );
     }
-    w.submit(&[iotlb(2, u64::from(DID), 0)]);
+    w.submit(&[iotlb(2, DID, 0)]);
     assert_eq!(w.host.take().len(), 1024, "one map per hole, no unmap");
     assert_eq!(w.host.mapped().len(), 2048);
 }

@@ -7,7 +7,7 @@
 //! address space (IOAS) that maps guest RAM at IOVA = GPA.
 //!
 //! ```text
-//!                      vIOMMU (vtd crate, "accel": the seed's intel_iommu_accel)
+//!                      vIOMMU (vtd crate, "accel": QEMU's intel_iommu_accel)
 //!        PASID entry appears/changes ──► bind / replace     PASID-IOTLB descriptor ──► invalidate
 //!        PASID entry goes away ───────► unbind (block)       SRTP / TE / CC inval ────► replay
 //!                                   │
@@ -37,8 +37,9 @@
 //!
 //! // At VM start: the VMM maps guest RAM (GPA 0..2 MiB at host VA 0x7f00_0000_0000).
 //! let mem = Arc::new(VecHostMemory::new(&[(0x7f00_0000_0000, 2 << 20)]));
-//! let host: Arc<dyn HostIommu> = Arc::new(SimHost::new(SimConfig::default(), mem.clone()));
-//! let dev = host.as_sim().unwrap().add_device("0000:01:00.0");
+//! let sim = Arc::new(SimHost::new(SimConfig::default(), mem.clone()));
+//! let dev = sim.add_device("0000:01:00.0");
+//! let host: Arc<dyn HostIommu> = sim;
 //! let ioas = Arc::new(Ioas::new(host.clone()).unwrap());
 //! ioas.map(0, 0x7f00_0000_0000, 2 << 20, DmaPerm::READ_WRITE).unwrap();
 //! let parent = Arc::new(NestParentHwpt::new(ioas.clone(), dev).unwrap());
@@ -54,7 +55,7 @@
 //! assert!(!att.ensure_nested(&parent, &data).unwrap(), "unchanged: nothing to do");
 //!
 //! // Guest PASID-based IOTLB invalidation (page-selective, IH=1) → forwarded as is
-//! // (`VtdS1Invalidation::from_piotlb` converts the descriptor). Batch entries per call.
+//! // (`VtdS1Invalidation::pasid_pages` converts the guest's ADDR, AM and IH). Batch entries per call.
 //! let done = att.invalidate(&[VtdS1Invalidation::range(0x1000, 1, true)]).unwrap();
 //! assert_eq!(done, 1);
 //!
@@ -62,8 +63,8 @@
 //! att.block().unwrap();
 //! ```
 //!
-//! What the accel step does on each guest event (QEMU `intel_iommu_accel.c` as merged for
-//! 11.0, qemu-intel-iommu.md §1.3), one [`DeviceAttachment`] per passthrough device and one
+//! What the accel step does on each guest event (QEMU's `intel_iommu_accel.c` as merged for
+//! 11.0), one [`DeviceAttachment`] per passthrough device and one
 //! shared [`NestParentHwpt`] (guest RAM mapped at IOVA = GPA):
 //!
 //! | guest event | call |
@@ -73,7 +74,7 @@
 //! | PASID entry valid, PGTT=PT | `attach_parent(parent)` |
 //! | PASID entry invalid (or bind failed) | `block()`: DMA blocked, never stale |
 //! | TE off / legacy mode | `attach_parent(parent)` (DMA keeps working, as QEMU) |
-//! | PASID-IOTLB descriptor (G=2/3) for the entry's DID | `invalidate(&[VtdS1Invalidation::from_piotlb(..)?])` |
+//! | PASID-IOTLB descriptor for the entry's DID | `invalidate(&[VtdS1Invalidation::all()])` (G=2) or `invalidate(&[VtdS1Invalidation::pasid_pages(addr, am, ih)])` (G=3) |
 //! | SRTP, TE, global context-cache invalidation | re-read every PASID entry and `ensure_nested` again |
 //!
 //! Keep the vIOMMU's own locks out of these calls (they are host ioctls); a per-device lock
@@ -94,7 +95,10 @@ mod types;
 
 pub use dma::{DmaMap, IoasDma};
 pub use handles::{Attachment, DeviceAttachment, Ioas, NestParentHwpt, NestedHwpt};
-pub use types::{DmaPerm, HwCaps, HwInfo, HwInfoType, VtdHwInfo, VtdS1HwptData, VtdS1Invalidation};
+pub use types::{
+    DmaPerm, HwCaps, HwInfo, HwInfoType, NestingRefusal, VtdHwInfo, VtdS1HwptData,
+    VtdS1Invalidation,
+};
 pub use vtd_spec::regs::{Cap, Ecap};
 
 /// An iommufd device id: a device bound to the host IOMMU (the `dev_id` of
@@ -295,12 +299,6 @@ pub trait HostIommu: Send + Sync + fmt::Debug {
 
     /// `IOMMU_DESTROY` of an IOAS. An IOAS with HWPTs or attached devices fails with `EBUSY`.
     fn ioas_destroy(&self, ioas: IoasId) -> Result<()>;
-
-    /// The software host IOMMU behind this object, if it is one (for tests and DMA by
-    /// emulated devices).
-    fn as_sim(&self) -> Option<&sim::SimHost> {
-        None
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The values that cross the seam: hardware info, mapping permissions, the VT-d stage-1
 //! HWPT data and invalidation entries (typed mirrors of the iommufd uAPI structs).
 
-use crate::{Cap, Ecap, HostIommuError, Result};
+use crate::{Cap, Ecap, HostIommuError};
 
 /// Which IOMMU the host has behind a device (`iommu_hw_info.out_data_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,22 +97,32 @@ pub struct HwInfo {
 impl HwInfo {
     /// Checks that this host can give a device nested first-stage translation, returning the
     /// VT-d info, or the one sentence that says why not.
-    pub fn require_vtd_nesting(&self) -> Result<&VtdHwInfo> {
+    pub fn require_vtd_nesting(&self) -> std::result::Result<&VtdHwInfo, NestingRefusal> {
         let vtd = match (self.kind, &self.vtd) {
             (HwInfoType::IntelVtd, Some(vtd)) => vtd,
-            (kind, _) => {
-                return Err(HostIommuError::Unsupported(format!(
-                    "Incompatible host platform IOMMU type {}: nested first-stage translation needs Intel VT-d",
-                    kind.raw()
-                )));
-            }
+            (kind, _) => return Err(NestingRefusal::NotVtd(kind.raw())),
         };
         if !vtd.nesting() {
-            return Err(HostIommuError::Unsupported(
-                "The host IOMMU does not support nested translation (ECAP.NEST is clear)".into(),
-            ));
+            return Err(NestingRefusal::NoNesting);
         }
         Ok(vtd)
+    }
+}
+
+/// Why a host IOMMU cannot give a device nested first-stage translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NestingRefusal {
+    /// The host IOMMU is not VT-d (QEMU's sentence).
+    #[error("Incompatible host platform IOMMU type {0}")]
+    NotVtd(u32),
+    /// The host VT-d unit cannot nest (ECAP.SMTS or ECAP.NEST clear).
+    #[error("The host IOMMU does not support nested translation (ECAP.NEST is clear)")]
+    NoNesting,
+}
+
+impl From<NestingRefusal> for HostIommuError {
+    fn from(e: NestingRefusal) -> Self {
+        Self::Unsupported(e.to_string())
     }
 }
 
@@ -169,8 +179,8 @@ impl VtdS1HwptData {
     /// Every flag the uAPI defines.
     pub const ALL_FLAGS: u64 = Self::SRE | Self::EAFE | Self::WPE;
 
-    /// The nested-HWPT data for a guest scalable-mode PASID entry with PGTT=first stage (the
-    /// seed's `vtd_create_fs_hwpt`): SRE (bit 128), WPE (bit 132), EAFE (bit 135), FSPTPTR
+    /// The nested-HWPT data for a guest scalable-mode PASID entry with PGTT=first stage (as
+    /// QEMU's `vtd_create_fs_hwpt`): SRE (bit 128), WPE (bit 132), EAFE (bit 135), FSPTPTR
     /// (bits 191:140) and FSPM → 48/57 (VT-d spec §9.6). `None` for a reserved FSPM.
     pub fn from_pasid_entry(entry: &vtd_spec::pasid::PasidEntry) -> Option<Self> {
         let q2 = entry.qw2;
@@ -202,6 +212,14 @@ impl VtdS1HwptData {
     /// Extended accessed flag enabled.
     pub fn eafe(&self) -> bool {
         self.flags & Self::EAFE != 0
+    }
+    /// The first-stage controls these flags stand for (the uAPI carries no ERE, NXE or SMEP:
+    /// they stay clear).
+    pub fn controls(&self) -> vtd_spec::rights::FsControls {
+        vtd_spec::rights::FsControls::new()
+            .with_sre(self.sre())
+            .with_wpe(self.wpe())
+            .with_eafe(self.eafe())
     }
 }
 
@@ -241,17 +259,14 @@ impl VtdS1Invalidation {
             reserved: 0,
         }
     }
-    /// The entry that forwards a guest PASID-based IOTLB invalidation descriptor (VT-d spec
-    /// §6.5.2.4): G=2 (PASID-selective) → everything; G=3 (page-selective within PASID) →
-    /// the 2^AM pages at ADDR with IH as the leaf hint. `None` for the reserved G=0/1.
-    pub fn from_piotlb(
-        desc: &vtd_spec::inv::PasidIotlbDesc,
-        addr: &vtd_spec::inv::InvAddress,
-    ) -> Option<Self> {
-        match desc.g() {
-            2 => Some(Self::all()),
-            3 => Some(Self::range(addr.base(), addr.pages(), addr.ih())),
-            _ => None,
+    /// The entry that forwards a guest page-selective-within-PASID IOTLB invalidation (VT-d
+    /// spec §6.5.2.4, G=3): the 2^`am` pages at `addr` with `ih` as the leaf hint, everything
+    /// for AM ≥ 52 (the whole input space). A PASID-selective one (G=2) is [`Self::all`].
+    pub const fn pasid_pages(addr: u64, am: u8, ih: bool) -> Self {
+        if am >= 52 {
+            Self::all()
+        } else {
+            Self::range(addr, 1 << am, ih)
         }
     }
     /// Whether this entry covers the whole address space.
@@ -284,26 +299,21 @@ mod tests {
     }
 
     #[test]
-    fn piotlb_descriptors_become_invalidation_entries() {
-        use vtd_spec::inv::{InvAddress, PasidIotlbDesc};
-        let psi = PasidIotlbDesc::new().with_g(3);
-        let addr = InvAddress::new()
-            .with_addr(0x12345)
-            .with_am(2)
-            .with_ih(true);
+    fn page_selective_invalidations_become_ranges() {
         assert_eq!(
-            VtdS1Invalidation::from_piotlb(&psi, &addr),
-            Some(VtdS1Invalidation::range(0x1234_4000, 4, true))
-        );
-        let all = PasidIotlbDesc::new().with_g(2);
-        assert_eq!(
-            VtdS1Invalidation::from_piotlb(&all, &addr),
-            Some(VtdS1Invalidation::all())
+            VtdS1Invalidation::pasid_pages(0x1234_4000, 2, true),
+            VtdS1Invalidation::range(0x1234_4000, 4, true)
         );
         assert_eq!(
-            VtdS1Invalidation::from_piotlb(&PasidIotlbDesc::new(), &addr),
-            None
+            VtdS1Invalidation::pasid_pages(0x1000, 0, false),
+            VtdS1Invalidation::range(0x1000, 1, false)
         );
+        assert_eq!(
+            VtdS1Invalidation::pasid_pages(0, 52, true),
+            VtdS1Invalidation::all()
+        );
+        assert!(VtdS1Invalidation::pasid_pages(0, 63, false).is_all());
+        assert!(!VtdS1Invalidation::pasid_pages(0, 51, false).is_all());
     }
 
     #[test]

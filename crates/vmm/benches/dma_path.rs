@@ -35,6 +35,12 @@ use criterion::Criterion;
 use devices::virtio::block::request::Disk;
 use devices::virtio::block::{BlockCounters, service_queue};
 use host_iommu::sim::SimIommu;
+use test_fixtures::Mem;
+use test_fixtures::descriptors::{
+    context_cache_global, iotlb_global, pasid_cache_global, pasid_cache_pasid, piotlb_page,
+    piotlb_pasid, wait, write_queue,
+};
+use test_fixtures::tables::{PageTable, Stage, Tables, fs_entry};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory};
 use vmm::iommu::TranslatedMemory;
@@ -182,10 +188,10 @@ impl Timing {
 
 /// The Linux-like guest: its RAM, its vIOMMU and its page-table, queue and IOVA state.
 struct Guest {
-    ram: GuestMemoryMmap,
+    /// Guest RAM and the allocator of the driver's table pages (below the rings).
+    mem: Mem,
     unit: Arc<Vtd>,
     translated: bool,
-    next_page: u64,
     pgtbl: u64,
     iq: u64,
     tail: u64,
@@ -206,10 +212,9 @@ impl Guest {
         let config = vtd::Config::parse(options).expect("options");
         let unit = Arc::new(Vtd::new(config, Arc::new(ram.clone()), Arc::new(NoIrq)));
         Guest {
-            ram: ram.clone(),
+            mem: Mem::over(Arc::new(ram.clone()), TABLES_GPA..RING_GPA),
             unit,
             translated,
-            next_page: TABLES_GPA,
             pgtbl: 0,
             iq: 0,
             tail: 0,
@@ -224,16 +229,13 @@ impl Guest {
     }
 
     fn page(&mut self) -> u64 {
-        let p = self.next_page;
-        self.next_page += 4096;
-        assert!(self.next_page < RING_GPA, "guest model out of table pages");
-        p
+        self.mem.page()
     }
     fn w64(&self, gpa: u64, v: u64) {
-        self.ram.write_obj(v, GuestAddress(gpa)).expect("guest RAM");
+        self.mem.w64(gpa, v);
     }
     fn r64(&self, gpa: u64) -> u64 {
-        self.ram.read_obj(GuestAddress(gpa)).expect("guest RAM")
+        self.mem.r64(gpa)
     }
     fn w32_reg(&self, off: u64, v: u32) {
         self.unit.mmio_write(off, &v.to_le_bytes());
@@ -248,14 +250,12 @@ impl Guest {
     /// One invalidation submission: `descs` plus a wait descriptor, one IQT write.
     fn submit(&mut self, descs: &[[u64; 4]]) {
         self.w64(self.status, 0);
-        let wait = [5 | (1 << 5) | (2 << 32), self.status, 0, 0];
-        for d in descs.iter().chain(std::iter::once(&wait)) {
-            let slot = self.iq + self.tail * 32;
-            for (i, q) in d.iter().enumerate() {
-                self.w64(slot + 8 * i as u64, *q);
-            }
-            self.tail = (self.tail + 1) % 128;
-        }
+        let all: Vec<_> = descs
+            .iter()
+            .copied()
+            .chain([wait(self.status, 2)])
+            .collect();
+        self.tail = write_queue(&self.mem.ram, self.iq, self.tail, 128, true, &all);
         let tail = (self.tail * 32) as u32;
         match self.timing.as_mut() {
             Some(timing) => timing.time(true, || {
@@ -279,41 +279,29 @@ impl Guest {
         self.unit
             .mmio_write(offset::IQA, &(self.iq | (1 << 11)).to_le_bytes());
         self.command(GCMD_QIE, true);
-        self.submit(&[[1 | (1 << 4), 0, 0, 0]]); // context cache, global
-        self.submit(&[[7 | (3 << 4), 0, 0, 0]]); // PASID cache, global
-        self.submit(&[[2 | (1 << 4), 0, 0, 0]]); // IOTLB, global
+        self.submit(&[context_cache_global()]);
+        self.submit(&[pasid_cache_global()]);
+        self.submit(&[iotlb_global()]);
         // Context entry → PASID directory (PDTS 2) → PASID table; entry 0 first-stage.
-        let ctx = self.page();
-        self.w64(root + 16 * u64::from(SID.bus()), ctx | 1);
-        let dir = self.page();
-        self.w64(ctx + 32 * u64::from(SID.devfn() & 0x7f), dir | (2 << 9) | 1);
-        let table = self.page();
-        self.w64(dir, table | 1);
-        self.w64(table + 8, u64::from(DID) | (1 << 23));
-        self.w64(table + 16, self.pgtbl);
-        self.w64(table, (2 << 2) | (1 << 6) | 1);
+        let tables = Tables {
+            mem: &self.mem,
+            root,
+            scalable: true,
+        };
+        let mut entry = fs_entry(&self.page_table(), DID);
+        entry.qw1 = entry.qw1.with_pwsnp(true);
+        tables.device_pasid_entry(SID, 0, entry);
         self.command(GCMD_TE, true);
-        let pasid_cache_pasid = 7 | (1 << 4) | (u64::from(DID) << 16);
-        self.submit(&[[pasid_cache_pasid, 0, 0, 0], self.piotlb_pasid()]);
+        self.submit(&[pasid_cache_pasid(DID, 0), piotlb_pasid(DID, 0)]);
     }
 
-    fn piotlb_pasid(&self) -> [u64; 4] {
-        [6 | (2 << 4) | (u64::from(DID) << 16), 0, 0, 0]
-    }
-
-    /// The leaf PTE address of `iova`, creating intermediate tables as Linux does.
-    fn pte(&mut self, iova: u64) -> u64 {
-        let mut table = self.pgtbl;
-        for level in (2..=4).rev() {
-            let e = table + 8 * ((iova >> (12 + 9 * (level - 1))) & 0x1ff);
-            let mut next = self.r64(e) & 0x000f_ffff_ffff_f000;
-            if next == 0 {
-                next = self.page();
-                self.w64(e, next | 0b100111);
-            }
-            table = next;
+    /// The device's 4-level first-stage table.
+    fn page_table(&self) -> PageTable {
+        PageTable {
+            root: self.pgtbl,
+            levels: 4,
+            stage: Stage::First,
         }
-        table + 8 * ((iova >> 12) & 0x1ff)
     }
 
     /// `iommu_dma_map_page`: a fresh IOVA page for `gpa` (its offset kept); identity when the
@@ -327,12 +315,8 @@ impl Guest {
         if self.next_iova <= self.window_top - IOVA_PAGES * 4096 {
             self.next_iova = self.window_top;
         }
-        let pte = self.pte(iova);
-        // P, U/S, A, D as Linux sets them; R/W only for device-writable buffers.
-        self.w64(
-            pte,
-            (gpa & !0xfff) | 0b110_0101 | if writable { 2 } else { 0 },
-        );
+        self.page_table()
+            .map_like_linux(&self.mem, iova, gpa, writable);
         iova | (gpa & 0xfff)
     }
 
@@ -341,15 +325,13 @@ impl Guest {
         if !self.translated {
             return;
         }
-        let pte = self.pte(iova);
+        let pte = self.page_table().entry_addr(&self.mem, iova, 1);
         self.w64(pte, 0);
         self.unmaps += 1;
         if self.strict {
-            let page = [6 | (3 << 4) | (u64::from(DID) << 16), iova | (1 << 6), 0, 0];
-            self.submit(&[page]);
+            self.submit(&[piotlb_page(DID, 0, iova, 0, true)]);
         } else if self.unmaps.is_multiple_of(FLUSH_EVERY) {
-            let desc = self.piotlb_pasid();
-            self.submit(&[desc]);
+            self.submit(&[piotlb_pasid(DID, 0)]);
         }
     }
 }
@@ -428,7 +410,7 @@ impl<M: GuestMemory> Rig<M> {
             ((sector >> 32) as u32).to_le_bytes(),
         ]
         .concat();
-        let ram = self.guest.ram.clone();
+        let ram = self.guest.mem.ram.clone();
         ram.write_slice(&header, GuestAddress(buffers))
             .expect("ram");
         let h = self.guest.map(buffers, false);

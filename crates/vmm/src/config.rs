@@ -4,6 +4,7 @@
 //! `--name value` or `--name=value`; anything unknown, missing or malformed is an error of one
 //! sentence, and `main` exits with status 2.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// Default guest RAM.
@@ -137,7 +138,15 @@ impl VmConfig {
                 .read(true)
                 .write(write)
                 .open(path)
-                .map(drop)
+                .and_then(|file| file.metadata())
+                .and_then(|meta| {
+                    // Opening a directory for reading succeeds; reading it does not.
+                    if meta.is_dir() {
+                        Err(std::io::ErrorKind::IsADirectory.into())
+                    } else {
+                        Ok(())
+                    }
+                })
                 .map_err(|source| FileError {
                     what,
                     path: path.clone(),
@@ -251,6 +260,9 @@ pub enum ArgError {
     /// No command.
     #[error("No command given; try 'vtd-nest run --kernel PATH' or 'vtd-nest --help'")]
     NoCommand,
+    /// An argument that is not UTF-8 (shown lossily, with its position after the program name).
+    #[error("Argument {0} ('{1}') is not valid UTF-8")]
+    NotUtf8(usize, String),
     /// Not `run`.
     #[error("Unknown command '{0}'; the only command is 'run' (see 'vtd-nest --help')")]
     UnknownCommand(String),
@@ -473,13 +485,23 @@ fn parse_u64(text: &str) -> Option<u64> {
     }
 }
 
-/// Parses the arguments after the program name.
+/// Parses the arguments after the program name (e.g. `std::env::args_os().skip(1)`); an
+/// argument that is not UTF-8 is refused.
 pub fn parse_args<I, S>(args: I) -> Result<Command, ArgError>
 where
     I: IntoIterator<Item = S>,
-    S: Into<String>,
+    S: Into<OsString>,
 {
-    let mut args = args.into_iter().map(Into::into);
+    let args = args
+        .into_iter()
+        .enumerate()
+        .map(|(i, arg)| {
+            arg.into()
+                .into_string()
+                .map_err(|raw| ArgError::NotUtf8(i + 1, raw.to_string_lossy().into_owned()))
+        })
+        .collect::<Result<Vec<String>, ArgError>>()?;
+    let mut args = args.into_iter();
     let command = args.next().ok_or(ArgError::NoCommand)?;
     match command.as_str() {
         "--help" | "-h" | "help" => return Ok(Command::Help),
@@ -624,6 +646,31 @@ mod tests {
             Command::Run(c) => Ok(*c),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_non_utf8_argument_is_refused() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = OsString::from_vec(b"/k\xff".to_vec());
+        let args = [OsString::from("run"), OsString::from("--kernel"), bad];
+        let err = parse_args(args).unwrap_err();
+        assert_eq!(err, ArgError::NotUtf8(3, "/k\u{fffd}".into()));
+        assert_eq!(
+            err.to_string(),
+            "Argument 3 ('/k\u{fffd}') is not valid UTF-8"
+        );
+    }
+
+    #[test]
+    fn a_directory_is_not_a_kernel() {
+        let dir = std::env::temp_dir();
+        let err = VmConfig::new(&dir).check_files().unwrap_err();
+        assert_eq!(err.source.kind(), std::io::ErrorKind::IsADirectory);
+        assert_eq!(
+            err.to_string(),
+            format!("Cannot open the kernel {}", dir.display())
+        );
+        assert_eq!(err.source.to_string(), "is a directory");
     }
 
     #[test]

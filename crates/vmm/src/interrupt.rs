@@ -416,7 +416,7 @@ impl KvmMsiController {
         match vectors.get(&vector).map(MsiVector::trigger) {
             Some(Ok(true)) => {}
             Some(Ok(false)) | None => tracing::debug!("MSI-X vector {vector} is not deliverable"),
-            Some(Err(e)) => tracing::warn!("MSI-X vector {vector}: {e}"),
+            Some(Err(e)) => log_limit::limited!(warn, "MSI-X vector {vector}: {e}"),
         }
     }
 }

@@ -32,51 +32,69 @@ pub enum Error {
 /// Guest memory as a device behind the vIOMMU sees it.
 pub type TranslatedMemory = DmaMemory<GuestMemoryMmap, DeviceDma>;
 
-/// One device's DMA path into the unit: its [`DeviceIommu`], plus the test-only probe of
-/// `--test-dma-fault`, which issues one extra read of a chosen IOVA just before the device's
-/// first translated access (by then the guest has attached the device to a DMA domain, so an
-/// IOVA it never mapped faults with reason 0x71 against this device's requester id).
+/// One device's DMA path into the unit: its [`DeviceIommu`], with the test-only probe of
+/// `--test-dma-fault` in front only when that option is given. The probe issues one extra read
+/// of a chosen IOVA just before the device's first translated access (by then the guest has
+/// attached the device to a DMA domain, so an IOVA it never mapped faults with reason 0x71
+/// against this device's requester id).
 #[derive(Debug)]
-pub struct DeviceDma {
+pub enum DeviceDma {
+    /// The device's view of the unit, nothing else.
+    Plain(DeviceIommu),
+    /// The view with the one-shot fault probe in front.
+    Probed(FaultProbe),
+}
+
+/// The `--test-dma-fault` probe in front of a device's [`DeviceIommu`].
+#[derive(Debug)]
+pub struct FaultProbe {
     inner: DeviceIommu,
-    probe: Option<u64>,
-    /// Whether the probe is still to run: one atomic load per translation, no lock.
-    probe_pending: AtomicBool,
+    iova: u64,
+    /// Whether the probe is still to run.
+    pending: AtomicBool,
 }
 
 impl DeviceDma {
     /// The DMA path of device `sid` behind `unit`, with an optional one-shot fault probe.
     pub fn new(unit: &Arc<Vtd>, sid: SourceId, probe: Option<u64>) -> Self {
-        let remapper: Arc<dyn vtd::request::Remapper> = unit.clone();
-        DeviceDma {
-            inner: DeviceIommu::new(remapper, sid),
-            probe,
-            probe_pending: AtomicBool::new(probe.is_some()),
+        let inner = DeviceIommu::new(unit.clone(), sid);
+        match probe {
+            None => DeviceDma::Plain(inner),
+            Some(iova) => DeviceDma::Probed(FaultProbe {
+                inner,
+                iova,
+                pending: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    fn inner(&self) -> &DeviceIommu {
+        match self {
+            DeviceDma::Plain(inner) | DeviceDma::Probed(FaultProbe { inner, .. }) => inner,
         }
     }
 
     /// The requester id.
     pub fn sid(&self) -> SourceId {
-        self.inner.sid()
+        self.inner().sid()
     }
+}
 
-    fn run_probe(&self) {
-        if !self.probe_pending.load(Ordering::Relaxed)
-            || !self.probe_pending.swap(false, Ordering::AcqRel)
-        {
+impl FaultProbe {
+    fn run_once(&self) {
+        if !self.pending.load(Ordering::Relaxed) || !self.pending.swap(false, Ordering::AcqRel) {
             return;
         }
-        if let Some(iova) = self.probe {
-            let refused = self
-                .inner
-                .translate_piece(iova, 4, Permissions::Read)
-                .is_err();
-            tracing::info!(
-                "--test-dma-fault: read of IOVA {iova:#x} by {} {}",
-                self.inner.sid(),
-                if refused { "faulted" } else { "was translated" }
-            );
-        }
+        let refused = self
+            .inner
+            .translate_piece(self.iova, 4, Permissions::Read)
+            .is_err();
+        tracing::info!(
+            "--test-dma-fault: read of IOVA {:#x} by {} {}",
+            self.iova,
+            self.inner.sid(),
+            if refused { "faulted" } else { "was translated" }
+        );
     }
 }
 
@@ -87,8 +105,10 @@ impl DmaTranslate for DeviceDma {
         len: usize,
         access: Permissions,
     ) -> Result<(u64, usize), vm_memory::iommu::Error> {
-        self.run_probe();
-        self.inner.translate_piece(iova, len, access)
+        if let DeviceDma::Probed(probe) = self {
+            probe.run_once();
+        }
+        self.inner().translate_piece(iova, len, access)
     }
 }
 
@@ -109,7 +129,7 @@ impl BusDevice for VtdRegisterPage {
 impl vtd::FaultInterrupt for MsiSignaller {
     fn deliver(&self, address: u64, data: u32) {
         if let Err(e) = MsiSignaller::deliver(self, address, data) {
-            tracing::warn!("vIOMMU event interrupt lost: {e}");
+            log_limit::limited!(warn, "vIOMMU event interrupt lost: {e}");
         }
     }
 }
@@ -195,6 +215,14 @@ mod tests {
     }
 
     #[test]
+    fn no_probe_unless_asked() {
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let unit = unit(&memory);
+        let dma = translated_memory(&memory, &unit, bus0_sid(3), None);
+        assert!(matches!(&**dma.translation(), DeviceDma::Plain(_)));
+    }
+
+    #[test]
     fn probe_runs_once_before_the_first_access() {
         let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         memory
@@ -208,10 +236,10 @@ mod tests {
             dma.read_obj::<u32>(GuestAddress(0x2000)).unwrap(),
             0x1234_5678
         );
-        assert!(
-            !dma.translation().probe_pending.load(Ordering::SeqCst),
-            "the probe ran"
-        );
+        let DeviceDma::Probed(probe) = &**dma.translation() else {
+            panic!("a probe was asked for");
+        };
+        assert!(!probe.pending.load(Ordering::SeqCst), "the probe ran");
         assert_eq!(
             dma.read_obj::<u32>(GuestAddress(0x2000)).unwrap(),
             0x1234_5678

@@ -65,7 +65,9 @@ impl BusDevice for PmDevice {
                 Some(SLP_TYP_S5) => {
                     let _ = self.events.send(VmEvent::PowerOff);
                 }
-                Some(other) => tracing::warn!("Guest requested unsupported sleep state S{other}"),
+                Some(other) => {
+                    log_limit::limited!(warn, "Guest requested unsupported sleep state S{other}")
+                }
                 None => {}
             },
             ACPI_SLEEP_STATUS => {}

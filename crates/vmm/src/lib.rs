@@ -24,7 +24,9 @@
 //!            returns VmExit  <─────────────────────────────────────────────┘
 //! ```
 //!
-//! All `unsafe` code lives in [`sys`] and `vfio::sys` (BAR mmaps as KVM memory slots).
+//! All `unsafe` code lives in [`sys`] and `vfio::sys` (BAR mmaps as KVM memory slots), plus
+//! the one call of `sys`'s `unsafe fn` in [`vm::create_vm`], which states why it meets the
+//! contract.
 
 pub mod acpi;
 pub mod arch;

@@ -167,7 +167,12 @@ pub fn create_vm(
             u32::try_from(mem.num_regions()).unwrap_or(u32::MAX),
         ),
     };
-    sys::map_guest_memory(&vm.fd, &vm.memory).map_err(vm_err("register guest memory with KVM"))?;
+    #[allow(unsafe_code)]
+    // SAFETY: `vm.fd` was just created and has no memory slots, and `vm.memory` is a clone of
+    // `mem` sharing its mappings, owned by the returned KvmVm whose `memory` field is declared
+    // after `fd` and so dropped (unmapped) only after the VM fd is closed; nothing remaps it.
+    let mapped = unsafe { sys::map_guest_memory(&vm.fd, &vm.memory) };
+    mapped.map_err(vm_err("register guest memory with KVM"))?;
     Ok(vm)
 }
 

@@ -29,6 +29,7 @@ pub mod inv;
 pub mod pasid;
 pub mod pte;
 pub mod regs;
+pub mod rights;
 pub mod root;
 
 /// Size of a VT-d page-table page and of every table page (§3.4, §9).
@@ -52,6 +53,17 @@ impl SourceId {
     /// Device/function number, the index into a context table.
     pub const fn devfn(self) -> u8 {
         self.0 as u8
+    }
+    /// Whether this source is selected by a device-selective context-cache invalidation of
+    /// `sid` with function mask `fm` (§6.5.2.1: FM 1, 2, 3 ignore function bits 2, 2:1, 2:0).
+    pub const fn selected_by(self, sid: SourceId, fm: u8) -> bool {
+        let ignore: u16 = match fm & 3 {
+            0 => 0,
+            1 => 0b100,
+            2 => 0b110,
+            _ => 0b111,
+        };
+        (self.0 & !ignore) == (sid.0 & !ignore)
     }
 }
 
@@ -87,5 +99,19 @@ mod tests {
         assert!(beyond_haw(1 << 48, 48));
         assert!(beyond_haw(1 << 39, 39));
         assert!(!beyond_haw(u64::MAX, 64));
+    }
+
+    #[test]
+    fn function_masks_ignore_low_function_bits() {
+        let sid = SourceId::new(3, 4, 5);
+        let others = |fm| (0..8).filter(move |&f| SourceId::new(3, 4, f).selected_by(sid, fm));
+        assert_eq!(others(0).collect::<Vec<_>>(), [5]);
+        assert_eq!(others(1).collect::<Vec<_>>(), [1, 5]);
+        assert_eq!(others(2).collect::<Vec<_>>(), [1, 3, 5, 7]);
+        assert_eq!(others(3).count(), 8);
+        assert!(
+            !SourceId::new(3, 5, 5).selected_by(sid, 3),
+            "another device"
+        );
     }
 }

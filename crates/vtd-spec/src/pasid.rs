@@ -250,7 +250,7 @@ impl PasidEntry {
 mod tests {
     use super::*;
 
-    /// The entry Linux 6.12 writes for a first-stage DMA domain (linux-guest-driver.md §2).
+    /// The entry Linux 6.12 writes for a first-stage DMA domain (`intel_pasid_setup_first_level`).
     #[test]
     fn decodes_linux_first_stage_entry() {
         let q0 = 1 | (2 << 2) | (1 << 6);

@@ -1,5 +1,12 @@
 //! Page-table entries: first stage (IA-32e format, §9.7) and second stage (§9.8), with the
 //! reserved-bit masks the walkers check (faults 0x72 / 0x7A).
+//!
+//! XD (bit 63) of a first-stage entry is never reserved. VT-d 3.x made it reserved unless the
+//! PASID entry's NXE was set, but the specification has since removed Execute-Requested
+//! requests and deprecated both NXE and XD (Linux dropped them in 6.11, commit e995fcde6070),
+//! and shipping guests set XD in every entry: Linux 5.10 without NXE, 6.1 with it. Hardware
+//! runs those guests, and so does QEMU (it ignores bits 63:52), so a walk accepts XD whatever
+//! NXE says and honours it as execute-disable only with NXE.
 
 use bitfield_struct::bitfield;
 
@@ -56,7 +63,7 @@ pub struct FirstStagePte {
     /// Bits 62:52, ignored.
     #[bits(11)]
     pub ignored_high: u16,
-    /// XD: execute disable (reserved unless the PASID entry's NXE is set).
+    /// XD: execute disable when the PASID entry's NXE is set, otherwise ignored (module docs).
     pub xd: bool,
 }
 
@@ -75,9 +82,9 @@ impl FirstStagePte {
 
     /// Reserved bits of a first-stage entry at `level` (§9.7): physical-address bits at and above
     /// the host address width `haw`; PS in PML5E/PML4E; PS in a PDPE without 1 GiB support; the
-    /// low address bits of a 2 MiB or 1 GiB page other than PAT; XD when NXE is clear.
-    pub fn reserved_mask(self, level: u32, haw: u32, nxe: bool, fs1gp: bool) -> u64 {
-        FirstStageReserved::new(haw, nxe, fs1gp).mask(self, level)
+    /// low address bits of a 2 MiB or 1 GiB page other than PAT. Never XD (module docs).
+    pub fn reserved_mask(self, level: u32, haw: u32, fs1gp: bool) -> u64 {
+        FirstStageReserved::new(haw, fs1gp).mask(self, level)
     }
 
     /// Whether this entry maps a page (a leaf) at `level`.
@@ -87,11 +94,11 @@ impl FirstStagePte {
 }
 
 /// The first-stage reserved-bit masks of one walk (§9.7), computed once from what is
-/// constant during it (host address width, NXE, CAP.FS1GP), so each entry only picks its
-/// level's mask; [`FirstStagePte::reserved_mask`] is the same rule for a single entry.
+/// constant during it (host address width, CAP.FS1GP), so each entry only picks its level's
+/// mask; [`FirstStagePte::reserved_mask`] is the same rule for a single entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FirstStageReserved {
-    /// Every level: address bits at and above the HAW, and XD when NXE is clear.
+    /// Every level: address bits at and above the HAW.
     base: u64,
     /// PML5E / PML4E: `base` and PS.
     top: u64,
@@ -102,12 +109,9 @@ pub struct FirstStageReserved {
 }
 
 impl FirstStageReserved {
-    /// The masks for host address width `haw`, PASID-entry NXE and CAP.FS1GP.
-    pub fn new(haw: u32, nxe: bool, fs1gp: bool) -> Self {
-        let mut base = above_haw(haw);
-        if !nxe {
-            base |= 1 << 63;
-        }
+    /// The masks for host address width `haw` and CAP.FS1GP.
+    pub fn new(haw: u32, fs1gp: bool) -> Self {
+        let base = above_haw(haw);
         let pdpe_page = if fs1gp {
             base | (((1u64 << 30) - 1) & !((1u64 << 13) - 1))
         } else {
@@ -261,62 +265,74 @@ mod tests {
     fn first_stage_reserved_bits() {
         let pml4e = FirstStagePte::from_bits(0x1000 | 0x87);
         assert_ne!(
-            pml4e.into_bits() & pml4e.reserved_mask(4, 48, false, true),
+            pml4e.into_bits() & pml4e.reserved_mask(4, 48, true),
             0,
             "PS in a PML4E"
         );
         let pdpe_1g = FirstStagePte::from_bits((1 << 30) | 0x87);
-        assert_eq!(
-            pdpe_1g.into_bits() & pdpe_1g.reserved_mask(3, 48, false, true),
-            0
-        );
+        assert_eq!(pdpe_1g.into_bits() & pdpe_1g.reserved_mask(3, 48, true), 0);
         assert_ne!(
-            pdpe_1g.into_bits() & pdpe_1g.reserved_mask(3, 48, false, false),
+            pdpe_1g.into_bits() & pdpe_1g.reserved_mask(3, 48, false),
             0,
             "1G without FS1GP"
         );
         let pde_2m_pat = FirstStagePte::from_bits((2 << 20) | (1 << 12) | 0x87);
         assert_eq!(
-            pde_2m_pat.into_bits() & pde_2m_pat.reserved_mask(2, 48, false, true),
+            pde_2m_pat.into_bits() & pde_2m_pat.reserved_mask(2, 48, true),
             0,
             "PAT is allowed"
         );
         let pde_2m_bad = FirstStagePte::from_bits((2 << 20) | (1 << 13) | 0x87);
         assert_ne!(
-            pde_2m_bad.into_bits() & pde_2m_bad.reserved_mask(2, 48, false, true),
+            pde_2m_bad.into_bits() & pde_2m_bad.reserved_mask(2, 48, true),
             0
-        );
-        let xd = FirstStagePte::from_bits((1 << 63) | 0x1003);
-        assert_ne!(
-            xd.into_bits() & xd.reserved_mask(1, 48, false, true),
-            0,
-            "XD without NXE"
-        );
-        assert_eq!(
-            xd.into_bits() & xd.reserved_mask(1, 48, true, true),
-            0,
-            "XD with NXE"
         );
         let high = FirstStagePte::from_bits((1 << 48) | 0x3);
         assert_ne!(
-            high.into_bits() & high.reserved_mask(1, 48, true, true),
+            high.into_bits() & high.reserved_mask(1, 48, true),
             0,
             "beyond HAW"
         );
     }
 
-    /// The per-entry rule as §9.7 words it, against the per-walk masks.
-    fn reference_first_stage_mask(
-        pte: FirstStagePte,
-        level: u32,
-        haw: u32,
-        nxe: bool,
-        fs1gp: bool,
-    ) -> u64 {
-        let mut mask = above_haw(haw);
-        if !nxe {
-            mask |= 1 << 63;
+    /// What Linux writes into first-stage entries (linux-guest-driver.md), with the bits each
+    /// version ORs into every entry: 5.10 sets XD without NXE, 6.1 XD with NXE, 6.12 no XD.
+    #[test]
+    fn linux_first_stage_entries_have_no_reserved_bit() {
+        const XD: u64 = 1 << 63;
+        // Non-leaf: table | P | R/W | U/S | A; leaf: page | P | R/W | U/S | A | D; bit 11 is
+        // Linux's DMA_PTE_SNP, ignored in a first-stage entry.
+        let nonleaf = 0x1c1b_c000 | 0x27;
+        let leaf = 0x0123_4000 | 0x67 | (1 << 11);
+        let leaf_2m = 0x0060_0000 | 0xe7;
+        for extra in [0, XD] {
+            for (raw, level) in [
+                (nonleaf, 4),
+                (nonleaf, 3),
+                (nonleaf, 2),
+                (leaf, 1),
+                (leaf_2m, 2),
+            ] {
+                let pte = FirstStagePte::from_bits(raw | extra);
+                assert_eq!(
+                    pte.into_bits() & pte.reserved_mask(level, 48, true),
+                    0,
+                    "{:#x} at level {level}",
+                    pte.into_bits()
+                );
+            }
         }
+        // The same entries with a bit that is reserved still fault.
+        let pml4e_ps = FirstStagePte::from_bits(nonleaf | XD | 0x80);
+        assert_ne!(
+            pml4e_ps.into_bits() & pml4e_ps.reserved_mask(4, 48, true),
+            0
+        );
+    }
+
+    /// The per-entry rule as §9.7 words it, against the per-walk masks.
+    fn reference_first_stage_mask(pte: FirstStagePte, level: u32, haw: u32, fs1gp: bool) -> u64 {
+        let mut mask = above_haw(haw);
         match level {
             4 | 5 => mask |= 1 << 7,
             3 if pte.ps() => {
@@ -335,20 +351,18 @@ mod tests {
     #[test]
     fn per_walk_first_stage_masks_match_the_per_entry_rule() {
         for haw in [0, 12, 39, 46, 48, 52, 57, 64] {
-            for nxe in [false, true] {
-                for fs1gp in [false, true] {
-                    let masks = FirstStageReserved::new(haw, nxe, fs1gp);
-                    for level in 0..=6 {
-                        for raw in [0x3, 0x83, u64::MAX, 1 << 63 | 0x1083] {
-                            let pte = FirstStagePte::from_bits(raw);
-                            let want = reference_first_stage_mask(pte, level, haw, nxe, fs1gp);
-                            assert_eq!(
-                                masks.mask(pte, level),
-                                want,
-                                "{haw} {nxe} {fs1gp} {level} {raw:#x}"
-                            );
-                            assert_eq!(pte.reserved_mask(level, haw, nxe, fs1gp), want);
-                        }
+            for fs1gp in [false, true] {
+                let masks = FirstStageReserved::new(haw, fs1gp);
+                for level in 0..=6 {
+                    for raw in [0x3, 0x83, u64::MAX, 1 << 63 | 0x1083] {
+                        let pte = FirstStagePte::from_bits(raw);
+                        let want = reference_first_stage_mask(pte, level, haw, fs1gp);
+                        assert_eq!(
+                            masks.mask(pte, level),
+                            want,
+                            "{haw} {fs1gp} {level} {raw:#x}"
+                        );
+                        assert_eq!(pte.reserved_mask(level, haw, fs1gp), want);
                     }
                 }
             }

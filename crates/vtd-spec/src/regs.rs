@@ -647,7 +647,8 @@ mod tests {
 
     #[test]
     fn ecap_fields_match_qemu_flts_value() {
-        // QEMU x-flts with intremap: cap=1d2008c222f0606 ecap=880000f00f5a (environment.md).
+        // QEMU x-flts with intremap: cap=1d2008c222f0606 ecap=880000f00f5a (as a Linux guest of
+        // QEMU 10 reports them in sysfs; docs/benchmarks.md's guest details show the same).
         let ecap = Ecap::from_bits(0x8800_00f0_0f5a);
         assert!(ecap.qi() && ecap.ir() && ecap.eim() && ecap.pt());
         assert_eq!(ecap.iro(), 0xf);

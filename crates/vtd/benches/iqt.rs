@@ -15,15 +15,15 @@
 //!   table; 0 also makes the unit drop the cached leaf table of the page's region.
 #![allow(missing_docs)]
 
-#[path = "../tests/translate_support/mod.rs"]
+#[path = "../tests/translate/support/mod.rs"]
 #[allow(unused_imports)]
 mod translate_support;
 
 use std::hint::black_box;
 use std::sync::Arc;
 use translate_support::{DATA_BASE, Mem, PageTable, SID, Stage, Tables, fs_entry};
+use vtd::GuestRam;
 use vtd::invalidation::Invalidation;
-use vtd::memory::GuestRam;
 use vtd::observer::{InvalidationObserver, UnitView};
 use vtd::request::{Access, DmaRequest, Remapper};
 use vtd::{Config, FaultInterrupt, Vtd};

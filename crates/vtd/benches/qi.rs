@@ -8,7 +8,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vtd::memory::GuestRam;
+use vtd::GuestRam;
 use vtd::{Config, FaultInterrupt, Vtd};
 use vtd_spec::regs::offset;
 

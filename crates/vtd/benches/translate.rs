@@ -6,19 +6,20 @@
 // criterion's macros generate undocumented public functions.
 #![allow(missing_docs)]
 
-#[path = "../tests/translate_support/mod.rs"]
+#[path = "../tests/translate/support/mod.rs"]
 #[allow(unused_imports)]
 mod translate_support;
 
-use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
 use std::sync::Arc;
 use translate_support::*;
 use vm_memory::{GuestAddress, GuestMemory, Iommu, Permissions};
+use vtd::Translator;
 use vtd::dma_memory::DmaMemory;
 use vtd::invalidation::Invalidation;
 use vtd::iommu::DeviceIommu;
 use vtd::request::{Access, DmaRequest};
-use vtd::translate::Translator;
 
 const IOVA: u64 = 0x1_0000_0000;
 /// More distinct pages than the IOTLB holds, so cycling through them misses.
@@ -130,8 +131,8 @@ fn bench(c: &mut Criterion) {
                 .unwrap()
         })
     });
-    // The vm-memory adapter: one 4 KiB read through `DeviceIommu` (an IOTLB hit plus building
-    // the per-call `vm_memory::Iotlb`).
+    // The vm-memory adapter: one 4 KiB read through `DeviceIommu` (the device's remembered
+    // page as a one-mapping `vm_memory::Iotlb`).
     let unit = Unit::new(&mem, state);
     let view = DeviceIommu::new(unit.clone(), SID);
     c.bench_function("device_iommu_translate_4k", |b| {

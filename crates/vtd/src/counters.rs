@@ -180,14 +180,6 @@ impl Counters {
     }
 }
 
-impl CountersSnapshot {
-    /// IOTLB hit rate in percent, if any lookup happened.
-    pub fn iotlb_hit_rate(&self) -> Option<f64> {
-        let total = self.iotlb_hits + self.iotlb_misses;
-        (total > 0).then(|| 100.0 * self.iotlb_hits as f64 / total as f64)
-    }
-}
-
 /// One `counter <name> <value>` line per counter, the format the end-to-end runner parses.
 impl fmt::Display for CountersSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

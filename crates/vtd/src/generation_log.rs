@@ -3,13 +3,28 @@
 //! precisely instead of dropping everything at every one.
 //!
 //! ```text
-//!  unit: invalidation / flush / root or TE change
-//!     └─► GenerationLog::bump(scopes) ── under the log's lock: push (g + 1, scope)...,
-//!                                         then publish generation g + 1
-//!  device cache at generation f, unit now at g > f
-//!     └─► Remapper::stale_between(f, g) ── every scope of generations f+1..=g, or "unknown"
-//!           (the log no longer reaches back to f) ─► drop overlapping pages, or all
+//!  vCPU: invalidation / flush                 device cache at generation f
+//!     └─► GenerationLog::apply_then_publish      └─► reads the generation g, then (if g > f)
+//!           1. apply: the unit's caches drop          Generations::stale_between(f, g): every
+//!              what the invalidation covers           scope of generations f+1..=g, or
+//!           2. under the log's lock: push             "unknown" (the log no longer reaches
+//!              (g + 1, scope)..., then publish        back to f) ─► drop overlapping pages,
+//!              generation g + 1                       or all; a miss asks the unit and is
+//!     └─► the wait descriptor's status write          remembered under the generation read
+//!                                                     before it asked
 //! ```
+//!
+//! **The order is the protocol.** A device that reads generation `g + 1` asks the unit only
+//! after the unit's caches dropped what bump `g + 1` covers, so it can only remember a fresh
+//! translation under `g + 1`. A device that read `g` may have been answered from the old
+//! caches, but it remembers that answer under `g`, and its next lookup (which reads `g + 1`,
+//! published before the invalidation's wait completes) drops it. Publishing first would let a
+//! device read `g + 1`, be answered from the not yet invalidated caches and remember the stale
+//! translation under `g + 1`, where nothing would ever drop it: DMA into memory the guest has
+//! freed. State changes that are not cache drops (root pointer, TE, reset) are published with
+//! [`GenerationLog::publish`] after the new state is stored, for the same reason. The loom
+//! model in this module's tests checks the order against every interleaving, and checks that
+//! the opposite order fails.
 //!
 //! A scope is [`Stale::Iova`] only for a page-selective PASID-based IOTLB invalidation (the
 //! one Linux sends per unmap in strict mode), whose range is exact whatever domain or PASID it
@@ -24,8 +39,8 @@
 //! the generation they belong to is published, so a reader that sees generation `g` finds
 //! every scope up to `g` in the log (or learns the log no longer covers its range).
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Mutex};
+use std::sync::atomic::Ordering;
 
 use crate::invalidation::Invalidation;
 
@@ -120,9 +135,23 @@ impl GenerationLog {
         self.generation.load(Ordering::SeqCst)
     }
 
+    /// Applies an invalidation or flush with `apply` (the unit's caches drop what it covers),
+    /// then records `scopes` (none means [`Stale::Everything`]) under the next generation and
+    /// publishes it: the one order under which no device remembers a stale translation under
+    /// a generation that does not know it is stale (see the module docs).
+    pub fn apply_then_publish<R>(
+        &self,
+        scopes: impl Iterator<Item = Stale> + Clone,
+        apply: impl FnOnce() -> R,
+    ) -> R {
+        let result = apply();
+        self.publish(scopes);
+        result
+    }
+
     /// Records `scopes` (none means [`Stale::Everything`]) under the next generation and
-    /// publishes it.
-    pub fn bump(&self, scopes: impl Iterator<Item = Stale> + Clone) {
+    /// publishes it. The change it announces must already be in force.
+    pub fn publish(&self, scopes: impl Iterator<Item = Stale> + Clone) {
         let count = scopes.clone().take(MAX_SCOPES_PER_BUMP + 1).count();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let next = self.generation.load(Ordering::SeqCst) + 1;
@@ -216,9 +245,9 @@ mod tests {
     fn a_reader_gets_every_scope_of_its_range_and_only_those() {
         let log = GenerationLog::default();
         assert_eq!(collect(&log, 0, 0), Some(vec![]), "nothing happened");
-        log.bump([range(0, 0x1000)].into_iter());
-        log.bump([range(0x1000, 0x2000), range(0x3000, 0x4000)].into_iter());
-        log.bump(std::iter::empty());
+        log.publish([range(0, 0x1000)].into_iter());
+        log.publish([range(0x1000, 0x2000), range(0x3000, 0x4000)].into_iter());
+        log.publish(std::iter::empty());
         assert_eq!(log.current(), 3);
         assert_eq!(
             collect(&log, 0, 2),
@@ -229,7 +258,7 @@ mod tests {
             collect(&log, 1, 2),
             Some(vec![range(0x1000, 0x2000), range(0x3000, 0x4000)])
         );
-        log.bump([range(0x8000, 0x9000)].into_iter());
+        log.publish([range(0x8000, 0x9000)].into_iter());
         assert_eq!(
             collect(&log, 1, 4),
             Some(vec![
@@ -252,7 +281,7 @@ mod tests {
         for _ in 0..500 {
             let n = rand(11);
             let scopes: Vec<Stale> = (0..n).map(|i| range(i << 12, (i + 1) << 12)).collect();
-            log.bump(scopes.clone().into_iter());
+            log.publish(scopes.clone().into_iter());
             let g = log.current();
             if n == 0 || n as usize > MAX_SCOPES_PER_BUMP {
                 history.push((g, Stale::Everything));
@@ -282,7 +311,7 @@ mod tests {
     fn a_reader_too_far_behind_learns_it_and_big_bumps_become_everything() {
         let log = GenerationLog::default();
         for i in 0..(LOG_ENTRIES as u64 + 10) {
-            log.bump([range(i << 12, (i + 1) << 12)].into_iter());
+            log.publish([range(i << 12, (i + 1) << 12)].into_iter());
         }
         assert_eq!(collect(&log, 0, log.current()), None);
         assert_eq!(collect(&log, 5, log.current()), None);
@@ -293,7 +322,7 @@ mod tests {
         );
         let many = (0..MAX_SCOPES_PER_BUMP as u64 + 1).map(|i| range(i << 12, (i + 1) << 12));
         let before = log.current();
-        log.bump(many);
+        log.publish(many);
         assert_eq!(
             collect(&log, before, log.current()),
             Some(vec![Stale::Everything])

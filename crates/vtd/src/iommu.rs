@@ -1,4 +1,4 @@
-//! A per-device view of a [`Remapper`]: the device's few remembered pages in front of the
+//! A per-device view of a [`Remapper`] that has [`Generations`]: the device's few remembered pages in front of the
 //! unit, served piece by piece to [`crate::dma_memory::DmaMemory`] (what the VMM uses) or as
 //! vm-memory's [`vm_memory::Iommu`], so `vm_memory::IommuMemory` works unchanged too.
 //!
@@ -6,16 +6,17 @@
 //!  DmaMemory ─► DeviceIommu::translate_piece(iova, len, access)
 //!  IommuMemory ─► DeviceIommu::translate(iova, len, access)
 //!     remembered pages at the remapper's generation? (behind it: catch up — drop the pages
-//!       Remapper::stale_between names, or all) ─► page holding iova ─► hit
+//!       Generations::stale_between names, or all) ─► page holding iova ─► hit
 //!     else Remapper::remap_nearby(sid, iova) ─► Translation | Fault
 //!       ─► remember the page, and up to NEARBY_PAGES pages the remap found next to it
 //!          (tagged with the generation read before the remap)
 //! ```
 //!
 //! **The remembered pages are exact.** They hold only translations the remapper returned, the
-//! cache tagged with the remapper's [`Remapper::generation`] read *before* it was asked. The
-//! unit bumps its generation, and logs what the bump makes stale, before it applies any
-//! invalidation, flush or root/TE change (see [`crate::generation_log`]). A lookup at a newer
+//! cache tagged with the remapper's [`Generations::generation`] read *before* it was asked. The
+//! unit applies an invalidation, flush or root/TE change first and then bumps its generation,
+//! logging what the bump makes stale, all before the guest can see the invalidation complete
+//! (see [`crate::generation_log`] for why that order, and only it, is safe). A lookup at a newer
 //! generation first drops every page that the bumps in between cover — the IOVA range of a
 //! page-selective PASID-IOTLB invalidation, or everything for any other kind or when the log
 //! no longer reaches back — so a translation is reused until the guest invalidates it (or
@@ -27,16 +28,16 @@
 //! Pages found nearby are the unit's (`Remapper::remap_nearby`: the other present, accessed
 //! leaves of a walked leaf-table line, i.e. a request's other buffers), the [`NEARBY_PAGES`]
 //! nearest kept, remembered before the page asked for. The cache holds [`CACHED_PAGES`] pages,
-//! least recently used replaced first. A remapper without a generation gets a fresh `Iotlb` per
-//! call.
+//! least recently used replaced first.
 //!
 //! A range is translated page by page, but a superpage or pass-through translation covers many
 //! pages in one step; the number of steps is bounded by [`MAX_TRANSLATE_LEN`].
 
-use crate::request::{Access, DmaRequest, Remapper, Translation};
+use crate::request::{Access, DmaRequest, Generations, Remapper, Translation};
+use crate::sync::{RwLock, RwLockReadGuard};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock};
 use vm_memory::iommu::{Error, Iotlb, IotlbIterator, IovaRange};
 use vm_memory::{GuestAddress, Permissions};
 use vtd_spec::SourceId;
@@ -51,10 +52,16 @@ pub const CACHED_PAGES: usize = 8;
 
 /// A device's view of the vIOMMU: its requester id plus the unit it sits behind.
 pub struct DeviceIommu {
-    remapper: Arc<dyn Remapper>,
+    remapper: Arc<dyn Unit>,
     sid: SourceId,
     cache: RwLock<CachedIotlb>,
 }
+
+/// What a device's cache sits in front of: a [`Remapper`] with [`Generations`] (one trait
+/// object for both).
+trait Unit: Remapper + Generations {}
+
+impl<T: Remapper + Generations> Unit for T {}
 
 /// A device's remembered pages and the generation they are valid for (opaque; seen through
 /// [`IotlbGuard`]). Each page has its own one-mapping `Iotlb`, so a lookup is a search of one
@@ -104,7 +111,7 @@ struct Slot {
 }
 
 /// What `DeviceIommu`'s [`vm_memory::Iommu::translate`] hands vm-memory: one remembered page,
-/// or a one-call `Iotlb` (a range over several pages, a remapper without a generation, a page
+/// or a one-call `Iotlb` (a range over several pages, a page
 /// just translated).
 #[derive(Debug)]
 pub enum IotlbGuard<'a> {
@@ -127,9 +134,9 @@ impl Deref for IotlbGuard<'_> {
 
 impl DeviceIommu {
     /// The view of device `sid` behind `remapper`.
-    pub fn new(remapper: Arc<dyn Remapper>, sid: SourceId) -> Self {
+    pub fn new<R: Remapper + Generations + 'static>(remapper: Arc<R>, sid: SourceId) -> Self {
         Self {
-            remapper,
+            remapper: remapper as Arc<dyn Unit>,
             sid,
             cache: RwLock::new(CachedIotlb::default()),
         }
@@ -263,6 +270,14 @@ impl DeviceIommu {
     /// The requester id this view translates for.
     pub fn sid(&self) -> SourceId {
         self.sid
+    }
+
+    /// A single-DWORD write of `data` at `address` in the interrupt address range from this
+    /// device: an interrupt request, not DMA ([`Remapper::interrupt`]). Returns whether it was
+    /// delivered. (Writes through [`crate::dma_memory::DmaMemory`] are DMA: vm-memory writes
+    /// into the translated slices, so a write there cannot become an interrupt and faults.)
+    pub fn interrupt(&self, address: u64, data: u32) -> bool {
+        self.remapper.interrupt(self.sid, address, data)
     }
 }
 
@@ -428,21 +443,19 @@ impl vm_memory::Iommu for DeviceIommu {
             .ok_or_else(|| cannot_resolve(start, length, "range wraps around".into()))?;
         // Read before any remap: whatever the remapper answers below is valid for it at best.
         let generation = self.remapper.generation();
-        if let Some(guard) = generation.and_then(|g| self.cached(g, start, end, access))
+        if let Some(guard) = self.cached(generation, start, end, access)
             && let Ok(hit) = Iotlb::lookup(guard, iova, length, access)
         {
             return Ok(hit);
         }
         let mut nearby = Nearby::new(start);
         let mappings = self.walk(start, end, access, &mut nearby)?;
-        if let Some(generation) = generation {
-            self.remember(generation, &nearby, &mappings);
-            // Usually one page, now remembered: hand that out instead of building an `Iotlb`.
-            if let Some(guard) = self.cached(generation, start, end, access)
-                && let Ok(hit) = Iotlb::lookup(guard, iova, length, access)
-            {
-                return Ok(hit);
-            }
+        self.remember(generation, &nearby, &mappings);
+        // Usually one page, now remembered: hand that out instead of building an `Iotlb`.
+        if let Some(guard) = self.cached(generation, start, end, access)
+            && let Ok(hit) = Iotlb::lookup(guard, iova, length, access)
+        {
+            return Ok(hit);
         }
         let mut tlb = Iotlb::new();
         for m in &mappings {
@@ -554,16 +567,14 @@ impl DeviceIommu {
             .ok_or_else(|| cannot_resolve(iova, len, "empty or wrapping range".into()))?;
         // Read before any remap: whatever the remapper answers below is valid for it at best.
         let generation = self.remapper.generation();
-        if let Some(hit) = generation.and_then(|g| self.cached_piece(g, iova, end, access)) {
+        if let Some(hit) = self.cached_piece(generation, iova, end, access) {
             return Ok(hit);
         }
         // One remap covers the rest of the translated page (a superpage in one step), and may
         // bring the pages next to it: remembered too, before it (it is the most recent).
         let mut nearby = Nearby::new(iova);
         let m = self.remap_one(iova, end, access, &mut |t| nearby.offer(t))?;
-        if let Some(generation) = generation {
-            self.remember(generation, &nearby, std::slice::from_ref(&m));
-        }
+        self.remember(generation, &nearby, std::slice::from_ref(&m));
         Ok((m.gpa, m.len))
     }
 }

@@ -11,7 +11,7 @@
 //!  1. Guest programs the unit (vCPU thread, MMIO exit)
 //!     mmio_write ─► regs (attributes, W1C) ─► GCMD: SRTP/TE/QIE ─► GSTS (synchronously)
 //!                                          │                 └─► UnitState (root, TE) ─┐
-//!                                          ├─► IQT: queue ─► qi::interpret ─► dispatch ─┤
+//!                                          ├─► IQT: qi::interpret_decoded ─► dispatch ──┤
 //!                                          │    wait: status write, ICS/IECTL event     │
 //!                                          ├─► CCMD / IOTLB register ─────► dispatch ───┤
 //!                                          └─► FSTS/FRCD/FECTL: W1C, PPF, IP ─► MSI     │
@@ -19,10 +19,11 @@
 //!
 //!  2. Emulated-device DMA (device thread)
 //!     dma_memory::DmaMemory (or vm-memory's IommuMemory) ─► iommu::DeviceIommu
-//!       (remembered pages, valid while the unit's generation is unchanged) ─► Vtd::remap ─► Translator (IOTLB hit, or root ─► context ─► PASID
-//!                                    ─► first/second-stage walk) with UnitState (RwLock read)
-//!                                └─► on a fault: fault::record (FRCD, FSTS.PPF/PFO, FRI)
-//!                                                 ─► fault event MSI via FaultInterrupt
+//!       (remembered pages, valid while the unit's generation is unchanged)
+//!       ─► Vtd::remap ─► Translator (IOTLB hit, or root ─► context ─► PASID
+//!            ─► first/second-stage walk) with UnitState (RwLock read)
+//!          └─► on a fault: fault::record (FRCD, FSTS.PPF/PFO, FRI)
+//!                ─► fault event MSI via FaultInterrupt
 //!
 //!  3. Passthrough devices (no DMA through the unit)
 //!     InvalidationObserver::invalidated / submission_done / root_or_translation_changed
@@ -30,31 +31,48 @@
 //! ```
 //!
 //! Locks: a register mutex for MMIO and fault recording; the translation hot path reads
-//! [`translate::UnitState`] from an `RwLock` and never takes the register mutex. Observers and
+//! [`UnitState`] from an `RwLock` and never takes the register mutex. Observers and
 //! the interrupt sink are always called with no lock held.
 
 #![forbid(unsafe_code)]
 
+// Modules other crates name by path (accel, devices, vmm).
 pub mod config;
-pub mod counters;
 pub mod dma_memory;
-pub mod fault;
-pub mod fuzzing;
-pub mod generation_log;
 pub mod invalidation;
 pub mod iommu;
-pub mod memory;
 pub mod observer;
-pub mod qi;
-pub mod regs;
 pub mod request;
-pub mod translate;
-pub mod unit;
 
+// The fuzzing driver: for the cargo-fuzz target (`fuzz/` enables the feature) and its replay
+// test.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
+
+mod counters;
+mod fault;
+mod generation_log;
+mod interrupt_range;
+mod memory;
+mod qi;
+mod regs;
+mod sync;
+mod translate;
+mod unit;
+
+#[cfg(all(test, loom))]
+mod loom_model;
 #[cfg(test)]
 mod test_rng;
 
 pub use config::{Config, ConfigError};
+pub use counters::{Counters, CountersSnapshot};
 pub use fault::FaultInterrupt;
+pub use generation_log::LOG_ENTRIES;
+pub use memory::{GuestRam, MemoryError};
 pub use observer::{InvalidationObserver, UnitView};
+pub use translate::shadow_view::{
+    DeviceTables, SecondStageTables, SsRangeLeaf, SsRangeWalk, device_tables,
+};
+pub use translate::{CacheStats, Translator, UnitState};
 pub use unit::Vtd;

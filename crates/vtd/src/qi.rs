@@ -113,12 +113,8 @@ fn scalable_only(desc: &Descriptor) -> bool {
     )
 }
 
-/// Checks one fetched descriptor (`q[2..]` are zero for a 128-bit queue) and says what to do.
-pub fn interpret(q: [u64; 4], wide: bool, features: QueueFeatures) -> Result<Action, IqeInfo> {
-    interpret_decoded(Descriptor::decode(q), q, wide, features)
-}
-
-/// [`interpret`] for a caller that has already decoded `q` into `desc`.
+/// Checks one fetched descriptor, `desc` as decoded from its words `q` (`q[2..]` are zero for a
+/// 128-bit queue), and says what to do.
 pub fn interpret_decoded(
     desc: Descriptor,
     q: [u64; 4],
@@ -280,6 +276,10 @@ pub fn iotlb_command(reg: IotlbReg, iva: u64) -> RegisterInvalidation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn interpret(q: [u64; 4], wide: bool, features: QueueFeatures) -> Result<Action, IqeInfo> {
+        interpret_decoded(Descriptor::decode(q), q, wide, features)
+    }
 
     const SM: QueueFeatures = QueueFeatures {
         scalable: true,

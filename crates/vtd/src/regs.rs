@@ -292,11 +292,6 @@ impl RegisterFile {
             }
         }
     }
-    /// Sets or clears `bits` of a 32-bit register.
-    pub fn update32(&mut self, at: u64, bits: u32, set: bool) {
-        let v = self.get32(at);
-        self.set32(at, if set { v | bits } else { v & !bits });
-    }
 }
 
 /// The value a write of `data` at `at` gives to the register at `reg` when the bytes it does

@@ -1,8 +1,9 @@
 //! What a device asks of the remapping unit, and what it gets back: a translation or a fault.
 
-use crate::generation_log::Stale;
+pub use crate::generation_log::Stale;
 use vtd_spec::SourceId;
 use vtd_spec::fault::FaultReason;
+use vtd_spec::rights::FsRequest;
 
 /// The kind of access a DMA request makes (§3.6: requests are reads or writes; execute and
 /// supervisor privilege come with PASID-tagged requests).
@@ -40,6 +41,16 @@ impl Access {
         execute: false,
         privileged: false,
     };
+
+    /// This access as a first-stage request of privilege `privileged` (the PR attribute for
+    /// requests with PASID, the context entry's RID_PRIV for those without).
+    pub(crate) fn first_stage(self, privileged: bool) -> FsRequest {
+        FsRequest {
+            privileged,
+            write: self.write,
+            execute: self.execute,
+        }
+    }
 }
 
 /// A DMA request from a device.
@@ -111,7 +122,7 @@ pub trait Remapper: Send + Sync {
 
     /// [`Remapper::remap`], and `nearby` receives other translations for the same requester
     /// the remapper found on the way (pages next to the walked one), each what `remap` would
-    /// return for it at that moment and valid under the same [`Remapper::generation`] rule.
+    /// return for it at that moment and valid under the same [`Generations::generation`] rule.
     /// The default finds none.
     fn remap_nearby(
         &self,
@@ -122,19 +133,29 @@ pub trait Remapper: Send + Sync {
         self.remap(req)
     }
 
-    /// A counter that changes (grows) before any translation this remapper returned can stop
-    /// being valid: invalidations, cache flushes, root or TE changes. A caller may reuse a
-    /// translation obtained while the counter read `g` for as long as it still reads `g`.
-    /// `None` (the default): no such counter, nothing may be reused across requests.
-    fn generation(&self) -> Option<u64> {
-        None
-    }
-
-    /// What became stale between generations `from` (exclusive) and `to` (inclusive): calls
-    /// `stale` for each scope and returns `true`, or returns `false` when that is not known
-    /// (the default): the caller must then treat every translation as stale.
-    fn stale_between(&self, from: u64, to: u64, stale: &mut dyn FnMut(Stale)) -> bool {
-        let _ = (from, to, stale);
+    /// A single-DWORD write of `data` without PASID at `address` in the interrupt address range
+    /// (`interrupt_range::INTERRUPT_RANGE`): an interrupt request, not DMA (§3.15). Returns
+    /// whether it was delivered; `false` if `address` is not a DWORD-aligned address in the
+    /// range (such a write, or a write of another length, is DMA: [`Remapper::remap`] faults
+    /// it). The default delivers nothing.
+    fn interrupt(&self, sid: SourceId, address: u64, data: u32) -> bool {
+        let _ = (sid, address, data);
         false
     }
+}
+
+/// The invalidation generations of a remapper whose answers a caller may remember (the unit
+/// implements it; [`crate::iommu::DeviceIommu`] requires it alongside [`Remapper`]). The
+/// protocol that makes remembering safe is in `generation_log`'s module docs.
+pub trait Generations: Send + Sync {
+    /// A counter that grows with every invalidation, cache flush, root or TE change: after
+    /// the remapper stopped answering with what the change made stale, and before the guest
+    /// can see the change complete. A caller may reuse a translation it asked for after
+    /// reading `g` for as long as the counter still reads `g`.
+    fn generation(&self) -> u64;
+
+    /// What became stale between generations `from` (exclusive) and `to` (inclusive): calls
+    /// `stale` for each scope and returns `true`, or returns `false` when that is no longer
+    /// known: the caller must then treat every translation as stale.
+    fn stale_between(&self, from: u64, to: u64, stale: &mut dyn FnMut(Stale)) -> bool;
 }

@@ -25,17 +25,18 @@ use crate::config::Config;
 use crate::counters::{Counters, CountersSnapshot};
 use crate::fault::{self, EventKind, FaultInterrupt, Msi, Recorded};
 use crate::generation_log::{GenerationLog, Stale};
+use crate::interrupt_range;
 use crate::invalidation::Invalidation;
 use crate::memory::GuestRam;
 use crate::observer::{InvalidationObserver, UnitView};
 use crate::qi::{self, Action, QueueFeatures};
 use crate::regs::{Register, RegisterFile, overlay};
-use crate::request::{DmaRequest, Fault, Remapper, Translation};
+use crate::request::{DmaRequest, Fault, Generations, Remapper, Translation};
 use crate::translate::{Translator, UnitState};
 use std::cell::OnceCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use tracing::{debug, trace, warn};
+use tracing::{debug, trace};
 use vtd_spec::SourceId;
 use vtd_spec::inv::Descriptor;
 use vtd_spec::pasid::PasidEntry;
@@ -144,8 +145,8 @@ pub struct Vtd {
     observers: RwLock<Arc<[Arc<dyn InvalidationObserver>]>>,
     /// Whether `observers` is non-empty (read without the lock).
     has_observers: AtomicBool,
-    /// Bumped before every invalidation is applied, every cache flush and every change of the
-    /// translation state (root, TE, reset): see [`Vtd::invalidation_generation`].
+    /// Bumped after every invalidation or cache flush is applied and after every change of the
+    /// translation state (root, TE, reset): see [`Generations::generation`].
     generations: GenerationLog,
 }
 
@@ -246,11 +247,6 @@ impl Vtd {
     pub fn counters(&self) -> CountersSnapshot {
         self.counters.snapshot()
     }
-    /// The translator (caches and walks), e.g. for adapters that translate in bulk.
-    pub fn translator(&self) -> &Translator {
-        &self.translator
-    }
-
     /// Registers an observer of invalidations and translation changes.
     pub fn add_observer(&self, observer: Arc<dyn InvalidationObserver>) {
         let mut list = self.observers.write().unwrap_or_else(|e| e.into_inner());
@@ -276,24 +272,11 @@ impl Vtd {
         *self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Stores the new translation state, then publishes a generation that makes every
+    /// translation stale (the new state is in force before any device can read it).
     fn update_state(&self, f: impl FnOnce(&mut UnitState)) {
         f(&mut self.state.write().unwrap_or_else(|e| e.into_inner()));
-        self.bump_generation();
-    }
-
-    /// A counter that grows before the unit applies any invalidation or cache flush and after
-    /// any change of its translation state (root table, TE, reset). A translation obtained
-    /// through [`Remapper::remap`] while the counter read `g` may be reused for as long as
-    /// the counter still reads `g`: that is how a per-device cache outside the unit (e.g.
-    /// `iommu::DeviceIommu`) follows the guest's invalidations without a hook of its own.
-    /// Invalidations applied directly through [`Vtd::translator`] bypass it.
-    pub fn invalidation_generation(&self) -> u64 {
-        self.generations.current()
-    }
-
-    /// A bump that may make any translation stale.
-    fn bump_generation(&self) {
-        self.generations.bump(std::iter::empty());
+        self.generations.publish(std::iter::empty());
     }
 
     /// Every register back to its reset value, translation off, caches flushed.
@@ -440,7 +423,7 @@ impl Vtd {
                     gsts.set_qies(false);
                     regs.set64(offset::IQH, 0);
                 } else {
-                    warn!(target: "vtd", head, tail, "QI disable refused: the queue is being processed");
+                    log_limit::limited!(warn, target: "vtd", head, tail, "QI disable refused: the queue is being processed");
                 }
             }
         }
@@ -456,7 +439,7 @@ impl Vtd {
             return;
         }
         let result = if Gsts::from_bits(regs.get32(offset::GSTS)).qies() {
-            warn!(target: "vtd", "CCMD invalidation refused: queued invalidation is enabled");
+            log_limit::limited!(warn, target: "vtd", "CCMD invalidation refused: queued invalidation is enabled");
             qi::RegisterInvalidation {
                 invalidation: None,
                 actual: 0,
@@ -478,7 +461,7 @@ impl Vtd {
             return;
         }
         let result = if Gsts::from_bits(regs.get32(offset::GSTS)).qies() {
-            warn!(target: "vtd", "IOTLB register invalidation refused: queued invalidation is enabled");
+            log_limit::limited!(warn, target: "vtd", "IOTLB register invalidation refused: queued invalidation is enabled");
             qi::RegisterInvalidation {
                 invalidation: None,
                 actual: 0,
@@ -502,8 +485,8 @@ impl Vtd {
     /// Carries out what was decided under the mutex; no lock is held here.
     fn finish(&self, fx: Effects) {
         if fx.flush_all {
-            self.bump_generation();
-            self.translator.flush_all();
+            self.generations
+                .apply_then_publish(std::iter::empty(), || self.translator.flush_all());
         }
         let observers = OnceCell::new();
         self.dispatch(&fx.invalidations, &observers);
@@ -533,10 +516,12 @@ impl Vtd {
         if invalidations.is_empty() {
             return;
         }
-        self.generations.bump(invalidations.iter().map(Stale::of));
-        for inv in invalidations.iter() {
-            self.translator.invalidate(inv);
-        }
+        self.generations
+            .apply_then_publish(invalidations.iter().map(Stale::of), || {
+                for inv in invalidations.iter() {
+                    self.translator.invalidate(inv);
+                }
+            });
         if let Some(observers) = observers.get_or_init(|| self.observers()) {
             for inv in invalidations.iter() {
                 for o in observers.iter() {
@@ -626,7 +611,7 @@ impl Vtd {
         why: IqeInfo,
         fx: &mut Effects,
     ) {
-        warn!(target: "vtd", ?why, slot = slot.map(|s| s.1), "invalidation queue error");
+        log_limit::limited!(warn, target: "vtd", ?why, slot = slot.map(|s| s.1), "invalidation queue error");
         Counters::bump(&self.counters.qi_errors);
         if let Some((queue, slot)) = slot {
             regs.set64(offset::IQH, queue.pointer(slot));
@@ -765,7 +750,7 @@ impl Vtd {
                 trace!(target: "vtd", index, "fault identical to a pending record");
             }
             Recorded::Overflow => {
-                warn!(target: "vtd", sid = %fault.sid, reason = %fault.reason, "fault dropped: recording registers full (PFO)");
+                log_limit::limited!(warn, target: "vtd", sid = %fault.sid, reason = %fault.reason, "fault dropped: recording registers full (PFO)");
             }
         }
         if let Some(m) = msi {
@@ -776,10 +761,7 @@ impl Vtd {
 
 impl Remapper for Vtd {
     fn remap(&self, req: &DmaRequest) -> Result<Translation, Fault> {
-        let state = self.current_state();
-        self.translator
-            .translate(&*self.ram, &state, req)
-            .inspect_err(|fault| self.report_fault(fault))
+        self.remap_nearby(req, &mut |_| {})
     }
 
     fn remap_nearby(
@@ -788,13 +770,47 @@ impl Remapper for Vtd {
         nearby: &mut dyn FnMut(Translation),
     ) -> Result<Translation, Fault> {
         let state = self.current_state();
+        if req.pasid.is_some() || !state.translation_enabled {
+            return self
+                .translator
+                .translate_nearby(&*self.ram, &state, req, nearby)
+                .inspect_err(|fault| self.report_fault(fault));
+        }
+        // Without PASID: the interrupt range is not DMA, and nothing handed out covers it.
+        if interrupt_range::is_interrupt_request(req) {
+            let fault = interrupt_range::fault(req, state.root.ttm());
+            self.report_fault(&fault);
+            return Err(fault);
+        }
+        let mut outside = |t: Translation| {
+            if !interrupt_range::covers_range(&t) {
+                nearby(t);
+            }
+        };
         self.translator
-            .translate_nearby(&*self.ram, &state, req, nearby)
+            .translate_nearby(&*self.ram, &state, req, &mut outside)
+            .map(|t| interrupt_range::outside_range(t, req.iova))
             .inspect_err(|fault| self.report_fault(fault))
     }
 
-    fn generation(&self) -> Option<u64> {
-        Some(self.invalidation_generation())
+    fn interrupt(&self, sid: SourceId, address: u64, data: u32) -> bool {
+        let Some((address, data)) = interrupt_range::message(address, data) else {
+            return false;
+        };
+        debug!(target: "vtd", %sid, address = format_args!("{address:#x}"), data = format_args!("{data:#x}"), "interrupt request (compatibility format)");
+        self.irq.deliver(address, data);
+        true
+    }
+}
+
+/// The generation grows after the unit applied any invalidation or cache flush, and after any
+/// change of its translation state (root table, TE, reset), and before the guest can see any
+/// of them complete (a wait descriptor's status, a register's ready bit): that is how a
+/// per-device cache outside the unit (`iommu::DeviceIommu`) follows the guest's invalidations
+/// without a hook of its own (the protocol: `generation_log`).
+impl Generations for Vtd {
+    fn generation(&self) -> u64 {
+        self.generations.current()
     }
 
     fn stale_between(&self, from: u64, to: u64, stale: &mut dyn FnMut(Stale)) -> bool {

@@ -1,5 +1,5 @@
 //! A small model of what the Linux intel-iommu driver does in scalable mode with first-stage
-//! domains (linux-guest-driver.md §1-§3): it builds root, context, PASID and first-stage tables
+//! domains (`drivers/iommu/intel/`: `iommu.c`, `pasid.c`, `dmar.c`): it builds root, context, PASID and first-stage tables
 //! in guest RAM, programs the unit's registers and submits invalidations followed by a wait,
 //! exactly one IQT write per submission. The passthrough device's DMA is done by the software
 //! host IOMMU, never by the vIOMMU.
@@ -10,9 +10,16 @@ use accel::{Accel, HostDevice, RamRegion};
 use host_iommu::sim::{GuestRamMemory, GuestRamRegion, SimConfig, SimHost};
 use host_iommu::{DeviceId, HostIommu};
 use std::sync::Arc;
+use test_fixtures::Mem;
+pub use test_fixtures::descriptors::{
+    context_cache, context_cache_global, iotlb, iotlb_global, pasid_cache_global,
+    pasid_cache_pasid, piotlb_page, piotlb_pasid,
+};
+use test_fixtures::descriptors::{wait, write_queue};
+use test_fixtures::tables::{PageTable, Stage, Tables, fs_entry, pt_entry};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vtd::FaultInterrupt;
 use vtd::Vtd;
-use vtd::fault::FaultInterrupt;
 use vtd_spec::SourceId;
 use vtd_spec::regs::offset;
 
@@ -38,10 +45,11 @@ impl FaultInterrupt for NoIrq {
 
 /// The guest, its vIOMMU, the software host IOMMU and the passthrough registry.
 pub struct Guest {
+    /// Guest RAM and the page allocator of the driver model's tables.
+    pub mem: Mem,
     pub ram: Arc<GuestMemoryMmap<()>>,
     pub vtd: Arc<Vtd>,
     pub accel: Arc<Accel>,
-    next_page: u64,
     gcmd: u32,
     pub root: u64,
     iq: u64,
@@ -54,9 +62,8 @@ pub const OPTIONS: &str = "x-scalable-mode=on,x-flts=on,caching-mode=on";
 impl Guest {
     /// A guest whose vIOMMU has `options`, with a passthrough registry over all of RAM.
     pub fn new(options: &str) -> Self {
-        let ram = Arc::new(
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap(),
-        );
+        let mem = Mem::with_layout(RAM, (1 << 20)..RAM);
+        let ram = mem.ram.clone();
         let config = vtd::config::Config::parse(options).unwrap();
         let vtd = Arc::new(Vtd::new(config, ram.clone(), Arc::new(NoIrq)));
         let accel = Arc::new(Accel::new(
@@ -70,10 +77,10 @@ impl Guest {
         ));
         vtd.add_observer(accel.clone());
         let mut g = Self {
+            mem,
             ram,
             vtd,
             accel,
-            next_page: 1 << 20,
             gcmd: 0,
             root: 0,
             iq: 0,
@@ -118,18 +125,14 @@ impl Guest {
 
     /// A zeroed page of guest RAM.
     pub fn page(&mut self) -> u64 {
-        let p = self.next_page;
-        self.next_page += 4096;
-        assert!(self.next_page < RAM, "guest model out of pages");
-        self.ram.write_slice(&[0u8; 4096], GuestAddress(p)).unwrap();
-        p
+        self.mem.page()
     }
 
     pub fn w64(&self, gpa: u64, v: u64) {
-        self.ram.write_obj(v, GuestAddress(gpa)).unwrap();
+        self.mem.w64(gpa, v);
     }
     pub fn r64(&self, gpa: u64) -> u64 {
-        self.ram.read_obj(GuestAddress(gpa)).unwrap()
+        self.mem.r64(gpa)
     }
     pub fn fill(&self, gpa: u64, byte: u8) {
         self.ram
@@ -188,16 +191,13 @@ impl Guest {
 
     /// One submission: the descriptors plus a wait with status write, one IQT write.
     pub fn submit(&mut self, descs: &[[u64; 4]]) {
-        let entries = 4096 / 32;
         self.w64(self.status, 0);
-        let wait = [5 | (1 << 5) | (u64::from(QI_DONE) << 32), self.status, 0, 0];
-        for d in descs.iter().chain(std::iter::once(&wait)) {
-            let slot = self.iq + self.tail * 32;
-            for (i, q) in d.iter().enumerate() {
-                self.w64(slot + 8 * i as u64, *q);
-            }
-            self.tail = (self.tail + 1) % entries;
-        }
+        let all: Vec<_> = descs
+            .iter()
+            .copied()
+            .chain([wait(self.status, QI_DONE)])
+            .collect();
+        self.tail = write_queue(&self.ram, self.iq, self.tail, 4096 / 32, true, &all);
         self.mmio_w32(offset::IQT, (self.tail * 32) as u32);
         assert_eq!(
             self.r64(self.status) as u32,
@@ -206,55 +206,44 @@ impl Guest {
         );
     }
 
-    /// The context entry of `sid` in the current root, creating tables as needed; returns the
-    /// PASID-table entry 0 address.
-    fn pasid_entry_addr(&mut self, sid: SourceId) -> u64 {
-        let root_half =
-            self.root + 16 * u64::from(sid.bus()) + if sid.devfn() >= 0x80 { 8 } else { 0 };
-        let mut ctx_table = self.r64(root_half) & !0xfff;
-        if ctx_table == 0 {
-            ctx_table = self.page();
-            self.w64(root_half, ctx_table | 1);
+    /// The driver's view of the root table at `self.root` (scalable).
+    fn tables(&self) -> Tables<'_> {
+        Tables {
+            mem: &self.mem,
+            root: self.root,
+            scalable: true,
         }
-        let ce = ctx_table + 32 * u64::from(sid.devfn() & 0x7f);
-        let mut dir = self.r64(ce) & !0xfff;
-        if dir == 0 {
-            dir = self.page();
-            // P, PDTS = 2 (512 directory entries) as Linux does, RID_PASID 0.
-            self.w64(ce, dir | (2 << 9) | 1);
-        }
-        let mut table = self.r64(dir) & !0xfff;
-        if table == 0 {
-            table = self.page();
-            self.w64(dir, table | 1);
-        }
-        table
     }
 
-    /// `intel_pasid_setup_first_level` for PASID 0.
+    /// `intel_pasid_setup_first_level` for PASID 0 (page-walk snooping on, as the unit's
+    /// ECAP.SMPWC asks).
     pub fn set_first_stage(&mut self, sid: SourceId, did: u16, pgtbl: u64) {
-        let pe = self.pasid_entry_addr(sid);
-        for i in 0..8 {
-            self.w64(pe + 8 * i, 0);
-        }
-        self.w64(pe + 8, u64::from(did) | (1 << 23));
-        self.w64(pe + 16, pgtbl);
-        self.w64(pe, (2 << 2) | (1 << 6) | 1);
+        self.set_first_stage_with(sid, did, pgtbl, false);
+    }
+
+    /// [`Guest::set_first_stage`] with the PASID entry's NXE as given (Linux 6.1 sets it).
+    pub fn set_first_stage_with(&mut self, sid: SourceId, did: u16, pgtbl: u64, nxe: bool) {
+        let mut pe = fs_entry(&first_stage(pgtbl), did);
+        pe.qw1 = pe.qw1.with_pwsnp(true);
+        pe.qw2 = pe.qw2.with_nxe(nxe);
+        self.tables().device_pasid_entry(sid, 0, pe);
+    }
+
+    /// The address of `sid`'s scalable-mode context entry, creating the context table.
+    pub fn context_entry_addr(&self, sid: SourceId) -> u64 {
+        self.tables().context_addr(sid)
     }
 
     /// `intel_pasid_setup_pass_through` for PASID 0.
     pub fn set_pass_through(&mut self, sid: SourceId, did: u16) {
-        let pe = self.pasid_entry_addr(sid);
-        for i in 0..8 {
-            self.w64(pe + 8 * i, 0);
-        }
-        self.w64(pe + 8, u64::from(did) | (1 << 23));
-        self.w64(pe, (2 << 2) | (4 << 6) | 1);
+        let mut pe = pt_entry(did);
+        pe.qw1 = pe.qw1.with_pwsnp(true);
+        self.tables().device_pasid_entry(sid, 0, pe);
     }
 
     /// `intel_pasid_tear_down_entry` for PASID 0.
     pub fn clear_entry(&mut self, sid: SourceId) {
-        let pe = self.pasid_entry_addr(sid);
+        let pe = self.tables().device_pasid_entry_addr(sid, 0);
         self.w64(pe, 0);
     }
 
@@ -263,52 +252,33 @@ impl Guest {
         self.page()
     }
 
-    /// Maps the 4 KiB page `iova` → `gpa` in the first-stage table `root`; returns the PTE address.
+    /// Maps the 4 KiB page `iova` → `gpa` in the first-stage table `root` as Linux does;
+    /// returns the PTE address.
     pub fn map(&mut self, root: u64, iova: u64, gpa: u64, writable: bool) -> u64 {
-        let mut table = root;
-        for level in (2..=4).rev() {
-            let e = table + 8 * ((iova >> (12 + 9 * (level - 1))) & 0x1ff);
-            let mut next = self.r64(e) & 0x000f_ffff_ffff_f000;
-            if next == 0 {
-                next = self.page();
-                self.w64(e, next | 0b100111);
-            }
-            table = next;
+        first_stage(root).map_like_linux(&self.mem, iova, gpa, writable)
+    }
+
+    /// [`Guest::map`] with `extra` ORed into the entry at every level, e.g. [`XD`] as Linux
+    /// before 6.11 writes it.
+    pub fn map_with(&mut self, root: u64, iova: u64, gpa: u64, writable: bool, extra: u64) -> u64 {
+        let table = first_stage(root);
+        let pte = table.map_like_linux(&self.mem, iova, gpa, writable);
+        for level in 1..=4 {
+            let entry = table.entry_addr(&self.mem, iova, level);
+            self.mem.w64(entry, self.mem.r64(entry) | extra);
         }
-        let pte = table + 8 * ((iova >> 12) & 0x1ff);
-        self.w64(pte, gpa | 0b1100101 | if writable { 2 } else { 0 });
         pte
     }
 }
 
-pub fn context_cache_global() -> [u64; 4] {
-    [1 | (1 << 4), 0, 0, 0]
-}
-pub fn pasid_cache_global() -> [u64; 4] {
-    [7 | (3 << 4), 0, 0, 0]
-}
-pub fn pasid_cache_pasid(did: u16, pasid: u32) -> [u64; 4] {
-    [
-        7 | (1 << 4) | (u64::from(did) << 16) | (u64::from(pasid) << 32),
-        0,
-        0,
-        0,
-    ]
-}
-pub fn pasid_cache_domain(did: u16) -> [u64; 4] {
-    [7 | (u64::from(did) << 16), 0, 0, 0]
-}
-pub fn iotlb_global() -> [u64; 4] {
-    [2 | (1 << 4), 0, 0, 0]
-}
-pub fn piotlb_all(did: u16) -> [u64; 4] {
-    [6 | (2 << 4) | (u64::from(did) << 16), 0, 0, 0]
-}
-pub fn piotlb_page(did: u16, addr: u64, am: u8, ih: bool) -> [u64; 4] {
-    [
-        6 | (3 << 4) | (u64::from(did) << 16),
-        addr | u64::from(am) | if ih { 1 << 6 } else { 0 },
-        0,
-        0,
-    ]
+/// XD (bit 63) of a first-stage entry.
+pub const XD: u64 = 1 << 63;
+
+/// The 4-level first-stage table at `root`.
+fn first_stage(root: u64) -> PageTable {
+    PageTable {
+        root,
+        levels: 4,
+        stage: Stage::First,
+    }
 }

@@ -312,7 +312,7 @@ impl MsixConfig {
         let still_masked = masked && previous.is_none_or(|(_, was_masked)| was_masked);
         if !unchanged && !still_masked {
             if let Err(error) = self.controller.configure(vector, message, masked) {
-                tracing::warn!(vector, %error, "Failed to configure MSI-X vector");
+                log_limit::limited!(warn, vector, %error, "Failed to configure MSI-X vector");
             }
             self.programmed[index] = Some((message, masked));
         }

@@ -201,7 +201,7 @@ impl VirtioInterrupt for SharedState {
     fn set_needs_reset(&self) {
         let previous = self.status.fetch_or(STATUS_NEEDS_RESET, Ordering::SeqCst);
         if previous & STATUS_NEEDS_RESET == 0 {
-            tracing::warn!("Virtio device needs reset");
+            log_limit::limited!(warn, "Virtio device needs reset");
             self.signal_config();
         }
     }
@@ -547,7 +547,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
             && old & STATUS_FEATURES_OK == 0
             && let Err(reason) = self.check_features()
         {
-            tracing::warn!(reason, "Refusing FEATURES_OK");
+            log_limit::limited!(warn, reason, "Refusing FEATURES_OK");
             new &= !STATUS_FEATURES_OK;
         }
         if new & STATUS_DRIVER_OK != 0 && new & STATUS_FEATURES_OK == 0 {
@@ -579,12 +579,12 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
         match self.build_activation() {
             Ok(activation) => {
                 if let Err(error) = self.device.activate(activation) {
-                    tracing::warn!(%error, "Virtio device activation failed");
+                    log_limit::limited!(warn, %error, "Virtio device activation failed");
                     self.shared.set_needs_reset();
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, "Virtio device activation failed");
+                log_limit::limited!(warn, %error, "Virtio device activation failed");
                 self.shared.set_needs_reset();
             }
         }
@@ -658,12 +658,12 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
             if let Some(address) = at(old)
                 && let Err(error) = registrar.unregister(address, fd)
             {
-                tracing::warn!(address, %error, "Cannot unregister queue ioeventfd");
+                log_limit::limited!(warn, address, %error, "Cannot unregister queue ioeventfd");
             }
             if let Some(address) = at(new)
                 && let Err(error) = registrar.register(address, fd)
             {
-                tracing::warn!(address, %error, "Cannot register queue ioeventfd");
+                log_limit::limited!(warn, address, %error, "Cannot register queue ioeventfd");
             }
         }
     }
@@ -788,7 +788,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> PciDevice for VirtioPciDevi
                     && let Some(fd) = self.notify.get(queue as usize)
                     && let Err(error) = fd.write(1)
                 {
-                    tracing::warn!(queue, %error, "Cannot signal queue notification");
+                    log_limit::limited!(warn, queue, %error, "Cannot signal queue notification");
                 }
             }
             o if o < MSIX_PBA_OFFSET => {

@@ -42,10 +42,10 @@ pub enum IommufdHostError {
     #[error("/dev/iommu is missing: the host kernel needs CONFIG_IOMMUFD")]
     Missing,
     /// `/dev/iommu` exists but cannot be opened.
-    #[error("Cannot open /dev/iommu: {0}")]
+    #[error("Cannot open /dev/iommu")]
     Open(#[source] std::io::Error),
     /// The VFIO iommufd wrapper could not be set up.
-    #[error("Cannot set up VFIO on /dev/iommu: {0}")]
+    #[error("Cannot set up VFIO on /dev/iommu")]
     Vfio(#[source] VfioError),
     /// The device has no VFIO cdev.
     #[error(
@@ -54,7 +54,7 @@ pub enum IommufdHostError {
     )]
     NoCdev(PathBuf),
     /// Opening or binding the device cdev failed.
-    #[error("Cannot bind {} to /dev/iommu: {source}", .path.display())]
+    #[error("Cannot bind {} to /dev/iommu", .path.display())]
     Bind {
         /// The device's sysfs path.
         path: PathBuf,
@@ -175,7 +175,7 @@ impl IommufdHost {
     /// sentence that says why not.
     pub fn check_nesting(&self, dev: DeviceId) -> std::result::Result<VtdHwInfo, IommufdHostError> {
         let info = self.hw_info(dev)?;
-        Ok(*info.require_vtd_nesting()?)
+        Ok(*info.require_vtd_nesting().map_err(HostIommuError::from)?)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Arc<VfioDevice>>> {

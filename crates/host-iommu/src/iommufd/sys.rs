@@ -263,7 +263,8 @@ mod tests {
     use iommufd_bindings::iommufd::*;
     use vfio_bindings::bindings::vfio::*;
 
-    /// Ioctl numbers: qemu-intel-iommu.md §6 (`_IO(';', nr)`).
+    /// Ioctl numbers as Linux's `include/uapi/linux/iommufd.h` and `vfio.h` define them
+    /// (`_IO(';', nr)`).
     #[test]
     fn ioctl_numbers_are_pinned() {
         use iommufd_ioctls as io;

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use vtd_spec::pte::level_size;
+use vtd_spec::rights::FsRights;
 
 use crate::DmaPerm;
 
@@ -21,10 +22,8 @@ pub const PSC_CAPACITY: usize = 128;
 pub struct IotlbEntry {
     /// Host virtual address of the page.
     pub hva_page: u64,
-    /// R/W of every first-stage level.
-    pub s1_write: bool,
-    /// U/S of every first-stage level.
-    pub s1_user: bool,
+    /// First-stage rights over every level.
+    pub s1: FsRights,
     /// Stage-2 permissions of the final GPA.
     pub s2: DmaPerm,
     /// Whether the leaf's D bit was set (a write hit without it walks again).
@@ -36,10 +35,8 @@ pub struct IotlbEntry {
 pub struct PscEntry {
     /// GPA of the next-level table.
     pub table_gpa: u64,
-    /// R/W of this and every upper level.
-    pub write: bool,
-    /// U/S of this and every upper level.
-    pub user: bool,
+    /// First-stage rights of this and every upper level.
+    pub rights: FsRights,
 }
 
 /// The caches of one nested HWPT.
@@ -116,8 +113,7 @@ mod tests {
     fn e(hva: u64) -> IotlbEntry {
         IotlbEntry {
             hva_page: hva,
-            s1_write: true,
-            s1_user: true,
+            s1: FsRights::ALL,
             s2: DmaPerm::READ_WRITE,
             dirty: false,
         }
@@ -132,8 +128,7 @@ mod tests {
         assert_eq!(c.sizes().0, IOTLB_CAPACITY);
         let pe = PscEntry {
             table_gpa: 0x5000,
-            write: true,
-            user: true,
+            rights: FsRights::ALL,
         };
         c.insert_psc(2, 0x20_0000, pe);
         c.insert_psc(3, 0, pe);

@@ -334,8 +334,4 @@ impl HostIommu for SimHost {
         st.objects.remove(&ioas.0);
         Ok(())
     }
-
-    fn as_sim(&self) -> Option<&SimHost> {
-        Some(self)
-    }
 }

@@ -156,7 +156,17 @@ impl Iommu for SimIommu {
             let hva = self
                 .host
                 .dma_translate_access(self.dev, at, dma)
-                .map_err(|f| cannot(start, length, f.to_string()))?;
+                .map_err(|f| {
+                    // Callers such as virtio-queue's ring checks report only that an access
+                    // failed; the host IOMMU's reason is here (debug: a guest can cause many).
+                    tracing::debug!(
+                        target: "host_iommu",
+                        iova = at,
+                        write = dma.write,
+                        "host IOMMU DMA fault: {f}"
+                    );
+                    cannot(start, length, f.to_string())
+                })?;
             let (gpa, room) = hva_to_gpa(&self.ram, hva).ok_or_else(|| {
                 cannot(
                     start,

@@ -5,6 +5,7 @@
 //! nothing beyond the bounded caches.
 
 use vtd_spec::pte::{FirstStagePte, level_size, table_index};
+use vtd_spec::rights::{FsRequest, FsRights};
 
 use super::HostMemory;
 use super::ioas::IoasMap;
@@ -144,20 +145,20 @@ fn check_s2(perm: DmaPerm, gpa: u64, access: DmaAccess) -> Result<(), DmaFault> 
     Ok(())
 }
 
-/// First-stage access rights (§3.6.2): user requests need U/S at every level and, to write,
-/// R/W at every level; supervisor requests (SRE checked before) may write read-only pages
-/// unless WPE is set.
-fn s1_allows(write_ok: bool, user_ok: bool, access: DmaAccess, data: &VtdS1HwptData) -> bool {
-    if access.supervisor {
-        !access.write || write_ok || !data.wpe()
-    } else {
-        user_ok && (!access.write || write_ok)
+impl DmaAccess {
+    /// This access as a first-stage request (devices here never ask for execute).
+    fn first_stage(self) -> FsRequest {
+        FsRequest {
+            privileged: self.supervisor,
+            write: self.write,
+            execute: false,
+        }
     }
 }
 
-const ACCESSED: u64 = 1 << 5;
-const DIRTY: u64 = 1 << 6;
-const EXTENDED_ACCESSED: u64 = 1 << 10;
+const ACCESSED: u64 = FirstStagePte::new().with_accessed(true).into_bits();
+const DIRTY: u64 = FirstStagePte::new().with_dirty(true).into_bits();
+const EXTENDED_ACCESSED: u64 = FirstStagePte::new().with_ea(true).into_bits();
 /// Attempts at the atomic A/D update before giving up.
 const AD_ATTEMPTS: u32 = 4;
 
@@ -178,7 +179,9 @@ pub fn translate_nested(
     if sign != 0 && sign != u64::MAX >> (width - 1) {
         return Err(DmaFault::NonCanonical { iova, width });
     }
-    if access.supervisor && !data.sre() {
+    let controls = data.controls();
+    let req = access.first_stage();
+    if controls.check_request(req).is_err() {
         return Err(DmaFault::SupervisorDisabled { iova });
     }
     let va = iova & ((1u64 << width) - 1);
@@ -186,7 +189,7 @@ pub fn translate_nested(
 
     if let Some(e) = caches.iotlb(va) {
         let s2_ok = check_s2(e.s2, 0, access).is_ok();
-        if s2_ok && s1_allows(e.s1_write, e.s1_user, access, data) && (!access.write || e.dirty) {
+        if s2_ok && e.s1.check(controls, req).is_ok() && (!access.write || e.dirty) {
             return Ok(Translated {
                 hva: e.hva_page + offset,
                 iotlb_hit: true,
@@ -197,13 +200,12 @@ pub fn translate_nested(
 
     let mut level = levels;
     let mut table_gpa = data.pgtbl_addr & !0xfff;
-    let (mut write_ok, mut user_ok) = (true, true);
+    let mut rights = FsRights::ALL;
     for l in 2..=levels {
         if let Some(p) = caches.psc(l, va) {
             level = l - 1;
             table_gpa = p.table_gpa;
-            write_ok = p.write;
-            user_ok = p.user;
+            rights = p.rights;
             break;
         }
     }
@@ -218,36 +220,35 @@ pub fn translate_nested(
             .read_u64(pte_hva)
             .map_err(|_| DmaFault::HostMemory { hva: pte_hva })?;
         let mut attempts = 0;
-        let (pte, w, u) = loop {
+        let (pte, r) = loop {
             let pte = FirstStagePte::from_bits(raw);
             if !pte.present() {
                 return Err(DmaFault::S1NotPresent { iova, level });
             }
-            if raw & pte.reserved_mask(level, cfg.haw, false, cfg.fs1gp) != 0 {
+            if raw & pte.reserved_mask(level, cfg.haw, cfg.fs1gp) != 0 {
                 return Err(DmaFault::S1Reserved { iova, level });
             }
-            let w = write_ok && pte.rw();
-            let u = user_ok && pte.us();
+            let r = rights.through(pte, controls);
             let leaf = pte.is_leaf(level);
-            if leaf && !s1_allows(w, u, access, data) {
+            if leaf && r.check(controls, req).is_err() {
                 return Err(DmaFault::S1Permission {
                     iova,
                     write: access.write,
                 });
             }
             let mut new = raw | ACCESSED;
-            if data.eafe() {
+            if controls.eafe() {
                 new |= EXTENDED_ACCESSED;
             }
             if leaf && access.write {
                 new |= DIRTY;
             }
             if new == raw {
-                break (pte, w, u);
+                break (pte, r);
             }
             check_s2(s2perm, pte_gpa, DmaAccess::WRITE)?;
             match mem.compare_exchange_u64(pte_hva, raw, new) {
-                Ok(Ok(_)) => break (FirstStagePte::from_bits(new), w, u),
+                Ok(Ok(_)) => break (FirstStagePte::from_bits(new), r),
                 Ok(Err(current)) => {
                     attempts += 1;
                     if attempts >= AD_ATTEMPTS {
@@ -266,8 +267,7 @@ pub fn translate_nested(
                 va,
                 IotlbEntry {
                     hva_page: hva & !0xfff,
-                    s1_write: w,
-                    s1_user: u,
+                    s1: r,
                     s2: p2,
                     dirty: pte.dirty(),
                 },
@@ -283,12 +283,10 @@ pub fn translate_nested(
             va,
             PscEntry {
                 table_gpa,
-                write: w,
-                user: u,
+                rights: r,
             },
         );
-        write_ok = w;
-        user_ok = u;
+        rights = r;
         level -= 1;
     }
     // Level 1 entries are always leaves; the loop returns before getting here.

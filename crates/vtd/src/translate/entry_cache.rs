@@ -8,18 +8,6 @@ use crate::invalidation::Invalidation;
 use vtd_spec::SourceId;
 use vtd_spec::pasid::PasidEntry;
 
-/// Whether source id `s` is selected by a device-selective context invalidation of `sid` with
-/// function mask `fm` (§6.5.2.1: FM 1, 2, 3 ignore function bits 2, 2:1, 2:0).
-pub(crate) fn sid_selected(s: u16, sid: SourceId, fm: u8) -> bool {
-    let ignore: u16 = match fm & 3 {
-        0 => 0,
-        1 => 0b100,
-        2 => 0b110,
-        _ => 0b111,
-    };
-    (s & !ignore) == (sid.0 & !ignore)
-}
-
 /// Cached context entries.
 pub(crate) struct ContextCache {
     map: ShardedCache<u16, Context>,

@@ -52,13 +52,13 @@
 use super::cache::KeyHasher;
 use super::generation::{Clock, Generations, Ticket};
 use super::requesters::{R_1G, R_2M, R_FIRST, Requester, Requesters, Tracked};
-use super::walk::first_stage::{FsControls, FsRights};
 use crate::invalidation::Invalidation;
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Mutex, MutexGuard};
 use vtd_spec::SourceId;
 use vtd_spec::pte::level_size;
+use vtd_spec::rights::{FsControls, FsRights};
 
 /// Key value standing for "request without PASID".
 pub(crate) const NO_PASID: u32 = u32::MAX;
@@ -170,13 +170,8 @@ const V_A: u64 = 1 << 3; // first: R/W over all levels; second: R
 const V_B: u64 = 1 << 4; // first: U/S over all levels; second: W
 const V_XD: u64 = 1 << 5;
 const V_RID_PRIV: u64 = 1 << 6;
-// Value word 1: DID in 15:0, PASID in 47:16, first-stage controls in 53:48.
-const C_SRE: u64 = 1 << 48;
-const C_ERE: u64 = 1 << 49;
-const C_WPE: u64 = 1 << 50;
-const C_NXE: u64 = 1 << 51;
-const C_SMEP: u64 = 1 << 52;
-const C_EAFE: u64 = 1 << 53;
+// Value word 1: DID in 15:0, PASID in 47:16, the first-stage controls' byte in 55:48.
+const C_SHIFT: u32 = 48;
 
 fn bit(b: bool, v: u64) -> u64 {
     if b { v } else { 0 }
@@ -198,12 +193,7 @@ fn encode(e: &IotlbEntry) -> (u64, u64) {
                 | bit(rights.us, V_B)
                 | bit(rights.xd, V_XD)
                 | bit(rid_priv, V_RID_PRIV);
-            v1 |= bit(c.sre, C_SRE)
-                | bit(c.ere, C_ERE)
-                | bit(c.wpe, C_WPE)
-                | bit(c.nxe, C_NXE)
-                | bit(c.smep, C_SMEP)
-                | bit(c.eafe, C_EAFE);
+            v1 |= u64::from(c.into_bits()) << C_SHIFT;
         }
         CachedRights::Second {
             read,
@@ -270,14 +260,7 @@ fn rights(v0: u64, v1: u64) -> CachedRights {
                 us: v0 & V_B != 0,
                 xd: v0 & V_XD != 0,
             },
-            controls: FsControls {
-                sre: v1 & C_SRE != 0,
-                ere: v1 & C_ERE != 0,
-                wpe: v1 & C_WPE != 0,
-                nxe: v1 & C_NXE != 0,
-                smep: v1 & C_SMEP != 0,
-                eafe: v1 & C_EAFE != 0,
-            },
+            controls: FsControls::from_bits((v1 >> C_SHIFT) as u8),
             rid_priv: v0 & V_RID_PRIV != 0,
             dirty_ok: v0 & V_DIRTY_OK != 0,
         }
@@ -771,14 +754,11 @@ mod tests {
                         us: false,
                         xd: true,
                     },
-                    controls: FsControls {
-                        sre: true,
-                        ere: false,
-                        wpe: true,
-                        nxe: true,
-                        smep: false,
-                        eafe: true,
-                    },
+                    controls: FsControls::new()
+                        .with_sre(true)
+                        .with_wpe(true)
+                        .with_nxe(true)
+                        .with_eafe(true),
                     rid_priv: true,
                     dirty_ok: false,
                 }

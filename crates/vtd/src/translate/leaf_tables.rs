@@ -35,8 +35,8 @@
 //! cannot grow it.
 
 use super::cache::ShardedCache;
-use super::walk::first_stage::{FsControls, FsRights};
 use crate::invalidation::Invalidation;
+use vtd_spec::rights::{FsControls, FsRights};
 
 /// Bits of input address one leaf table covers (512 × 4 KiB).
 const REGION_SHIFT: u32 = 21;
@@ -53,7 +53,7 @@ pub(crate) struct LeafTableKey {
     space: u64,
     /// `iova >> 21`.
     region: u64,
-    /// FSPTPTR (4 KiB aligned) with the levels in bits 3:0 and the controls in bits 9:4.
+    /// FSPTPTR (4 KiB aligned) with the levels in bits 3:0 and the controls' byte in bits 11:4.
     walk: u64,
 }
 
@@ -68,15 +68,12 @@ impl LeafTableKey {
         levels: u32,
         controls: FsControls,
     ) -> Self {
-        let c = controls;
-        let flags = [c.sre, c.ere, c.wpe, c.nxe, c.smep, c.eafe]
-            .iter()
-            .enumerate()
-            .fold(0u64, |acc, (i, &on)| acc | (u64::from(on) << (4 + i)));
         Self {
             space: Self::space_of(did, pasid),
             region: iova >> REGION_SHIFT,
-            walk: (root & !0xfff) | flags | u64::from(levels & 0xf),
+            walk: (root & !0xfff)
+                | (u64::from(controls.into_bits()) << 4)
+                | u64::from(levels & 0xf),
         }
     }
 
@@ -244,16 +241,7 @@ mod tests {
             LeafTableKey::new(1, 2, 0x20_0000, 0x1000, 5, c),
         ];
         for i in 0..6 {
-            let mut c = FsControls::default();
-            let bits = [
-                &mut c.sre,
-                &mut c.ere,
-                &mut c.wpe,
-                &mut c.nxe,
-                &mut c.smep,
-                &mut c.eafe,
-            ];
-            *bits.into_iter().nth(i).expect("six controls") = true;
+            let c = FsControls::from_bits(1 << i);
             keys.push(LeafTableKey::new(1, 2, 0x20_0000, 0x1000, 4, c));
         }
         assert_eq!(key(1, 2, 0x3f_ffff), base, "same region");
@@ -268,11 +256,7 @@ mod tests {
         let c = LeafTables::new(4, 64);
         let t = LeafTable {
             table: 0x5000,
-            rights: FsRights {
-                rw: true,
-                us: true,
-                xd: false,
-            },
+            rights: FsRights::ALL,
         };
         for (did, pasid) in [(1, 0), (1, 7), (2, 0)] {
             for region in 0..4u64 {

@@ -43,10 +43,11 @@
 //! and the walk plans (which are those entries, resolved), not translations: the spec requires
 //! the guest to follow them with a (PASID-based) IOTLB invalidation.
 //!
-//! Fault qualification: faults on the root and context entries are always reported; faults on
-//! a PASID-directory entry are qualified by the context entry's FPD, on a PASID entry also by
-//! the directory entry's FPD, and faults of the walk by all three and the PASID entry's own
-//! FPD. Counters: `translations` counts every request, `iotlb_hits` the requests served from the
+//! Fault qualification: faults on the root and context entries are always reported, except a
+//! context entry with P clear, which its own FPD qualifies (FPD is evaluated whatever P says);
+//! faults on a PASID-directory entry are qualified by the context entry's FPD, on a PASID entry
+//! also by the directory entry's FPD (and a clear P in either by the entry's own FPD), and
+//! faults of the walk by all three and the PASID entry's own FPD. Counters: `translations` counts every request, `iotlb_hits` the requests served from the
 //! IOTLB, `iotlb_misses` and `walks` the page walks (pass-through requests are not IOTLB
 //! traffic: they are served from the context and PASID caches); the unit counts faults. These
 //! four are per-thread [`crate::counters::HotCounter`]s: an IOTLB hit shares no written cache
@@ -69,10 +70,11 @@ mod tables;
 mod walk;
 
 use crate::counters::Counters;
+use crate::interrupt_range::INTERRUPT_RANGE;
 use crate::invalidation::Invalidation;
 use crate::memory::GuestRam;
 use crate::request::{Access, DmaRequest, Fault, Permissions, Translation};
-use entry_cache::{CachedPasid, ContextCache, PasidCache, sid_selected};
+use entry_cache::{CachedPasid, ContextCache, PasidCache};
 use generation::{Clock, Ticket};
 use iotlb::{CachedRights, Hit, Iotlb, IotlbEntry, NO_PASID};
 use leaf_tables::{LeafTableKey, LeafTables};
@@ -85,7 +87,8 @@ use vtd_spec::fault::FaultReason;
 use vtd_spec::pasid::{PasidEntry, Pgtt};
 use vtd_spec::pte::level_size;
 use vtd_spec::regs::{Cap, Ecap, RtAddr, TranslationTableMode};
-use walk::first_stage::{self, FsControls, FsWalk};
+use vtd_spec::rights::FsControls;
+use walk::first_stage::{self, FsWalk};
 use walk::second_stage::{self, SsFaults, SsWalk};
 
 /// What the translator needs of the unit's state: the root table latched by the last SRTP
@@ -116,9 +119,6 @@ const LEAF_TABLES_PER_PART: usize = 32;
 /// log2 of the identity window returned for untranslated requests: a 2^52-byte aligned window
 /// (the largest VT-d physical address width), so one translation covers any run of pages.
 const IDENTITY_SHIFT: u32 = 52;
-
-/// The MSI address range 0xFEEx_xxxx: first-stage output addresses in it fault (0x87).
-const INTERRUPT_RANGE: std::ops::Range<u64> = 0xfee0_0000..0xfef0_0000;
 
 /// A fault found on the slow path, before it is tied to the request.
 type SlowFault = TableFault;
@@ -311,7 +311,7 @@ impl Translator {
                 n
             }
             Invalidation::ContextDevice { sid, fm, .. } => {
-                let sel = |s: u16| sid_selected(s, sid, fm);
+                let sel = |s: u16| SourceId(s).selected_by(sid, fm);
                 self.plans.clear()
                     + self.contexts.drop_sources(sel)
                     + self.pasids.drop_sources(sel)
@@ -376,7 +376,7 @@ impl Translator {
                     false,
                 )));
             }
-            Err(r) => return Err(fault(TableFault::new(r, false))),
+            Err(f) => return Err(fault(f)),
         };
         let haw = tables::host_address_width(state.cap);
         tables::read_pasid_entry_raw(ram, haw, &ce, pasid)
@@ -390,7 +390,7 @@ impl Translator {
         state: &UnitState,
         sid: SourceId,
         ticket: Option<Ticket>,
-    ) -> Result<Context, FaultReason> {
+    ) -> Result<Context, TableFault> {
         let scalable = state.root.ttm() == TranslationTableMode::Scalable;
         if let Some(c) = self.contexts.get(sid) {
             // An entry read under the other table mode (an SRTP switched modes and the guest
@@ -426,8 +426,7 @@ impl Translator {
         tracing::trace!(target: "vtd", sid = sid.0, pasid, "vtd_pasid_cache_miss");
         let haw = tables::host_address_width(state.cap);
         let (entry, dir_fpd) = tables::read_pasid_entry_raw(ram, haw, ce, pasid)?;
-        tables::check_pasid_entry(&entry, state.cap, state.ecap)
-            .map_err(|r| TableFault::new(r, ce.lo.fpd() || dir_fpd))?;
+        tables::check_pasid_entry(&entry, state.cap, state.ecap, ce.lo.fpd() || dir_fpd)?;
         let cached = CachedPasid { entry, dir_fpd };
         self.pasids
             .insert_if(sid, pasid, cached, || self.clock.still(ticket));
@@ -456,9 +455,7 @@ impl Translator {
             tracing::trace!(target: "vtd", sid = req.sid.0, pasid = plan.pasid, "vtd_plan_hit");
             return self.planned(ram, req, &plan, ticket, nearby);
         }
-        let ctx = self
-            .context(ram, state, req.sid, ticket)
-            .map_err(|r| TableFault::new(r, false))?;
+        let ctx = self.context(ram, state, req.sid, ticket)?;
         match ctx {
             Context::Legacy(ce) => self.legacy(ram, state, req, &ce, ticket),
             Context::Scalable(ce) => self.scalable(ram, state, req, &ce, ticket, nearby),
@@ -589,7 +586,9 @@ impl Translator {
         };
         let w = &plan.walk;
         let f = |r| TableFault::new(r, plan.fpd);
-        first_stage::check_request(w.controls, privileged, req.access).map_err(f)?;
+        w.controls
+            .check_request(req.access.first_stage(privileged))
+            .map_err(f)?;
         first_stage::check_address(req.iova, w.levels, w.haw).map_err(f)?;
         self.first_stage(
             ram,
@@ -662,8 +661,8 @@ impl Translator {
             avoid_interrupt_range(req.iova, leaf.page, leaf.level)
                 .ok_or(TableFault::new(FaultReason::SmInvalidInterruptAddress, fpd))?;
         let size = level_size(level);
-        let write = first_stage::may_write(leaf.rights, w.controls, privileged)
-            && (leaf.dirty_ok || req.access.write);
+        let write =
+            leaf.rights.may_write(w.controls, privileged) && (leaf.dirty_ok || req.access.write);
         let fill = |iova_base: u64, gpa_base: u64, level: u32, leaf: &first_stage::FsLeaf| {
             let rights = CachedRights::First {
                 rights: leaf.rights,
@@ -693,7 +692,9 @@ impl Translator {
                 }
                 Counters::bump(&self.counters.iotlb_prefetches);
                 fill(*page, n.page, 1, n);
-                if first_stage::check_rights(n.rights, w.controls, privileged, Access::READ).is_ok()
+                if n.rights
+                    .check(w.controls, Access::READ.first_stage(privileged))
+                    .is_ok()
                 {
                     nearby(Translation {
                         iova_base: *page,
@@ -701,8 +702,7 @@ impl Translator {
                         size: 4096,
                         perms: Permissions {
                             read: true,
-                            write: first_stage::may_write(n.rights, w.controls, privileged)
-                                && n.dirty_ok,
+                            write: n.rights.may_write(w.controls, privileged) && n.dirty_ok,
                         },
                     });
                 }
@@ -794,14 +794,15 @@ fn hit(e: &Hit, req: &DmaRequest) -> Option<Permissions> {
             } else {
                 rid_priv
             };
-            first_stage::check_request(controls, privileged, a).ok()?;
-            first_stage::check_rights(rights, controls, privileged, a).ok()?;
+            let fs = a.first_stage(privileged);
+            controls.check_request(fs).ok()?;
+            rights.check(controls, fs).ok()?;
             if a.write && !dirty_ok {
                 return None;
             }
             Some(Permissions {
                 read: true,
-                write: first_stage::may_write(rights, controls, privileged) && dirty_ok,
+                write: rights.may_write(controls, privileged) && dirty_ok,
             })
         }
         CachedRights::Second {

@@ -128,7 +128,7 @@ pub fn device_tables(ram: &dyn GuestRam, state: &UnitState, sid: SourceId) -> De
             let Ok((pe, _)) = tables::read_pasid_entry_raw(ram, haw, &ce, ce.hi.rid_pasid()) else {
                 return DeviceTables::Blocked;
             };
-            if tables::check_pasid_entry(&pe, state.cap, state.ecap).is_err() {
+            if tables::check_pasid_entry(&pe, state.cap, state.ecap, false).is_err() {
                 return DeviceTables::Blocked;
             }
             let did = pe.qw1.did();

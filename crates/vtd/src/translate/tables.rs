@@ -4,9 +4,10 @@
 //! Each reader decodes with the typed formats of `vtd-spec` and returns either a validated entry
 //! or the fault reason the spec prescribes for the first check that fails (§7.1.3, Table
 //! "Non-recoverable fault conditions"). Fault *qualification* (FPD) is decided here too: faults
-//! detected on a root or context entry are never qualified; faults on a PASID-directory entry are
+//! detected on a root or context entry are not qualified; faults on a PASID-directory entry are
 //! qualified by the context entry's FPD, faults on a PASID entry also by the directory entry's
-//! FPD (an entry's own FPD cannot be trusted while the entry itself is being rejected).
+//! FPD (an entry's own FPD cannot be trusted while the entry itself is being rejected) — except
+//! that an entry whose P field is clear is judged by its own FPD as well ([`not_present`]).
 
 use crate::memory::{GuestRam, read_qwords};
 use vtd_spec::context::{LegacyContextEntry, ScalableContextEntry, TranslationType};
@@ -44,6 +45,19 @@ impl TableFault {
     }
 }
 
+/// The fault for a context, PASID-directory or PASID entry whose P field is clear: qualified by
+/// the FPD of the entries above it (`inherited`) and by its own FPD, which hardware evaluates
+/// irrespective of P (§9.3, §9.4, §9.5, §9.6 FPD). So software can turn a source's faults off
+/// by clearing an entry to just FPD (Linux's `pasid_clear_entry_with_fpd()`).
+fn not_present(reason: FaultReason, inherited: bool, own_fpd: bool) -> TableFault {
+    TableFault::new(reason, inherited || own_fpd)
+}
+
+/// A root- or context-entry fault other than a clear P: never qualified.
+fn unqualified(reason: FaultReason) -> TableFault {
+    TableFault::new(reason, false)
+}
+
 /// The host address width: CAP.MGAW + 1 (the model's guest-physical address width).
 pub(crate) fn host_address_width(cap: Cap) -> u32 {
     cap.guest_address_width()
@@ -62,13 +76,13 @@ pub(crate) fn read_context(
     cap: Cap,
     ecap: Ecap,
     sid: SourceId,
-) -> Result<Context, FaultReason> {
+) -> Result<Context, TableFault> {
     match root.ttm() {
         TranslationTableMode::Legacy => read_legacy_context(ram, root, cap, ecap, sid),
         TranslationTableMode::Scalable => read_scalable_context(ram, root, cap, ecap, sid),
         // 10b is reserved and abort-DMA mode blocks everything: no root table to use.
         TranslationTableMode::Reserved | TranslationTableMode::AbortDma => {
-            Err(FaultReason::SmInvalidRootTableAddress)
+            Err(unqualified(FaultReason::SmInvalidRootTableAddress))
         }
     }
 }
@@ -90,41 +104,50 @@ fn read_legacy_context(
     cap: Cap,
     ecap: Ecap,
     sid: SourceId,
-) -> Result<Context, FaultReason> {
+) -> Result<Context, TableFault> {
     let haw = host_address_width(cap);
     if beyond_haw(root.root_table(), haw) {
-        return Err(FaultReason::RootEntryAccess);
+        return Err(unqualified(FaultReason::RootEntryAccess));
     }
-    let re = read_root(ram, root, sid, FaultReason::RootEntryAccess)?;
+    let re = read_root(ram, root, sid, FaultReason::RootEntryAccess).map_err(unqualified)?;
     if !re.lo.present() {
-        return Err(FaultReason::RootNotPresent);
+        return Err(unqualified(FaultReason::RootNotPresent));
     }
     if re.legacy_reserved_set() || beyond_haw(re.lo.context_table(), haw) {
-        return Err(FaultReason::RootReserved);
+        return Err(unqualified(FaultReason::RootReserved));
     }
     let addr = re.lo.context_table()
         + u64::from(sid.devfn()) * vtd_spec::context::LEGACY_CONTEXT_ENTRY_SIZE;
-    let [lo, hi] = read_qwords::<2>(ram, addr).map_err(|_| FaultReason::ContextEntryAccess)?;
+    let [lo, hi] =
+        read_qwords::<2>(ram, addr).map_err(|_| unqualified(FaultReason::ContextEntryAccess))?;
     let ce = LegacyContextEntry::from_qwords(lo, hi);
     if !ce.lo.present() {
-        return Err(FaultReason::ContextNotPresent);
+        return Err(not_present(
+            FaultReason::ContextNotPresent,
+            false,
+            ce.lo.fpd(),
+        ));
     }
     if ce.reserved_set() {
-        return Err(FaultReason::ContextReserved);
+        return Err(unqualified(FaultReason::ContextReserved));
     }
     match ce.lo.tt() {
-        TranslationType::Reserved => return Err(FaultReason::ContextInvalid),
+        TranslationType::Reserved => return Err(unqualified(FaultReason::ContextInvalid)),
         // TT=01b needs device-TLB support, TT=10b pass-through support (§9.3 TT).
-        TranslationType::DeviceTlb if !ecap.dt() => return Err(FaultReason::ContextInvalid),
-        TranslationType::PassThrough if !ecap.pt() => return Err(FaultReason::ContextInvalid),
+        TranslationType::DeviceTlb if !ecap.dt() => {
+            return Err(unqualified(FaultReason::ContextInvalid));
+        }
+        TranslationType::PassThrough if !ecap.pt() => {
+            return Err(unqualified(FaultReason::ContextInvalid));
+        }
         TranslationType::PassThrough => return Ok(Context::Legacy(ce)),
         TranslationType::Untranslated | TranslationType::DeviceTlb => {}
     }
     if supported_ss_levels(cap, ce.hi.aw()).is_none() {
-        return Err(FaultReason::ContextInvalid);
+        return Err(unqualified(FaultReason::ContextInvalid));
     }
     if beyond_haw(ce.second_stage_table(), haw) {
-        return Err(FaultReason::ContextReserved);
+        return Err(unqualified(FaultReason::ContextReserved));
     }
     Ok(Context::Legacy(ce))
 }
@@ -135,25 +158,30 @@ fn read_scalable_context(
     cap: Cap,
     ecap: Ecap,
     sid: SourceId,
-) -> Result<Context, FaultReason> {
+) -> Result<Context, TableFault> {
     let haw = host_address_width(cap);
     if beyond_haw(root.root_table(), haw) {
-        return Err(FaultReason::SmInvalidRootTableAddress);
+        return Err(unqualified(FaultReason::SmInvalidRootTableAddress));
     }
-    let re = read_root(ram, root, sid, FaultReason::SmRootEntryAccess)?;
+    let re = read_root(ram, root, sid, FaultReason::SmRootEntryAccess).map_err(unqualified)?;
     let half = re.scalable_half(sid.devfn());
     if !half.present() {
-        return Err(FaultReason::SmRootNotPresent);
+        return Err(unqualified(FaultReason::SmRootNotPresent));
     }
     if half.reserved_set() || beyond_haw(half.context_table(), haw) {
-        return Err(FaultReason::SmRootReserved);
+        return Err(unqualified(FaultReason::SmRootReserved));
     }
     let addr = half.context_table()
         + u64::from(sid.devfn() & 0x7f) * vtd_spec::context::SCALABLE_CONTEXT_ENTRY_SIZE;
-    let q = read_qwords::<4>(ram, addr).map_err(|_| FaultReason::SmContextEntryAccess)?;
+    let q =
+        read_qwords::<4>(ram, addr).map_err(|_| unqualified(FaultReason::SmContextEntryAccess))?;
     let ce = ScalableContextEntry::from_qwords(q);
     if !ce.lo.present() {
-        return Err(FaultReason::SmContextNotPresent);
+        return Err(not_present(
+            FaultReason::SmContextNotPresent,
+            false,
+            ce.lo.fpd(),
+        ));
     }
     // Fields of features the unit does not report are treated as reserved (§9.4: DTE needs
     // ECAP.DT, PASIDE needs ECAP.PASID, PRE needs ECAP.PRS, RID_PRIV needs ECAP.SRS).
@@ -162,12 +190,12 @@ fn read_scalable_context(
         || (ce.lo.pre() && !ecap.prs())
         || (ce.hi.rid_priv() && !ecap.srs());
     if ce.reserved_set() || unsupported || beyond_haw(ce.pasid_dir(), haw) {
-        return Err(FaultReason::SmContextReserved);
+        return Err(unqualified(FaultReason::SmContextReserved));
     }
     // RID_PASID must be 0 unless ECAP.RPS, and must fit the PASID directory.
     let rid_pasid = ce.hi.rid_pasid();
     if (rid_pasid != 0 && !ecap.rps()) || rid_pasid / PASIDS_PER_TABLE >= ce.pasid_dir_entries() {
-        return Err(FaultReason::SmRidPasidError);
+        return Err(unqualified(FaultReason::SmRidPasidError));
     }
     Ok(Context::Scalable(ce))
 }
@@ -191,7 +219,11 @@ pub(crate) fn read_pasid_entry_raw(
         .map(PasidDirEntry::from_bits)
         .map_err(|_| TableFault::new(FaultReason::SmPasidDirAccess, ctx_fpd))?;
     if !dir.present() {
-        return Err(TableFault::new(FaultReason::SmPasidDirNotPresent, ctx_fpd));
+        return Err(not_present(
+            FaultReason::SmPasidDirNotPresent,
+            ctx_fpd,
+            dir.fpd(),
+        ));
     }
     if dir.reserved_set() || beyond_haw(dir.table(), haw) {
         return Err(TableFault::new(FaultReason::SmPasidDirReserved, ctx_fpd));
@@ -204,11 +236,22 @@ pub(crate) fn read_pasid_entry_raw(
 }
 
 /// Checks a PASID-table entry (§9.6): present, reserved fields (including fields of features
-/// the unit does not report), and a PGTT the unit offers.
-pub(crate) fn check_pasid_entry(pe: &PasidEntry, cap: Cap, ecap: Ecap) -> Result<(), FaultReason> {
+/// the unit does not report), and a PGTT the unit offers. `inherited` is the FPD of the context
+/// and PASID-directory entries above it.
+pub(crate) fn check_pasid_entry(
+    pe: &PasidEntry,
+    cap: Cap,
+    ecap: Ecap,
+    inherited: bool,
+) -> Result<(), TableFault> {
     if !pe.qw0.present() {
-        return Err(FaultReason::SmPasidEntryNotPresent);
+        return Err(not_present(
+            FaultReason::SmPasidEntryNotPresent,
+            inherited,
+            pe.qw0.fpd(),
+        ));
     }
+    let fault = |reason| TableFault::new(reason, inherited);
     let unsupported = (pe.qw0.ssade() && !ecap.ssads())
         || (pe.qw2.sre() && !ecap.srs())
         || (pe.qw2.ere() && !ecap.ers())
@@ -216,7 +259,7 @@ pub(crate) fn check_pasid_entry(pe: &PasidEntry, cap: Cap, ecap: Ecap) -> Result
         || (pe.qw1.pgsnp() && !ecap.sc())
         || matches!(pe.qw2.fspm(), FirstStagePagingMode::Reserved(_));
     if pe.reserved_set() || unsupported {
-        return Err(FaultReason::SmPasidEntryReserved);
+        return Err(fault(FaultReason::SmPasidEntryReserved));
     }
     let offered = match pe.qw0.pgtt() {
         Pgtt::FirstStage => {
@@ -233,7 +276,7 @@ pub(crate) fn check_pasid_entry(pe: &PasidEntry, cap: Cap, ecap: Ecap) -> Result
         Pgtt::Nested | Pgtt::Reserved(_) => false,
     };
     if !offered {
-        return Err(FaultReason::SmPasidEntryInvalid);
+        return Err(fault(FaultReason::SmPasidEntryInvalid));
     }
     Ok(())
 }

@@ -119,7 +119,7 @@ impl<M: GuestMemory> Worker<M> {
         let serviced = match result {
             Ok(serviced) => serviced,
             Err(error) => {
-                tracing::warn!(queue = active.index, %error, "virtio-blk queue is broken");
+                log_limit::limited!(warn, queue = active.index, %error, "virtio-blk queue is broken");
                 self.broken[position] = true;
                 self.interrupt.set_needs_reset();
                 return;
@@ -128,7 +128,7 @@ impl<M: GuestMemory> Worker<M> {
         if serviced.more {
             // Yield to the event loop (and a possible kill) but come back for the rest.
             if let Err(error) = active.notify.write(1) {
-                tracing::warn!(%error, "Cannot re-arm virtio-blk queue");
+                log_limit::limited!(warn, %error, "Cannot re-arm virtio-blk queue");
             }
         }
         if serviced.notify {

@@ -17,50 +17,8 @@ use crate::memory::GuestRam;
 use crate::request::Access;
 use crate::translate::leaf_tables::LeafTable;
 use vtd_spec::fault::FaultReason;
-use vtd_spec::pasid::PasidEntry;
 use vtd_spec::pte::{FirstStagePte, FirstStageReserved, table_index};
-
-/// The PASID-entry controls that shape first-stage permissions (§9.6).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub(crate) struct FsControls {
-    /// SRE: supervisor requests allowed.
-    pub(crate) sre: bool,
-    /// ERE: execute requests allowed.
-    pub(crate) ere: bool,
-    /// WPE: supervisor writes honour R/W.
-    pub(crate) wpe: bool,
-    /// NXE: XD is honoured (otherwise it is reserved).
-    pub(crate) nxe: bool,
-    /// SMEP: supervisor execute of user pages is denied.
-    pub(crate) smep: bool,
-    /// EAFE: set the extended-accessed flag along with A.
-    pub(crate) eafe: bool,
-}
-
-impl FsControls {
-    /// The controls of a PASID entry.
-    pub(crate) fn of(pe: &PasidEntry) -> Self {
-        Self {
-            sre: pe.qw2.sre(),
-            ere: pe.qw2.ere(),
-            wpe: pe.qw2.wpe(),
-            nxe: pe.qw2.nxe(),
-            smep: pe.qw2.smep(),
-            eafe: pe.qw2.eafe(),
-        }
-    }
-}
-
-/// Rights accumulated over every entry of a walk: R/W and U/S are ANDed, XD is ORed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct FsRights {
-    /// Every entry allows writes.
-    pub(crate) rw: bool,
-    /// Every entry allows user accesses.
-    pub(crate) us: bool,
-    /// Some entry disables execution (only with NXE).
-    pub(crate) xd: bool,
-}
+use vtd_spec::rights::{FsControls, FsRights};
 
 /// Where and how to walk.
 #[derive(Clone, Copy, Debug)]
@@ -73,7 +31,7 @@ pub(crate) struct FsWalk {
     pub(crate) haw: u32,
     /// PASID-entry controls.
     pub(crate) controls: FsControls,
-    /// The reserved-bit masks of this walk's entries (host address width, NXE, CAP.FS1GP).
+    /// The reserved-bit masks of this walk's entries (host address width, CAP.FS1GP).
     reserved: FirstStageReserved,
 }
 
@@ -86,7 +44,7 @@ impl FsWalk {
             levels,
             haw,
             controls,
-            reserved: FirstStageReserved::new(haw, controls.nxe, fs1gp),
+            reserved: FirstStageReserved::new(haw, fs1gp),
         }
     }
 }
@@ -102,22 +60,6 @@ pub(crate) struct FsLeaf {
     pub(crate) rights: FsRights,
     /// A write needs no D update: D is set, or the leaf is not writable.
     pub(crate) dirty_ok: bool,
-}
-
-/// Checks a request against the PASID entry before any walk: supervisor requests need SRE
-/// (0x5D), execute requests need ERE (0x5C).
-pub(crate) fn check_request(
-    c: FsControls,
-    privileged: bool,
-    access: Access,
-) -> Result<(), FaultReason> {
-    if privileged && !c.sre {
-        return Err(FaultReason::SmSreClear);
-    }
-    if access.execute && !c.ere {
-        return Err(FaultReason::SmEreClear);
-    }
-    Ok(())
 }
 
 /// Checks the input address: canonical for the paging mode (0x80), and within the host address
@@ -138,32 +80,8 @@ pub(crate) fn check_address(iova: u64, levels: u32, haw: u32) -> Result<(), Faul
     Ok(())
 }
 
-/// Whether a request of this privilege may write through pages with these rights.
-pub(crate) fn may_write(rights: FsRights, c: FsControls, privileged: bool) -> bool {
-    rights.rw || (privileged && !c.wpe)
-}
-
-/// Checks an access against the rights of a translation (§3.6.2).
-pub(crate) fn check_rights(
-    rights: FsRights,
-    c: FsControls,
-    privileged: bool,
-    access: Access,
-) -> Result<(), FaultReason> {
-    if !privileged && !rights.us {
-        return Err(FaultReason::SmUserDenied);
-    }
-    if access.execute && (rights.xd || (privileged && c.smep && rights.us)) {
-        return Err(FaultReason::SmExecuteDenied);
-    }
-    if access.write && !may_write(rights, c, privileged) {
-        return Err(FaultReason::SmWriteDenied);
-    }
-    Ok(())
-}
-
 /// Walks the first-stage tables for `iova`, checking every entry and the access, and sets A/D.
-/// The caller has already run [`check_request`] and [`check_address`]. With `cached`, the walk
+/// The caller has already run `FsControls::check_request` and [`check_address`]. With `cached`, the walk
 /// starts at that leaf table (the chain above it was checked when it was cached). Returns the
 /// leaf, and the leaf table this walk reached through a PDE (never when it started from
 /// `cached`, or ended at a superpage).
@@ -214,7 +132,7 @@ pub(crate) fn line_neighbours(
     if ram.read_at(chain.table + first * 8, &mut line).is_err() {
         return out;
     }
-    let accessed = if w.controls.eafe {
+    let accessed = if w.controls.eafe() {
         ACCESSED | EXTENDED_ACCESSED
     } else {
         ACCESSED
@@ -232,11 +150,7 @@ pub(crate) fn line_neighbours(
         if !pte.present() || raw & w.reserved.mask(pte, 1) != 0 || raw & accessed != accessed {
             continue;
         }
-        let rights = FsRights {
-            rw: chain.rights.rw && pte.rw(),
-            us: chain.rights.us && pte.us(),
-            xd: chain.rights.xd || (w.controls.nxe && pte.xd()),
-        };
+        let rights = chain.rights.through(pte, w.controls);
         let leaf = FsLeaf {
             page: pte.output_address(1),
             level: 1,
@@ -258,7 +172,7 @@ fn walk_once(
     cached: Option<LeafTable>,
 ) -> Result<(FsLeaf, Option<LeafTable>), Stop> {
     let c = w.controls;
-    let accessed = if c.eafe {
+    let accessed = if c.eafe() {
         ACCESSED | EXTENDED_ACCESSED
     } else {
         ACCESSED
@@ -267,15 +181,7 @@ fn walk_once(
     let top = w.levels;
     let (start, mut table, mut rights) = match cached {
         Some(c) => (1, c.table, c.rights),
-        None => (
-            top,
-            w.root,
-            FsRights {
-                rw: true,
-                us: true,
-                xd: false,
-            },
-        ),
+        None => (top, w.root, FsRights::ALL),
     };
     let mut reached = None;
     for level in (1..=start).rev() {
@@ -294,11 +200,9 @@ fn walk_once(
         if raw & w.reserved.mask(pte, level) != 0 {
             return Err(FaultReason::SmFirstStageReserved.into());
         }
-        rights.rw &= pte.rw();
-        rights.us &= pte.us();
-        rights.xd |= c.nxe && pte.xd();
+        rights = rights.through(pte, c);
         if pte.is_leaf(level) {
-            check_rights(rights, c, privileged, access)?;
+            rights.check(c, access.first_stage(privileged))?;
             // D only for a write through a writable leaf, in the same update as A.
             let bits = if access.write && pte.rw() {
                 accessed | dirty

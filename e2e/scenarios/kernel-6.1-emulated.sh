@@ -1,0 +1,7 @@
+# shellcheck shell=bash
+# kernel-6.1-emulated: Debian bookworm's 6.1 cloud kernel on the emulated path (a virtio-blk disk
+# translated by the vIOMMU), with sm-strict's checks (e2e/lib/kernel-scenarios.sh).
+GUEST_KERNEL=6.1
+# shellcheck source=e2e/lib/kernel-scenarios.sh
+. "$E2E_DIR/lib/kernel-scenarios.sh"
+kernel_emulated_scenario
