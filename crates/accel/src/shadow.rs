@@ -28,9 +28,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::{info, warn};
+use vtd::DeviceTables;
 use vtd::invalidation::Invalidation;
 use vtd::observer::{InvalidationObserver, UnitView};
-use vtd::shadow_view::DeviceTables;
 use vtd_spec::SourceId;
 
 /// Paging entries one walk may read beyond four per page of guest RAM (a guest can alias its

@@ -2,8 +2,9 @@
 //! invalidation queue, wait descriptors) with its tables in fake guest RAM, over a recording
 //! host address space that behaves as the kernel's (whole-mapping unmaps, EEXIST on overlap).
 
-#[path = "../../vtd/tests/unit/support/mod.rs"]
+// The vtd unit tests' rig (registers, queue, wait status words); not every helper is used here.
 #[allow(unused_imports)]
+#[path = "../../vtd/tests/unit/support/mod.rs"]
 mod unit_support;
 
 use accel::BlockReason;
@@ -13,17 +14,17 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use test_fixtures::tables::{PageTable, SS_R, SS_W, Stage, Tables, ss_entry};
-use test_fixtures::{DATA_BASE, Mem, RAM_SIZE};
+use test_fixtures::{DATA_BASE, Mem};
 use unit_support::{Rig, STATUS, context_cache, iotlb, pasid_cache, wait};
 use vm_memory::GuestMemoryMmap;
 
 /// Where the "VMM" has guest RAM mapped.
 const HVA: u64 = 0x7f00_0000_0000;
-const RAM: u64 = RAM_SIZE;
-/// A guest-physical address far outside guest RAM.
+const RAM: u64 = test_fixtures::RAM_SIZE;
+/// The shadowed device.
+const SID: SourceId = SourceId::new(0, 3, 0);
+/// A GPA beyond guest RAM.
 const OUTSIDE_RAM: u64 = 0x40_0000_0000;
-/// The assigned device's requester id.
-const SID: vtd_spec::SourceId = vtd_spec::SourceId::new(0, 3, 0);
 const DID: u16 = 5;
 
 /// One host call, with the first wait status word when it was made.
@@ -81,6 +82,7 @@ impl Recording {
 }
 
 use vtd::GuestRam;
+use vtd_spec::SourceId;
 
 impl DmaMap for Recording {
     fn map(&self, iova: u64, hva: u64, len: u64, perm: DmaPerm) -> host_iommu::Result<()> {

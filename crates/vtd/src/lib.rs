@@ -71,5 +71,8 @@ pub use fault::FaultInterrupt;
 pub use generation_log::LOG_ENTRIES;
 pub use memory::{GuestRam, MemoryError};
 pub use observer::{InvalidationObserver, UnitView};
-pub use translate::{CacheStats, Translator, UnitState, shadow_view};
+pub use translate::shadow_view::{
+    DeviceTables, SecondStageTables, SsRangeLeaf, SsRangeWalk, device_tables,
+};
+pub use translate::{CacheStats, Translator, UnitState};
 pub use unit::Vtd;

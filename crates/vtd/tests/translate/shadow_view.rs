@@ -1,23 +1,16 @@
-//! The shadow's view of a device's tables (`translate::shadow_view`): what `device_tables`
-//! resolves, and that the range walk visits exactly the pages the translator translates, with
-//! the same rights, skipping absent subtrees and stopping at its budget.
+//! The shadow's view of a device's tables: what `vtd::device_tables` resolves, and that
+//! `SecondStageTables::walk` visits exactly the pages the translator translates, with the same
+//! rights, skipping absent subtrees and stopping at its budget.
 
 use crate::support::*;
 use vtd::request::Access;
-use vtd::shadow_view::{DeviceTables, device_tables};
+use vtd::{DeviceTables, SecondStageTables, SsRangeLeaf, SsRangeWalk, device_tables};
 use vtd_spec::pasid::Pgtt;
 
 const DID: u16 = 9;
 
 /// Every leaf over the first GiB, in order.
-fn leaves(
-    mem: &Mem,
-    tables: &vtd::shadow_view::SecondStageTables,
-    budget: u64,
-) -> (
-    Vec<vtd::shadow_view::SsRangeLeaf>,
-    vtd::shadow_view::SsRangeWalk,
-) {
+fn leaves(mem: &Mem, tables: &SecondStageTables, budget: u64) -> (Vec<SsRangeLeaf>, SsRangeWalk) {
     let mut out = Vec::new();
     let w = tables.walk(&*mem.ram, 0, 1 << 30, budget, &mut |l| out.push(l));
     (out, w)
