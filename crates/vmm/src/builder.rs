@@ -226,7 +226,7 @@ impl VmBuilder {
             )?;
             let page = Arc::new(crate::iommu::VtdRegisterPage(unit.clone()));
             builder.set_iommu_device(page, unit.config().aw_bits)?;
-            crate::iommu::add_counters(&builder.counters, &unit);
+            builder.counters.add_component("", unit.clone());
             builder.vtd = Some(unit);
         }
         Ok(builder)

@@ -181,23 +181,9 @@ fn add_disk<M: GuestMemory + Clone + Send + Sync + 'static>(
     config.indirect_desc = disk.indirect_desc;
     config.serial = format!("vtd-nest-disk{index}");
     let block = Block::<M>::new(&config).map_err(|source| Error::Block { index, source })?;
-    let stats = block.counters();
-    builder.counters().add_source(move || {
-        let s = stats.snapshot();
-        [
-            ("requests", s.requests),
-            ("read_bytes", s.read_bytes),
-            ("write_bytes", s.write_bytes),
-            ("errors", s.errors),
-            ("notifications", s.notifications),
-            ("interrupts", s.interrupts),
-            ("ring_errors", s.ring_errors),
-            ("busy_us", s.busy_ns / 1000),
-        ]
-        .into_iter()
-        .map(|(n, v)| (format!("disk{index}_{n}"), v))
-        .collect()
-    });
+    builder
+        .counters()
+        .add_component(format!("disk{index}_"), block.counters());
     let msi: Arc<dyn MsiController> = Arc::new(builder.msi_controller());
     let options = VirtioPciOptions {
         behind_iommu,
