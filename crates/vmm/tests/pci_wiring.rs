@@ -38,9 +38,10 @@ fn disks_appear_on_bus_0() {
     config.disks = vec![disk(&d0, false), disk(&d1, true)];
 
     let builder = VmBuilder::new(config).expect("VM");
-    let bus = vmm::pci::add_bus(&builder).expect("PCI bus");
-    vmm::pci::add_disks(&builder, &bus).expect("disks");
-    let buses = builder.buses();
+    let devices = builder.devices();
+    let bus = vmm::pci::add_bus(devices).expect("PCI bus");
+    vmm::pci::add_disks(devices, &bus, &builder.config().disks, None).expect("disks");
+    let buses = devices.buses();
 
     // Host bridge at 00:00.0, virtio-blk (1af4:1042) at 00:01.0 and 00:02.0, nothing at 00:03.0.
     let mut id = [0u8; 4];
@@ -106,9 +107,10 @@ fn summary_names_of_the_viommu_and_three_kinds_of_disk() {
     }
 
     let builder = VmBuilder::new(config).expect("VM");
-    let bus = vmm::pci::add_bus(&builder).expect("PCI bus");
-    vmm::pci::add_disks(&builder, &bus).expect("disks");
-    let summary = builder.counters().summary();
+    let devices = builder.devices();
+    let bus = vmm::pci::add_bus(devices).expect("PCI bus");
+    vmm::pci::add_disks(devices, &bus, &builder.config().disks, None).expect("disks");
+    let summary = devices.counters().summary();
 
     let vtd = "translations iotlb_hits iotlb_misses walks context_cache_hits \
         context_cache_misses pasid_cache_hits pasid_cache_misses leaf_table_hits \
