@@ -1,4 +1,5 @@
-//! Counters of what the vIOMMU did, readable at any time without locks.
+//! Counters of what the vIOMMU did, readable at any time without locks, declared with
+//! `counter_set!` and reported through `counter_set::CounterSource` (as [`crate::Vtd`] does).
 //!
 //! Most counters are plain relaxed atomics: they count rare events (faults, queue
 //! descriptors). The four counters bumped on every DMA translation — `translations`,
