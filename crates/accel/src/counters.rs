@@ -1,51 +1,22 @@
 //! Counters of the passthrough path.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
-macro_rules! accel_counters {
-    ($($field:ident: $doc:literal,)*) => {
-        /// Live counters.
-        #[derive(Debug, Default)]
-        pub(crate) struct AccelCounters {
-            $(pub(crate) $field: AtomicU64,)*
-        }
+pub(crate) use counter_set::{add, bump};
 
-        /// A point-in-time copy of the passthrough counters.
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-        pub struct AccelCountersSnapshot {
-            $(#[doc = $doc] pub $field: u64,)*
-        }
-
-        impl AccelCounters {
-            pub(crate) fn snapshot(&self) -> AccelCountersSnapshot {
-                AccelCountersSnapshot { $($field: self.$field.load(Ordering::Relaxed),)* }
-            }
-        }
-
-        impl AccelCountersSnapshot {
-            /// `(name, value)` pairs in declaration order.
-            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($field), self.$field),)*]
-            }
-        }
-    };
-}
-
-accel_counters! {
-    nested_binds: "Nested HWPTs bound from a guest first-stage PASID entry (new or replaced).",
-    stage2_attaches: "Attachments to the stage-2 nest parent (pass-through PGTT, TE off).",
-    blocks: "Devices whose DMA was blocked (PASID entry gone, unsupported PGTT, failures).",
-    syncs: "PASID-entry re-reads (PASID-cache invalidations and replays).",
-    replays: "Replays of every binding (SRTP, TE, context-cache invalidation).",
-    forwarded_invalidations: "IOMMU_HWPT_INVALIDATE calls made.",
-    forwarded_entries: "Invalidation entries forwarded to the host.",
-    host_failures: "Host operations that failed (the device was blocked).",
-}
-
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-pub(crate) fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+counter_set::counter_set! {
+    /// Live counters.
+    pub(crate) struct AccelCounters;
+    /// A point-in-time copy of the passthrough counters.
+    pub struct AccelCountersSnapshot;
+    {
+        nested_binds: AtomicU64 = "Nested HWPTs bound from a guest first-stage PASID entry (new or replaced).",
+        stage2_attaches: AtomicU64 = "Attachments to the stage-2 nest parent (pass-through PGTT, TE off).",
+        blocks: AtomicU64 = "Devices whose DMA was blocked (PASID entry gone, unsupported PGTT, failures).",
+        syncs: AtomicU64 = "PASID-entry re-reads (PASID-cache invalidations and replays).",
+        replays: AtomicU64 = "Replays of every binding (SRTP, TE, context-cache invalidation).",
+        forwarded_invalidations: AtomicU64 = "IOMMU_HWPT_INVALIDATE calls made.",
+        forwarded_entries: AtomicU64 = "Invalidation entries forwarded to the host.",
+        host_failures: AtomicU64 = "Host operations that failed (the device was blocked).",
+    }
 }

@@ -212,6 +212,13 @@ impl Accel {
     }
 }
 
+/// The passthrough counters, under their field names (the VMM prefixes them `accel_`).
+impl counter_set::CounterSource for Accel {
+    fn visit(&self, f: &mut dyn FnMut(&str, u64)) {
+        counter_set::CounterSource::visit(&self.counters, f);
+    }
+}
+
 /// In the same domain as `did`: by the DID the host was bound from, or the one the guest now has.
 fn in_domain(b: &Binding, t: &Target, did: u16) -> bool {
     b.current().did() == Some(did) || t.did() == Some(did)

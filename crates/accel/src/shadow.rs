@@ -23,9 +23,10 @@
 
 use crate::binding::BlockReason;
 use crate::stage2::RamRegion;
+use counter_set::{CounterSource, add, counter_set};
 use host_iommu::{DmaMap, DmaPerm, HostIommuError};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::{info, warn};
 use vtd::DeviceTables;
@@ -39,46 +40,24 @@ const WALK_SLACK: u64 = 1 << 16;
 /// Queued ranges per device per submission before they collapse into one full walk.
 const MAX_QUEUED: usize = 64;
 
-macro_rules! shadow_counters {
-    ($($field:ident: $doc:literal,)*) => {
-        #[derive(Debug, Default)]
-        struct Counters { $($field: AtomicU64,)* }
-
-        /// A point-in-time copy of the shadow's counters.
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-        pub struct ShadowCountersSnapshot { $(#[doc = $doc] pub $field: u64,)* }
-
-        impl Counters {
-            fn snapshot(&self) -> ShadowCountersSnapshot {
-                ShadowCountersSnapshot { $($field: self.$field.load(Ordering::Relaxed),)* }
-            }
-        }
-
-        impl ShadowCountersSnapshot {
-            /// `(name, value)` pairs in declaration order.
-            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($field), self.$field),)*]
-            }
-        }
-    };
-}
-
-shadow_counters! {
-    maps: "Host map calls (one per coalesced run).",
-    unmaps: "Host unmap calls.",
-    mapped_bytes: "Bytes mapped.",
-    unmapped_bytes: "Bytes unmapped.",
-    walks: "Range walks of the guest's second-stage tables.",
-    walk_entries: "Paging entries read by those walks.",
-    bad_entries: "Entries that would fault (reserved bits, unreadable): nothing mapped below.",
-    outside_ram: "Leaves pointing outside guest RAM (not mapped).",
-    remaps: "Unchanged remainders re-mapped after a partial unmap of a host mapping.",
-    domain_switches: "Devices whose tables changed (context or PASID entry): unmapped, replayed.",
-    failures: "Failed host map/unmap calls or walks over budget (the device was blocked).",
-}
-
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
+counter_set! {
+    /// Live counters.
+    struct Counters;
+    /// A point-in-time copy of the shadow's counters.
+    pub struct ShadowCountersSnapshot;
+    {
+        maps: AtomicU64 = "Host map calls (one per coalesced run).",
+        unmaps: AtomicU64 = "Host unmap calls.",
+        mapped_bytes: AtomicU64 = "Bytes mapped.",
+        unmapped_bytes: AtomicU64 = "Bytes unmapped.",
+        walks: AtomicU64 = "Range walks of the guest's second-stage tables.",
+        walk_entries: AtomicU64 = "Paging entries read by those walks.",
+        bad_entries: AtomicU64 = "Entries that would fault (reserved bits, unreadable): nothing mapped below.",
+        outside_ram: AtomicU64 = "Leaves pointing outside guest RAM (not mapped).",
+        remaps: AtomicU64 = "Unchanged remainders re-mapped after a partial unmap of a host mapping.",
+        domain_switches: AtomicU64 = "Devices whose tables changed (context or PASID entry): unmapped, replayed.",
+        failures: AtomicU64 = "Failed host map/unmap calls or walks over budget (the device was blocked).",
+    }
 }
 
 /// A run of IOVA space mapped to host memory.
@@ -237,7 +216,7 @@ impl Shadow {
             let fresh = std::mem::take(&mut d.fresh);
             if switched || d.failed || fresh {
                 if switched && !fresh {
-                    bump(&self.counters.domain_switches, 1);
+                    add(&self.counters.domain_switches, 1);
                 }
                 self.unmap_all(d);
                 d.failed = false;
@@ -302,10 +281,10 @@ impl Shadow {
                     None => outside += 1,
                 }
             });
-            bump(&self.counters.walks, 1);
-            bump(&self.counters.walk_entries, walk.entries);
-            bump(&self.counters.bad_entries, walk.faults);
-            bump(&self.counters.outside_ram, outside);
+            add(&self.counters.walks, 1);
+            add(&self.counters.walk_entries, walk.entries);
+            add(&self.counters.bad_entries, walk.faults);
+            add(&self.counters.outside_ram, outside);
             if walk.over_budget {
                 self.fail(d, "the guest's second-stage tables exceed the walk budget");
                 return;
@@ -359,8 +338,8 @@ impl Shadow {
             }
             d.dma.unmap(r.iova, r.len)?;
             d.mapped.remove(&r.iova);
-            bump(&self.counters.unmaps, 1);
-            bump(&self.counters.unmapped_bytes, r.len);
+            add(&self.counters.unmaps, 1);
+            add(&self.counters.unmapped_bytes, r.len);
             while ci < cuts.len() && cuts[ci].1 <= r.iova {
                 ci += 1;
             }
@@ -369,13 +348,13 @@ impl Shadow {
             for &(lo, hi) in cuts[ci..].iter().take_while(|c| c.0 < r.end()) {
                 if lo > pos {
                     remap.extend(clip(r, pos, lo));
-                    bump(&self.counters.remaps, 1);
+                    add(&self.counters.remaps, 1);
                 }
                 pos = pos.max(hi);
             }
             if pos < r.end() {
                 remap.extend(clip(r, pos, r.end()));
-                bump(&self.counters.remaps, 1);
+                add(&self.counters.remaps, 1);
             }
         }
         remap.extend(fresh);
@@ -402,8 +381,8 @@ impl Shadow {
             };
             d.dma.map(r.iova, r.hva, r.len, perm)?;
             d.mapped.insert(r.iova, r);
-            bump(&self.counters.maps, 1);
-            bump(&self.counters.mapped_bytes, r.len);
+            add(&self.counters.maps, 1);
+            add(&self.counters.mapped_bytes, r.len);
         }
         Ok(())
     }
@@ -412,8 +391,8 @@ impl Shadow {
         for r in std::mem::take(&mut d.mapped).into_values() {
             match d.dma.unmap(r.iova, r.len) {
                 Ok(_) => {
-                    bump(&self.counters.unmaps, 1);
-                    bump(&self.counters.unmapped_bytes, r.len);
+                    add(&self.counters.unmaps, 1);
+                    add(&self.counters.unmapped_bytes, r.len);
                 }
                 Err(e) => {
                     warn!(target: "accel", device = %d.name, "cannot unmap {:#x}+{:#x}: {e}", r.iova, r.len)
@@ -424,7 +403,7 @@ impl Shadow {
 
     /// Blocks the device after a failure: counted, logged once, everything unmapped.
     fn fail(&self, d: &mut Device, why: &str) {
-        bump(&self.counters.failures, 1);
+        add(&self.counters.failures, 1);
         if !d.logged {
             warn!(target: "accel", device = %d.name, "shadowed device: {why}; its DMA is blocked until the guest's next domain switch or replay");
             d.logged = true;
@@ -441,6 +420,13 @@ impl Shadow {
                 self.sync(unit, *sid, d);
             }
         }
+    }
+}
+
+/// The shadow's counters, under their field names (the VMM prefixes them `shadow_`).
+impl CounterSource for Shadow {
+    fn visit(&self, f: &mut dyn FnMut(&str, u64)) {
+        self.counters.visit(f);
     }
 }
 

@@ -43,6 +43,7 @@ use test_fixtures::descriptors::{
 use test_fixtures::tables::{PageTable, Stage, Tables, fs_entry};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory};
+use vmm::counters::CounterSource;
 use vmm::iommu::TranslatedMemory;
 use vtd::Vtd;
 use vtd_spec::SourceId;

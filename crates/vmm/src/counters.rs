@@ -1,7 +1,16 @@
-//! Named event counters, printed as `counter <name> <value>` lines when the VM exits.
+//! The exit summary: the VMM's own named counters, then every registered component's
+//! ([`CounterSource`]), printed as `counter <name> <value>` lines when the VM exits.
+//!
+//! ```text
+//!  register("exits_pio") ─> Arc<Counter> (bumped by the vCPUs) ─┐
+//!  add_component("disk0_", Arc<BlockCounters>) ──────────────────┼─> visit ─> summary()
+//!  add_component("", vIOMMU), ("accel_", ..), ("shadow_", ..) ───┘
+//! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+pub use counter_set::CounterSource;
 
 /// A monotonically increasing counter, cheap to bump from any thread.
 #[derive(Debug, Default)]
@@ -15,7 +24,7 @@ impl Counter {
 
     /// Adds `n`.
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        counter_set::add(&self.0, n);
     }
 
     /// Current value.
@@ -24,19 +33,20 @@ impl Counter {
     }
 }
 
-/// A summary source: returns `(name, value)` pairs when the summary is printed.
-pub type CounterSource = Box<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
+/// A component whose counters the summary reports, each name prefixed.
+type Component = (String, Arc<dyn CounterSource + Send + Sync>);
 
-/// A registry of counters and of extra summary sources (the vIOMMU's own counters).
+/// The registry the summary walks: the VMM's own counters first (in registration order),
+/// then the components' (in registration order).
 #[derive(Default)]
 pub struct Counters {
-    counters: Mutex<Vec<(String, Arc<Counter>)>>,
-    sources: Mutex<Vec<CounterSource>>,
+    own: Mutex<Vec<(String, Arc<Counter>)>>,
+    components: Mutex<Vec<Component>>,
 }
 
 impl std::fmt::Debug for Counters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.snapshot()).finish()
+        f.debug_map().entries(self.pairs()).finish()
     }
 }
 
@@ -46,51 +56,50 @@ impl Counters {
         Self::default()
     }
 
-    /// Registers (or returns the existing) counter called `name`.
+    /// Registers (or returns the existing) VMM counter called `name`.
     pub fn register(&self, name: &str) -> Arc<Counter> {
-        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, c)) = counters.iter().find(|(n, _)| n == name) {
+        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = own.iter().find(|(n, _)| n == name) {
             return c.clone();
         }
         let counter = Arc::new(Counter::default());
-        counters.push((name.to_owned(), counter.clone()));
+        own.push((name.to_owned(), counter.clone()));
         counter
     }
 
-    /// Adds a source of `(name, value)` pairs read at summary time.
-    pub fn add_source(&self, source: impl Fn() -> Vec<(String, u64)> + Send + Sync + 'static) {
-        self.sources
+    /// Adds a component whose counters are reported as `<prefix><name>`.
+    pub fn add_component(
+        &self,
+        prefix: impl Into<String>,
+        component: Arc<dyn CounterSource + Send + Sync>,
+    ) {
+        self.components
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Box::new(source));
-    }
-
-    /// All values, registered counters first, in registration order.
-    pub fn snapshot(&self) -> Vec<(String, u64)> {
-        let mut out: Vec<(String, u64)> = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(n, c)| (n.clone(), c.get()))
-            .collect();
-        for source in self
-            .sources
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            out.extend(source());
-        }
-        out
+            .push((prefix.into(), component));
     }
 
     /// The `counter <name> <value>` lines.
     pub fn summary(&self) -> String {
-        self.snapshot()
+        let mut out = String::new();
+        self.visit(&mut |name, value| out.push_str(&format!("counter {name} {value}\n")));
+        out
+    }
+}
+
+impl CounterSource for Counters {
+    fn visit(&self, f: &mut dyn FnMut(&str, u64)) {
+        for (name, counter) in self.own.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            f(name, counter.get());
+        }
+        for (prefix, component) in self
+            .components
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(n, v)| format!("counter {n} {v}\n"))
-            .collect()
+        {
+            component.visit(&mut |name, value| f(&format!("{prefix}{name}"), value));
+        }
     }
 }
 
@@ -98,16 +107,25 @@ impl Counters {
 mod tests {
     use super::*;
 
+    struct Unit;
+    impl CounterSource for Unit {
+        fn visit(&self, f: &mut dyn FnMut(&str, u64)) {
+            f("iotlb_hits", 7);
+            f("faults", 1);
+        }
+    }
+
     #[test]
     fn summary_lines() {
         let c = Counters::new();
+        c.add_component("vtd_", Arc::new(Unit));
         c.register("pio_exits").add(3);
         c.register("pio_exits").inc();
         c.register("mmio_exits");
-        c.add_source(|| vec![("vtd_iotlb_hits".to_owned(), 7)]);
         assert_eq!(
             c.summary(),
-            "counter pio_exits 4\ncounter mmio_exits 0\ncounter vtd_iotlb_hits 7\n"
+            "counter pio_exits 4\ncounter mmio_exits 0\ncounter vtd_iotlb_hits 7\n\
+             counter vtd_faults 1\n"
         );
     }
 }

@@ -5,7 +5,7 @@
 //!   DRHD page 0xfed90000 (MMIO bus) ──> VtdRegisterPage ──> Vtd::mmio_read / mmio_write
 //!   fault / invalidation-completion events ──> MsiSignaller (KVM_SIGNAL_MSI)
 //!   device DMA ──> DmaMemory<GuestMemoryMmap, DeviceDma(sid)> ──> DeviceIommu ──> Vtd (Remapper)
-//!   exit summary <── Vtd::counters() as `counter <name> <value>` lines
+//!   exit summary <── Vtd as a counter_set::CounterSource (`counter <name> <value>` lines)
 //! ```
 
 use std::sync::Arc;
@@ -18,7 +18,6 @@ use vtd::iommu::DeviceIommu;
 use vtd_spec::SourceId;
 
 use crate::bus::BusDevice;
-use crate::counters::Counters;
 use crate::interrupt::MsiSignaller;
 
 /// Errors configuring the vIOMMU.
@@ -155,19 +154,6 @@ pub fn cap_line(unit: &Vtd) -> String {
         unit.cap().into_bits(),
         unit.ecap().into_bits()
     )
-}
-
-/// Adds the unit's counters (under the model's own names, e.g. `translations`) to the exit
-/// summary.
-pub fn add_counters(counters: &Counters, unit: &Arc<Vtd>) {
-    let unit = unit.clone();
-    counters.add_source(move || {
-        unit.counters()
-            .pairs()
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), value))
-            .collect()
-    });
 }
 
 /// The requester id of function 0 of `slot` on bus 0.

@@ -5,23 +5,24 @@
 //!  vtd-nest run ... ──> config::parse_args ──> VmConfig
 //!                                                │
 //!  VmBuilder::new ── config::check_files, vm::open_kvm, memory::create_guest_memory,
-//!        │           vm::create_vm (TSS, irqchip, PIT, memory slots via sys)
+//!        │           vm::create_vm (TSS, irqchip, PIT, memory slots via sys),
+//!        │           all gathered in a device_context::DeviceContext for device wiring;
 //!        │           --iommu: iommu::create_unit (vtd::Vtd) → MMIO bus @ 0xfed90000,
 //!        │                    fault events → KVM_SIGNAL_MSI, counters → exit summary
 //!        ▼
 //!  VmBuilder::build ── platform devices: COM1 (irqfd → IOAPIC pin 4), ACPI PM block, i8042
-//!        │             PCI bus 0 + virtio-blk disks, DMA memory per disk:
+//!        │             PCI bus 0 + virtio-blk disks (pci, on the DeviceContext), DMA memory:
 //!        │               plain RAM | iommu::TranslatedMemory | passthrough::AssignedMemory
 //!        │             vfio: --device host functions (whole RAM | shadow | nested DMA)
 //!        │             acpi::write_tables (RSDP, XSDT, FADT, DSDT, MADT, MCFG, DMAR)
 //!        │             arch::x86_64::boot::load (bzImage / PVH / ELF, initrd, cmdline, e820)
 //!        │             vCPUs: CPUID, MSRs, FPU, LINTs, BSP registers, AP mp_state
 //!        ▼
-//!  Vm::run ── one thread per vCPU: KVM_RUN ─ PIO/MMIO exits ─> bus::Bus ─> BusDevice
-//!        │                                 └ power-off / reset ─> VmEvent ─┐
-//!        └── waits for the first VmEvent (or a stop signal, see            │
-//!            stop_signals), kicks and joins vCPUs, runs shutdown hooks,     │
-//!            returns VmExit  <─────────────────────────────────────────────┘
+//!  running::Vm::run ── one thread per vCPU: KVM_RUN ─ PIO/MMIO exits ─> bus::Bus ─> BusDevice
+//!        │                                          └ power-off / reset ─> VmEvent ─┐
+//!        └── waits for the first VmEvent (or a stop signal, see                     │
+//!            stop_signals), kicks and joins vCPUs, runs shutdown hooks,             │
+//!            returns VmExit  <──────────────────────────────────────────────────────┘
 //! ```
 //!
 //! All `unsafe` code lives in [`sys`] and `vfio::sys` (BAR mmaps as KVM memory slots), plus
@@ -34,12 +35,15 @@ pub mod builder;
 pub mod bus;
 pub mod config;
 pub mod counters;
+pub mod device_context;
+pub mod error;
 pub mod interrupt;
 pub mod iommu;
 pub mod legacy;
 pub mod memory;
 pub mod passthrough;
 pub mod pci;
+pub mod running;
 pub mod serial;
 pub mod stop_signals;
 pub mod sys;
@@ -47,5 +51,6 @@ pub mod vcpu;
 pub mod vfio;
 pub mod vm;
 
-pub use builder::{Vm, VmBuilder, VmExit};
+pub use builder::VmBuilder;
 pub use config::{Command, VmConfig, parse_args};
+pub use running::{Vm, VmExit};

@@ -83,15 +83,7 @@ impl Passthrough {
             .collect();
         let accel = Arc::new(Accel::new(*unit.config(), stage2));
         unit.add_observer(accel.clone());
-        let source = accel.clone();
-        counters.add_source(move || {
-            source
-                .counters()
-                .pairs()
-                .into_iter()
-                .map(|(name, value)| (format!("accel_{name}"), value))
-                .collect::<Vec<(String, u64)>>()
-        });
+        counters.add_component("accel_", accel.clone());
         Passthrough {
             memory: memory.clone(),
             ram,

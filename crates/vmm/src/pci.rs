@@ -25,8 +25,8 @@ use crate::arch::x86_64::layout::{
     ECAM_SIZE, ECAM_START, PCI_CONFIG_IO_SIZE, PCI_CONFIG_IO_START, PCI_MMIO32_SIZE,
     PCI_MMIO32_START,
 };
-use crate::builder::VmBuilder;
 use crate::config::{AssignedBackend, DiskConfig};
+use crate::device_context::DeviceContext;
 use crate::interrupt::{KvmIoEvents, KvmMsiController, Msi};
 use crate::iommu::{bus0_sid, translated_memory};
 use crate::passthrough::{self, Passthrough};
@@ -97,65 +97,70 @@ impl IoEventRegistrar for KvmIoEvents {
 }
 
 /// Creates bus 0 and registers its three access paths.
-pub fn add_bus(builder: &VmBuilder) -> Result<Arc<PciBus>, Error> {
+pub fn add_bus(devices: &DeviceContext) -> Result<Arc<PciBus>, Error> {
     let bus = Arc::new(PciBus::new(PCI_MMIO32_START, PCI_MMIO32_SIZE));
     let config_io = Arc::new(PciConfigIo::new(bus.clone()));
-    builder.buses().pio.insert(
+    devices.buses().pio.insert(
         "pci-config",
         u64::from(PCI_CONFIG_IO_START),
         u64::from(PCI_CONFIG_IO_SIZE),
         config_io,
     )?;
     let ecam = Arc::new(PciEcam::new(bus.clone()));
-    builder
+    devices
         .buses()
         .mmio
         .insert("pci-ecam", ECAM_START, ECAM_SIZE, ecam)?;
     let window = Arc::new(PciBarWindow::new(bus.clone(), PCI_MMIO32_START));
-    builder
+    devices
         .buses()
         .mmio
         .insert("pci-bars", PCI_MMIO32_START, PCI_MMIO32_SIZE, window)?;
     Ok(bus)
 }
 
-/// Adds every `--disk` as a virtio-blk function on bus 0 (slots 1, 2, ... in order).
-pub fn add_disks(builder: &VmBuilder, bus: &PciBus) -> Result<(), Error> {
-    let disks = builder.config().disks.clone();
+/// Adds every disk of `disks` as a virtio-blk function on bus 0 (slots 1, 2, ... in order);
+/// `test_dma_fault` is `--test-dma-fault`.
+pub fn add_disks(
+    devices: &DeviceContext,
+    bus: &PciBus,
+    disks: &[DiskConfig],
+    test_dma_fault: Option<u64>,
+) -> Result<(), Error> {
     let passthrough = disks
         .iter()
         .any(|d| d.assigned.is_some())
         .then(|| {
-            builder
+            devices
                 .vtd()
-                .map(|u| Passthrough::new(builder.memory(), u, builder.counters()))
+                .map(|u| Passthrough::new(devices.memory(), u, devices.counters()))
         })
         .map(|p| p.ok_or(passthrough::Error::NoIommu))
         .transpose()?;
-    let mut fault_probe = builder.config().test_dma_fault;
+    let mut fault_probe = test_dma_fault;
     for (index, disk) in disks.iter().enumerate() {
         let slot = (index + 1) as u8;
         let sid = bus0_sid(slot);
         let name = format!("disk{index}");
-        match (disk.assigned, disk.iommu, builder.vtd()) {
+        match (disk.assigned, disk.iommu, devices.vtd()) {
             (Some(AssignedBackend::Sim), _, _) => {
                 let p = passthrough.as_ref().ok_or(passthrough::Error::NoIommu)?;
                 let memory = p.assign(&name, sid)?;
-                add_disk(builder, bus, index, slot, disk, memory, true)?;
+                add_disk(devices, bus, index, slot, disk, memory, true)?;
             }
             (None, true, Some(unit)) => {
-                let memory = translated_memory(builder.memory(), unit, sid, fault_probe.take());
-                add_disk(builder, bus, index, slot, disk, memory, true)?;
+                let memory = translated_memory(devices.memory(), unit, sid, fault_probe.take());
+                add_disk(devices, bus, index, slot, disk, memory, true)?;
             }
             (None, true, None) => return Err(Error::NoIommu(index)),
             (None, false, _) => {
                 add_disk(
-                    builder,
+                    devices,
                     bus,
                     index,
                     slot,
                     disk,
-                    builder.memory().clone(),
+                    devices.memory().clone(),
                     false,
                 )?;
             }
@@ -168,7 +173,7 @@ pub fn add_disks(builder: &VmBuilder, bus: &PciBus) -> Result<(), Error> {
 }
 
 fn add_disk<M: GuestMemory + Clone + Send + Sync + 'static>(
-    builder: &VmBuilder,
+    devices: &DeviceContext,
     bus: &PciBus,
     index: usize,
     slot: u8,
@@ -181,31 +186,17 @@ fn add_disk<M: GuestMemory + Clone + Send + Sync + 'static>(
     config.indirect_desc = disk.indirect_desc;
     config.serial = format!("vtd-nest-disk{index}");
     let block = Block::<M>::new(&config).map_err(|source| Error::Block { index, source })?;
-    let stats = block.counters();
-    builder.counters().add_source(move || {
-        let s = stats.snapshot();
-        [
-            ("requests", s.requests),
-            ("read_bytes", s.read_bytes),
-            ("write_bytes", s.write_bytes),
-            ("errors", s.errors),
-            ("notifications", s.notifications),
-            ("interrupts", s.interrupts),
-            ("ring_errors", s.ring_errors),
-            ("busy_us", s.busy_ns / 1000),
-        ]
-        .into_iter()
-        .map(|(n, v)| (format!("disk{index}_{n}"), v))
-        .collect()
-    });
-    let msi: Arc<dyn MsiController> = Arc::new(builder.msi_controller());
+    devices
+        .counters()
+        .add_component(format!("disk{index}_"), block.counters());
+    let msi: Arc<dyn MsiController> = Arc::new(devices.msi_controller());
     let options = VirtioPciOptions {
         behind_iommu,
         msix_vectors: None,
     };
     let mut device = VirtioPciDevice::new(Box::new(block), memory, msi, options)
         .map_err(|source| Error::Transport { index, source })?;
-    device.set_ioevent_registrar(Arc::new(builder.io_events()));
+    device.set_ioevent_registrar(Arc::new(devices.io_events()));
     let device: SharedPciDevice = Arc::new(Mutex::new(device));
     bus.add_device_at(slot, device)
         .map_err(|source| Error::Bus { index, source })?;

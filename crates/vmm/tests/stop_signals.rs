@@ -5,8 +5,8 @@
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
-use vmm::builder::{Stop, wait_for_stop};
 use vmm::legacy::VmEvent;
+use vmm::running::{Stop, wait_for_stop};
 use vmm::stop_signals;
 
 #[test]

@@ -759,6 +759,13 @@ impl Vtd {
     }
 }
 
+/// The unit's counters, under the model's own names (e.g. `translations`).
+impl counter_set::CounterSource for Vtd {
+    fn visit(&self, f: &mut dyn FnMut(&str, u64)) {
+        self.counters.visit(f);
+    }
+}
+
 impl Remapper for Vtd {
     fn remap(&self, req: &DmaRequest) -> Result<Translation, Fault> {
         self.remap_nearby(req, &mut |_| {})

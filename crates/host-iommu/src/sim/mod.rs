@@ -36,7 +36,7 @@ pub mod vm;
 pub mod walk;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use config::SimConfig;
@@ -47,33 +47,6 @@ pub use walk::{DmaAccess, DmaFault};
 use crate::{DeviceId, HwptId, Op, Result};
 use iotlb::NestedCaches;
 use objects::{DeviceObj, HwptKind, Object, State};
-
-/// What the sim counted since it was built.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SimCounters {
-    /// Successful nest-parent allocations.
-    pub nest_parent_allocs: u64,
-    /// Successful nested-HWPT allocations (binds).
-    pub binds: u64,
-    /// Successful attaches of a detached device.
-    pub attaches: u64,
-    /// Successful attaches of an attached device (replaces).
-    pub replaces: u64,
-    /// Detaches of an attached device.
-    pub detaches: u64,
-    /// `IOMMU_HWPT_INVALIDATE` calls.
-    pub invalidation_calls: u64,
-    /// Invalidation entries processed.
-    pub invalidation_entries: u64,
-    /// DMA translations requested.
-    pub dma_translations: u64,
-    /// DMA translations that faulted.
-    pub dma_faults: u64,
-    /// Nested translations answered by an IOTLB.
-    pub iotlb_hits: u64,
-    /// Nested translations that walked.
-    pub iotlb_misses: u64,
-}
 
 /// Live objects, for leak checks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,43 +70,27 @@ pub(crate) struct Inject {
     pub(crate) invalidate: Option<(i32, u32)>,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) nest_parent_allocs: AtomicU64,
-    pub(crate) binds: AtomicU64,
-    pub(crate) attaches: AtomicU64,
-    pub(crate) replaces: AtomicU64,
-    pub(crate) detaches: AtomicU64,
-    pub(crate) invalidation_calls: AtomicU64,
-    pub(crate) invalidation_entries: AtomicU64,
-    pub(crate) dma_translations: AtomicU64,
-    pub(crate) dma_faults: AtomicU64,
-    pub(crate) iotlb_hits: AtomicU64,
-    pub(crate) iotlb_misses: AtomicU64,
-}
-
-pub(crate) fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
-impl Counters {
-    fn snapshot(&self) -> SimCounters {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        SimCounters {
-            nest_parent_allocs: g(&self.nest_parent_allocs),
-            binds: g(&self.binds),
-            attaches: g(&self.attaches),
-            replaces: g(&self.replaces),
-            detaches: g(&self.detaches),
-            invalidation_calls: g(&self.invalidation_calls),
-            invalidation_entries: g(&self.invalidation_entries),
-            dma_translations: g(&self.dma_translations),
-            dma_faults: g(&self.dma_faults),
-            iotlb_hits: g(&self.iotlb_hits),
-            iotlb_misses: g(&self.iotlb_misses),
-        }
+counter_set::counter_set! {
+    /// Live counters.
+    pub(crate) struct Counters;
+    /// What the sim counted since it was built.
+    pub struct SimCounters;
+    {
+        nest_parent_allocs: AtomicU64 = "Successful nest-parent allocations.",
+        binds: AtomicU64 = "Successful nested-HWPT allocations (binds).",
+        attaches: AtomicU64 = "Successful attaches of a detached device.",
+        replaces: AtomicU64 = "Successful attaches of an attached device (replaces).",
+        detaches: AtomicU64 = "Detaches of an attached device.",
+        invalidation_calls: AtomicU64 = "`IOMMU_HWPT_INVALIDATE` calls.",
+        invalidation_entries: AtomicU64 = "Invalidation entries processed.",
+        dma_translations: AtomicU64 = "DMA translations requested.",
+        dma_faults: AtomicU64 = "DMA translations that faulted.",
+        iotlb_hits: AtomicU64 = "Nested translations answered by an IOTLB.",
+        iotlb_misses: AtomicU64 = "Nested translations that walked.",
     }
 }
+
+pub(crate) use counter_set::add as bump;
 
 /// Locks a cache mutex; a panic elsewhere never makes the caches unusable.
 pub(crate) fn lock_caches(m: &Mutex<NestedCaches>) -> MutexGuard<'_, NestedCaches> {
@@ -282,6 +239,13 @@ impl SimHost {
     /// Makes the next invalidation fail with `errno` after processing `after` entries.
     pub fn fail_next_invalidate(&self, errno: i32, after: u32) {
         self.inject().invalidate = Some((errno, after));
+    }
+}
+
+/// The sim's counters, under their field names.
+impl counter_set::CounterSource for SimHost {
+    fn visit(&self, f: &mut dyn FnMut(&str, u64)) {
+        self.counters.visit(f);
     }
 }
 

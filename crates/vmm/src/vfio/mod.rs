@@ -316,15 +316,7 @@ impl Context {
         if let Some(unit) = builder.vtd() {
             unit.add_observer(shadow.clone());
         }
-        let source = shadow.clone();
-        builder.counters().add_source(move || {
-            source
-                .counters()
-                .pairs()
-                .into_iter()
-                .map(|(name, value)| (format!("shadow_{name}"), value))
-                .collect()
-        });
+        builder.counters().add_component("shadow_", shadow.clone());
         self.shadow = Some(shadow.clone());
         shadow
     }
@@ -335,15 +327,7 @@ impl Context {
         }
         let accel = Arc::new(accel::Accel::new(*unit.config(), ram_regions(builder)));
         unit.add_observer(accel.clone());
-        let source = accel.clone();
-        builder.counters().add_source(move || {
-            source
-                .counters()
-                .pairs()
-                .into_iter()
-                .map(|(name, value)| (format!("accel_{name}"), value))
-                .collect()
-        });
+        builder.counters().add_component("accel_", accel.clone());
         self.accel = Some(accel.clone());
         accel
     }

@@ -156,6 +156,22 @@ pub struct BlockStats {
     pub busy_ns: u64,
 }
 
+/// The device's counters as the VMM reports them: every one but `flushes`, and the I/O
+/// thread's busy time as `busy_us` (microseconds).
+impl counter_set::CounterSource for BlockCounters {
+    fn visit(&self, f: &mut dyn FnMut(&str, u64)) {
+        let s = self.snapshot();
+        f("requests", s.requests);
+        f("read_bytes", s.read_bytes);
+        f("write_bytes", s.write_bytes);
+        f("errors", s.errors);
+        f("notifications", s.notifications);
+        f("interrupts", s.interrupts);
+        f("ring_errors", s.ring_errors);
+        f("busy_us", s.busy_ns / 1000);
+    }
+}
+
 impl BlockCounters {
     /// Reads all counters.
     pub fn snapshot(&self) -> BlockStats {

@@ -1,0 +1,101 @@
+//! What wiring a device needs of the VM, and nothing more: the KVM VM (irqfds, ioeventfds,
+//! MSI injection), the GSI routing table, guest RAM, the PIO and MMIO buses, the exit
+//! summary's counters and the vIOMMU the devices may sit behind.
+//!
+//! ```text
+//!  VmBuilder::new ── creates ──> DeviceContext ──> pci::add_bus / pci::add_disks
+//!                                     │            (iommu, passthrough, vfio wiring)
+//!  VmBuilder::build ── moves it into ─┴──> running::Vm (keeps the devices' VM state alive)
+//! ```
+
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::counters::Counters;
+use crate::interrupt::{GsiRouting, KvmIoEvents, KvmMsiController, MsiSignaller};
+use crate::vcpu::IoBuses;
+use crate::vm::KvmVm;
+
+/// The VM as device wiring sees it.
+pub struct DeviceContext {
+    vm: Arc<KvmVm>,
+    routing: Arc<GsiRouting>,
+    memory: GuestMemoryMmap,
+    buses: Arc<IoBuses>,
+    counters: Arc<Counters>,
+    vtd: Option<Arc<vtd::Vtd>>,
+}
+
+impl std::fmt::Debug for DeviceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceContext")
+            .field("vtd", &self.vtd.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceContext {
+    /// The context of the VM `vm` with guest RAM `memory`: empty buses and counters, a fresh
+    /// GSI routing table, no vIOMMU yet.
+    pub fn new(vm: Arc<KvmVm>, memory: GuestMemoryMmap) -> Self {
+        DeviceContext {
+            routing: Arc::new(GsiRouting::new(vm.clone())),
+            vm,
+            memory,
+            buses: Arc::new(IoBuses::default()),
+            counters: Arc::new(Counters::new()),
+            vtd: None,
+        }
+    }
+
+    /// Puts the devices that ask for it behind the virtual VT-d unit `unit`.
+    pub fn set_vtd(&mut self, unit: Arc<vtd::Vtd>) {
+        self.vtd = Some(unit);
+    }
+
+    /// The virtual VT-d unit, when `--iommu intel` was given.
+    pub fn vtd(&self) -> Option<&Arc<vtd::Vtd>> {
+        self.vtd.as_ref()
+    }
+
+    /// Guest RAM (clone it for device models; clones share the mappings).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The KVM VM (for irqfds, ioeventfds and MSI injection).
+    pub fn kvm_vm(&self) -> &Arc<KvmVm> {
+        &self.vm
+    }
+
+    /// The GSI routing table, for MSI-X vectors ([`crate::interrupt::MsiVector`]).
+    pub fn gsi_routing(&self) -> &Arc<GsiRouting> {
+        &self.routing
+    }
+
+    /// A fresh per-device MSI-X controller (vectors get GSIs and irqfds on first use).
+    pub fn msi_controller(&self) -> KvmMsiController {
+        KvmMsiController::new(self.vm.clone(), self.routing.clone())
+    }
+
+    /// The ioeventfd registrar for MMIO doorbells.
+    pub fn io_events(&self) -> KvmIoEvents {
+        KvmIoEvents::new(self.vm.clone())
+    }
+
+    /// An MSI injector (the vIOMMU's fault event).
+    pub fn msi_signaller(&self) -> MsiSignaller {
+        MsiSignaller::new(self.vm.clone())
+    }
+
+    /// The PIO and MMIO buses.
+    pub fn buses(&self) -> &Arc<IoBuses> {
+        &self.buses
+    }
+
+    /// The counters printed at exit.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+}
