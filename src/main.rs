@@ -39,7 +39,10 @@ fn run(config: VmConfig) -> ExitCode {
     // The unit's CAP/ECAP line once the whole machine is built, so that a refusal (of a device,
     // say) is the only thing the VMM prints.
     let built = VmBuilder::new(config).and_then(|builder| {
-        let cap_line = builder.vtd().map(|unit| vmm::iommu::cap_line(unit));
+        let cap_line = builder
+            .devices()
+            .vtd()
+            .map(|unit| vmm::iommu::cap_line(unit));
         builder.build().map(|vm| (vm, cap_line))
     });
     let vm = match built {

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!  VmBuilder::new ─> DeviceContext ─┬─> pci::add_bus, pci::add_disks(&DeviceContext, ...)
-//!                                   └─> vfio::add_devices(&VmBuilder, ...)
+//!                                   └─> vfio::add_devices(&DeviceContext, ...)
 //!  VmBuilder::build ─> ACPI, boot, vCPUs ─> running::Vm::new(vCPUs, events, DeviceContext)
 //! ```
 
@@ -18,7 +18,6 @@ use std::sync::mpsc::{Receiver, channel};
 
 use kvm_bindings::{KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, kvm_mp_state};
 use kvm_ioctls::Kvm;
-use vm_memory::GuestMemoryMmap;
 
 use crate::acpi::{self, AcpiConfig, DmarConfig};
 use crate::arch::x86_64::layout::{
@@ -27,16 +26,15 @@ use crate::arch::x86_64::layout::{
 use crate::arch::x86_64::{boot, cpuid, msr, regs};
 use crate::bus::BusDevice;
 use crate::config::{SerialConfig, VmConfig};
-use crate::counters::Counters;
 use crate::device_context::DeviceContext;
 use crate::error::Error;
-use crate::interrupt::{GsiRouting, IrqLine};
+use crate::interrupt::IrqLine;
 use crate::legacy::{I8042, PmDevice, VmEvent, VmEventSender};
 use crate::memory;
 use crate::running::{ShutdownHook, Vm};
 use crate::serial::SerialDevice;
 use crate::vcpu::{self, ExitCounters, Vcpu};
-use crate::vm::{self, Irqchip, KvmVm};
+use crate::vm::{self, Irqchip};
 
 /// The VM under construction.
 pub struct VmBuilder {
@@ -101,38 +99,6 @@ impl VmBuilder {
     /// What device wiring needs of the VM.
     pub fn devices(&self) -> &DeviceContext {
         &self.devices
-    }
-
-    // The devices' accessors `vfio` wires through the builder.
-
-    /// See [`DeviceContext::vtd`].
-    pub fn vtd(&self) -> Option<&Arc<vtd::Vtd>> {
-        self.devices.vtd()
-    }
-
-    /// See [`DeviceContext::memory`].
-    pub fn memory(&self) -> &GuestMemoryMmap {
-        self.devices.memory()
-    }
-
-    /// See [`DeviceContext::kvm_vm`].
-    pub fn kvm_vm(&self) -> &Arc<KvmVm> {
-        self.devices.kvm_vm()
-    }
-
-    /// See [`DeviceContext::gsi_routing`].
-    pub fn gsi_routing(&self) -> &Arc<GsiRouting> {
-        self.devices.gsi_routing()
-    }
-
-    /// See [`DeviceContext::counters`].
-    pub fn counters(&self) -> &Arc<Counters> {
-        self.devices.counters()
-    }
-
-    /// Where devices report power-off and reset.
-    pub fn event_sender(&self) -> VmEventSender {
-        self.events.clone()
     }
 
     /// Registers a port-I/O device.
@@ -219,7 +185,7 @@ impl VmBuilder {
             self.config.test_dma_fault,
         )?;
         let first_slot = u8::try_from(self.config.disks.len() + 1).unwrap_or(u8::MAX);
-        crate::vfio::add_devices(&self, &pci, first_slot)?;
+        crate::vfio::add_devices(&self.devices, &self.config.devices, &pci, first_slot)?;
         let dmar = self.iommu_aw_bits.map(|aw_bits| DmarConfig {
             aw_bits,
             base: DRHD_START,

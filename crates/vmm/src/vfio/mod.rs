@@ -36,8 +36,8 @@ use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError, VfioOps};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::builder::VmBuilder;
 use crate::config::{DeviceConfig, VfioBackend};
+use crate::device_context::DeviceContext;
 use crate::interrupt::{KvmMsiController, VectorSignaller};
 use crate::iommu::bus0_sid;
 pub use device::{HostFunction, Release, VectorEventFds, VfioPciDevice};
@@ -213,9 +213,8 @@ impl DmaPath {
 }
 
 /// Guest RAM as the host IOMMU maps it.
-fn ram_regions(builder: &VmBuilder) -> Vec<accel::RamRegion> {
-    builder
-        .memory()
+fn ram_regions(ctx: &DeviceContext) -> Vec<accel::RamRegion> {
+    ctx.memory()
         .iter()
         .map(|r| accel::RamRegion {
             gpa: r.start_addr().0,
@@ -272,7 +271,7 @@ struct Context {
 }
 
 impl Context {
-    fn kvm_vfio(&mut self, builder: &VmBuilder) -> Result<Arc<VfioDeviceFd>, Error> {
+    fn kvm_vfio(&mut self, ctx: &DeviceContext) -> Result<Arc<VfioDeviceFd>, Error> {
         if let Some(fd) = &self.kvm_vfio {
             return Ok(fd.clone());
         }
@@ -281,7 +280,7 @@ impl Context {
             fd: 0,
             flags: 0,
         };
-        let fd = builder
+        let fd = ctx
             .kvm_vm()
             .create_device(&mut create)
             .map_err(Error::KvmVfio)?;
@@ -290,11 +289,11 @@ impl Context {
         Ok(fd)
     }
 
-    fn iommufd(&mut self, builder: &VmBuilder, name: &str) -> Result<Arc<IommufdHost>, Error> {
+    fn iommufd(&mut self, ctx: &DeviceContext, name: &str) -> Result<Arc<IommufdHost>, Error> {
         if let Some(h) = &self.iommufd {
             return Ok(h.clone());
         }
-        let kvm_vfio = self.kvm_vfio(builder)?;
+        let kvm_vfio = self.kvm_vfio(ctx)?;
         let host = Arc::new(
             IommufdHost::open_for_vm(kvm_vfio).map_err(|source| match source {
                 IommufdHostError::Missing => Error::NoIommufd(name.to_owned()),
@@ -308,26 +307,26 @@ impl Context {
         Ok(host)
     }
 
-    fn shadow(&mut self, builder: &VmBuilder) -> Arc<accel::Shadow> {
+    fn shadow(&mut self, ctx: &DeviceContext) -> Arc<accel::Shadow> {
         if let Some(s) = &self.shadow {
             return s.clone();
         }
-        let shadow = Arc::new(accel::Shadow::new(ram_regions(builder)));
-        if let Some(unit) = builder.vtd() {
+        let shadow = Arc::new(accel::Shadow::new(ram_regions(ctx)));
+        if let Some(unit) = ctx.vtd() {
             unit.add_observer(shadow.clone());
         }
-        builder.counters().add_component("shadow_", shadow.clone());
+        ctx.counters().add_component("shadow_", shadow.clone());
         self.shadow = Some(shadow.clone());
         shadow
     }
 
-    fn accel(&mut self, builder: &VmBuilder, unit: &Arc<vtd::Vtd>) -> Arc<accel::Accel> {
+    fn accel(&mut self, ctx: &DeviceContext, unit: &Arc<vtd::Vtd>) -> Arc<accel::Accel> {
         if let Some(a) = &self.accel {
             return a.clone();
         }
-        let accel = Arc::new(accel::Accel::new(*unit.config(), ram_regions(builder)));
+        let accel = Arc::new(accel::Accel::new(*unit.config(), ram_regions(ctx)));
         unit.add_observer(accel.clone());
-        builder.counters().add_component("accel_", accel.clone());
+        ctx.counters().add_component("accel_", accel.clone());
         self.accel = Some(accel.clone());
         accel
     }
@@ -349,25 +348,23 @@ fn resolve(backend: VfioBackend, sysfs: &std::path::Path) -> VfioBackend {
 }
 
 /// Assigns every `--device`, on bus 0 from device number `first_slot` on.
-pub fn add_devices(builder: &VmBuilder, bus: &PciBus, first_slot: u8) -> Result<(), Error> {
+pub fn add_devices(
+    ctx: &DeviceContext,
+    devices: &[DeviceConfig],
+    bus: &PciBus,
+    first_slot: u8,
+) -> Result<(), Error> {
     let mut context = Context::default();
-    let vtd_config = builder.vtd().map(|u| *u.config());
-    for (index, config) in builder.config().devices.iter().enumerate() {
+    let vtd_config = ctx.vtd().map(|u| *u.config());
+    for (index, config) in devices.iter().enumerate() {
         let slot = first_slot.saturating_add(index as u8);
-        add_device(
-            builder,
-            bus,
-            &mut context,
-            config,
-            slot,
-            vtd_config.as_ref(),
-        )?;
+        add_device(ctx, bus, &mut context, config, slot, vtd_config.as_ref())?;
     }
     Ok(())
 }
 
 fn add_device(
-    builder: &VmBuilder,
+    ctx: &DeviceContext,
     bus: &PciBus,
     context: &mut Context,
     config: &DeviceConfig,
@@ -392,7 +389,7 @@ fn add_device(
     let mut release: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
     let device: Arc<VfioDevice> = match backend {
         VfioBackend::Iommufd | VfioBackend::Auto => {
-            let host = context.iommufd(builder, name)?;
+            let host = context.iommufd(ctx, name)?;
             let (dev, device) =
                 host.open_device(&config.path)
                     .map_err(|source| Error::Iommufd {
@@ -418,9 +415,8 @@ fn add_device(
                         None => {
                             let dma: Arc<dyn DmaMap> =
                                 Arc::new(IoasDma::new(host.clone(), host.dma_ioas()));
-                            let r = Arc::new(
-                                WholeRam::map(dma, ram_regions(builder)).map_err(host_err)?,
-                            );
+                            let r =
+                                Arc::new(WholeRam::map(dma, ram_regions(ctx)).map_err(host_err)?);
                             context.iommufd_ram = Some(r.clone());
                             r
                         }
@@ -434,7 +430,7 @@ fn add_device(
                     let ioas = Arc::new(host_iommu::Ioas::new(iommu).map_err(host_err)?);
                     host.attach(dev, PtId::Ioas(ioas.id())).map_err(host_err)?;
                     let dma: Arc<dyn DmaMap> = ioas;
-                    shadow_device(builder, context, sid, name, dma, &mut release)?;
+                    shadow_device(ctx, context, sid, name, dma, &mut release)?;
                 }
                 DmaPath::Nested => {
                     if let Err(e) = host.probe_nest_parent(dev) {
@@ -443,11 +439,11 @@ fn add_device(
                             why: e.to_string(),
                         });
                     }
-                    let unit = builder.vtd().cloned().ok_or_else(|| Error::Unsupported {
+                    let unit = ctx.vtd().cloned().ok_or_else(|| Error::Unsupported {
                         device: name.to_owned(),
                         why: "iommu=on needs --iommu intel".into(),
                     })?;
-                    let accel = context.accel(builder, &unit);
+                    let accel = context.accel(ctx, &unit);
                     let iommu: Arc<dyn HostIommu> = host.clone();
                     accel.add_device(
                         &*unit,
@@ -475,7 +471,7 @@ fn add_device(
                     why: "the VFIO container backend cannot nest".into(),
                 });
             }
-            let kvm_vfio = context.kvm_vfio(builder)?;
+            let kvm_vfio = context.kvm_vfio(ctx)?;
             // Shadowed devices each need an address space of their own; whole-RAM devices
             // share one container, with guest RAM mapped once.
             let shared = match path {
@@ -494,12 +490,12 @@ fn add_device(
             match (path, shared) {
                 (DmaPath::WholeRam, Some((_, ram))) => keep.push(Box::new(ram)),
                 (DmaPath::WholeRam, None) => {
-                    let ram = Arc::new(WholeRam::map(dma, ram_regions(builder)).map_err(host_err)?);
+                    let ram = Arc::new(WholeRam::map(dma, ram_regions(ctx)).map_err(host_err)?);
                     context.container = Some((container.clone(), ram.clone()));
                     keep.push(Box::new(ram));
                 }
                 (DmaPath::Shadow, _) => {
-                    shadow_device(builder, context, sid, name, dma, &mut release)?;
+                    shadow_device(ctx, context, sid, name, dma, &mut release)?;
                 }
                 (DmaPath::Nested, _) => unreachable!("refused above"),
             }
@@ -516,14 +512,13 @@ fn add_device(
         path.name()
     );
     for p in [DmaPath::WholeRam, DmaPath::Shadow, DmaPath::Nested] {
-        builder
-            .counters()
+        ctx.counters()
             .register(&format!("{name}_dma_path_{}", p.name()))
             .add(u64::from(p == path));
     }
     let controller = Arc::new(KvmMsiController::with_signaller(
-        builder.kvm_vm().clone(),
-        builder.gsi_routing().clone(),
+        ctx.kvm_vm().clone(),
+        ctx.gsi_routing().clone(),
         VectorSignaller::Kernel,
     ));
     let keep = Mutex::new(keep);
@@ -539,7 +534,7 @@ fn add_device(
         drop(keep);
     }));
     let host: Arc<dyn HostFunction> = device;
-    let function = VfioPciDevice::new(name, host, Some(builder.kvm_vm()), controller, release)?;
+    let function = VfioPciDevice::new(name, host, Some(ctx.kvm_vm()), controller, release)?;
     let function: SharedPciDevice = Arc::new(Mutex::new(function));
     bus.add_device_at(slot, function)
         .map_err(|source| Error::Bus {
@@ -549,18 +544,18 @@ fn add_device(
 }
 
 fn shadow_device(
-    builder: &VmBuilder,
+    ctx: &DeviceContext,
     context: &mut Context,
     sid: vtd_spec::SourceId,
     name: &str,
     dma: Arc<dyn DmaMap>,
     release: &mut Vec<Box<dyn FnOnce() + Send>>,
 ) -> Result<(), Error> {
-    let unit = builder.vtd().cloned().ok_or_else(|| Error::Unsupported {
+    let unit = ctx.vtd().cloned().ok_or_else(|| Error::Unsupported {
         device: name.to_owned(),
         why: "iommu=on needs --iommu intel".into(),
     })?;
-    let shadow = context.shadow(builder);
+    let shadow = context.shadow(ctx);
     shadow.add_device(&*unit, sid, name, dma);
     release.push(Box::new(move || {
         shadow.remove_device(sid);
