@@ -674,7 +674,7 @@ def doc_section(out: str, fig: Figures, jobs: list[Job], raw: list[Job],
     indirect = ("each VMM's default (QEMU offers them, vtd-nest does not)" if indirect == "default"
                 else f"{indirect} for both VMMs")
     device = f"virtio indirect descriptors: {indirect}"
-    if read(os.path.join(out, "vfio"), "0").strip() == "1":
+    if vfio_run(out):
         device = ("device: an emulated NVMe in L1 bound to vfio-pci there, assigned to each "
                   "guest (L1's own emulated VT-d in legacy mode with caching mode)")
     parts = [f"Run of {date} on a {machine} host; mode {mode} ({where}); {times}; the whole run "
@@ -701,15 +701,22 @@ def doc_section(out: str, fig: Figures, jobs: list[Job], raw: list[Job],
         parts += [f"- {md(f)}" for f in partly] + [""]
     counters = counters_table(fig)
     if counters.count("\n") > 1:
+        how = ("vtd-nest's shadow counters over the whole run, boot included (no boot-only "
+               "baseline)" if vfio_run(out) else
+               "VMM counters are the workload run minus a boot-only run of the same configuration")
         parts += ["Per-I/O figures (an I/O is one block request the guest completed during the "
-                  "three phases; VMM counters are the workload run minus a boot-only run of the "
-                  "same configuration):", "", counters, ""]
+                  f"three phases; {how}):", "", counters, ""]
     det = details(jobs)
     if det:
         parts += ["Guest details:", ""] + det + [""]
     if svg_name:
         parts += [f"![overhead factors per VMM and configuration]({svg_name})", ""]
     return "\n".join(parts)
+
+
+def vfio_run(out: str) -> bool:
+    """Whether OUT_DIR holds a bench/compare --vfio run."""
+    return read(os.path.join(out, "vfio"), "0").strip() == "1"
 
 
 def update_doc(path: str, section: str, begin: str = DOC_BEGIN, end: str = DOC_END) -> None:
@@ -744,7 +751,7 @@ def main() -> int:
                 f"{read(os.path.join(a.out, 'machine')).strip()}, "
                 f"mode {read(os.path.join(a.out, 'mode')).strip()}: "
                 "compare ratios, not absolute times")
-    vfio = read(os.path.join(a.out, "vfio"), "0").strip() == "1"
+    vfio = vfio_run(a.out)
     svg = svg_plot(fig, subtitle, VFIO_SERIES if vfio else SERIES)
     svg_path = os.path.join(a.out, "overhead.svg")
     with open(svg_path, "w") as f:
