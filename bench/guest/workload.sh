@@ -4,7 +4,9 @@
 #
 # Set by bench/compare in front of this file: BENCH_IDLE=1 skips the disk workload (the same
 # guest, boot and probes only: the baseline per-I/O VMM counters are taken against);
-# BENCH_REPEAT=N runs the three phases N times in turn (one BENCH-PHASE line per run).
+# BENCH_REPEAT=N runs the three phases N times in turn (one BENCH-PHASE line per run);
+# BENCH_DISK=NAME the disk to use (e.g. nvme0n1, an assigned NVMe; waited for up to 10 s),
+# default the first virtio disk.
 #
 # Lines it prints (parsed by bench/lib/report.py):
 #   BENCH-BOOT <s>            kernel timestamp of "Run /init as init process" (dmesg), i.e. L2
@@ -61,8 +63,18 @@ report_boot() {
     echo "BENCH-CLOCK $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 }
 
-# The first virtio disk, e.g. vda.
+# BENCH_DISK, or the first virtio disk, e.g. vda.
 find_disk() {
+    if [ -n "${BENCH_DISK:-}" ]; then
+        i=0
+        until [ -b "/dev/$BENCH_DISK" ] && [ -r "/sys/block/$BENCH_DISK/stat" ]; do
+            [ "$i" -lt 100 ] || fail "no disk /dev/$BENCH_DISK in the guest after 10 s"
+            sleep 0.1
+            i=$((i + 1))
+        done
+        DISK=$BENCH_DISK
+        return 0
+    fi
     for b in /sys/block/vd*; do
         [ -e "$b" ] && { DISK=${b##*/}; return 0; }
     done
@@ -74,8 +86,13 @@ report_cap() {
     if [ -r "$d/cap" ]; then echo "BENCH-CAP $(cat "$d/cap") $(cat "$d/ecap")"; fi
 }
 
+# The disk's PCI function holds the IOMMU group: the virtio device's parent, or the NVMe
+# namespace's controller's device.
 report_iommu() {
-    grp=/sys/block/$DISK/device/../iommu_group
+    case "$DISK" in
+        nvme*n*) c=${DISK#nvme}; grp=/sys/class/nvme/nvme${c%%n*}/device/iommu_group ;;
+        *) grp=/sys/block/$DISK/device/../iommu_group ;;
+    esac
     if [ -e "$grp" ]; then
         g=$(readlink -f "$grp")
         echo "BENCH-IOMMU $(cat "/sys/kernel/iommu_groups/${g##*/}/type")"

@@ -33,6 +33,12 @@ from dataclasses import dataclass, field
 
 VMMS = ("qemu", "vtd-nest")
 CONFIGS = ("strict", "lazy", "off", "assigned")
+# bench/compare --vfio: "<config>:<mode>:<backend>", an assigned NVMe behind a vIOMMU in caching
+# mode (strict; scalable second stage or legacy) or without a vIOMMU (off), through the VFIO
+# container or iommufd. RESULT lines split them into config=, mode= and backend=.
+VFIO_BACKENDS = ("container", "iommufd")
+VFIO_CONFIGS = tuple(f"vfio-strict:{mode}:{b}" for mode in ("scalable", "legacy")
+                     for b in VFIO_BACKENDS) + tuple(f"vfio-off:none:{b}" for b in VFIO_BACKENDS)
 PHASES = {  # name: (requests issued by dd, bytes moved)
     "read4k": (4096, 4096 * 4096),
     "read1m": (64, 64 << 20),
@@ -41,6 +47,35 @@ PHASES = {  # name: (requests issued by dd, bytes moved)
 MIB = float(1 << 20)
 DOC_BEGIN = "<!-- bench:begin -->"
 DOC_END = "<!-- bench:end -->"
+# The doc section of a --vfio run.
+VFIO_DOC_BEGIN = "<!-- bench-vfio:begin -->"
+VFIO_DOC_END = "<!-- bench-vfio:end -->"
+
+
+def baseline_config(config: str) -> str:
+    """The configuration a row's overheads are taken against: the same VMM without vIOMMU
+    (for an assigned device, through the same VFIO back end)."""
+    if config.startswith("vfio-"):
+        return f"vfio-off:none:{config.rsplit(':', 1)[1]}"
+    return "off"
+
+
+def is_baseline(config: str) -> bool:
+    return config == baseline_config(config)
+
+
+def config_fields(config: str) -> str:
+    """A configuration as RESULT fields: "config=strict", or for an assigned device
+    "config=vfio-strict mode=scalable backend=iommufd"."""
+    if ":" not in config:
+        return f"config={config}"
+    name, mode, backend = config.split(":")
+    return f"config={name} mode={mode} backend={backend}"
+
+
+def config_label(config: str) -> str:
+    """A configuration in tables and sentences: "strict", "vfio-strict scalable iommufd"."""
+    return config.replace(":none:", " ").replace(":", " ")
 
 
 @dataclass
@@ -246,6 +281,10 @@ class Figures:
         for name, runs in job.phases.items():
             m[f"{name}_s"] = statistics.median(r[0] for r in runs)
         for name, counts in job.maps.items():
+            # The assigned NVMe maps a multi-page request as a scatterlist (dma_map_sg), which
+            # the dma_map_page event does not see: only its 4 KiB reads are counted.
+            if job.config.startswith("vfio-") and name != "read4k":
+                continue
             if name in PHASES and counts:
                 # Per dd request of the phase (a 4 KiB read, a 1 MiB read, a 64 KiB write).
                 m[f"maps_{name}"] = statistics.median(counts) / PHASES[name][0]
@@ -275,8 +314,8 @@ class Figures:
 
     def add_overheads(self, key: tuple[str, str], m: dict[str, float]) -> None:
         vmm, config = key
-        base = self.metrics.get((vmm, "off"))
-        if config == "off" or base is None:
+        base = self.metrics.get((vmm, baseline_config(config)))
+        if is_baseline(config) or base is None:
             return
         for name, (requests, _) in PHASES.items():
             if base.get(f"{name}_s", 0) > 0:
@@ -286,6 +325,7 @@ class Figures:
 
     def add_counters(self, key: tuple[str, str], m: dict[str, float]) -> None:
         work, idle = self.work[key], self.idle.get(key)
+        self.add_shadow_counters(work, m)
         if not work.counters or idle is None or idle.failure is not None or not idle.counters:
             return
         reqs = m.get("counted_requests", m.get("io_requests", 0))
@@ -337,9 +377,23 @@ class Figures:
             m["faults"] = delta["faults"]
 
 
+    @staticmethod
+    def add_shadow_counters(work: Job, m: dict[str, float]) -> None:
+        """vtd-nest's shadow of the guest's second-stage tables (an assigned device behind a
+        vIOMMU): host map and unmap calls per block request. There is no boot-only baseline
+        for these rows, so the boot's calls (the driver's queues, the partition scan) are in."""
+        reqs = m.get("counted_requests", 0)
+        if reqs <= 0 or "shadow_maps" not in work.counters:
+            return
+        for counter in ("maps", "unmaps", "remaps", "walks"):
+            # shadow_remaps_per_io: unchanged remainders mapped again after a partial unmap.
+            if f"shadow_{counter}" in work.counters:
+                m[f"shadow_{counter}_per_io"] = work.counters[f"shadow_{counter}"] / reqs
+
+
 def ordered_keys(fig: Figures) -> list[tuple[str, str]]:
     keys = set(fig.work)
-    return [(v, c) for v in VMMS for c in CONFIGS if (v, c) in keys]
+    return [(v, c) for v in VMMS for c in CONFIGS + VFIO_CONFIGS if (v, c) in keys]
 
 
 def cell(m: dict[str, float] | None, name: str) -> str:
@@ -365,16 +419,22 @@ def main_table(fig: Figures) -> str:
         ("added µs per 1 MiB read", "added_us_read1m"),
         ("added µs per 64 KiB write", "added_us_write64k"),
     ]
+    if any(c.startswith("vfio-") for _, c in fig.work):
+        # The VFIO rows' baselines differ between the VMMs: the added µs come first.
+        cols = [c for c in cols if c[1].startswith("added_us_")] + \
+            [c for c in cols if not c[1].startswith("added_us_")]
     rows = ["| VMM | configuration | " + " | ".join(c[0] for c in cols) + " |",
             "|---|---|" + "---:|" * len(cols)]
     for key in ordered_keys(fig):
         job, m = fig.work[key], fig.metrics.get(key)
         if m is None:
             boot = cell(fig.partial.get(key), "boot_s")
-            rows.append(f"| {key[0]} | {key[1]} | {boot} | **failed**: {md(job.failure or '')} |"
+            rows.append(f"| {key[0]} | {config_label(key[1])} | {boot} | **failed**: "
+                        f"{md(job.failure or '')} |"
                         + " |" * (len(cols) - 2))
         else:
-            rows.append(f"| {key[0]} | {key[1]} | " + " | ".join(cell(m, c[1]) for c in cols) + " |")
+            rows.append(f"| {key[0]} | {config_label(key[1])} | "
+                        + " | ".join(cell(m, c[1]) for c in cols) + " |")
     return "\n".join(rows)
 
 
@@ -401,13 +461,19 @@ def counters_table(fig: Figures) -> str:
         ("guest DMA API µs / 4 KiB read", "guest_dma_us"),
         ("of which unmap", "guest_dma_unmap_us"),
         ("MMIO handler µs / exit", "mmio_handler_us"),
+        ("shadow maps / I/O", "shadow_maps_per_io"),
+        ("shadow unmaps / I/O", "shadow_unmaps_per_io"),
+        ("shadow walks / I/O", "shadow_walks_per_io"),
     ]
+    keys = [k for k in ordered_keys(fig) if k in fig.metrics]
+    # Only the columns some row has a figure for (the VFIO rows have no boot-only baselines).
+    cols = [c for c in cols if any(c[1] in fig.metrics[k] for k in keys)]
     rows = ["| VMM | configuration | " + " | ".join(c[0] for c in cols) + " |",
             "|---|---|" + "---:|" * len(cols)]
-    for key in ordered_keys(fig):
-        m = fig.metrics.get(key)
-        if m is not None:
-            rows.append(f"| {key[0]} | {key[1]} | " + " | ".join(cell(m, c[1]) for c in cols) + " |")
+    for key in keys:
+        m = fig.metrics[key]
+        rows.append(f"| {key[0]} | {config_label(key[1])} | "
+                    + " | ".join(cell(m, c[1]) for c in cols) + " |")
     return "\n".join(rows)
 
 
@@ -415,7 +481,7 @@ def raw_counters(fig: Figures) -> str:
     out = []
     for key, rows in fig.counter_rows.items():
         rounds = fig.work[key].rounds
-        out.append(f"### {key[0]} {key[1]} ({rounds} workload round(s))\n")
+        out.append(f"### {key[0]} {config_label(key[1])} ({rounds} workload round(s))\n")
         out.append("| counter | workload runs | boot-only run × rounds | difference |")
         out.append("|---|---:|---:|---:|")
         out += [f"| {n} | {w} | {i} | {d} |" for n, w, i, d in rows if w or i]
@@ -430,15 +496,15 @@ def md(s: str) -> str:
 def result_lines(fig: Figures) -> list[str]:
     lines = []
     for key in ordered_keys(fig):
-        vmm, config = key
+        vmm, config = key[0], config_fields(key[1])
         m = fig.metrics.get(key)
         if m is None:
-            lines.append(f"RESULT vmm={vmm} config={config} metric=status value=failed")
+            lines.append(f"RESULT vmm={vmm} {config} metric=status value=failed")
             for name, value in fig.partial.get(key, {}).items():
-                lines.append(f"RESULT vmm={vmm} config={config} metric={name} value={fmt(value)}")
+                lines.append(f"RESULT vmm={vmm} {config} metric={name} value={fmt(value)}")
             continue
         for name, value in m.items():
-            lines.append(f"RESULT vmm={vmm} config={config} metric={name} value={fmt(value)}")
+            lines.append(f"RESULT vmm={vmm} {config} metric={name} value={fmt(value)}")
     return lines
 
 
@@ -449,7 +515,7 @@ def failure_sentences(jobs: list[Job]) -> list[str]:
             what = "run" if j.kind == "work" else "boot-only baseline (per-I/O counters)"
             if j.round > 1:
                 what += f" (round {j.round})"
-            out.append(f"FAILED {j.vmm} {j.config} {what}: {j.failure}")
+            out.append(f"FAILED {j.vmm} {config_label(j.config)} {what}: {j.failure}")
         for n in j.notes:
             out.append(f"NOTE {j.name}: {n}")
     return out
@@ -460,7 +526,7 @@ def details(jobs: list[Job]) -> list[str]:
     for j in jobs:
         if j.kind == "work" and j.failure is None:
             cap = f", {j.cap}" if j.cap else ""
-            out.append(f"- {j.vmm} {j.config}: guest clocksource {j.clock}, phase timer {j.timer}, "
+            out.append(f"- {j.vmm} {config_label(j.config)}: guest clocksource {j.clock}, phase timer {j.timer}, "
                        f"disk's IOMMU domain {j.domain}{cap}")
     return out
 
@@ -474,7 +540,8 @@ def samples(jobs: list[Job]) -> str:
         if j.kind == "work" and j.phases:
             cells = [", ".join(f"{r[0]:.3f}" for r in j.phases.get(p, [])) for p in PHASES]
             cells += [", ".join(str(c) for c in j.maps.get(p, [])) or "–" for p in PHASES]
-            out.append(f"| {j.vmm} | {j.config} | {j.round} | " + " | ".join(cells) + " |")
+            out.append(f"| {j.vmm} | {config_label(j.config)} | {j.round} | "
+                       + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -486,6 +553,16 @@ SERIES = [  # (vmm, config, colour)
     ("vtd-nest", "strict", "#c4501b"),
     ("vtd-nest", "lazy", "#f0a060"),
     ("vtd-nest", "assigned", "#3a8f3a"),
+]
+VFIO_SERIES = [  # the assigned NVMe behind each VMM's vIOMMU (strict, caching mode)
+    ("qemu", "vfio-strict:scalable:container", "#1f4e99"),
+    ("qemu", "vfio-strict:scalable:iommufd", "#4f7fc8"),
+    ("qemu", "vfio-strict:legacy:container", "#8fb4e3"),
+    ("qemu", "vfio-strict:legacy:iommufd", "#c3d7f0"),
+    ("vtd-nest", "vfio-strict:scalable:container", "#a33d10"),
+    ("vtd-nest", "vfio-strict:scalable:iommufd", "#d8652e"),
+    ("vtd-nest", "vfio-strict:legacy:container", "#f0a060"),
+    ("vtd-nest", "vfio-strict:legacy:iommufd", "#f7cfa5"),
 ]
 GROUPS = [("read4k", "4 KiB direct reads ×4096"), ("read1m", "1 MiB direct reads ×64"),
           ("write64k", "64 KiB direct writes ×256")]
@@ -499,9 +576,15 @@ def nice_max(v: float) -> float:
     return v
 
 
-def svg_plot(fig: Figures, subtitle: str) -> str:
-    w, h = 900, 520
-    left, right, top, bottom = 70, 20, 80, 120
+def svg_plot(fig: Figures, subtitle: str, series: list[tuple[str, str, str]] | None = None) -> str:
+    series = SERIES if series is None else series
+    title = "vIOMMU overhead: time with the vIOMMU / time without (same VMM)"
+    if series is VFIO_SERIES:
+        title = "Assigned NVMe: time with the vIOMMU / time without (same VMM and back end)"
+    per_row = 3 if len(series) <= 6 else 2
+    legend_rows = (len(series) + per_row - 1) // per_row
+    w, h = 900, 460 + 22 * legend_rows
+    left, right, top, bottom = 70, 20, 80, 76 + 22 * legend_rows
     pw, ph = w - left - right, h - top - bottom
     vals = [m[f"overhead_{g}"] for m in fig.metrics.values() for g, _ in GROUPS
             if f"overhead_{g}" in m]
@@ -516,7 +599,7 @@ def svg_plot(fig: Figures, subtitle: str) -> str:
          f'viewBox="0 0 {w} {h}" font-family="DejaVu Sans, Arial, sans-serif" font-size="12">',
          f'<rect width="{w}" height="{h}" fill="white"/>',
          f'<text x="{w / 2}" y="28" text-anchor="middle" font-size="18" font-weight="bold">'
-         'vIOMMU overhead: time with the vIOMMU / time without (same VMM)</text>',
+         f'{title}</text>',
          f'<text x="{w / 2}" y="50" text-anchor="middle" fill="#555">{e(subtitle)}</text>']
     for t in ticks:
         s.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" '
@@ -525,10 +608,10 @@ def svg_plot(fig: Figures, subtitle: str) -> str:
     s.append(f'<text transform="translate(20,{top + ph / 2}) rotate(-90)" text-anchor="middle">'
              'overhead factor (1 = no vIOMMU)</text>')
     gw = pw / len(GROUPS)
-    bw = gw * 0.8 / len(SERIES)
+    bw = gw * 0.8 / len(series)
     for gi, (g, label) in enumerate(GROUPS):
         gx = left + gi * gw + gw * 0.1
-        for si, (vmm, config, colour) in enumerate(SERIES):
+        for si, (vmm, config, colour) in enumerate(series):
             x = gx + si * bw
             m = fig.metrics.get((vmm, config))
             v = m.get(f"overhead_{g}") if m else None
@@ -547,13 +630,13 @@ def svg_plot(fig: Figures, subtitle: str) -> str:
              'stroke="#333" stroke-dasharray="6,4"/>')
     s.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}" stroke="#333"/>')
     s.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="#333"/>')
-    lx, ly = left, h - 60
-    for si, (vmm, config, colour) in enumerate(SERIES):
-        x = lx + (si % 3) * 290
-        yy = ly + (si // 3) * 22
+    lx, ly = left, top + ph + 52
+    for si, (vmm, config, colour) in enumerate(series):
+        x = lx + (si % per_row) * (870 // per_row)
+        yy = ly + (si // per_row) * 22
         ok = (vmm, config) in fig.metrics
         ran = (vmm, config) in fig.work
-        label = f"{vmm} {config}" + ("" if ok else (" (failed)" if ran else " (not run)"))
+        label = f"{vmm} {config_label(config)}" + ("" if ok else (" (failed)" if ran else " (not run)"))
         fade = "" if ok else ' opacity="0.3"'
         s.append(f'<rect x="{x}" y="{yy - 11}" width="14" height="14" fill="{colour}"{fade}/>')
         s.append(f'<text x="{x + 20}" y="{yy}">{e(label)}</text>')
@@ -590,9 +673,13 @@ def doc_section(out: str, fig: Figures, jobs: list[Job], raw: list[Job],
               else f"; each VMM pinned to L1 CPU(s) {pin} (taskset)")
     indirect = ("each VMM's default (QEMU offers them, vtd-nest does not)" if indirect == "default"
                 else f"{indirect} for both VMMs")
+    device = f"virtio indirect descriptors: {indirect}"
+    if vfio_run(out):
+        device = ("device: an emulated NVMe in L1 bound to vfio-pci there, assigned to each "
+                  "guest (L1's own emulated VT-d in legacy mode with caching mode)")
     parts = [f"Run of {date} on a {machine} host; mode {mode} ({where}); {times}; the whole run "
              f"took {secs} s; {load}. vtd-nest binary: {binary}; "
-             f"virtio indirect descriptors: {indirect}{pinned}.", "",
+             f"{device}{pinned}.", "",
              main_table(fig), ""]
     if pooled:
         runs = [f"{read(os.path.join(p, 'date')).strip()} "
@@ -600,13 +687,13 @@ def doc_section(out: str, fig: Figures, jobs: list[Job], raw: list[Job],
         parts[0:0] = [f"**Pooled**: the rounds of this run and of the runs of {', '.join(runs)}, "
                       "same configurations; every median is over all of them.", ""]
     work_failed = {(j.vmm, j.config) for j in jobs if j.kind == "work" and j.failure}
-    fails = [f"{j.vmm} {j.config}" + ("" if j.kind == "work" else " boot-only baseline")
+    fails = [f"{j.vmm} {config_label(j.config)}" + ("" if j.kind == "work" else " boot-only baseline")
              + f": {j.failure}" for j in jobs
              if j.failure and (j.kind == "work" or (j.vmm, j.config) not in work_failed)]
     if fails:
         parts += ["Configurations that did not produce figures:", ""]
         parts += [f"- {md(f)}" for f in fails] + [""]
-    partly = [f"{j.vmm} {j.config} round {j.round}: {j.failure}" for j in raw
+    partly = [f"{j.vmm} {config_label(j.config)} round {j.round}: {j.failure}" for j in raw
               if j.failure and j.kind == "work" and (j.vmm, j.config) not in work_failed]
     if partly:
         parts += ["Rounds that failed (their configuration's figures come from the other "
@@ -614,9 +701,11 @@ def doc_section(out: str, fig: Figures, jobs: list[Job], raw: list[Job],
         parts += [f"- {md(f)}" for f in partly] + [""]
     counters = counters_table(fig)
     if counters.count("\n") > 1:
+        how = ("vtd-nest's shadow counters over the whole run, boot included (no boot-only "
+               "baseline)" if vfio_run(out) else
+               "VMM counters are the workload run minus a boot-only run of the same configuration")
         parts += ["Per-I/O figures (an I/O is one block request the guest completed during the "
-                  "three phases; VMM counters are the workload run minus a boot-only run of the "
-                  "same configuration):", "", counters, ""]
+                  f"three phases; {how}):", "", counters, ""]
     det = details(jobs)
     if det:
         parts += ["Guest details:", ""] + det + [""]
@@ -625,16 +714,21 @@ def doc_section(out: str, fig: Figures, jobs: list[Job], raw: list[Job],
     return "\n".join(parts)
 
 
-def update_doc(path: str, section: str) -> None:
+def vfio_run(out: str) -> bool:
+    """Whether OUT_DIR holds a bench/compare --vfio run."""
+    return read(os.path.join(out, "vfio"), "0").strip() == "1"
+
+
+def update_doc(path: str, section: str, begin: str = DOC_BEGIN, end: str = DOC_END) -> None:
     text = read(path)
-    if DOC_BEGIN not in text or DOC_END not in text:
-        print(f"report: {path} has no {DOC_BEGIN} ... {DOC_END} markers; not updated",
+    if begin not in text or end not in text:
+        print(f"report: {path} has no {begin} ... {end} markers; not updated",
               file=sys.stderr)
         return
-    head, rest = text.split(DOC_BEGIN, 1)
-    _, tail = rest.split(DOC_END, 1)
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
     with open(path, "w") as f:
-        f.write(f"{head}{DOC_BEGIN}\n{section}\n{DOC_END}{tail}")
+        f.write(f"{head}{begin}\n{section}\n{end}{tail}")
 
 
 def main() -> int:
@@ -657,7 +751,8 @@ def main() -> int:
                 f"{read(os.path.join(a.out, 'machine')).strip()}, "
                 f"mode {read(os.path.join(a.out, 'mode')).strip()}: "
                 "compare ratios, not absolute times")
-    svg = svg_plot(fig, subtitle)
+    vfio = vfio_run(a.out)
+    svg = svg_plot(fig, subtitle, VFIO_SERIES if vfio else SERIES)
     svg_path = os.path.join(a.out, "overhead.svg")
     with open(svg_path, "w") as f:
         f.write(svg)
@@ -675,7 +770,11 @@ def main() -> int:
         f.write(samples(jobs))
     if a.doc:
         svg_name = os.path.basename(a.plot) if a.plot else None
-        update_doc(a.doc, doc_section(a.out, fig, merged, jobs, svg_name, a.pool))
+        section = doc_section(a.out, fig, merged, jobs, svg_name, a.pool)
+        if vfio:
+            update_doc(a.doc, section, VFIO_DOC_BEGIN, VFIO_DOC_END)
+        else:
+            update_doc(a.doc, section)
     print(table)
     print()
     print(counters_table(fig))

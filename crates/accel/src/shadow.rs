@@ -13,8 +13,9 @@
 //!   IOTLB (G=1,2,3) / PASID-IOTLB for the device's DID ─► that range
 //!  submission_done() (before the wait status is written) ─► per device, per range:
 //!        walk leaves ─► wanted runs (IOVA → HVA, R/W; pages outside guest RAM are skipped)
-//!        diff with what is mapped ─► unmap whole host mappings that changed (re-mapping
-//!        their unchanged remainder) ─► map the new runs, contiguous ones coalesced
+//!        diff with what is mapped ─► unmap whole host mappings that changed, neighbours in
+//!        one host call (re-mapping their unchanged remainder) ─► map the new runs,
+//!        contiguous ones coalesced
 //!  identity (TE off, pass-through) ─► all guest RAM at IOVA = GPA
 //!  blocked, first stage ─► nothing mapped (the host faults the device's DMA)
 //!  a failed map or unmap, or tables past the walk budget ─► everything unmapped (DMA
@@ -47,7 +48,7 @@ counter_set! {
     pub struct ShadowCountersSnapshot;
     {
         maps: AtomicU64 = "Host map calls (one per coalesced run).",
-        unmaps: AtomicU64 = "Host unmap calls.",
+        unmaps: AtomicU64 = "Host unmap calls (one per batch of neighbouring host mappings that go).",
         mapped_bytes: AtomicU64 = "Bytes mapped.",
         unmapped_bytes: AtomicU64 = "Bytes unmapped.",
         walks: AtomicU64 = "Range walks of the guest's second-stage tables.",
@@ -328,18 +329,25 @@ impl Shadow {
             .collect();
         cuts.sort_unstable();
         let mut remap = Vec::new();
+        // Host mappings that go, in batches of neighbours in `current` (no mapping that stays
+        // between them): one host call unmaps a whole batch, as type1 v2 and iommufd unmap
+        // every mapping inside the range given.
+        let mut batches: Vec<Vec<Run>> = Vec::new();
+        let mut batching = false;
         let (mut si, mut ci) = (0, 0);
         for r in &current {
             while si < stale.len() && stale[si].end() <= r.iova {
                 si += 1;
             }
             if stale.get(si).is_none_or(|s| s.iova >= r.end()) {
+                batching = false;
                 continue;
             }
-            d.dma.unmap(r.iova, r.len)?;
-            d.mapped.remove(&r.iova);
-            add(&self.counters.unmaps, 1);
-            add(&self.counters.unmapped_bytes, r.len);
+            match batches.last_mut() {
+                Some(batch) if batching => batch.push(*r),
+                _ => batches.push(vec![*r]),
+            }
+            batching = true;
             while ci < cuts.len() && cuts[ci].1 <= r.iova {
                 ci += 1;
             }
@@ -348,15 +356,23 @@ impl Shadow {
             for &(lo, hi) in cuts[ci..].iter().take_while(|c| c.0 < r.end()) {
                 if lo > pos {
                     remap.extend(clip(r, pos, lo));
-                    add(&self.counters.remaps, 1);
                 }
                 pos = pos.max(hi);
             }
             if pos < r.end() {
                 remap.extend(clip(r, pos, r.end()));
-                add(&self.counters.remaps, 1);
             }
         }
+        for batch in batches {
+            let (first, last) = (batch[0], batch[batch.len() - 1]);
+            d.dma.unmap(first.iova, last.end() - first.iova)?;
+            add(&self.counters.unmaps, 1);
+            for r in batch {
+                d.mapped.remove(&r.iova);
+                add(&self.counters.unmapped_bytes, r.len);
+            }
+        }
+        add(&self.counters.remaps, remap.len() as u64);
         remap.extend(fresh);
         remap.sort_by_key(|r| r.iova);
         let mut runs = Vec::new();

@@ -549,3 +549,81 @@ fn many_separate_pages_cost_one_map_each_and_an_unchanged_flush_costs_nothing() 
     assert_eq!(w.host.take().len(), 1024, "one map per hole, no unmap");
     assert_eq!(w.host.mapped().len(), 2048);
 }
+
+#[test]
+fn neighbouring_host_mappings_that_go_are_unmapped_in_one_call() {
+    let mut w = World::new("caching-mode=on");
+    w.legacy();
+    w.host.take();
+    // A scattered buffer as Linux maps a scatterlist: 16 consecutive IOVA pages whose guest
+    // pages do not follow each other, so 16 host mappings.
+    for i in 0..16u64 {
+        w.pt.map4k(w.mem, 0x40_0000 + i * 0x1000, DATA_BASE + 2 * i * 0x1000);
+    }
+    w.submit(&[page_iotlb(0x40_0000, 4)]);
+    assert_eq!(w.host.take().len(), 16, "one map per run");
+    // The guest unmaps all of it (one invalidation of the range): one host unmap call.
+    for i in 0..16u64 {
+        let leaf = w.pt.entry_addr(w.mem, 0x40_0000 + i * 0x1000, 1);
+        w.mem.w64(leaf, 0);
+    }
+    let before = w.status();
+    let c0 = w.shadow.counters();
+    w.submit(&[page_iotlb(0x40_0000, 4)]);
+    assert_eq!(
+        w.host.take(),
+        vec![Call::Unmap {
+            iova: 0x40_0000,
+            len: 0x10000,
+            status: before
+        }]
+    );
+    assert_eq!(w.host.mapped(), vec![]);
+    let c = w.shadow.counters();
+    assert_eq!(
+        (
+            c.unmaps - c0.unmaps,
+            c.unmapped_bytes - c0.unmapped_bytes,
+            c.remaps - c0.remaps
+        ),
+        (1, 0x10000, 0)
+    );
+}
+
+#[test]
+fn a_host_mapping_that_stays_splits_the_unmap_batch() {
+    let mut w = World::new("caching-mode=on");
+    w.legacy();
+    w.host.take();
+    for i in 0..5u64 {
+        w.pt.map4k(w.mem, 0x40_0000 + i * 0x1000, DATA_BASE + 2 * i * 0x1000);
+    }
+    w.submit(&[page_iotlb(0x40_0000, 3)]);
+    assert_eq!(w.host.take().len(), 5);
+    // Pages 0, 1, 3 and 4 go, page 2 stays: two host unmap calls around it, page 2 untouched.
+    for i in [0u64, 1, 3, 4] {
+        let leaf = w.pt.entry_addr(w.mem, 0x40_0000 + i * 0x1000, 1);
+        w.mem.w64(leaf, 0);
+    }
+    let before = w.status();
+    w.submit(&[page_iotlb(0x40_0000, 3)]);
+    assert_eq!(
+        w.host.take(),
+        vec![
+            Call::Unmap {
+                iova: 0x40_0000,
+                len: 0x2000,
+                status: before
+            },
+            Call::Unmap {
+                iova: 0x40_3000,
+                len: 0x2000,
+                status: before
+            },
+        ]
+    );
+    assert_eq!(
+        w.host.mapped(),
+        vec![(0x40_2000, 0x1000, hva(DATA_BASE + 0x4000), true)]
+    );
+}
