@@ -3,8 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod reference;
-
 use std::cell::Cell;
 use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
