@@ -93,7 +93,20 @@ struct Diff<'a> {
     dirty: Vec<Affects>,
     tail: u64,
     sequence: u32,
-    compared: u64,
+    outcome: Outcome,
+    /// Recent mappings (tree, IOVA, size) that requests aim at.
+    mapped: Vec<(usize, u64, u64)>,
+}
+
+/// What one run compared.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Outcome {
+    /// Translations compared with the reference (all agreed).
+    pub compared: u64,
+    /// Of those, the ones both answered with a GPA (the rest agreed on a fault reason).
+    pub translated: u64,
+    /// Invalidation batches the unit completed.
+    pub flushes: u64,
 }
 
 impl<'a> Diff<'a> {
@@ -308,6 +321,7 @@ impl<'a> Diff<'a> {
             "the wait did not complete"
         );
         self.dirty.clear();
+        self.outcome.flushes += 1;
     }
 
     fn determined(&self, device: usize, pasid: u32) -> bool {
@@ -444,9 +458,9 @@ fn iova(input: &mut Input<'_>) -> u64 {
     }
 }
 
-/// Runs one input through the unit and the reference; returns how many translations were
-/// compared. Panics on any disagreement.
-pub fn run(data: &[u8]) -> u64 {
+/// Runs one input through the unit and the reference and says what was compared. Panics on
+/// any disagreement.
+pub fn run(data: &[u8]) -> Outcome {
     let mut input = Input { data };
     let mode = input.byte();
     let scalable = mode & 1 != 0;
@@ -456,11 +470,11 @@ pub fn run(data: &[u8]) -> u64 {
         "aw-bits=48"
     };
     let Ok(config) = Config::parse(options) else {
-        return 0;
+        return Outcome::default();
     };
     let Ok(ram) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)])
     else {
-        return 0;
+        return Outcome::default();
     };
     let ram = Arc::new(ram);
     let vtd = Vtd::new(config, ram.clone(), Arc::new(Sink));
@@ -476,10 +490,13 @@ pub fn run(data: &[u8]) -> u64 {
         dirty: Vec::new(),
         tail: 0,
         sequence: 0,
-        compared: 0,
+        outcome: Outcome::default(),
+        mapped: Vec::new(),
     };
     for _ in 0..if scalable { 4 } else { 2 } {
-        let Some(t) = diff.page() else { return 0 };
+        let Some(t) = diff.page() else {
+            return Outcome::default();
+        };
         diff.trees.push(t);
     }
     diff.build_chain();
@@ -544,6 +561,10 @@ pub fn run(data: &[u8]) -> u64 {
                 let at = iova(&mut input) & !(size - 1);
                 if at >> 48 == 0 {
                     diff.map(&mut input, tree, at, level, value);
+                    if diff.mapped.len() == 16 {
+                        diff.mapped.remove(0);
+                    }
+                    diff.mapped.push((tree, at, size));
                 }
             }
             1 => {
@@ -585,15 +606,28 @@ pub fn run(data: &[u8]) -> u64 {
                 diff.pending.push(d);
             }
             _ => {
-                let device = usize::from(input.byte() & 1);
+                let mut device = usize::from(input.byte() & 1);
                 let mode = input.byte();
-                let pasid = (scalable && mode & 1 != 0).then_some(1u32);
-                let at = iova(&mut input);
+                let mut pasid = (scalable && mode & 1 != 0).then_some(1u32);
+                let pick = usize::from(input.byte());
+                let at = match diff.mapped.get(pick % 32) {
+                    // Mostly at a recent mapping, from a requester whose tables hold it.
+                    Some(&(tree, base, size)) => {
+                        for (d, p) in [(0, 0u32), (0, 1), (1, 0), (1, 1)] {
+                            if (scalable || p == 0) && diff.tree_of(d, p) == Some(tree) {
+                                device = d;
+                                pasid = (p == 1).then_some(1);
+                            }
+                        }
+                        base + u64::from(input.u16()) % size
+                    }
+                    None => iova(&mut input),
+                };
                 let access = Access {
                     read: mode & 2 == 0,
                     write: mode & 2 != 0,
                     execute: false,
-                    privileged: pasid.is_some() && mode & 4 != 0,
+                    privileged: pasid.is_some() && mode & 0x1c == 0x1c,
                 };
                 if pasid.is_none() && (IRQ_FIRST..=IRQ_LAST).contains(&at) {
                     // An interrupt request, not DMA.
@@ -614,7 +648,8 @@ pub fn run(data: &[u8]) -> u64 {
                         got, want,
                         "unit and reference disagree: device {device} pasid {pasid:?} iova {at:#x} {access:?}"
                     );
-                    diff.compared += 1;
+                    diff.outcome.compared += 1;
+                    diff.outcome.translated += u64::from(got.is_ok());
                 }
             }
         }
@@ -622,19 +657,21 @@ pub fn run(data: &[u8]) -> u64 {
             diff.flush();
         }
     }
-    diff.compared
+    diff.outcome
 }
 
-/// Toggles the Present bit of, or repoints, one chain entry, and records its invalidations.
+/// Sets the Present bit of one chain entry (mostly to present), or repoints it, and records
+/// its invalidations.
 fn chain_change(diff: &mut Diff<'_>, input: &mut Input<'_>) {
     let which = input.byte();
     let device = usize::from(which >> 7);
     let pasid = u32::from((which >> 6) & 1);
+    let present = which & 0x30 != 0;
+    let set_present = |e: u64| (e & !1) | u64::from(present);
     match which % 4 {
         0 => {
-            // The root entry of bus 0: present or not.
-            let root = diff.get(ROOT);
-            diff.put(ROOT, root ^ 1);
+            // The root entry of bus 0.
+            diff.put(ROOT, set_present(diff.get(ROOT)));
             diff.pending.push(diff.context_cache(1, device));
             for d in 0..2 {
                 if diff.scalable {
@@ -651,34 +688,36 @@ fn chain_change(diff: &mut Diff<'_>, input: &mut Input<'_>) {
         1 if diff.scalable => {
             // The PASID directory entry of a device.
             let at = PASID_DIR + device as u64 * 0x1000;
-            diff.put(at, diff.get(at) ^ 1);
+            diff.put(at, set_present(diff.get(at)));
             for p in 0..2 {
                 diff.pasid_change(input, device, p);
             }
             diff.dirty.push(Affects::Device(device));
         }
         2 if diff.scalable => {
-            // A PASID entry: toggle, or point it at another tree.
+            // A PASID entry: present or not, or pointed at another tree.
             let at = diff.pasid_entry_at(device, pasid);
-            let present = diff.get(at) & 1 != 0;
             let tree = diff.tree_of(device, pasid).unwrap_or(0);
             let choice = input.byte();
             let (tree, present) = if choice & 1 == 0 {
-                (tree, !present)
+                (tree, present)
             } else {
-                (usize::from(choice >> 1) % diff.trees.len(), present)
+                (
+                    usize::from(choice >> 1) % diff.trees.len(),
+                    diff.get(at) & 1 != 0,
+                )
             };
             diff.write_pasid_entry(device, pasid, diff.trees[tree], present);
             diff.pasid_change(input, device, pasid);
             diff.dirty.push(Affects::Pasid(device, pasid));
         }
         _ => {
-            // A context entry: toggle, or (legacy) point it at another tree.
+            // A context entry: present or not, or (legacy) pointed at another tree.
             let ce_size = if diff.scalable { 32 } else { 16 };
             let at = CONTEXT + u64::from(DEVICES[device].devfn()) * ce_size;
             let choice = input.byte();
             if diff.scalable || choice & 1 == 0 {
-                diff.put(at, diff.get(at) ^ 1);
+                diff.put(at, set_present(diff.get(at)));
             } else {
                 let present = diff.get(at) & 1 != 0;
                 let tree = usize::from(choice >> 1) % diff.trees.len();
@@ -695,16 +734,23 @@ mod tests {
     use super::run;
     use crate::test_rng::xorshift;
 
-    /// The differential driver on stable: random inputs compare many translations and agree.
+    /// The differential driver on stable: random inputs compare many translations, GPAs as
+    /// well as faults, across many invalidation batches, and all agree.
     #[test]
     fn random_histories_agree_with_the_reference() {
         let mut next = xorshift(0xd1ff_0000_5eed_0001);
-        let mut compared = 0;
+        let (mut compared, mut translated, mut flushes) = (0, 0, 0);
         for _ in 0..300 {
             let len = (next() % 1500) as usize;
             let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            compared += run(&data);
+            let outcome = run(&data);
+            compared += outcome.compared;
+            translated += outcome.translated;
+            flushes += outcome.flushes;
         }
-        assert!(compared > 1000, "only {compared} translations compared");
+        assert!(
+            compared > 5000 && translated > 300 && flushes > 5000,
+            "{compared} compared, {translated} translated, {flushes} flushes"
+        );
     }
 }
