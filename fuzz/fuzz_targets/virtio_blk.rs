@@ -138,7 +138,7 @@ fuzz_target!(|data: &[u8]| {
         let gpa = match choice >> 6 {
             // Beyond guest RAM (still within the 39-bit width): must fail cleanly.
             3 if choice & 0x20 != 0 => RAM + (u64::from(choice & 0x1f) << 12),
-            _ => DATA + (u64::from(choice) % DATA_PAGES << 12),
+            _ => DATA + ((u64::from(choice) % DATA_PAGES) << 12),
         };
         page.gpa = gpa;
         page.rw = [3, 3, 3, 1, 2, 0][usize::from(input.byte() % 6)];
