@@ -1,11 +1,17 @@
 //! One deterministic driver of the whole unit from arbitrary bytes, shared by the cargo-fuzz
-//! target `unit` (`fuzz/`) and a stable `#[test]` that replays random inputs.
+//! target `unit` (`fuzz/`) and a stable `#[test]` that replays random inputs; the
+//! [`differential`] driver (target `differential`), which compares every translation with the
+//! independent [`reference`] walker; and that walker, which the property tests use too.
 //!
 //! The input chooses a configuration, then up to [`MAX_OPS`] operations: register writes and
 //! reads of any width at any offset, guest-RAM writes, table entries at a fixed layout (so walks
 //! go deep), queue submissions, translations and resets. After every operation the driver checks
 //! invariants that hold whatever the guest does: read-only registers keep their values, GSTS only
-//! reports what the unit offers, IQH stays inside the queue, and nothing panics.
+//! reports what the unit offers, IQH stays inside the queue, a request while GSTS.TES is clear
+//! passes untranslated, and nothing panics.
+
+pub mod differential;
+pub mod reference;
 
 use crate::config::Config;
 use crate::counters::CountersSnapshot;
@@ -158,7 +164,17 @@ fn step(vtd: &Vtd, ram: &dyn GuestRam, input: &mut Input<'_>) {
                     privileged: access & 0x28 == 0x28,
                 },
             };
-            let _ = vtd.remap(&req);
+            let translating = Gsts::from_bits(read32(vtd, offset::GSTS)).tes();
+            let result = vtd.remap(&req);
+            if !translating {
+                // With translation disabled every request is untranslated.
+                let gpa = result.ok().map(|t| t.gpa(req.iova));
+                assert_eq!(
+                    gpa,
+                    Some(req.iova),
+                    "DMA with TES clear must pass untranslated"
+                );
+            }
         }
         6 => {
             // Linux's bring-up: root table, SRTP, QI, TE.

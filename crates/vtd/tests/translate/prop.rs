@@ -1,13 +1,13 @@
 //! Property tests: random first- and second-stage tables (random mappings including
 //! superpages, random flags and reserved bits, random damage to intermediate entries) against
-//! the plain reference walker in `crate::support::reference`. Translations and fault reasons
+//! the plain reference walker in `vtd::fuzzing::reference`. Translations and fault reasons
 //! must agree, request after request, through the translator's caches.
 
-use crate::support::reference;
 use crate::support::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use test_fixtures::TABLES_BASE;
+use vtd::fuzzing::reference;
 use vtd::request::Access;
 
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -244,7 +244,7 @@ proptest! {
                 .req(SID, pasid, iova, access)
                 .map(|tr| tr.gpa(iova))
                 .map_err(|f| f.reason.code());
-            let want = reference::first_stage(&mem, pt.root, iova, write, supervisor, wpe);
+            let want = reference::first_stage(&*mem.ram, pt.root, iova, write, supervisor, wpe);
             prop_assert_eq!(got, want, "iova {:#x} write {} mode {}", iova, write, mode);
         }
     }
@@ -270,7 +270,7 @@ proptest! {
                 .req(SID, None, iova, access)
                 .map(|tr| tr.gpa(iova))
                 .map_err(|f| f.reason.code());
-            let want = reference::second_stage_legacy(&mem, pt.root, levels, iova, write);
+            let want = reference::second_stage_legacy(&*mem.ram, pt.root, levels, iova, write);
             prop_assert_eq!(got, want, "iova {:#x} write {}", iova, write);
         }
     }

@@ -601,7 +601,13 @@ fn event_idx_suppresses_interrupts() {
 #[derive(Debug, Default)]
 struct FakeIommu {
     iotlb: RwLock<Iotlb>,
+    /// Translations so far: a pass over a 16-entry queue needs far fewer than the limit, so
+    /// reaching it means the device loops.
+    lookups: std::sync::atomic::AtomicUsize,
 }
+
+/// More translations than any bounded pass over a test queue makes.
+const LOOKUP_LIMIT: usize = 100_000;
 
 impl FakeIommu {
     fn map(&self, iova: u64, gpa: u64, length: usize, permissions: Permissions) {
@@ -622,6 +628,11 @@ impl Iommu for FakeIommu {
         length: usize,
         access: Permissions,
     ) -> Result<IotlbIterator<Self::IotlbGuard<'_>>, vm_memory::iommu::Error> {
+        let lookups = self.lookups.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            lookups < LOOKUP_LIMIT,
+            "the device keeps translating: it loops"
+        );
         if iova.0.checked_add(length as u64).is_none() {
             return Err(vm_memory::iommu::Error::CannotResolve {
                 iova_range: IovaRange { base: iova, length },
@@ -757,6 +768,53 @@ fn unmapped_used_ring_needs_reset() {
         .invalidate_mapping(GuestAddress(USED_RING + IOVA_OFFSET), 0x1000);
     worker.process_queue(0);
     assert!(interrupt.needs_reset.load(Ordering::SeqCst));
+    assert_eq!(driver.used_idx(), 0);
+}
+
+/// An avail ring whose index is readable but whose entries are not (the mapping ends after
+/// the index): the pass ends instead of re-reading the index forever (event index on). Found
+/// by the `virtio_blk` fuzz target.
+#[test]
+fn unreadable_avail_entries_end_the_pass() {
+    let ram = ram();
+    let image = disk_image();
+    let (memory, mut driver) = translated(&ram);
+    {
+        let mut iotlb = memory.iommu().iotlb.write().unwrap();
+        iotlb.invalidate_mapping(GuestAddress(AVAIL_RING + IOVA_OFFSET), 0x1000);
+        iotlb
+            .set_mapping(
+                GuestAddress(AVAIL_RING + IOVA_OFFSET),
+                GuestAddress(AVAIL_RING),
+                4,
+                Permissions::Read,
+            )
+            .unwrap();
+    }
+    let mut queue = Queue::new(QUEUE_SIZE).unwrap();
+    queue
+        .try_set_desc_table_address(GuestAddress(DESC_TABLE + IOVA_OFFSET))
+        .unwrap();
+    queue
+        .try_set_avail_ring_address(GuestAddress(AVAIL_RING + IOVA_OFFSET))
+        .unwrap();
+    queue
+        .try_set_used_ring_address(GuestAddress(USED_RING + IOVA_OFFSET))
+        .unwrap();
+    queue.set_event_idx(true);
+    queue.set_ready(true);
+    driver.header(HEADER, VIRTIO_BLK_T_FLUSH, 0);
+    driver.chain(&[
+        (HEADER + IOVA_OFFSET, 16, false),
+        (STATUS + IOVA_OFFSET, 1, true),
+    ]);
+    let (worker, _, counters) = worker(memory.clone(), &image, false);
+    let mut disk = worker.disk;
+    let serviced = service_queue(&memory, &mut queue, &mut disk, &counters, 8);
+    assert!(
+        matches!(serviced, Ok(Serviced { completed: 0, .. }) | Err(_)),
+        "{serviced:?}"
+    );
     assert_eq!(driver.used_idx(), 0);
 }
 

@@ -171,8 +171,9 @@ pub fn service_queue<M: GuestMemory>(
 ) -> Result<Serviced, virtio_queue::Error> {
     let limit = usize::from(queue.size()) * 2;
     let mut serviced = Serviced::default();
+    let mut rechecked = false;
     loop {
-        serviced.completed += drain(
+        let drained = drain(
             memory,
             queue,
             disk,
@@ -180,13 +181,20 @@ pub fn service_queue<M: GuestMemory>(
             max_segments,
             limit - serviced.completed,
         )?;
+        serviced.completed += drained;
         if serviced.completed >= limit {
             serviced.more = true;
+            break;
+        }
+        // The index said more was available but nothing could be taken (an avail entry the
+        // device cannot read): asking again would say the same forever.
+        if rechecked && drained == 0 {
             break;
         }
         if !queue.event_idx_enabled() || !queue.enable_notification(memory)? {
             break;
         }
+        rechecked = true;
     }
     serviced.notify = serviced.completed > 0 && queue.needs_notification(memory).unwrap_or(true);
     Ok(serviced)

@@ -4,8 +4,6 @@
 
 #![allow(dead_code)]
 
-pub mod reference;
-
 pub use test_fixtures::tables::*;
 pub use test_fixtures::{DATA_BASE, Mem};
 

@@ -1,20 +1,20 @@
 //! A small reference walker, written plainly from the spec with raw bit arithmetic and
-//! independent of the model's walker, tables and caches: the property tests compare the two.
+//! independent of the model's walker, tables and caches: the property tests
+//! (`tests/translate/prop.rs`) and the `differential` fuzz target compare the two.
 //!
 //! Scope: first stage (4-level IA-32e, HAW 48, FS1GP, NXE=0 so XD is ignored, EAFE=0) for user
 //! requests and supervisor requests with SRE=1 and a given WPE; legacy second stage (3 or 4
 //! levels, HAW 48, SLLPS 2M+1G, no snoop control). Fault results are the VT-d fault reason codes.
 
-use super::Mem;
+use crate::memory::GuestRam;
 
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 const HAW_RESERVED: u64 = 0x000f_0000_0000_0000; // address bits 51:48
 const IRQ_FIRST: u64 = 0xfee0_0000;
 const IRQ_LAST: u64 = 0xfeef_ffff;
 
-fn read(mem: &Mem, gpa: u64) -> Option<u64> {
-    use vtd::GuestRam;
-    mem.ram.read_u64(gpa).ok()
+fn read(mem: &dyn GuestRam, gpa: u64) -> Option<u64> {
+    mem.read_u64(gpa).ok()
 }
 
 fn page_size(level: u32) -> u64 {
@@ -28,7 +28,7 @@ fn in_irq_range(gpa: u64) -> bool {
 
 /// First-stage translation of `iova` from the PML4 at `root`. Returns the GPA or a fault code.
 pub fn first_stage(
-    mem: &Mem,
+    mem: &dyn GuestRam,
     root: u64,
     iova: u64,
     write: bool,
@@ -95,7 +95,7 @@ pub fn first_stage(
 
 /// Legacy second-stage translation of `iova` from the table at `root` with `levels` levels.
 pub fn second_stage_legacy(
-    mem: &Mem,
+    mem: &dyn GuestRam,
     root: u64,
     levels: u32,
     iova: u64,
