@@ -392,15 +392,7 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ArgError> {
         assigned: None,
         indirect_desc: false,
     };
-    let mut seen = Vec::new();
-    for item in spec.split(',') {
-        let Some((key, value)) = item.split_once('=') else {
-            return Err(bad(format!("'{item}' is not KEY=VALUE")));
-        };
-        if seen.contains(&key) {
-            return Err(bad(format!("'{key}' is given twice")));
-        }
-        seen.push(key);
+    for (key, value) in key_values(spec).map_err(bad)? {
         let flag = || parse_on_off(value).ok_or_else(|| bad(format!("{key} must be on or off")));
         match key {
             "path" if value.is_empty() => return Err(bad("path is empty".into())),
@@ -417,6 +409,22 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ArgError> {
     Ok(disk)
 }
 
+/// The `KEY=VALUE` items of a comma-separated option value (`--disk`, `--device`), each key at
+/// most once, in order.
+fn key_values(spec: &str) -> Result<Vec<(&str, &str)>, String> {
+    let mut items: Vec<(&str, &str)> = Vec::new();
+    for item in spec.split(',') {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(format!("'{item}' is not KEY=VALUE"));
+        };
+        if items.iter().any(|&(k, _)| k == key) {
+            return Err(format!("'{key}' is given twice"));
+        }
+        items.push((key, value));
+    }
+    Ok(items)
+}
+
 /// Parses a `--device` value; `index` names it `vfio<index>` when it has no `id`.
 pub fn parse_device(spec: &str, index: usize) -> Result<DeviceConfig, ArgError> {
     let bad = |why: String| ArgError::BadDevice {
@@ -430,15 +438,7 @@ pub fn parse_device(spec: &str, index: usize) -> Result<DeviceConfig, ArgError> 
         backend: VfioBackend::Auto,
         id: format!("vfio{index}"),
     };
-    let mut seen = Vec::new();
-    for item in spec.split(',') {
-        let Some((key, value)) = item.split_once('=') else {
-            return Err(bad(format!("'{item}' is not KEY=VALUE")));
-        };
-        if seen.contains(&key) {
-            return Err(bad(format!("'{key}' is given twice")));
-        }
-        seen.push(key);
+    for (key, value) in key_values(spec).map_err(bad)? {
         match key {
             "path" if value.is_empty() => return Err(bad("path is empty".into())),
             "path" => path = Some(PathBuf::from(value)),
