@@ -21,7 +21,7 @@
 //!   (iommufd-ioctls, vfio-ioctls;       nested walk, own IOTLB/PSC, the kernel's
 //!    unsafe only in iommufd/sys.rs)     rules and errnos, counters, fault injection
 //!                                                   │
-//!                                        sim::SimIommu ──► vm_memory::IommuMemory
+//!                                        sim::SimIommu ──► the VMM's DmaMemory
 //!                                        (an emulated device DMAs "as passthrough")
 //! ```
 //!

@@ -6,7 +6,7 @@
 //!  plain    GuestMemoryMmap                                   (the `off` row)
 //!  vtd      vmm::iommu::TranslatedMemory (DmaMemory over DeviceDma) ─► vtd::Vtd  (lazy row)
 //!  vtd-strict  the same, the guest in strict mode                          (strict row)
-//!  sim      IommuMemory<GuestMemoryMmap, SimIommu> ─► host_iommu::sim         (assigned row)
+//!  sim      DmaMemory<GuestMemoryMmap, HostTranslation> ─► host_iommu::sim    (assigned row)
 //! ```
 //!
 //! The guest side is a small model of Linux (scalable mode, first-stage tables, `dma-iommu`):
@@ -34,7 +34,6 @@ use std::sync::Arc;
 use criterion::Criterion;
 use devices::virtio::block::request::Disk;
 use devices::virtio::block::{BlockCounters, service_queue};
-use host_iommu::sim::SimIommu;
 use test_fixtures::Mem;
 use test_fixtures::descriptors::{
     context_cache_global, iotlb_global, pasid_cache_global, pasid_cache_pasid, piotlb_page,
@@ -42,7 +41,7 @@ use test_fixtures::descriptors::{
 };
 use test_fixtures::tables::{PageTable, Stage, Tables, fs_entry};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 use vmm::counters::CounterSource;
 use vmm::iommu::TranslatedMemory;
 use vtd::Vtd;
@@ -500,7 +499,7 @@ fn vtd_mode(strict: bool) -> Rig<TranslatedMemory> {
     Rig::new(guest, memory)
 }
 
-fn sim() -> Rig<IommuMemory<GuestMemoryMmap, SimIommu>> {
+fn sim() -> Rig<vmm::passthrough::AssignedMemory> {
     let ram = ram();
     let mut guest = Guest::new(&ram, "x-scalable-mode=on,x-flts=on,caching-mode=on", true);
     let counters = vmm::counters::Counters::new();

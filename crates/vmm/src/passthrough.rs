@@ -4,7 +4,7 @@
 //!  guest PASID entries / invalidations ──> vtd::Vtd ──observer──> accel::Accel
 //!                                                                   │ bind / invalidate
 //!                                                                   ▼
-//!  device DMA ──> IommuMemory<GuestMemoryMmap, SimIommu> ──> host_iommu::sim::SimHost
+//!  device DMA ──> DmaMemory<GuestMemoryMmap, HostTranslation> ──> SimIommu ──> host_iommu::sim::SimHost
 //!                 (nested walk: guest first stage, then the stage-2 nest parent = guest RAM)
 //! ```
 //!
@@ -16,8 +16,10 @@ use std::sync::Arc;
 use accel::{Accel, HostDevice, RamRegion};
 use host_iommu::HostIommu;
 use host_iommu::sim::{GuestRamMemory, GuestRamRegion, SimConfig, SimHost, SimIommu};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, IommuMemory};
+use vm_memory::iommu::Error as IommuError;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, Permissions};
 use vtd::Vtd;
+use vtd::dma_memory::{DmaMemory, DmaTranslate};
 use vtd_spec::SourceId;
 
 use crate::counters::Counters;
@@ -33,8 +35,24 @@ pub enum Error {
     Accel(#[from] accel::AccelError),
 }
 
-/// Guest memory as an assigned device sees it: translated by the host IOMMU model.
-pub type AssignedMemory = IommuMemory<GuestMemoryMmap, SimIommu>;
+/// Guest memory as an assigned device sees it: translated by the host IOMMU model, through the
+/// same DMA adapter as an emulated device behind the vIOMMU (`iommu::TranslatedMemory`).
+pub type AssignedMemory = DmaMemory<GuestMemoryMmap, HostTranslation>;
+
+/// An assigned device's translation: the host IOMMU model, a piece at a time.
+#[derive(Debug)]
+pub struct HostTranslation(pub SimIommu);
+
+impl DmaTranslate for HostTranslation {
+    fn translate_piece(
+        &self,
+        iova: u64,
+        len: usize,
+        access: Permissions,
+    ) -> Result<(u64, usize), IommuError> {
+        self.0.translate_piece(iova, len, access)
+    }
+}
 
 /// The software host IOMMU with its accel layer, shared by all assigned devices.
 pub struct Passthrough {
@@ -106,7 +124,10 @@ impl Passthrough {
         };
         self.accel.add_device(&*self.unit, device)?;
         let iommu = SimIommu::new(self.sim.clone(), dev, self.ram.clone());
-        Ok(IommuMemory::new(self.memory.clone(), iommu, true, ()))
+        Ok(DmaMemory::new(
+            self.memory.clone(),
+            Arc::new(HostTranslation(iommu)),
+        ))
     }
 }
 

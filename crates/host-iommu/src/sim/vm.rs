@@ -1,10 +1,12 @@
-//! An emulated device DMAing "as a passthrough device would": a [`vm_memory::Iommu`] for a
+//! An emulated device DMAing "as a passthrough device would": [`SimIommu`] translates for a
 //! (sim, device) pair. IOVA → host VA goes through the sim's nested walk (and its caches),
-//! host VA → guest-physical through the VMM's guest-RAM table. A fresh [`Iotlb`] is built
-//! for every call (owned by the returned iterator, no extra box), so there is no cache here
-//! that an invalidation could miss.
+//! host VA → guest-physical through the VMM's guest-RAM table; nothing is cached here, so there
+//! is nothing an invalidation could miss.
 //!
-//! The VMM wraps a device's memory as `IommuMemory<GuestMemoryMmap, SimIommu>`.
+//! [`SimIommu::translate_piece`] is the one translation: the VMM gives an assigned device the
+//! same DMA adapter as an emulated one (`vtd::dma_memory::DmaMemory`, one piece at a time), and
+//! the [`vm_memory::Iommu`] implementation (a fresh [`Iotlb`] per call, owned by the returned
+//! iterator) builds on it for `vm_memory::IommuMemory` users.
 //!
 //! [`GuestRamMemory`] is the matching [`HostMemory`] over the same guest RAM: the sim reads
 //! the guest's page tables and sets A/D bits through it, with no pointer in sight.
@@ -131,6 +133,46 @@ fn cannot(iova: u64, length: usize, reason: String) -> IommuError {
     }
 }
 
+impl SimIommu {
+    /// The guest-physical address of `iova` for `access`, and how many bytes from there (at
+    /// least 1, at most `len`, never past the 4 KiB page or the RAM region) are contiguous: one
+    /// walk of the host IOMMU. What every DMA adapter over the software host asks, page by page.
+    pub fn translate_piece(
+        &self,
+        iova: u64,
+        len: usize,
+        access: Permissions,
+    ) -> Result<(u64, usize), IommuError> {
+        let end = iova
+            .checked_add(len as u64)
+            .filter(|&end| end > iova)
+            .ok_or_else(|| cannot(iova, len, "empty or wrapping IOVA range".into()))?;
+        let dma = DmaAccess {
+            read: access.allow(Permissions::Read),
+            write: access.has_write(),
+            supervisor: false,
+        };
+        let hva = self
+            .host
+            .dma_translate_access(self.dev, iova, dma)
+            .map_err(|f| {
+                // Callers such as virtio-queue's ring checks report only that an access failed;
+                // the host IOMMU's reason is here (debug: a guest can cause many).
+                tracing::debug!(
+                    target: "host_iommu",
+                    iova,
+                    write = dma.write,
+                    "host IOMMU DMA fault: {f}"
+                );
+                cannot(iova, len, f.to_string())
+            })?;
+        let (gpa, room) = hva_to_gpa(&self.ram, hva)
+            .ok_or_else(|| cannot(iova, len, format!("host address {hva:#x} is not guest RAM")))?;
+        let page_end = (iova | 0xfff).saturating_add(1).min(end);
+        Ok((gpa, (page_end - iova).min(room) as usize))
+    }
+}
+
 impl Iommu for SimIommu {
     type IotlbGuard<'a> = OwnedIotlb;
 
@@ -144,39 +186,12 @@ impl Iommu for SimIommu {
         let end = start
             .checked_add(length as u64)
             .ok_or_else(|| cannot(start, length, "IOVA range overflows".into()))?;
-        let dma = DmaAccess {
-            read: access.allow(Permissions::Read),
-            write: access.has_write(),
-            supervisor: false,
-        };
         let mut tlb = Iotlb::new();
         let mut at = start;
         while at < end {
-            let page_end = (at | 0xfff).saturating_add(1).min(end);
-            let hva = self
-                .host
-                .dma_translate_access(self.dev, at, dma)
-                .map_err(|f| {
-                    // Callers such as virtio-queue's ring checks report only that an access
-                    // failed; the host IOMMU's reason is here (debug: a guest can cause many).
-                    tracing::debug!(
-                        target: "host_iommu",
-                        iova = at,
-                        write = dma.write,
-                        "host IOMMU DMA fault: {f}"
-                    );
-                    cannot(start, length, f.to_string())
-                })?;
-            let (gpa, room) = hva_to_gpa(&self.ram, hva).ok_or_else(|| {
-                cannot(
-                    start,
-                    length,
-                    format!("host address {hva:#x} is not guest RAM"),
-                )
-            })?;
-            let chunk = (page_end - at).min(room);
-            tlb.set_mapping(GuestAddress(at), GuestAddress(gpa), chunk as usize, access)?;
-            at += chunk;
+            let (gpa, chunk) = self.translate_piece(at, (end - at) as usize, access)?;
+            tlb.set_mapping(GuestAddress(at), GuestAddress(gpa), chunk, access)?;
+            at += chunk as u64;
         }
         Iotlb::lookup(OwnedIotlb(tlb), iova, length, access)
             .map_err(|_| cannot(start, length, "translation incomplete".into()))
