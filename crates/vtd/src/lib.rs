@@ -53,6 +53,7 @@ mod counters;
 mod fault;
 mod generation_log;
 mod interrupt_range;
+mod interrupt_remap;
 mod memory;
 mod qi;
 mod regs;
@@ -69,6 +70,7 @@ pub use config::{Config, ConfigError};
 pub use counters::{Counters, CountersSnapshot};
 pub use fault::FaultInterrupt;
 pub use generation_log::LOG_ENTRIES;
+pub use interrupt_remap::InterruptOutcome;
 pub use memory::{GuestRam, MemoryError};
 pub use observer::{InvalidationObserver, UnitView};
 pub use translate::shadow_view::{
