@@ -1,9 +1,9 @@
-//! Interrupt remapping formats (chapter 5, §9.10, §11.4.13): the interrupt remapping table
+//! Interrupt remapping formats (chapter 5, §9.10, §11.4.12.1): the interrupt remapping table
 //! address register, the 128-bit interrupt remapping table entry (IRTE), and the two formats
 //! of an interrupt request's address and data (compatibility, remappable).
 //!
 //! ```text
-//!  MSI address (remappable, §5.1.2.2)          IRTA_REG (§11.4.13)
+//!  MSI address (remappable, §5.1.2.2)          IRTA_REG (§11.4.12.1)
 //!  31:20 FEEh · 19:5 handle[14:0] · 4 format=1  63:12 table · 11 EIME · 3:0 S (2^(S+1) entries)
 //!  3 SHV · 2 handle[15]                                 │
 //!  MSI data: 15:0 subhandle (when SHV), 31:16 reserved  │
@@ -26,7 +26,7 @@ pub const IRTE_SIZE: u64 = 16;
 /// request are FEEh (§5.1.2).
 pub const INTERRUPT_ADDRESS_BASE: u32 = 0xfee;
 
-/// Interrupt remapping table address register (IRTA_REG, §11.4.13).
+/// Interrupt remapping table address register (IRTA_REG, §11.4.12.1).
 #[bitfield(u64)]
 #[derive(PartialEq, Eq)]
 pub struct Irta {
