@@ -4,9 +4,11 @@
 //! **Locking.** One mutex guards the register page and the queue/fault bookkeeping; MMIO
 //! accesses and fault recording take it. The state translation needs ([`UnitState`]) is kept in
 //! a separate `RwLock` that is written only by SRTP / TE / reset, so the DMA hot path takes a
-//! read lock and never the register mutex (except to record a fault). Observers and the
-//! interrupt sink are called after every lock is released: work done under the mutex is
-//! collected as `Effects` and carried out afterwards.
+//! read lock and never the register mutex (except to record a fault). Interrupt remapping
+//! (`interrupt_remap`) has a mutex of its own, taken inside the register mutex by commands and
+//! IEC descriptors and alone by [`Vtd::remap_interrupt`], which records its faults only after
+//! releasing it. Observers and the interrupt sink are called after every lock is released: work
+//! done under the mutex is collected as `Effects` and carried out afterwards.
 //!
 //! **Queue processing** is synchronous on the IQT write (and on enabling QI, and on clearing
 //! FSTS.IQE, which resumes from IQH). It runs in segments: under the mutex, descriptors are
