@@ -548,3 +548,56 @@ fn no_interrupt_uses_an_entry_after_its_invalidation_wait_completed() {
     }
     assert!(remapped > 0, "the device remapped during the rounds");
 }
+
+/// What the VMM does with the hook: re-evaluate a route from inside it. The invalidation is
+/// already applied (the new entry is seen) and the wait's status word not yet written.
+#[test]
+fn routes_re_evaluated_in_the_hook_see_the_new_entry_before_the_wait_completes() {
+    use std::sync::{Arc, Mutex, OnceLock, Weak};
+    use vtd::observer::{InvalidationObserver, UnitView};
+
+    #[derive(Default)]
+    struct Routes {
+        unit: OnceLock<Weak<vtd::Vtd>>,
+        ram: OnceLock<Arc<vm_memory::GuestMemoryMmap<()>>>,
+        seen: Mutex<Vec<(InterruptOutcome, u32)>>,
+    }
+    impl InvalidationObserver for Routes {
+        fn invalidated(&self, _: &dyn UnitView, _: &vtd::invalidation::Invalidation) {}
+        fn submission_done(&self, _: &dyn UnitView) {}
+        fn root_or_translation_changed(&self, _: &dyn UnitView) {}
+        fn interrupt_entries_changed(&self) {
+            let Some(unit) = self.unit.get().and_then(Weak::upgrade) else {
+                return;
+            };
+            let (address, data) = remappable(0);
+            let outcome = unit.remap_interrupt(DEVICE, address, data);
+            let mut status = [0u8; 4];
+            vm_memory::Bytes::read_slice(
+                &**self.ram.get().unwrap(),
+                &mut status,
+                vm_memory::GuestAddress(STATUS),
+            )
+            .unwrap();
+            let status = u32::from_le_bytes(status);
+            self.seen.lock().unwrap().push((outcome, status));
+        }
+    }
+
+    let mut rig = xapic();
+    let routes = Arc::new(Routes::default());
+    routes.unit.set(Arc::downgrade(&rig.vtd)).unwrap();
+    routes.ram.set(rig.ram.clone()).unwrap();
+    rig.vtd.add_observer(routes.clone());
+    rig.enable_qi(false, 0);
+    put(&rig, 0, irte(0x30, 1, false));
+    assert_eq!(vector(&rig, 0), Some(0x30));
+    put(&rig, 0, irte(0x31, 1, false));
+    rig.submit(&[iec_index(0, 0), wait(0, 7)]);
+    assert_eq!(rig.status(0), 7);
+    let new = InterruptOutcome::Deliver {
+        address: 0xfee0_1000,
+        data: 0x31,
+    };
+    assert_eq!(*routes.seen.lock().unwrap(), vec![(new, 0)]);
+}
