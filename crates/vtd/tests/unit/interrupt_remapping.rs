@@ -497,13 +497,13 @@ fn a_device_write_to_the_interrupt_range_is_remapped() {
     );
 }
 
-/// A device thread remaps while the vCPU rewrites the entry's destination each round,
+/// Two device threads remap while the vCPU rewrites the entry's destination each round,
 /// invalidates it (index-selective or global, alternately) with a wait, checks the wait's status
 /// and only then announces the round: a request made after the announcement must see that
 /// round's entry or a later one.
 #[test]
 fn no_interrupt_uses_an_entry_after_its_invalidation_wait_completed() {
-    const ROUNDS: u32 = 3000;
+    const ROUNDS: u32 = 10_000;
     let mut rig = x2apic();
     rig.enable_qi(false, 0);
     put(&rig, 0, irte(0x30, 0, true));
@@ -511,24 +511,29 @@ fn no_interrupt_uses_an_entry_after_its_invalidation_wait_completed() {
     let stop = AtomicBool::new(false);
     let vtd = rig.vtd.clone();
     let (remapped, violation) = std::thread::scope(|s| {
-        let device = s.spawn(|| {
-            let mut remapped = 0u64;
-            let (address, data) = remappable(0);
-            while !stop.load(SeqCst) {
-                let floor = completed.load(SeqCst);
-                let InterruptOutcome::Deliver { address, .. } =
-                    vtd.remap_interrupt(DEVICE, address, data)
-                else {
-                    panic!("the entry is always valid");
-                };
-                remapped += 1;
-                let destination = ((address >> 12) & 0xff) | ((address >> 40) << 8);
-                if destination < floor {
-                    return (remapped, Some((destination, floor)));
-                }
-            }
-            (remapped, None)
-        });
+        let devices: Vec<_> = (0..2)
+            .map(|_| {
+                let (vtd, completed, stop) = (&vtd, &completed, &stop);
+                s.spawn(move || {
+                    let mut remapped = 0u64;
+                    let (address, data) = remappable(0);
+                    while !stop.load(SeqCst) {
+                        let floor = completed.load(SeqCst);
+                        let InterruptOutcome::Deliver { address, .. } =
+                            vtd.remap_interrupt(DEVICE, address, data)
+                        else {
+                            panic!("the entry is always valid");
+                        };
+                        remapped += 1;
+                        let destination = ((address >> 12) & 0xff) | ((address >> 40) << 8);
+                        if destination < floor {
+                            return (remapped, Some((destination, floor)));
+                        }
+                    }
+                    (remapped, None)
+                })
+            })
+            .collect();
         for round in 1..=ROUNDS {
             write_irte(&rig.ram, TABLE, 0, irte(0x30, round, true));
             let iec = if round % 2 == 0 {
@@ -541,7 +546,10 @@ fn no_interrupt_uses_an_entry_after_its_invalidation_wait_completed() {
             completed.store(u64::from(round), SeqCst);
         }
         stop.store(true, SeqCst);
-        device.join().unwrap()
+        devices.into_iter().fold((0, None), |(sum, seen), d| {
+            let (n, v) = d.join().unwrap();
+            (sum + n, seen.or(v))
+        })
     });
     if let Some((seen, floor)) = violation {
         panic!("an interrupt used round {seen}'s entry after round {floor}'s wait completed");
