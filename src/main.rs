@@ -3,7 +3,11 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
+use vmm::api::{ApiContext, ApiServer, ApiSocket};
 use vmm::config::{Command, LogLevel, USAGE, VmConfig};
+use vmm::iommu_state::Reporter;
 use vmm::{VmBuilder, VmExit};
 
 fn init_logging(level: LogLevel) {
@@ -29,8 +33,25 @@ fn report(error: &dyn std::error::Error) {
     eprintln!("vtd-nest: {message}");
 }
 
+/// Binds the API socket named by `--api-socket`, before anything else is built, so a socket
+/// in use is the only thing reported.
+fn bind_api_socket(config: &VmConfig) -> Result<Option<ApiSocket>, ExitCode> {
+    let Some(path) = &config.api_socket else {
+        return Ok(None);
+    };
+    ApiSocket::bind(path).map(Some).map_err(|e| {
+        report(&e);
+        ExitCode::FAILURE
+    })
+}
+
 fn run(config: VmConfig) -> ExitCode {
     init_logging(config.log_level);
+    let socket = match bind_api_socket(&config) {
+        Ok(socket) => socket,
+        Err(code) => return code,
+    };
+    let api_config = config.clone();
     // SIGINT, SIGTERM, SIGHUP: stop the VM cleanly and still print the counters.
     if let Err(e) = vmm::stop_signals::install() {
         eprintln!("vtd-nest: Cannot install the SIGINT/SIGTERM/SIGHUP handlers: {e}");
@@ -58,7 +79,37 @@ fn run(config: VmConfig) -> ExitCode {
         }
     };
     let counters = vm.counters().clone();
+    let reporter = vm
+        .devices()
+        .vtd()
+        .map(|unit| Arc::new(Reporter::new(unit.clone(), &api_config)));
+    if let Some(reporter) = &reporter {
+        let reporter = reporter.clone();
+        if let Err(e) = vmm::state_signal::install(move || reporter.text()) {
+            report(&e);
+            return ExitCode::FAILURE;
+        }
+    }
+    let api = match socket {
+        None => None,
+        Some(socket) => {
+            let context = ApiContext {
+                config: api_config,
+                control: vm.control(),
+                counters: counters.clone(),
+                iommu: reporter,
+            };
+            match ApiServer::start(socket, context) {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    report(&e);
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
     let result = vm.run();
+    drop(api);
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(counters.summary().as_bytes());
     let _ = stdout.flush();
@@ -73,6 +124,10 @@ fn run(config: VmConfig) -> ExitCode {
         }
         Ok(VmExit::Halted(cpu)) => {
             eprintln!("vtd-nest: vCPU {cpu} halted");
+            ExitCode::SUCCESS
+        }
+        Ok(VmExit::Shutdown) => {
+            eprintln!("vtd-nest: shut down through the API");
             ExitCode::SUCCESS
         }
         Ok(VmExit::Signal(number)) => {
@@ -96,6 +151,16 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             ExitCode::SUCCESS
         }
+        Ok(Command::Remote(remote)) => match vmm::api::remote::run(&remote) {
+            Ok(output) => {
+                print!("{output}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                report(&e);
+                ExitCode::FAILURE
+            }
+        },
         Ok(Command::Version) => {
             println!("vtd-nest {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -5,7 +5,7 @@
 //! sentence, and `main` exits with status 2.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Default guest RAM.
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
@@ -24,7 +24,12 @@ vtd-nest: a KVM VMM with a virtual Intel VT-d IOMMU (scalable mode, first-stage 
 
 Usage:
   vtd-nest run --kernel PATH [OPTIONS]
+  vtd-nest remote --api-socket FILE COMMAND
   vtd-nest --help | --version
+
+Commands of `remote` (answers on stdout; an error is one sentence and exit status 1):
+  info, counters [--json], iommu-state [--json], pause, resume, shutdown,
+  add-disk KEY=VALUE,... (as --disk), add-device KEY=VALUE,... (as --device), remove-device ID
 
 Options of `run` (each as `--name VALUE` or `--name=VALUE`):
   --kernel PATH         bzImage or ELF vmlinux (PVH entry when the ELF note is present)
@@ -52,6 +57,10 @@ Options of `run` (each as `--name VALUE` or `--name=VALUE`):
   --serial stdio|file=PATH
                         where COM1 output goes [default: stdio]
   --log-level LEVEL     error, warn, info, debug or trace, to stderr [default: warn]
+  --api-socket path=FILE
+                        serve the HTTP API on a Unix socket (mode 0600, removed at exit):
+                        GET /api/v1/vm.info, vm.counters, vm.iommu-state; PUT vm.pause,
+                        vm.resume, vm.shutdown, vm.add-disk, vm.add-device, vm.remove-device
   --test-dma-fault IOVA test only: the first iommu=on disk reads IOVA through the vIOMMU
                         once, just before its first DMA (a fault if the guest never mapped it)
 
@@ -68,6 +77,8 @@ pub enum Command {
     Help,
     /// Print the version.
     Version,
+    /// Send one request to a running VMM's API socket.
+    Remote(crate::api::remote::Remote),
 }
 
 /// Everything needed to build a VM.
@@ -95,6 +106,8 @@ pub struct VmConfig {
     pub log_level: LogLevel,
     /// Test only: an IOVA to read through the vIOMMU once, to provoke a DMA fault.
     pub test_dma_fault: Option<u64>,
+    /// The API socket (`--api-socket`).
+    pub api_socket: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -112,6 +125,7 @@ impl VmConfig {
             serial: SerialConfig::Stdio,
             log_level: LogLevel::Warn,
             test_dma_fault: None,
+            api_socket: None,
         }
     }
 }
@@ -129,36 +143,38 @@ pub struct FileError {
     pub source: std::io::Error,
 }
 
+/// Checks that the `what` at `path` opens (read-write when `write`) and is not a directory.
+pub fn check_file(what: &'static str, path: &Path, write: bool) -> Result<(), FileError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .and_then(|file| file.metadata())
+        .and_then(|meta| {
+            // Opening a directory for reading succeeds; reading it does not.
+            if meta.is_dir() {
+                Err(std::io::ErrorKind::IsADirectory.into())
+            } else {
+                Ok(())
+            }
+        })
+        .map_err(|source| FileError {
+            what,
+            path: path.to_owned(),
+            source,
+        })
+}
+
 impl VmConfig {
     /// Checks that the kernel, initrd and disk files can be opened (read-write for writable
     /// disks), before any VM is created.
     pub fn check_files(&self) -> Result<(), FileError> {
-        let check = |what, path: &PathBuf, write: bool| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(write)
-                .open(path)
-                .and_then(|file| file.metadata())
-                .and_then(|meta| {
-                    // Opening a directory for reading succeeds; reading it does not.
-                    if meta.is_dir() {
-                        Err(std::io::ErrorKind::IsADirectory.into())
-                    } else {
-                        Ok(())
-                    }
-                })
-                .map_err(|source| FileError {
-                    what,
-                    path: path.clone(),
-                    source,
-                })
-        };
-        check("kernel", &self.kernel, false)?;
+        check_file("kernel", &self.kernel, false)?;
         if let Some(initrd) = &self.initrd {
-            check("initrd", initrd, false)?;
+            check_file("initrd", initrd, false)?;
         }
         for disk in &self.disks {
-            check("disk image", &disk.path, !disk.readonly)?;
+            check_file("disk image", &disk.path, !disk.readonly)?;
         }
         Ok(())
     }
@@ -346,6 +362,9 @@ pub enum ArgError {
     /// Bad IOVA.
     #[error("Invalid --test-dma-fault '{0}': use an address such as 0x1000")]
     BadIova(String),
+    /// A `remote` command line that does not parse.
+    #[error("{0} (see 'vtd-nest --help')")]
+    BadRemote(String),
 }
 
 /// Parses `512M`, `1G`, `4096`, `2GiB` (binary units).
@@ -411,7 +430,7 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ArgError> {
 
 /// The `KEY=VALUE` items of a comma-separated option value (`--disk`, `--device`), each key at
 /// most once, in order.
-fn key_values(spec: &str) -> Result<Vec<(&str, &str)>, String> {
+pub fn key_values(spec: &str) -> Result<Vec<(&str, &str)>, String> {
     let mut items: Vec<(&str, &str)> = Vec::new();
     for item in spec.split(',') {
         let Some((key, value)) = item.split_once('=') else {
@@ -507,6 +526,7 @@ where
         "--help" | "-h" | "help" => return Ok(Command::Help),
         "--version" | "-V" => return Ok(Command::Version),
         "run" => {}
+        "remote" => return crate::api::remote::parse(args).map(Command::Remote),
         other if other.starts_with('-') => return Err(ArgError::UnknownOption(other.to_owned())),
         other => return Err(ArgError::UnknownCommand(other.to_owned())),
     }
@@ -525,7 +545,7 @@ where
             Some((n, v)) => (n, Some(v.to_owned())),
             None => (body, None),
         };
-        const NAMES: [&str; 11] = [
+        const NAMES: [&str; 12] = [
             "kernel",
             "initrd",
             "cmdline",
@@ -537,6 +557,7 @@ where
             "serial",
             "log-level",
             "test-dma-fault",
+            "api-socket",
         ];
         let Some(&name) = NAMES.iter().find(|n| **n == name) else {
             return Err(ArgError::UnknownOption(format!("--{name}")));
@@ -606,6 +627,14 @@ where
             }
             "test-dma-fault" => {
                 config.test_dma_fault = Some(parse_u64(&value).ok_or(ArgError::BadIova(value))?)
+            }
+            "api-socket" => {
+                // Cloud Hypervisor's spelling `path=FILE`, or a bare path.
+                let path = value.strip_prefix("path=").unwrap_or(&value);
+                if path.is_empty() {
+                    return Err(ArgError::Empty("api-socket"));
+                }
+                config.api_socket = Some(PathBuf::from(path));
             }
             _ => unreachable!("every name in NAMES is handled"),
         }

@@ -21,7 +21,7 @@ use vtd_spec::context::{LegacyContextEntry, ScalableContextEntry, TranslationTyp
 use vtd_spec::fault::FaultReason;
 use vtd_spec::pasid::{FirstStagePagingMode, PasidDirEntry, PasidEntry, Pgtt};
 use vtd_spec::regs::{
-    EventControl, Fsts, FrcdHi, FrcdLo, Gsts, Iqa, QueuePointer, RtAddr, TranslationTableMode,
+    EventControl, FrcdHi, FrcdLo, Fsts, Gsts, Iqa, QueuePointer, RtAddr, TranslationTableMode,
     offset,
 };
 use vtd_spec::root::RootEntry;
@@ -119,7 +119,10 @@ impl RegisterSnapshot {
             })
             .collect();
         let named = |bits: &[(bool, &'static str)]| -> Vec<&'static str> {
-            bits.iter().filter(|(set, _)| *set).map(|&(_, n)| n).collect()
+            bits.iter()
+                .filter(|(set, _)| *set)
+                .map(|&(_, n)| n)
+                .collect()
         };
         RegisterSnapshot {
             version: regs.get32(offset::VER),

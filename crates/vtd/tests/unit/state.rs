@@ -30,7 +30,10 @@ fn a_first_stage_device_its_fault_and_its_cached_translation() {
     rig.enable_qi(true, 0);
     rig.enable_translation(tables.rtaddr().into_bits());
     assert!(rig.vtd.remap(&read(MAPPED)).is_ok());
-    assert!(rig.vtd.remap(&read(0x40_0000)).is_err(), "unmapped: a fault");
+    assert!(
+        rig.vtd.remap(&read(0x40_0000)).is_err(),
+        "unmapped: a fault"
+    );
     rig.submit(&[wait(0, 1)]);
 
     let snap = rig.vtd.snapshot(&[SID, SID2]);
@@ -45,7 +48,10 @@ fn a_first_stage_device_its_fault_and_its_cached_translation() {
     assert_eq!(regs.fsts_set, ["PPF"]);
     assert_eq!(regs.fault_records.len(), 1);
     let fault = &regs.fault_records[0];
-    assert_eq!((fault.sid, fault.page, fault.write), (SID, 0x40_0000, false));
+    assert_eq!(
+        (fault.sid, fault.page, fault.write),
+        (SID, 0x40_0000, false)
+    );
     assert!(fault.reason_text.is_some(), "reason {:#x}", fault.reason);
     assert!(snap.translation_enabled);
     assert_eq!(snap.latched_table_mode, "scalable");

@@ -1,0 +1,241 @@
+//! The vIOMMU's state for people: [`vtd::state::UnitSnapshot`] of the unit and of every PCI
+//! device behind it, as JSON (the API's `vm.iommu-state`) and as indented text (`remote
+//! iommu-state`, and stderr on SIGUSR1), the text rendered from the JSON so both say the same.
+//!
+//! ```text
+//!  Reporter::json ─► Vtd::snapshot(sids of the devices behind the unit) ─► serde_json::Value
+//!  Reporter::text ─► json ─► text::render (one "key: value" line per field, lists as "- ")
+//! ```
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use vtd::state::{ContextView, DeviceSnapshot, Entry, RegisterSnapshot, UnitSnapshot};
+use vtd_spec::SourceId;
+
+use crate::config::VmConfig;
+use crate::iommu::bus0_sid;
+
+/// Reads and renders the state of one unit.
+#[derive(Debug)]
+pub struct Reporter {
+    unit: Arc<vtd::Vtd>,
+    devices: Vec<(String, SourceId)>,
+}
+
+fn hex(value: u64) -> Value {
+    Value::String(format!("{value:#x}"))
+}
+
+fn sid_text(sid: SourceId) -> String {
+    format!(
+        "{:02x}:{:02x}.{}",
+        sid.bus(),
+        sid.devfn() >> 3,
+        sid.devfn() & 7
+    )
+}
+
+impl Reporter {
+    /// A reporter for `unit` and the devices of `config` behind it (disks with `iommu=on` or
+    /// `assigned=sim`, `--device` functions with `iommu=on`), at the slots the builder gives them.
+    pub fn new(unit: Arc<vtd::Vtd>, config: &VmConfig) -> Self {
+        let slot = |index: usize| bus0_sid(u8::try_from(index).unwrap_or(u8::MAX));
+        let disks = config
+            .disks
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.iommu || d.assigned.is_some())
+            .map(|(i, _)| (format!("disk{i}"), slot(i + 1)));
+        let first_slot = config.disks.len() + 1;
+        let functions = config
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.iommu)
+            .map(|(i, d)| (d.id.clone(), slot(first_slot + i)));
+        Reporter {
+            unit,
+            devices: disks.chain(functions).collect(),
+        }
+    }
+
+    /// The state as JSON.
+    pub fn json(&self) -> Value {
+        let sids: Vec<SourceId> = self.devices.iter().map(|(_, sid)| *sid).collect();
+        let snapshot = self.unit.snapshot(&sids);
+        to_json(&snapshot, &self.devices)
+    }
+
+    /// The state as text.
+    pub fn text(&self) -> String {
+        crate::api::text::render(&self.json())
+    }
+}
+
+fn registers(r: &RegisterSnapshot) -> Value {
+    let records: Vec<Value> = r
+        .fault_records
+        .iter()
+        .map(|f| {
+            json!({
+                "index": f.index,
+                "sid": sid_text(f.sid),
+                "pasid": f.pasid,
+                "reason": format!("{:#04x}", f.reason),
+                "meaning": f.reason_text,
+                "page": hex(f.page),
+                "access": if f.write { "write" } else { "read" },
+            })
+        })
+        .collect();
+    json!({
+        "version": format!("{}.{}", r.version >> 4 & 0xf, r.version & 0xf),
+        "cap": hex(r.cap),
+        "ecap": hex(r.ecap),
+        "gsts": { "value": hex(u64::from(r.gsts)), "set": r.gsts_set },
+        "rtaddr": {
+            "value": hex(r.rtaddr),
+            "root_table": hex(r.root_table),
+            "mode": r.table_mode,
+        },
+        "invalidation_queue": {
+            "iqa": hex(r.iqa),
+            "base": hex(r.iq_base),
+            "entries": r.iq_entries,
+            "descriptor_bits": r.iq_descriptor_bits,
+            "head": r.iq_head,
+            "tail": r.iq_tail,
+        },
+        "fsts": {
+            "value": hex(u64::from(r.fsts)),
+            "set": r.fsts_set,
+            "fault_record_index": r.fault_record_index,
+        },
+        "fectl": {
+            "value": hex(u64::from(r.fectl)),
+            "interrupt_masked": r.fault_interrupt_masked,
+            "interrupt_pending": r.fault_interrupt_pending,
+        },
+        "fault_records": records,
+    })
+}
+
+fn entry<T>(e: &Entry<T>, f: impl FnOnce(&T) -> Value) -> Value {
+    match e {
+        Entry::Read(v) => f(v),
+        Entry::Unreadable(at) => json!({ "unreadable": hex(*at) }),
+        Entry::NotReached => Value::Null,
+    }
+}
+
+fn context(c: &ContextView) -> Value {
+    match c {
+        ContextView::Legacy {
+            address,
+            present,
+            fault_processing_disabled,
+            translation_type,
+            domain_id,
+            address_width,
+            second_stage_table,
+        } => json!({
+            "format": "legacy",
+            "address": hex(*address),
+            "present": present,
+            "fault_processing_disabled": fault_processing_disabled,
+            "translation_type": translation_type,
+            "domain_id": domain_id,
+            "address_width": address_width,
+            "second_stage_table": hex(*second_stage_table),
+        }),
+        ContextView::Scalable {
+            address,
+            present,
+            fault_processing_disabled,
+            pasid_enabled,
+            device_tlb_enabled,
+            pasid_directory,
+            pasid_directory_entries,
+            rid_pasid,
+            reserved_set,
+        } => json!({
+            "format": "scalable",
+            "address": hex(*address),
+            "present": present,
+            "fault_processing_disabled": fault_processing_disabled,
+            "pasid_enabled": pasid_enabled,
+            "device_tlb_enabled": device_tlb_enabled,
+            "pasid_directory": hex(*pasid_directory),
+            "pasid_directory_entries": pasid_directory_entries,
+            "rid_pasid": rid_pasid,
+            "reserved_bits_set": reserved_set,
+        }),
+    }
+}
+
+fn device(name: &str, d: &DeviceSnapshot) -> Value {
+    json!({
+        "id": name,
+        "sid": sid_text(d.sid),
+        "root_entry": entry(&d.root, |r| json!({
+            "address": hex(r.address),
+            "present": r.present,
+            "context_table": hex(r.context_table),
+        })),
+        "context_entry": entry(&d.context, context),
+        "rid_pasid_entry": entry(&d.rid_pasid_entry, |p| json!({
+            "pasid": p.pasid,
+            "address": hex(p.address),
+            "present": p.present,
+            "fault_processing_disabled": p.fault_processing_disabled,
+            "translation_type": p.translation_type,
+            "domain_id": p.domain_id,
+            "first_stage_table": hex(p.first_stage_table),
+            "first_stage_levels": p.first_stage_levels,
+            "second_stage_table": hex(p.second_stage_table),
+            "second_stage_address_width": p.second_stage_address_width,
+            "supervisor_requests": p.supervisor_requests,
+            "write_protect": p.write_protect,
+            "reserved_bits_set": p.reserved_set,
+        })),
+    })
+}
+
+/// The snapshot as JSON; `devices` names the snapshot's devices, in its order.
+pub fn to_json(s: &UnitSnapshot, devices: &[(String, SourceId)]) -> Value {
+    let c = &s.caches.stats;
+    let per_domain: Vec<Value> = s
+        .caches
+        .iotlb_per_domain
+        .iter()
+        .map(|(did, n)| json!({ "domain_id": did, "entries": n }))
+        .collect();
+    json!({
+        "registers": registers(&s.registers),
+        "translation": {
+            "enabled": s.translation_enabled,
+            "root_table": hex(s.latched_root_table),
+            "mode": s.latched_table_mode,
+        },
+        "devices": s
+            .devices
+            .iter()
+            .zip(devices)
+            .map(|(d, (name, _))| device(name, d))
+            .collect::<Vec<_>>(),
+        "caches": {
+            "context": { "entries": c.context_entries, "capacity": c.context_capacity },
+            "pasid": { "entries": c.pasid_entries, "capacity": c.pasid_capacity },
+            "iotlb": {
+                "entries": c.iotlb_entries,
+                "capacity": c.iotlb_capacity,
+                "per_domain": per_domain,
+            },
+            "first_stage_leaf_tables": {
+                "entries": c.leaf_table_entries,
+                "capacity": c.leaf_table_capacity,
+            },
+        },
+    })
+}
