@@ -10,14 +10,57 @@ use vmm::config::{Command, LogLevel, USAGE, VmConfig};
 use vmm::iommu_state::Reporter;
 use vmm::{VmBuilder, VmExit};
 
-fn init_logging(level: LogLevel) {
-    let filter = tracing_subscriber::EnvFilter::new(level.as_str());
-    let _ = tracing_subscriber::fmt()
+/// Logs go to `--log-file` or stderr, filtered by `--log-level`, else RUST_LOG, else warn;
+/// each line names its target (`vtd`, `accel::binding`, ...), which the directives select.
+fn init_logging(config: &VmConfig) -> Result<(), String> {
+    let directives = match (&config.log_level, std::env::var("RUST_LOG")) {
+        (Some(level), _) => level.as_str().to_owned(),
+        (None, Ok(env)) if !env.is_empty() => LogLevel::parse(&env)
+            .ok_or_else(|| format!("Invalid RUST_LOG '{env}': use directives such as vtd=debug"))?
+            .as_str()
+            .to_owned(),
+        _ => LogLevel::DEFAULT.to_owned(),
+    };
+    let filter = tracing_subscriber::EnvFilter::new(directives);
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+        .with_target(true);
+    let _ = match &config.log_file {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .map_err(|e| format!("Cannot create the log file {}: {e}", path.display()))?;
+            builder
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .try_init()
+        }
+        None => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+    Ok(())
+}
+
+/// The counters at exit: JSON to `--counters FILE`, else the summary lines on stderr.
+fn write_counters(config_file: Option<&std::path::Path>, counters: &vmm::counters::Counters) {
+    match config_file {
+        Some(path) => {
+            let mut json = counters.json().to_string();
+            json.push('\n');
+            if let Err(e) = std::fs::write(path, json) {
+                eprintln!(
+                    "vtd-nest: Cannot write the counters to {}: {e}",
+                    path.display()
+                );
+            }
+        }
+        None => {
+            let mut stderr = std::io::stderr().lock();
+            let _ = stderr.write_all(counters.summary().as_bytes());
+            let _ = stderr.flush();
+        }
+    }
 }
 
 /// Prints an error and each of its causes once, as one line: "vtd-nest: X: Y: Z". Every error
@@ -46,12 +89,16 @@ fn bind_api_socket(config: &VmConfig) -> Result<Option<ApiSocket>, ExitCode> {
 }
 
 fn run(config: VmConfig) -> ExitCode {
-    init_logging(config.log_level);
+    if let Err(message) = init_logging(&config) {
+        eprintln!("vtd-nest: {message}");
+        return ExitCode::from(2);
+    }
     let socket = match bind_api_socket(&config) {
         Ok(socket) => socket,
         Err(code) => return code,
     };
     let api_config = config.clone();
+    let counters_file = config.counters_file.clone();
     // SIGINT, SIGTERM, SIGHUP: stop the VM cleanly and still print the counters.
     if let Err(e) = vmm::stop_signals::install() {
         eprintln!("vtd-nest: Cannot install the SIGINT/SIGTERM/SIGHUP handlers: {e}");
@@ -69,7 +116,7 @@ fn run(config: VmConfig) -> ExitCode {
     let vm = match built {
         Ok((vm, cap_line)) => {
             if let Some(line) = cap_line {
-                println!("{line}");
+                eprintln!("{line}");
             }
             vm
         }
@@ -110,9 +157,7 @@ fn run(config: VmConfig) -> ExitCode {
     };
     let result = vm.run();
     drop(api);
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(counters.summary().as_bytes());
-    let _ = stdout.flush();
+    write_counters(counters_file.as_deref(), &counters);
     match result {
         Ok(VmExit::PowerOff) => {
             eprintln!("vtd-nest: the guest powered off");
@@ -162,7 +207,11 @@ fn main() -> ExitCode {
             }
         },
         Ok(Command::Version) => {
-            println!("vtd-nest {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "vtd-nest {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                env!("VTD_NEST_GIT_REVISION")
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

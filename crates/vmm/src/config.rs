@@ -38,9 +38,18 @@ Options of `run` (each as `--name VALUE` or `--name=VALUE`):
   --memory SIZE         guest RAM, e.g. 512M, 1G (suffixes K, M, G, T) [default: 512M]
   --cpus N              number of vCPUs, 1-254 [default: 1]
   --iommu intel[,OPT=VALUE...]
-                        add a virtual Intel VT-d IOMMU; options use QEMU's names, e.g.
-                        x-scalable-mode=on, x-flts=on, aw-bits=48, caching-mode=off,
-                        fs1gp=on, pt=on
+                        add a virtual Intel VT-d IOMMU; options use QEMU's names:
+                          x-scalable-mode=on|off  scalable-mode tables [off: legacy]
+                          x-flts=on|off           first-stage translation (scalable mode) [off]
+                          x-ssts=on|off           second-stage translation too [off]
+                          aw-bits=39|48           address width [48]
+                          caching-mode=on|off     CAP.CM, needed for --device [off]
+                          fs1gp=on|off            1 GiB first-stage pages [on]
+                          pt=on|off               pass-through entries [on]
+                          snoop-control=on|off    ECAP.SC [off]
+                          x-pasid-mode=on|off|N   PASID support (N: PASID width in bits)
+                          device-iotlb=on|off     ECAP.DT (ATS) [off]
+                          intremap=on|off, eim=on|off  interrupt remapping, x2APIC mode
   --disk path=FILE[,readonly=on|off][,iommu=on|off][,assigned=sim][,indirect_desc=on|off]
                         add a virtio-blk disk (repeatable); iommu=on puts its DMA behind the
                         vIOMMU (VIRTIO_F_ACCESS_PLATFORM); assigned=sim models it as a
@@ -56,7 +65,12 @@ Options of `run` (each as `--name VALUE` or `--name=VALUE`):
                         auto takes iommufd when /dev/iommu exists, else the VFIO container
   --serial stdio|file=PATH
                         where COM1 output goes [default: stdio]
-  --log-level LEVEL     error, warn, info, debug or trace, to stderr [default: warn]
+  --log-level DIRECTIVES
+                        a level (error, warn, info, debug, trace) or tracing directives by
+                        target, e.g. warn,vtd=debug,accel=trace [default: RUST_LOG, else warn]
+  --log-file FILE       write the log there instead of stderr
+  --counters FILE       write the counters there as JSON at exit, instead of the
+                        `counter NAME VALUE` summary on stderr
   --api-socket path=FILE
                         serve the HTTP API on a Unix socket (mode 0600, removed at exit):
                         GET /api/v1/vm.info, vm.counters, vm.iommu-state; PUT vm.pause,
@@ -102,8 +116,12 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     /// Serial output.
     pub serial: SerialConfig,
-    /// Log level.
-    pub log_level: LogLevel,
+    /// Log directives from `--log-level`; `None`: RUST_LOG, else [`LogLevel::DEFAULT`].
+    pub log_level: Option<LogLevel>,
+    /// Where logs go instead of stderr (`--log-file`).
+    pub log_file: Option<PathBuf>,
+    /// Where the counters go, as JSON, instead of the summary on stderr (`--counters`).
+    pub counters_file: Option<PathBuf>,
     /// Test only: an IOVA to read through the vIOMMU once, to provoke a DMA fault.
     pub test_dma_fault: Option<u64>,
     /// The API socket (`--api-socket`).
@@ -123,7 +141,9 @@ impl VmConfig {
             disks: Vec::new(),
             devices: Vec::new(),
             serial: SerialConfig::Stdio,
-            log_level: LogLevel::Warn,
+            log_level: None,
+            log_file: None,
+            counters_file: None,
             test_dma_fault: None,
             api_socket: None,
         }
@@ -242,31 +262,26 @@ pub enum SerialConfig {
     File(PathBuf),
 }
 
-/// `--log-level`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogLevel {
-    /// Errors only.
-    Error,
-    /// Warnings and errors.
-    Warn,
-    /// Informational.
-    Info,
-    /// Debugging.
-    Debug,
-    /// Everything.
-    Trace,
-}
+/// `--log-level`: tracing directives, checked when parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLevel(String);
 
 impl LogLevel {
-    /// The tracing filter directive.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogLevel::Error => "error",
-            LogLevel::Warn => "warn",
-            LogLevel::Info => "info",
-            LogLevel::Debug => "debug",
-            LogLevel::Trace => "trace",
-        }
+    /// The level when neither `--log-level` nor `RUST_LOG` says.
+    pub const DEFAULT: &str = "warn";
+
+    /// Checks `directives` (`warn`, `vtd=debug,accel=trace`: tracing-subscriber's EnvFilter
+    /// syntax, which RUST_LOG uses too).
+    pub fn parse(directives: &str) -> Option<Self> {
+        tracing_subscriber::EnvFilter::builder()
+            .parse(directives)
+            .ok()
+            .map(|_| LogLevel(directives.to_owned()))
+    }
+
+    /// The directives.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -357,7 +372,10 @@ pub enum ArgError {
     #[error("Invalid --serial '{0}': use 'stdio' or 'file=PATH'")]
     BadSerial(String),
     /// Bad log level.
-    #[error("Invalid --log-level '{0}': use error, warn, info, debug or trace")]
+    #[error(
+        "Invalid --log-level '{0}': use a level (error, warn, info, debug, trace) or directives \
+         such as vtd=debug,accel=trace"
+    )]
     BadLogLevel(String),
     /// Bad IOVA.
     #[error("Invalid --test-dma-fault '{0}': use an address such as 0x1000")]
@@ -545,7 +563,7 @@ where
             Some((n, v)) => (n, Some(v.to_owned())),
             None => (body, None),
         };
-        const NAMES: [&str; 12] = [
+        const NAMES: [&str; 14] = [
             "kernel",
             "initrd",
             "cmdline",
@@ -558,6 +576,8 @@ where
             "log-level",
             "test-dma-fault",
             "api-socket",
+            "log-file",
+            "counters",
         ];
         let Some(&name) = NAMES.iter().find(|n| **n == name) else {
             return Err(ArgError::UnknownOption(format!("--{name}")));
@@ -616,15 +636,11 @@ where
                 }
             }
             "log-level" => {
-                config.log_level = match value.as_str() {
-                    "error" => LogLevel::Error,
-                    "warn" => LogLevel::Warn,
-                    "info" => LogLevel::Info,
-                    "debug" => LogLevel::Debug,
-                    "trace" => LogLevel::Trace,
-                    _ => return Err(ArgError::BadLogLevel(value)),
-                }
+                config.log_level =
+                    Some(LogLevel::parse(&value).ok_or(ArgError::BadLogLevel(value))?)
             }
+            "log-file" => config.log_file = Some(PathBuf::from(value)),
+            "counters" => config.counters_file = Some(PathBuf::from(value)),
             "test-dma-fault" => {
                 config.test_dma_fault = Some(parse_u64(&value).ok_or(ArgError::BadIova(value))?)
             }
@@ -739,7 +755,7 @@ mod tests {
         assert_eq!(c.disks[1].assigned, Some(AssignedBackend::Sim));
         assert!(!c.disks[0].indirect_desc && c.disks[1].indirect_desc);
         assert_eq!(c.serial, SerialConfig::File("/tmp/s".into()));
-        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(c.log_level, LogLevel::parse("debug"));
         assert_eq!(c.test_dma_fault, Some(0x1000));
     }
 
@@ -870,8 +886,8 @@ mod tests {
                 ArgError::BadSerial("file=".into()),
             ),
             (
-                &["--kernel", "/k", "--log-level", "loud"],
-                ArgError::BadLogLevel("loud".into()),
+                &["--kernel", "/k", "--log-level", "vtd=loud"],
+                ArgError::BadLogLevel("vtd=loud".into()),
             ),
             (
                 &["--kernel", "/k", "--kernel", "/k2"],

@@ -4,11 +4,11 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::config::{self, VmConfig};
 use crate::control::{ControlError, Request, VmControl};
-use crate::counters::{CounterSource, Counters};
+use crate::counters::Counters;
 use crate::iommu_state::Reporter;
 
 /// What the endpoints answer from.
@@ -147,7 +147,7 @@ pub fn handle(context: &ApiContext, method: Method, url: &str, text: bool, body:
         "vmm.ping" => Reply::json(200, &json!({ "version": env!("CARGO_PKG_VERSION") })),
         "vm.info" => Reply::json(200, &info(context)),
         "vm.counters" if text => Reply::text(context.counters.summary()),
-        "vm.counters" => Reply::json(200, &counters(&context.counters)),
+        "vm.counters" => Reply::json(200, &context.counters.json()),
         "vm.iommu-state" => match &context.iommu {
             None => Reply::error(
                 404,
@@ -227,14 +227,6 @@ fn info(context: &ApiContext) -> Value {
             "devices": devices,
         },
     })
-}
-
-fn counters(counters: &Counters) -> Value {
-    let mut map = Map::new();
-    counters.visit(&mut |name, value| {
-        map.insert(name.to_owned(), Value::from(value));
-    });
-    Value::Object(map)
 }
 
 /// A body `{"key": value, ...}` as the `key=value,...` list `--disk` and `--device` take.
