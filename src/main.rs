@@ -126,10 +126,10 @@ fn run(config: VmConfig) -> ExitCode {
         }
     };
     let counters = vm.counters().clone();
-    let reporter = vm
-        .devices()
-        .vtd()
-        .map(|unit| Arc::new(Reporter::new(unit.clone(), &api_config)));
+    let reporter = vm.devices().vtd().map(|unit| {
+        let host = vm.devices().host_bindings();
+        Arc::new(Reporter::new(unit.clone(), &api_config, host))
+    });
     if let Some(reporter) = &reporter {
         let reporter = reporter.clone();
         if let Err(e) = vmm::state_signal::install(move || reporter.text()) {

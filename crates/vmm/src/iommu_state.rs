@@ -4,6 +4,8 @@
 //!
 //! ```text
 //!  Reporter::json ─► Vtd::snapshot(sids of the devices behind the unit) ─► serde_json::Value
+//!                 └► per passthrough device: accel::Accel bindings (nest parent, nested HWPT,
+//!                    blocked and why) or accel::Shadow state and mapped runs ─► "host"
 //!  Reporter::text ─► json ─► text::render (one "key: value" line per field, lists as "- ")
 //! ```
 
@@ -16,11 +18,80 @@ use vtd_spec::SourceId;
 use crate::config::VmConfig;
 use crate::iommu::bus0_sid;
 
+/// Where passthrough devices' host state lives.
+#[derive(Clone, Debug)]
+pub enum HostBindings {
+    /// Guest first-stage tables nested on the host IOMMU.
+    Nested(Arc<accel::Accel>),
+    /// Guest second-stage tables shadowed into an IOAS or container.
+    Shadow(Arc<accel::Shadow>),
+}
+
+impl HostBindings {
+    /// What the host does for the device at `sid`, if this registry has it.
+    fn device(&self, sid: SourceId) -> Option<Value> {
+        match self {
+            HostBindings::Nested(accel) => {
+                let (_, view) = accel.bindings().into_iter().find(|(s, _)| *s == sid)?;
+                let (path, detail) = match view.target {
+                    accel::BindingState::Nested { data, did } => (
+                        "nested",
+                        json!({ "domain_id": did, "first_stage_table": hex(data.pgtbl_addr) }),
+                    ),
+                    accel::BindingState::Stage2 { did } => {
+                        ("stage-2 only", json!({ "domain_id": did }))
+                    }
+                    accel::BindingState::Blocked(why) => {
+                        ("blocked", json!({ "why": blocked(why) }))
+                    }
+                };
+                Some(json!({
+                    "path": path,
+                    "detail": detail,
+                    "nest_parent_hwpt": view.parent_hwpt.0,
+                    "nested_hwpt": view.nested_hwpt.map(|h| h.0),
+                }))
+            }
+            HostBindings::Shadow(shadow) => {
+                let state = shadow.state(sid)?;
+                let runs = shadow.mappings(sid);
+                let (path, detail) = match state {
+                    accel::ShadowState::Identity => {
+                        ("shadow: all guest RAM at IOVA = GPA", Value::Null)
+                    }
+                    accel::ShadowState::SecondStage { did } => {
+                        ("shadow of second-stage tables", json!({ "domain_id": did }))
+                    }
+                    accel::ShadowState::Blocked(why) => ("blocked", json!({ "why": blocked(why) })),
+                };
+                Some(json!({
+                    "path": path,
+                    "detail": detail,
+                    "mapped_runs": runs.len(),
+                    "mapped_bytes": runs.iter().map(|r| r.len).sum::<u64>(),
+                }))
+            }
+        }
+    }
+}
+
+fn blocked(why: accel::BlockReason) -> &'static str {
+    match why {
+        accel::BlockReason::NoEntry => "the guest's entry for it is not present",
+        accel::BlockReason::Unsupported => {
+            "its entry asks for a translation the host cannot follow"
+        }
+        accel::BlockReason::LegacyMode => "legacy-mode translation is not shadowed",
+        accel::BlockReason::HostFailure => "a host IOMMU operation failed",
+    }
+}
+
 /// Reads and renders the state of one unit.
 #[derive(Debug)]
 pub struct Reporter {
     unit: Arc<vtd::Vtd>,
     devices: Vec<(String, SourceId)>,
+    host: Vec<HostBindings>,
 }
 
 fn hex(value: u64) -> Value {
@@ -39,7 +110,7 @@ fn sid_text(sid: SourceId) -> String {
 impl Reporter {
     /// A reporter for `unit` and the devices of `config` behind it (disks with `iommu=on` or
     /// `assigned=sim`, `--device` functions with `iommu=on`), at the slots the builder gives them.
-    pub fn new(unit: Arc<vtd::Vtd>, config: &VmConfig) -> Self {
+    pub fn new(unit: Arc<vtd::Vtd>, config: &VmConfig, host: Vec<HostBindings>) -> Self {
         let slot = |index: usize| bus0_sid(u8::try_from(index).unwrap_or(u8::MAX));
         let disks = config
             .disks
@@ -57,6 +128,7 @@ impl Reporter {
         Reporter {
             unit,
             devices: disks.chain(functions).collect(),
+            host,
         }
     }
 
@@ -64,7 +136,16 @@ impl Reporter {
     pub fn json(&self) -> Value {
         let sids: Vec<SourceId> = self.devices.iter().map(|(_, sid)| *sid).collect();
         let snapshot = self.unit.snapshot(&sids);
-        to_json(&snapshot, &self.devices)
+        let mut value = to_json(&snapshot, &self.devices);
+        if let Some(Value::Array(devices)) = value.get_mut("devices") {
+            for (device, (_, sid)) in devices.iter_mut().zip(&self.devices) {
+                let host = self.host.iter().find_map(|h| h.device(*sid));
+                if let (Value::Object(fields), Some(host)) = (device, host) {
+                    fields.insert("host".into(), host);
+                }
+            }
+        }
+        value
     }
 
     /// The state as text.
@@ -238,4 +319,61 @@ pub fn to_json(s: &UnitSnapshot, devices: &[(String, SourceId)]) -> Value {
             },
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AssignedBackend, DiskConfig, IommuConfig};
+    use crate::counters::Counters;
+    use crate::passthrough::Passthrough;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    struct NoIrq;
+
+    impl vtd::FaultInterrupt for NoIrq {
+        fn deliver(&self, _address: u64, _data: u32) {}
+    }
+
+    /// An assigned=sim disk before the guest enables translation: its entries are not present
+    /// yet, and the host keeps it on the nest parent only (stage 2, no nested HWPT).
+    #[test]
+    fn an_assigned_disk_shows_its_entries_and_host_binding() {
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let options = "x-scalable-mode=on,x-flts=on,caching-mode=on";
+        let unit = Arc::new(vtd::Vtd::new(
+            vtd::Config::parse(options).unwrap(),
+            Arc::new(memory.clone()),
+            Arc::new(NoIrq),
+        ));
+        let pt = Passthrough::new(&memory, &unit, &Counters::new());
+        let _dma = pt.assign("disk0", bus0_sid(1)).unwrap();
+        let mut config = VmConfig::new("/k");
+        config.iommu = Some(IommuConfig {
+            options: options.into(),
+        });
+        config.disks.push(DiskConfig {
+            path: "/d".into(),
+            readonly: false,
+            iommu: false,
+            assigned: Some(AssignedBackend::Sim),
+            indirect_desc: false,
+        });
+        let reporter = Reporter::new(
+            unit,
+            &config,
+            vec![HostBindings::Nested(pt.accel().clone())],
+        );
+        let json = reporter.json();
+        let disk = &json["devices"][0];
+        assert_eq!(disk["id"], "disk0");
+        assert_eq!(disk["sid"], "00:01.0");
+        assert_eq!(json["translation"]["enabled"], false);
+        assert_eq!(disk["host"]["path"], "stage-2 only");
+        assert!(disk["host"]["nest_parent_hwpt"].is_u64());
+        assert_eq!(disk["host"]["nested_hwpt"], Value::Null);
+        let text = reporter.text();
+        assert!(text.contains("path: stage-2 only"), "{text}");
+        assert!(text.contains("nested_hwpt: -"), "{text}");
+    }
 }

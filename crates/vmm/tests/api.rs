@@ -122,7 +122,7 @@ fn every_endpoint_over_the_socket() {
             config: config.clone(),
             control,
             counters,
-            iommu: Some(Arc::new(Reporter::new(unit.clone(), &config))),
+            iommu: Some(Arc::new(Reporter::new(unit.clone(), &config, Vec::new()))),
         },
     )
     .unwrap();
