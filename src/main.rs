@@ -130,12 +130,14 @@ fn run(config: VmConfig) -> ExitCode {
         let host = vm.devices().host_bindings();
         Arc::new(Reporter::new(unit.clone(), &api_config, host))
     });
-    if let Some(reporter) = &reporter {
-        let reporter = reporter.clone();
-        if let Err(e) = vmm::state_signal::install(move || reporter.text()) {
-            report(&e);
-            return ExitCode::FAILURE;
-        }
+    let state_text = reporter.clone();
+    let installed = vmm::state_signal::install(move || match &state_text {
+        Some(reporter) => reporter.text(),
+        None => "vtd-nest: this VM has no vIOMMU, so it has no vIOMMU state\n".to_owned(),
+    });
+    if let Err(e) = installed {
+        report(&e);
+        return ExitCode::FAILURE;
     }
     let api = match socket {
         None => None,

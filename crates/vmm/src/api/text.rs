@@ -1,5 +1,5 @@
 //! JSON answers as indented text for people: one `key: value` line per scalar, nested objects
-//! indented under their key, list items introduced by `-`.
+//! indented under their key, list items introduced by `-`; nothing (null, an empty list) is `-`.
 
 use serde_json::Value;
 
@@ -16,6 +16,7 @@ fn scalar(value: &Value) -> Option<String> {
         Value::Bool(b) => Some(if *b { "yes" } else { "no" }.into()),
         Value::Number(n) => Some(n.to_string()),
         Value::String(s) => Some(s.clone()),
+        Value::Array(items) if items.is_empty() => Some("-".into()),
         Value::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => Some(
             items
                 .iter()
@@ -59,11 +60,11 @@ mod tests {
     #[test]
     fn nested_objects_lists_and_scalars() {
         let v = json!({"gsts": {"value": "0xc0000000", "set": ["TES", "RTPS"]},
-                       "devices": [{"id": "disk0", "entry": null}], "on": true});
+                       "devices": [{"id": "disk0", "entry": null}], "on": true, "none": []});
         assert_eq!(
             render(&v),
             "devices:\n  -\n    entry: -\n    id: disk0\ngsts:\n  set: TES RTPS\n  \
-             value: 0xc0000000\non: yes\n"
+             value: 0xc0000000\nnone: -\non: yes\n"
         );
     }
 }
