@@ -719,6 +719,37 @@ mod tests {
     }
 
     #[test]
+    fn api_socket_log_and_counters_files() {
+        let c = run(&[
+            "--kernel",
+            "/k",
+            "--api-socket",
+            "path=/run/vtd.sock",
+            "--log-level",
+            "warn,vtd=debug,accel::binding=trace",
+            "--log-file=/tmp/vtd.log",
+            "--counters",
+            "/tmp/counters.json",
+        ])
+        .unwrap();
+        assert_eq!(c.api_socket, Some(PathBuf::from("/run/vtd.sock")));
+        assert_eq!(
+            c.log_level.as_ref().map(LogLevel::as_str),
+            Some("warn,vtd=debug,accel::binding=trace")
+        );
+        assert_eq!(c.log_file, Some(PathBuf::from("/tmp/vtd.log")));
+        assert_eq!(c.counters_file, Some(PathBuf::from("/tmp/counters.json")));
+        // Cloud Hypervisor also takes a bare path.
+        let c = run(&["--kernel", "/k", "--api-socket", "/run/a.sock"]).unwrap();
+        assert_eq!(c.api_socket, Some(PathBuf::from("/run/a.sock")));
+        assert_eq!(
+            run(&["--kernel", "/k", "--api-socket", "path="]),
+            Err(ArgError::Empty("api-socket"))
+        );
+        assert_eq!(run(&["--kernel", "/k"]).unwrap().log_level, None);
+    }
+
+    #[test]
     fn full_command_line() {
         let c = run(&[
             "--kernel",
