@@ -4,14 +4,18 @@
 # first-stage guest, pauses it (its console output stops: serial_tx_bytes stands still), resumes
 # it (the count moves again), has SIGUSR1 write the state to the VMM's stderr, gets one-sentence
 # refusals for a missing disk and for hot-unplug,
-# and finally shuts it down: the VMM exits 0 and removes the socket. The guest first moves data
+# and finally shuts it down: the VMM exits 0 and removes the socket. Its log (warn, and info for
+# vmm::running) goes to --log-file with targets, its counters to --counters as JSON. The guest first moves data
 # through its translated disk d0, then writes a ready mark on d1 (the side's cue) and prints a
 # line a second until the shutdown.
 DISKS="d0=16M d1=1M"
 CMDLINE="intel_iommu=on,sm_on iommu.strict=1"
 API_SOCKET=/tmp/vtd-nest-e2e-api.sock
+API_LOG=/tmp/vtd-nest-e2e-api.log
+API_COUNTERS=/tmp/vtd-nest-e2e-api-counters.json
 ARGS=(--cmdline "$CMDLINE" --iommu intel,x-scalable-mode=on,x-flts=on
-    --disk path=@d0,iommu=on --disk path=@d1 --api-socket "$API_SOCKET")
+    --disk path=@d0,iommu=on --disk path=@d1 --api-socket "$API_SOCKET"
+    --log-level warn,vmm::running=info --log-file "$API_LOG" --counters "$API_COUNTERS")
 QEMU_ARGS=()
 
 guest() {
@@ -35,6 +39,8 @@ GUEST
 side() {
     cat <<SIDE
 sock=$API_SOCKET
+log=$API_LOG
+counters=$API_COUNTERS
 SIDE
     cat <<'SIDE'
 vmm=$1
@@ -91,6 +97,14 @@ while [ -e "$sock" ]; do
     i=$((i + 1)); [ "$i" -le 30 ] || die "the socket is still there 30 s after shutdown"; sleep 1
 done
 say "OK shutdown, socket removed"
+i=0
+until grep -q '"translations":[1-9]' "$counters" 2>/dev/null; do
+    i=$((i + 1)); [ "$i" -le 30 ] || die "no translations in the --counters file $counters"; sleep 1
+done
+say "OK --counters file"
+grep -q 'vmm::running: API request Pause: Ok' "$log" || die "the --log-file has no vmm::running line for the pause: $(tail -n 3 "$log")"
+grep -q 'DEBUG\|TRACE' "$log" && die "the --log-file has lines beyond the directives"
+say "OK --log-file with targets"
 say "DONE"
 SIDE
 }
@@ -104,6 +118,7 @@ check() {
         require '^API-SIDE-DONE' "the side script did not finish" &&
         require '^VTD-NEST-SIDE-EXIT 0' "the side script failed" &&
         require 'vtd-nest: shut down through the API' "the VMM did not say it was shut down" &&
+        { ! grep -m1 '^counter ' "$OUT" || return 1; } &&
         require '^translation:$' "SIGUSR1 wrote no vIOMMU state to stderr" &&
         disk_hash_matches d0 && cap_matches
 }

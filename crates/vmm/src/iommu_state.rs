@@ -376,4 +376,55 @@ mod tests {
         assert!(text.contains("path: stage-2 only"), "{text}");
         assert!(text.contains("nested_hwpt: -"), "{text}");
     }
+
+    /// Maps nothing, accepts everything (the shadow's host side).
+    #[derive(Debug)]
+    struct NoHost;
+
+    impl host_iommu::DmaMap for NoHost {
+        fn map(&self, _: u64, _: u64, _: u64, _: host_iommu::DmaPerm) -> host_iommu::Result<()> {
+            Ok(())
+        }
+        fn unmap(&self, _: u64, len: u64) -> host_iommu::Result<u64> {
+            Ok(len)
+        }
+    }
+
+    /// A --device function shadowed while translation is off: all guest RAM at IOVA = GPA.
+    #[test]
+    fn a_shadowed_device_shows_its_state_and_mapped_runs() {
+        use crate::config::{DeviceConfig, VfioBackend};
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let options = "x-scalable-mode=on,x-flts=off,caching-mode=on";
+        let unit = Arc::new(vtd::Vtd::new(
+            vtd::Config::parse(options).unwrap(),
+            Arc::new(memory.clone()),
+            Arc::new(NoIrq),
+        ));
+        let shadow = Arc::new(accel::Shadow::new(vec![accel::RamRegion {
+            gpa: 0,
+            hva: 0x7f00_0000_0000,
+            len: 0x20_0000,
+            writable: true,
+        }]));
+        shadow.add_device(&*unit, bus0_sid(1), "nvme", Arc::new(NoHost));
+        let mut config = VmConfig::new("/k");
+        config.devices.push(DeviceConfig {
+            path: "/sys/bus/pci/devices/0000:00:10.0".into(),
+            iommu: true,
+            backend: VfioBackend::Iommufd,
+            id: "nvme".into(),
+        });
+        let reporter = Reporter::new(unit, &config, vec![HostBindings::Shadow(shadow)]);
+        let json = reporter.json();
+        let device = &json["devices"][0];
+        assert_eq!(device["id"], "nvme");
+        assert_eq!(device["sid"], "00:01.0");
+        assert_eq!(
+            device["host"]["path"],
+            "shadow: all guest RAM at IOVA = GPA"
+        );
+        assert_eq!(device["host"]["mapped_runs"], 1);
+        assert_eq!(device["host"]["mapped_bytes"], 0x20_0000);
+    }
 }
