@@ -38,3 +38,70 @@ fn a_directory_as_kernel_is_named_a_directory() {
         )
     );
 }
+
+#[test]
+fn help_lists_every_iommu_option_and_version_names_the_revision() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vtd-nest"))
+        .arg("--help")
+        .output()
+        .expect("run vtd-nest");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for option in [
+        "x-scalable-mode=",
+        "x-flts=",
+        "x-ssts=",
+        "aw-bits=",
+        "caching-mode=",
+        "fs1gp=",
+        "pt=",
+        "snoop-control=",
+        "x-pasid-mode=",
+        "device-iotlb=",
+        "intremap=",
+        "eim=",
+    ] {
+        assert!(help.contains(option), "--help lacks {option}");
+        // Every option listed is one the vIOMMU's parser knows.
+        let name = option.trim_end_matches('=');
+        assert!(
+            !matches!(
+                vtd::Config::parse(&format!("{name}=bogus")),
+                Err(vtd::ConfigError::UnknownOption(_))
+            ),
+            "{name} is not an option of the vIOMMU"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vtd-nest"))
+        .arg("--version")
+        .output()
+        .expect("run vtd-nest");
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        version.starts_with(&format!("vtd-nest {} (", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    assert!(
+        version.contains("(git ") || version.contains("(unknown revision)"),
+        "{version}"
+    );
+}
+
+#[test]
+fn remote_without_a_vmm_is_one_sentence_and_exit_1() {
+    let socket = std::env::temp_dir().join("vtd-nest-cli-no-vmm.sock");
+    let (code, stderr) = vtd_nest(&[
+        "remote".as_ref(),
+        "--api-socket".as_ref(),
+        socket.as_os_str(),
+        "info".as_ref(),
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "vtd-nest: Cannot connect to the API socket {} (is a VMM running with \
+             --api-socket?): No such file or directory (os error 2)\n",
+            socket.display()
+        )
+    );
+}

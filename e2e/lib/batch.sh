@@ -27,7 +27,8 @@
 #
 # Job directory WORKDIR/jobs/NN: name, inner, init, timeout, kernel (the L2 kernel's tag, empty
 # for 6.12), disks ("name index file size" lines), vfio (the same for real devices),
-# vfio-modules, callargs (caller's arguments, one per line, "@NAME" already turned into
+# vfio-modules, side (batch_add --side FILE: a sh script run next to the VMM, in L1 or on the
+# host, given the VMM command as its arguments; see l1-init), callargs (caller's arguments, one per line, "@NAME" already turned into
 # @@E2EDISK<index>@@ or @@E2EVFIO<index>@@), and after the launch: initrd, output (its console
 # section) and status.
 #
@@ -111,12 +112,13 @@ vfio_bdf() {
 
 batch_add() {
     local name="$1" inner="$2" init="$3" timeout="$4" disks="$5" dir spec dname size maps=() a
-    local vfio=() modules=container
+    local vfio=() modules=container side=""
     shift 5
     while [ $# -gt 0 ] && [ "$1" != "--" ]; do
         case "$1" in
             --vfio) vfio+=("${2:?--vfio needs NAME=SIZE}"); shift 2 ;;
             --vfio-modules) modules="${2:?--vfio-modules needs container or iommufd}"; shift 2 ;;
+            --side) side="${2:?--side needs a script}"; shift 2 ;;
             *) die "batch_add: unknown option $1" ;;
         esac
     done
@@ -135,6 +137,7 @@ batch_add() {
     fi
     echo "$BATCH_KERNEL" >"$dir/kernel"
     cp "$init" "$dir/init"
+    [ -z "$side" ] || cp "$side" "$dir/side"
     : >"$dir/disks"
     for spec in $disks; do
         dname="${spec%%=*}"
@@ -307,7 +310,7 @@ batch_cleanup() {
 }
 
 launch_direct() {
-    local live="$1" dir vmm="" cmd=() rc t kernel
+    local live="$1" dir vmm="" cmd=() rc t kernel side
     [ "$BATCH_NVFIO" = 0 ] || die "real devices (--vfio) need nested mode: they live in L1"
     if batch_uses vtd-nest; then vmm="$(vmm_binary)"; fi
     create_disks
@@ -324,10 +327,19 @@ launch_direct() {
         [ -z "$BATCH_WRAP" ] || cmd=("$BATCH_WRAP" "${cmd[@]}")
         t="$(cat "$dir/timeout")"
         echo "VTD-NEST-JOB $(cat "$dir/name")" | tee_console "$live"
-        rc=0
+        rc=0 side=""
+        if [ -f "$dir/side" ]; then
+            timeout -k 5 "$((t + 30))" sh "$dir/side" "${cmd[@]}" </dev/null 2>&1 | tee_console "$live" &
+            side=$!
+        fi
         run_logged "$live" timeout -k 5 "$t" "${cmd[@]}" || rc=$?
         if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then echo "VTD-NEST-TIMEOUT $t" | tee_console "$live"; fi
         echo "VTD-NEST-EXIT $rc" | tee_console "$live"
+        if [ -n "$side" ]; then
+            rc=0
+            wait "$side" || rc=$?
+            echo "VTD-NEST-SIDE-EXIT $rc" | tee_console "$live"
+        fi
     done
 }
 
@@ -363,6 +375,7 @@ l1_initrd() {
         mkdir -p "$jd"
         cp "$dir/name" "$dir/timeout" "$jd/"
         [ ! -f "$dir/vfio-modules" ] || cp "$dir/vfio-modules" "$jd/"
+        [ ! -f "$dir/side" ] || cp "$dir/side" "$jd/"
         [ -z "$BATCH_PIN" ] || echo "$BATCH_PIN" >"$jd/pin"
         [ -z "$BATCH_WRAP" ] || : >"$jd/wrap"
         l2_initrd "$dir/init" "$jd/initrd" "$(cat "$dir/kernel")"

@@ -57,6 +57,19 @@ pub enum BlockReason {
     HostFailure,
 }
 
+/// What the host does for one device and with which host objects (see [`crate::Accel::bindings`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindingView {
+    /// The device's name.
+    pub name: String,
+    /// What the host does with its DMA.
+    pub target: Target,
+    /// The stage-2 nest parent HWPT.
+    pub parent_hwpt: host_iommu::HwptId,
+    /// The nested HWPT the device is attached to, when it is.
+    pub nested_hwpt: Option<host_iommu::HwptId>,
+}
+
 /// One device's binding.
 #[derive(Debug)]
 pub(crate) struct Binding {
@@ -202,5 +215,15 @@ impl Binding {
     /// The nest parent the device uses.
     pub(crate) fn parent_id(&self) -> host_iommu::HwptId {
         self.parent.id()
+    }
+
+    /// The host objects the device uses now, for people.
+    pub(crate) fn view(&self) -> BindingView {
+        BindingView {
+            name: self.name.clone(),
+            target: self.current,
+            parent_hwpt: self.parent.id(),
+            nested_hwpt: self.attachment.nested().map(|n| n.id()),
+        }
     }
 }

@@ -44,9 +44,9 @@ mod passthrough;
 mod shadow;
 mod stage2;
 
-pub use binding::BlockReason;
 /// What the host currently does with a passthrough device's DMA.
 pub use binding::Target as BindingState;
+pub use binding::{BindingView, BlockReason};
 pub use checks::{CompatError, check_host_device};
 pub use counters::AccelCountersSnapshot;
 pub use passthrough::{Accel, AccelError, HostDevice};

@@ -169,6 +169,15 @@ impl Accel {
         self.lock().bindings.get(&sid).map(Binding::current)
     }
 
+    /// Every device's binding, by requester id.
+    pub fn bindings(&self) -> Vec<(SourceId, crate::binding::BindingView)> {
+        self.lock()
+            .bindings
+            .iter()
+            .map(|(sid, b)| (*sid, b.view()))
+            .collect()
+    }
+
     /// Number of stage-2 nest parents in use (devices on compatible host IOMMU units share one).
     pub fn nest_parents(&self) -> usize {
         self.lock().stage2.iter().map(|s| s.parents.len()).sum()

@@ -37,6 +37,14 @@ fn bound() -> (Guest, Arc<SimHost>, DeviceId, u64, u64, u64) {
     g.submit(&[pasid_cache_pasid(DID, 0), piotlb_pasid(DID, 0)]);
     g.translation(true);
     assert!(is_nested(g.accel.state(SID)), "{:?}", g.accel.state(SID));
+    // The readable view names the same state and the host objects behind it.
+    let views = g.accel.bindings();
+    assert_eq!(views.len(), 1);
+    let (sid, view) = &views[0];
+    assert_eq!(*sid, SID);
+    assert_eq!(Some(view.target), g.accel.state(SID));
+    let nested = view.nested_hwpt.expect("a nested HWPT");
+    assert_ne!(nested, view.parent_hwpt);
     assert_eq!(dma(&sim, dev, IOVA), Some(0xaa));
     (g, sim, dev, table, pte, page)
 }
@@ -98,6 +106,11 @@ fn translation_off_means_stage2_only() {
     let sim = g.sim(SimConfig::default());
     let dev = g.assign(&sim, SID).unwrap();
     assert_eq!(g.accel.state(SID), Some(BindingState::Stage2 { did: None }));
+    assert_eq!(
+        g.accel.bindings()[0].1.nested_hwpt,
+        None,
+        "on the nest parent only"
+    );
     let page = g.page();
     g.fill(page, 0x11);
     assert_eq!(

@@ -5,7 +5,7 @@
 //! sentence, and `main` exits with status 2.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Default guest RAM.
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
@@ -24,7 +24,12 @@ vtd-nest: a KVM VMM with a virtual Intel VT-d IOMMU (scalable mode, first-stage 
 
 Usage:
   vtd-nest run --kernel PATH [OPTIONS]
+  vtd-nest remote --api-socket FILE COMMAND
   vtd-nest --help | --version
+
+Commands of `remote` (answers on stdout; an error is one sentence and exit status 1):
+  info, counters [--json], iommu-state [--json], pause, resume, shutdown,
+  add-disk KEY=VALUE,... (as --disk), add-device KEY=VALUE,... (as --device), remove-device ID
 
 Options of `run` (each as `--name VALUE` or `--name=VALUE`):
   --kernel PATH         bzImage or ELF vmlinux (PVH entry when the ELF note is present)
@@ -33,9 +38,18 @@ Options of `run` (each as `--name VALUE` or `--name=VALUE`):
   --memory SIZE         guest RAM, e.g. 512M, 1G (suffixes K, M, G, T) [default: 512M]
   --cpus N              number of vCPUs, 1-254 [default: 1]
   --iommu intel[,OPT=VALUE...]
-                        add a virtual Intel VT-d IOMMU; options use QEMU's names, e.g.
-                        x-scalable-mode=on, x-flts=on, aw-bits=48, caching-mode=off,
-                        fs1gp=on, pt=on
+                        add a virtual Intel VT-d IOMMU; options use QEMU's names:
+                          x-scalable-mode=on|off  scalable-mode tables [off: legacy]
+                          x-flts=on|off           first-stage translation (scalable mode) [off]
+                          x-ssts=on|off           second-stage translation too [off]
+                          aw-bits=39|48           address width [48]
+                          caching-mode=on|off     CAP.CM, needed for --device [off]
+                          fs1gp=on|off            1 GiB first-stage pages [on]
+                          pt=on|off               pass-through entries [on]
+                          snoop-control=on|off    ECAP.SC [off]
+                          x-pasid-mode=on|off|N   PASID support (N: PASID width in bits)
+                          device-iotlb=on|off     ECAP.DT (ATS) [off]
+                          intremap=on|off, eim=on|off  interrupt remapping, x2APIC mode
   --disk path=FILE[,readonly=on|off][,iommu=on|off][,assigned=sim][,indirect_desc=on|off]
                         add a virtio-blk disk (repeatable); iommu=on puts its DMA behind the
                         vIOMMU (VIRTIO_F_ACCESS_PLATFORM); assigned=sim models it as a
@@ -51,7 +65,16 @@ Options of `run` (each as `--name VALUE` or `--name=VALUE`):
                         auto takes iommufd when /dev/iommu exists, else the VFIO container
   --serial stdio|file=PATH
                         where COM1 output goes [default: stdio]
-  --log-level LEVEL     error, warn, info, debug or trace, to stderr [default: warn]
+  --log-level DIRECTIVES
+                        a level (error, warn, info, debug, trace) or tracing directives by
+                        target, e.g. warn,vtd=debug,accel=trace [default: RUST_LOG, else warn]
+  --log-file FILE       write the log there instead of stderr
+  --counters FILE       write the counters there as JSON at exit, instead of the
+                        `counter NAME VALUE` summary on stderr
+  --api-socket path=FILE
+                        serve the HTTP API on a Unix socket (mode 0600, removed at exit):
+                        GET /api/v1/vm.info, vm.counters, vm.iommu-state; PUT vm.pause,
+                        vm.resume, vm.shutdown, vm.add-disk, vm.add-device, vm.remove-device
   --test-dma-fault IOVA test only: the first iommu=on disk reads IOVA through the vIOMMU
                         once, just before its first DMA (a fault if the guest never mapped it)
 
@@ -68,6 +91,8 @@ pub enum Command {
     Help,
     /// Print the version.
     Version,
+    /// Send one request to a running VMM's API socket.
+    Remote(crate::api::remote::Remote),
 }
 
 /// Everything needed to build a VM.
@@ -91,10 +116,16 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     /// Serial output.
     pub serial: SerialConfig,
-    /// Log level.
-    pub log_level: LogLevel,
+    /// Log directives from `--log-level`; `None`: RUST_LOG, else [`LogLevel::DEFAULT`].
+    pub log_level: Option<LogLevel>,
+    /// Where logs go instead of stderr (`--log-file`).
+    pub log_file: Option<PathBuf>,
+    /// Where the counters go, as JSON, instead of the summary on stderr (`--counters`).
+    pub counters_file: Option<PathBuf>,
     /// Test only: an IOVA to read through the vIOMMU once, to provoke a DMA fault.
     pub test_dma_fault: Option<u64>,
+    /// The API socket (`--api-socket`).
+    pub api_socket: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -110,8 +141,11 @@ impl VmConfig {
             disks: Vec::new(),
             devices: Vec::new(),
             serial: SerialConfig::Stdio,
-            log_level: LogLevel::Warn,
+            log_level: None,
+            log_file: None,
+            counters_file: None,
             test_dma_fault: None,
+            api_socket: None,
         }
     }
 }
@@ -129,36 +163,38 @@ pub struct FileError {
     pub source: std::io::Error,
 }
 
+/// Checks that the `what` at `path` opens (read-write when `write`) and is not a directory.
+pub fn check_file(what: &'static str, path: &Path, write: bool) -> Result<(), FileError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .and_then(|file| file.metadata())
+        .and_then(|meta| {
+            // Opening a directory for reading succeeds; reading it does not.
+            if meta.is_dir() {
+                Err(std::io::ErrorKind::IsADirectory.into())
+            } else {
+                Ok(())
+            }
+        })
+        .map_err(|source| FileError {
+            what,
+            path: path.to_owned(),
+            source,
+        })
+}
+
 impl VmConfig {
     /// Checks that the kernel, initrd and disk files can be opened (read-write for writable
     /// disks), before any VM is created.
     pub fn check_files(&self) -> Result<(), FileError> {
-        let check = |what, path: &PathBuf, write: bool| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(write)
-                .open(path)
-                .and_then(|file| file.metadata())
-                .and_then(|meta| {
-                    // Opening a directory for reading succeeds; reading it does not.
-                    if meta.is_dir() {
-                        Err(std::io::ErrorKind::IsADirectory.into())
-                    } else {
-                        Ok(())
-                    }
-                })
-                .map_err(|source| FileError {
-                    what,
-                    path: path.clone(),
-                    source,
-                })
-        };
-        check("kernel", &self.kernel, false)?;
+        check_file("kernel", &self.kernel, false)?;
         if let Some(initrd) = &self.initrd {
-            check("initrd", initrd, false)?;
+            check_file("initrd", initrd, false)?;
         }
         for disk in &self.disks {
-            check("disk image", &disk.path, !disk.readonly)?;
+            check_file("disk image", &disk.path, !disk.readonly)?;
         }
         Ok(())
     }
@@ -226,31 +262,26 @@ pub enum SerialConfig {
     File(PathBuf),
 }
 
-/// `--log-level`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogLevel {
-    /// Errors only.
-    Error,
-    /// Warnings and errors.
-    Warn,
-    /// Informational.
-    Info,
-    /// Debugging.
-    Debug,
-    /// Everything.
-    Trace,
-}
+/// `--log-level`: tracing directives, checked when parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLevel(String);
 
 impl LogLevel {
-    /// The tracing filter directive.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogLevel::Error => "error",
-            LogLevel::Warn => "warn",
-            LogLevel::Info => "info",
-            LogLevel::Debug => "debug",
-            LogLevel::Trace => "trace",
-        }
+    /// The level when neither `--log-level` nor `RUST_LOG` says.
+    pub const DEFAULT: &str = "warn";
+
+    /// Checks `directives` (`warn`, `vtd=debug,accel=trace`: tracing-subscriber's EnvFilter
+    /// syntax, which RUST_LOG uses too).
+    pub fn parse(directives: &str) -> Option<Self> {
+        tracing_subscriber::EnvFilter::builder()
+            .parse(directives)
+            .ok()
+            .map(|_| LogLevel(directives.to_owned()))
+    }
+
+    /// The directives.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -341,11 +372,17 @@ pub enum ArgError {
     #[error("Invalid --serial '{0}': use 'stdio' or 'file=PATH'")]
     BadSerial(String),
     /// Bad log level.
-    #[error("Invalid --log-level '{0}': use error, warn, info, debug or trace")]
+    #[error(
+        "Invalid --log-level '{0}': use a level (error, warn, info, debug, trace) or directives \
+         such as vtd=debug,accel=trace"
+    )]
     BadLogLevel(String),
     /// Bad IOVA.
     #[error("Invalid --test-dma-fault '{0}': use an address such as 0x1000")]
     BadIova(String),
+    /// A `remote` command line that does not parse.
+    #[error("{0} (see 'vtd-nest --help')")]
+    BadRemote(String),
 }
 
 /// Parses `512M`, `1G`, `4096`, `2GiB` (binary units).
@@ -411,7 +448,7 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ArgError> {
 
 /// The `KEY=VALUE` items of a comma-separated option value (`--disk`, `--device`), each key at
 /// most once, in order.
-fn key_values(spec: &str) -> Result<Vec<(&str, &str)>, String> {
+pub fn key_values(spec: &str) -> Result<Vec<(&str, &str)>, String> {
     let mut items: Vec<(&str, &str)> = Vec::new();
     for item in spec.split(',') {
         let Some((key, value)) = item.split_once('=') else {
@@ -507,6 +544,7 @@ where
         "--help" | "-h" | "help" => return Ok(Command::Help),
         "--version" | "-V" => return Ok(Command::Version),
         "run" => {}
+        "remote" => return crate::api::remote::parse(args).map(Command::Remote),
         other if other.starts_with('-') => return Err(ArgError::UnknownOption(other.to_owned())),
         other => return Err(ArgError::UnknownCommand(other.to_owned())),
     }
@@ -525,7 +563,7 @@ where
             Some((n, v)) => (n, Some(v.to_owned())),
             None => (body, None),
         };
-        const NAMES: [&str; 11] = [
+        const NAMES: [&str; 14] = [
             "kernel",
             "initrd",
             "cmdline",
@@ -537,6 +575,9 @@ where
             "serial",
             "log-level",
             "test-dma-fault",
+            "api-socket",
+            "log-file",
+            "counters",
         ];
         let Some(&name) = NAMES.iter().find(|n| **n == name) else {
             return Err(ArgError::UnknownOption(format!("--{name}")));
@@ -595,17 +636,21 @@ where
                 }
             }
             "log-level" => {
-                config.log_level = match value.as_str() {
-                    "error" => LogLevel::Error,
-                    "warn" => LogLevel::Warn,
-                    "info" => LogLevel::Info,
-                    "debug" => LogLevel::Debug,
-                    "trace" => LogLevel::Trace,
-                    _ => return Err(ArgError::BadLogLevel(value)),
-                }
+                config.log_level =
+                    Some(LogLevel::parse(&value).ok_or(ArgError::BadLogLevel(value))?)
             }
+            "log-file" => config.log_file = Some(PathBuf::from(value)),
+            "counters" => config.counters_file = Some(PathBuf::from(value)),
             "test-dma-fault" => {
                 config.test_dma_fault = Some(parse_u64(&value).ok_or(ArgError::BadIova(value))?)
+            }
+            "api-socket" => {
+                // Cloud Hypervisor's spelling `path=FILE`, or a bare path.
+                let path = value.strip_prefix("path=").unwrap_or(&value);
+                if path.is_empty() {
+                    return Err(ArgError::Empty("api-socket"));
+                }
+                config.api_socket = Some(PathBuf::from(path));
             }
             _ => unreachable!("every name in NAMES is handled"),
         }
@@ -674,6 +719,37 @@ mod tests {
     }
 
     #[test]
+    fn api_socket_log_and_counters_files() {
+        let c = run(&[
+            "--kernel",
+            "/k",
+            "--api-socket",
+            "path=/run/vtd.sock",
+            "--log-level",
+            "warn,vtd=debug,accel::binding=trace",
+            "--log-file=/tmp/vtd.log",
+            "--counters",
+            "/tmp/counters.json",
+        ])
+        .unwrap();
+        assert_eq!(c.api_socket, Some(PathBuf::from("/run/vtd.sock")));
+        assert_eq!(
+            c.log_level.as_ref().map(LogLevel::as_str),
+            Some("warn,vtd=debug,accel::binding=trace")
+        );
+        assert_eq!(c.log_file, Some(PathBuf::from("/tmp/vtd.log")));
+        assert_eq!(c.counters_file, Some(PathBuf::from("/tmp/counters.json")));
+        // Cloud Hypervisor also takes a bare path.
+        let c = run(&["--kernel", "/k", "--api-socket", "/run/a.sock"]).unwrap();
+        assert_eq!(c.api_socket, Some(PathBuf::from("/run/a.sock")));
+        assert_eq!(
+            run(&["--kernel", "/k", "--api-socket", "path="]),
+            Err(ArgError::Empty("api-socket"))
+        );
+        assert_eq!(run(&["--kernel", "/k"]).unwrap().log_level, None);
+    }
+
+    #[test]
     fn full_command_line() {
         let c = run(&[
             "--kernel",
@@ -710,7 +786,7 @@ mod tests {
         assert_eq!(c.disks[1].assigned, Some(AssignedBackend::Sim));
         assert!(!c.disks[0].indirect_desc && c.disks[1].indirect_desc);
         assert_eq!(c.serial, SerialConfig::File("/tmp/s".into()));
-        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(c.log_level, LogLevel::parse("debug"));
         assert_eq!(c.test_dma_fault, Some(0x1000));
     }
 
@@ -841,8 +917,8 @@ mod tests {
                 ArgError::BadSerial("file=".into()),
             ),
             (
-                &["--kernel", "/k", "--log-level", "loud"],
-                ArgError::BadLogLevel("loud".into()),
+                &["--kernel", "/k", "--log-level", "vtd=loud"],
+                ArgError::BadLogLevel("vtd=loud".into()),
             ),
             (
                 &["--kernel", "/k", "--kernel", "/k2"],

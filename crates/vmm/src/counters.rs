@@ -79,6 +79,15 @@ impl Counters {
             .push((prefix.into(), component));
     }
 
+    /// Every counter as one JSON object `{"<name>": <value>, ...}`.
+    pub fn json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        self.visit(&mut |name, value| {
+            map.insert(name.to_owned(), serde_json::Value::from(value));
+        });
+        serde_json::Value::Object(map)
+    }
+
     /// The `counter <name> <value>` lines.
     pub fn summary(&self) -> String {
         let mut out = String::new();
@@ -122,6 +131,10 @@ mod tests {
         c.register("pio_exits").add(3);
         c.register("pio_exits").inc();
         c.register("mmio_exits");
+        assert_eq!(
+            c.json().to_string(),
+            r#"{"mmio_exits":0,"pio_exits":4,"vtd_faults":1,"vtd_iotlb_hits":7}"#
+        );
         assert_eq!(
             c.summary(),
             "counter pio_exits 4\ncounter mmio_exits 0\ncounter vtd_iotlb_hits 7\n\

@@ -8,12 +8,13 @@
 //!  VmBuilder::build ── moves it into ─┴──> running::Vm (keeps the devices' VM state alive)
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryMmap;
 
 use crate::counters::Counters;
 use crate::interrupt::{GsiRouting, KvmIoEvents, KvmMsiController, MsiSignaller};
+use crate::iommu_state::HostBindings;
 use crate::vcpu::IoBuses;
 use crate::vm::KvmVm;
 
@@ -25,6 +26,7 @@ pub struct DeviceContext {
     buses: Arc<IoBuses>,
     counters: Arc<Counters>,
     vtd: Option<Arc<vtd::Vtd>>,
+    host_bindings: Mutex<Vec<HostBindings>>,
 }
 
 impl std::fmt::Debug for DeviceContext {
@@ -46,7 +48,24 @@ impl DeviceContext {
             buses: Arc::new(IoBuses::default()),
             counters: Arc::new(Counters::new()),
             vtd: None,
+            host_bindings: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records where passthrough devices' host state lives, for the vIOMMU state report.
+    pub fn add_host_bindings(&self, bindings: HostBindings) {
+        self.host_bindings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(bindings);
+    }
+
+    /// The passthrough registries recorded so far.
+    pub fn host_bindings(&self) -> Vec<HostBindings> {
+        self.host_bindings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Puts the devices that ask for it behind the virtual VT-d unit `unit`.

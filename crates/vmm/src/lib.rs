@@ -30,21 +30,25 @@
 //! contract.
 
 pub mod acpi;
+pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod bus;
 pub mod config;
+pub mod control;
 pub mod counters;
 pub mod device_context;
 pub mod error;
 pub mod interrupt;
 pub mod iommu;
+pub mod iommu_state;
 pub mod legacy;
 pub mod memory;
 pub mod passthrough;
 pub mod pci;
 pub mod running;
 pub mod serial;
+pub mod state_signal;
 pub mod stop_signals;
 pub mod sys;
 pub mod vcpu;

@@ -111,6 +111,11 @@ impl Passthrough {
         }
     }
 
+    /// The bindings of the assigned disks.
+    pub fn accel(&self) -> &Arc<Accel> {
+        &self.accel
+    }
+
     /// Assigns a device named `name` at requester id `sid`; returns the memory its DMA uses.
     pub fn assign(&self, name: &str, sid: SourceId) -> Result<AssignedMemory, Error> {
         let dev = self.sim.add_device(name);

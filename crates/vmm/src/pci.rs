@@ -137,6 +137,9 @@ pub fn add_disks(
         })
         .map(|p| p.ok_or(passthrough::Error::NoIommu))
         .transpose()?;
+    if let Some(p) = &passthrough {
+        devices.add_host_bindings(crate::iommu_state::HostBindings::Nested(p.accel().clone()));
+    }
     let mut fault_probe = test_dma_fault;
     for (index, disk) in disks.iter().enumerate() {
         let slot = (index + 1) as u8;

@@ -5,18 +5,19 @@
 //!  Vm::run ─ spawn vcpuN threads ─ KVM_RUN loop ─ power-off / reset / error ─> VmEvent ─┐
 //!     │                                                                                 │
 //!     └─ wait_for_stop (VmEvent, or a stop signal polled every stop_signals::POLL) <────┘
+//!          │  (also serves control::Request: pause = park every vCPU, resume, shutdown)
 //!          ─> stop flag, kick (signal) and join the vCPUs ─> shutdown hooks ─> VmExit
 //! ```
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::signal::Killable;
 
+use crate::control::{ControlError, ControlRequest, Request, VcpuGate, VmControl};
 use crate::counters::Counters;
 use crate::device_context::DeviceContext;
 use crate::error::Error;
@@ -34,6 +35,8 @@ pub enum VmExit {
     Halted(u32),
     /// The VMM received a stop signal (see [`crate::stop_signals`]).
     Signal(i32),
+    /// A shutdown request through [`VmControl`] (the API's `vm.shutdown`).
+    Shutdown,
 }
 
 /// What stopped the VM: the first event from the vCPUs or devices, or a stop signal that
@@ -44,13 +47,27 @@ pub enum Stop {
     Event(VmEvent),
     /// A stop signal.
     Signal(i32),
+    /// A request through [`VmControl`].
+    Request(ControlRequest),
 }
 
 /// Waits for the first of: an event on `receiver`, a signal `signal` reports.
 pub fn wait_for_stop(receiver: &Receiver<VmEvent>, signal: impl Fn() -> Option<i32>) -> Stop {
+    wait_for_stop_or_request(receiver, &signal, None)
+}
+
+/// [`wait_for_stop`], or a request on `requests` (looked at every poll).
+pub fn wait_for_stop_or_request(
+    receiver: &Receiver<VmEvent>,
+    signal: &impl Fn() -> Option<i32>,
+    requests: Option<&Receiver<ControlRequest>>,
+) -> Stop {
     loop {
         if let Some(number) = signal() {
             return Stop::Signal(number);
+        }
+        if let Some(request) = requests.and_then(|r| r.try_recv().ok()) {
+            return Stop::Request(request);
         }
         match receiver.recv_timeout(crate::stop_signals::POLL) {
             Ok(event) => return Stop::Event(event),
@@ -64,6 +81,29 @@ pub fn wait_for_stop(receiver: &Receiver<VmEvent>, signal: impl Fn() -> Option<i
     }
 }
 
+/// How long a pause waits for every vCPU to leave KVM_RUN.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Kicks the vCPU threads that are neither parked nor finished until all are, or the timeout.
+fn park_vcpus(gate: &VcpuGate, threads: &[JoinHandle<()>]) -> Result<(), ControlError> {
+    let started = Instant::now();
+    loop {
+        let finished = threads.iter().filter(|t| t.is_finished()).count();
+        if gate.parked() + finished >= threads.len() {
+            return Ok(());
+        }
+        if started.elapsed() > PAUSE_TIMEOUT {
+            gate.resume();
+            return Err(ControlError::PauseTimeout(PAUSE_TIMEOUT.as_secs()));
+        }
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            // Parked threads are not in KVM_RUN; the empty kick handler costs them nothing.
+            let _ = t.kill(vcpu::kick_signal());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Something to stop when the VM stops (device I/O threads).
 pub type ShutdownHook = Box<dyn FnOnce() + Send>;
 
@@ -74,6 +114,9 @@ pub struct Vm {
     events: VmEventSender,
     hooks: Mutex<Vec<ShutdownHook>>,
     devices: DeviceContext,
+    gate: Arc<VcpuGate>,
+    control: VmControl,
+    requests: Receiver<ControlRequest>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -94,13 +137,28 @@ impl Vm {
         hooks: Vec<ShutdownHook>,
         devices: DeviceContext,
     ) -> Self {
+        let gate = Arc::new(VcpuGate::new());
+        let (control, requests) = VmControl::new(gate.clone());
         Vm {
             vcpus,
             receiver,
             events,
             hooks: Mutex::new(hooks),
             devices,
+            gate,
+            control,
+            requests,
         }
+    }
+
+    /// A handle that pauses, resumes or shuts down this VM while it runs.
+    pub fn control(&self) -> VmControl {
+        self.control.clone()
+    }
+
+    /// The devices, the vIOMMU and the counters of this VM.
+    pub fn devices(&self) -> &DeviceContext {
+        &self.devices
     }
 
     /// The counters printed at exit.
@@ -111,15 +169,15 @@ impl Vm {
     /// Runs every vCPU on its own thread until the guest powers off or resets (or a vCPU
     /// fails), then stops all vCPU and device threads.
     pub fn run(mut self) -> Result<VmExit, Error> {
-        let stop = Arc::new(AtomicBool::new(false));
+        let gate = self.gate.clone();
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let mut spawn_error = None;
         for vcpu in self.vcpus.drain(..) {
             let name = format!("vcpu{}", vcpu.index());
-            let (stop, events) = (stop.clone(), self.events.clone());
+            let (gate, events) = (gate.clone(), self.events.clone());
             match std::thread::Builder::new()
                 .name(name.clone())
-                .spawn(move || vcpu.run(&stop, &events))
+                .spawn(move || vcpu.run(&gate, &events))
             {
                 Ok(t) => threads.push(t),
                 Err(source) => {
@@ -130,10 +188,16 @@ impl Vm {
         }
         let event = match spawn_error {
             Some(e) => Err(e),
-            None => Ok(wait_for_stop(&self.receiver, crate::stop_signals::take)),
+            None => Ok(serve_until_stop(
+                &self.receiver,
+                &self.requests,
+                &gate,
+                &threads,
+                crate::stop_signals::take,
+            )),
         };
         tracing::info!("Stopping the VM: {event:?}");
-        stop.store(true, Ordering::Release);
+        gate.stop();
         for t in &threads {
             while !t.is_finished() {
                 // A signal interrupts KVM_RUN with EINTR; repeat in case it raced with entry.
@@ -157,10 +221,41 @@ impl Vm {
         let _ = std::io::stdout().flush();
         match event? {
             Stop::Signal(number) => Ok(VmExit::Signal(number)),
+            Stop::Request(_) => Ok(VmExit::Shutdown),
             Stop::Event(VmEvent::PowerOff) => Ok(VmExit::PowerOff),
             Stop::Event(VmEvent::Reboot { how }) => Ok(VmExit::Reboot(how)),
             Stop::Event(VmEvent::Halted { cpu }) => Ok(VmExit::Halted(cpu)),
             Stop::Event(VmEvent::Error(message)) => Err(Error::Guest(message)),
         }
+    }
+}
+
+/// Waits for what stops the VM (an event on `receiver`, a signal `signal` reports, a shutdown
+/// request), serving pause and resume requests from `requests` meanwhile by parking the vCPU
+/// `threads` at `gate`. A shutdown request is answered here and returned as `Stop::Request`.
+pub fn serve_until_stop(
+    receiver: &Receiver<VmEvent>,
+    requests: &Receiver<ControlRequest>,
+    gate: &VcpuGate,
+    threads: &[JoinHandle<()>],
+    signal: impl Fn() -> Option<i32>,
+) -> Stop {
+    loop {
+        let stop = wait_for_stop_or_request(receiver, &signal, Some(requests));
+        let Stop::Request(ControlRequest { request, reply }) = stop else {
+            return stop;
+        };
+        let answer = match request {
+            Request::Pause if !gate.request_pause() => Err(ControlError::AlreadyPaused),
+            Request::Pause => park_vcpus(gate, threads),
+            Request::Resume if gate.resume() => Ok(()),
+            Request::Resume => Err(ControlError::NotPaused),
+            Request::Shutdown => {
+                let _ = reply.send(Ok(()));
+                return Stop::Request(ControlRequest { request, reply });
+            }
+        };
+        tracing::info!("API request {request:?}: {answer:?}");
+        let _ = reply.send(answer);
     }
 }

@@ -2,7 +2,7 @@
 //! other exit turned into a [`VmEvent`] or ignored.
 //!
 //! ```text
-//! loop ── stop flag? ──> exit
+//! loop ── gate: stopped? ──> exit; paused? ──> park until resumed
 //!   └─ KVM_RUN ─┬─ IoIn/IoOut ───> PIO bus   (unhandled: ignored, reads all-ones)
 //!               ├─ MmioRead/Write > MMIO bus  (unhandled: ignored, reads all-ones)
 //!               ├─ Shutdown / SystemEvent ──> VmEvent::{PowerOff, Reboot}
@@ -11,13 +11,13 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::bus::Bus;
+use crate::control::VcpuGate;
 use crate::counters::{Counter, Counters};
 use crate::legacy::{VmEvent, VmEventSender};
 
@@ -230,14 +230,14 @@ impl Vcpu {
         }
     }
 
-    /// Runs until `stop` is set or the guest stops the VM; sends the stopping event (also if
-    /// the thread panics, so the VM never waits for a dead vCPU).
-    pub fn run(mut self, stop: &AtomicBool, events: &VmEventSender) {
+    /// Runs until `gate` stops or the guest stops the VM, parked while the VM is paused; sends
+    /// the stopping event (also if the thread panics, so the VM never waits for a dead vCPU).
+    pub fn run(mut self, gate: &VcpuGate, events: &VmEventSender) {
         let _guard = PanicReporter {
             cpu: self.index,
             events,
         };
-        while !stop.load(Ordering::Acquire) {
+        while gate.pass() {
             if let Step::Stop(event) = self.step() {
                 tracing::debug!("vCPU {} stops: {event:?}", self.index);
                 let _ = events.send(event);

@@ -54,6 +54,7 @@ pub mod invalidation;
 pub mod iommu;
 pub mod observer;
 pub mod request;
+pub mod state;
 
 // The fuzzing driver: for the cargo-fuzz target (`fuzz/` enables the feature) and its replay
 // test.

@@ -291,6 +291,27 @@ impl Vtd {
         self.generations.publish(std::iter::empty());
     }
 
+    /// A readable snapshot: registers, the entries of the devices `sids` (read from guest RAM
+    /// as they are now) and cache occupancy (see [`crate::state`]).
+    pub fn snapshot(&self, sids: &[SourceId]) -> crate::state::UnitSnapshot {
+        let registers = crate::state::RegisterSnapshot::read(&lock(&self.inner).regs);
+        let state = self.current_state();
+        crate::state::UnitSnapshot {
+            registers,
+            translation_enabled: state.translation_enabled,
+            latched_root_table: state.root.root_table(),
+            latched_table_mode: crate::state::latched_mode(&state),
+            devices: sids
+                .iter()
+                .map(|&sid| crate::state::device(&*self.ram, &state, sid))
+                .collect(),
+            caches: crate::state::CacheSnapshot {
+                stats: self.translator.cache_stats(),
+                iotlb_per_domain: self.translator.iotlb_per_domain(),
+            },
+        }
+    }
+
     /// Every register back to its reset value, translation off, caches flushed.
     pub fn reset(&self) {
         {

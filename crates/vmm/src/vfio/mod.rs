@@ -316,6 +316,7 @@ impl Context {
             unit.add_observer(shadow.clone());
         }
         ctx.counters().add_component("shadow_", shadow.clone());
+        ctx.add_host_bindings(crate::iommu_state::HostBindings::Shadow(shadow.clone()));
         self.shadow = Some(shadow.clone());
         shadow
     }
@@ -327,6 +328,7 @@ impl Context {
         let accel = Arc::new(accel::Accel::new(*unit.config(), ram_regions(ctx)));
         unit.add_observer(accel.clone());
         ctx.counters().add_component("accel_", accel.clone());
+        ctx.add_host_bindings(crate::iommu_state::HostBindings::Nested(accel.clone()));
         self.accel = Some(accel.clone());
         accel
     }

@@ -476,6 +476,20 @@ impl Iotlb {
             .count()
     }
 
+    /// Live entries per domain id, by domain id.
+    pub(crate) fn per_domain(&self) -> Vec<(u16, usize)> {
+        let mut counts = std::collections::BTreeMap::new();
+        for slot in self.sets.iter().flat_map(|s| s.slots.iter()) {
+            if let Some((k, v1, stamp)) = slot.read()
+                && k.k1 & VALID != 0
+                && self.live(v1, stamp)
+            {
+                *counts.entry(v1_did(v1)).or_insert(0) += 1;
+            }
+        }
+        counts.into_iter().collect()
+    }
+
     #[inline]
     fn get(&self, key: Key) -> Option<Hit> {
         let set = self.sets.get(self.set_index(key))?;

@@ -222,6 +222,11 @@ impl Translator {
         }
     }
 
+    /// Live IOTLB entries per domain id, by domain id.
+    pub fn iotlb_per_domain(&self) -> Vec<(u16, usize)> {
+        self.iotlb.per_domain()
+    }
+
     /// Translate one page. Never records faults (the unit does): returns the Fault with reason,
     /// sid, pasid, iova, access and fpd.
     ///

@@ -20,4 +20,5 @@ mod iommu_device_cache;
 mod linux;
 mod qi;
 mod registers;
+mod state;
 mod translate;

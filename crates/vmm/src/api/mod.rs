@@ -1,0 +1,108 @@
+//! The control plane: HTTP/1.1 with JSON bodies over a Unix socket (`--api-socket`), in Cloud
+//! Hypervisor's shape, and the client that `vtd-nest remote` runs.
+//!
+//! ```text
+//!  vtd-nest remote ─ client::request ─► socket (0600, socket::ApiSocket) ─► tiny_http accept
+//!                                                                            thread + pool
+//!  ApiServer thread: recv ─► routes::handle(ApiContext, method, endpoint, body)
+//!     GET  vm.info, vm.counters, vm.iommu-state ─► config, Counters, iommu_state::Reporter
+//!     PUT  vm.pause, vm.resume, vm.shutdown     ─► control::VmControl ─► Vm::run's wait loop
+//!     PUT  vm.add-disk, vm.add-device, vm.remove-device ─► validated by config's parsers,
+//!                                                          then refused: no PCI hot-plug
+//!  ─► status + JSON body ({"error": "one sentence"} for 4xx/5xx), or text/plain when asked
+//! ```
+//!
+//! The server only reads the VM's state and sends control requests: a bad request gets its 4xx
+//! and never reaches the guest.
+
+pub mod client;
+pub mod remote;
+pub mod routes;
+pub mod socket;
+pub mod text;
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub use routes::ApiContext;
+pub use socket::{ApiSocket, SocketError};
+
+/// The largest request body read (the largest valid body is a few hundred bytes).
+pub const MAX_BODY: u64 = 64 << 10;
+
+/// The API server: its thread answers requests until dropped; dropping it also removes the
+/// socket file.
+pub struct ApiServer {
+    server: Option<Arc<tiny_http::Server>>,
+    thread: Option<JoinHandle<()>>,
+    socket: ApiSocket,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("Cannot start the API server on {}: {why}", .path.display())]
+pub struct StartError {
+    /// The socket.
+    pub path: PathBuf,
+    /// What failed.
+    pub why: String,
+}
+
+impl ApiServer {
+    /// Serves `context` on `socket` from a thread of its own.
+    pub fn start(mut socket: ApiSocket, context: ApiContext) -> Result<Self, StartError> {
+        let path = socket.path().to_owned();
+        let fail = |why: String| StartError {
+            path: path.clone(),
+            why,
+        };
+        let listener = socket
+            .take_listener()
+            .ok_or_else(|| fail("the socket is already served".into()))?;
+        let server = Arc::new(
+            tiny_http::Server::from_listener(listener, None).map_err(|e| fail(e.to_string()))?,
+        );
+        let serving = server.clone();
+        let thread = std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || serve(&serving, &context))
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(ApiServer {
+            server: Some(server),
+            thread: Some(thread),
+            socket,
+        })
+    }
+}
+
+fn serve(server: &tiny_http::Server, context: &ApiContext) {
+    while let Ok(request) = server.recv() {
+        routes::answer(context, request);
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.unblock();
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+            // Dropping the server sets its close flag; its accept thread sees it on the next
+            // connection. It tries to connect to the private name the socket was bound under
+            // (gone by now), so connect once through the public one.
+            drop(server);
+            let _ = UnixStream::connect(self.socket.path());
+        }
+    }
+}
