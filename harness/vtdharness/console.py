@@ -169,8 +169,12 @@ class JobOutput:
                 and (killed_too or line != "Killed")]
 
     def last_vmm_line(self) -> str:
-        lines = self.vmm_lines()
-        return lines[-1][:160] if lines else ""
+        """The last thing the VMM said, for failure messages: not its counters, not the guest's
+        markers (at most 160 characters)."""
+        for line in reversed(self.vmm_lines()):
+            if not line.startswith(("counter ", "BENCH-", "E2E-")):
+                return line.strip()[:160]
+        return ""
 
     def bench(self) -> "BenchFacts":
         return BenchFacts.parse(self.lines)

@@ -1,0 +1,103 @@
+"""The scenarios' host-side checks, and how a scenario's bash description is read."""
+
+import unittest
+
+from vtdharness import checks
+from vtdharness.console import JobOutput
+from vtdharness.scenarios import parse_description
+
+GOOD = ["VTD-NEST-JOB s", "VTD cap=0x12 ecap=0x34", "E2E-GUEST-START", "CHECK-OK fine",
+        "GUEST-CAP 12 34", "GUEST-DISK d0 abc", "E2E-GUEST-EXIT 0", "counter translations 5",
+        "vtd-nest: the guest powered off", "VTD-NEST-EXIT 0", "HOST-DISK d0 abc"]
+
+
+def out(lines):
+    return JobOutput(list(lines))
+
+
+class GuestRan(unittest.TestCase):
+    def test_a_good_run(self):
+        self.assertIsNone(checks.guest_ran(out(GOOD), "0"))
+
+    def test_each_way_to_fail(self):
+        cases = [
+            (GOOD, "timeout", "the VMM timed out; last output: vtd-nest: the guest powered off"),
+            (GOOD, "missing", "the VMM never reported an exit status (L1 died or timed out)"),
+            (["boom"], "1", "the guest never reached its init (VMM exit status 1; last output: boom)"),
+            (GOOD + ["CHECK-FAIL no DMAR"], "0", "guest: no DMAR"),
+            ([x for x in GOOD if not x.startswith("E2E-GUEST-EXIT")], "0",
+             "the guest's script did not finish (no E2E-GUEST-EXIT 0)"),
+            (GOOD, "2", "the VMM exited with status 2 after the guest ran"),
+        ]
+        for lines, status, why in cases:
+            self.assertEqual(checks.guest_ran(out(lines), status), why)
+
+
+class Values(unittest.TestCase):
+    def test_disk_hash(self):
+        self.assertIsNone(checks.disk_hash_matches(out(GOOD), "d0"))
+        self.assertEqual(checks.disk_hash_matches(out(GOOD + ["HOST-DISK d0 abd"]), "d0"),
+                         "disk d0: guest sha256 abc != host sha256 abd")
+        self.assertEqual(checks.disk_hash_matches(out(GOOD), "d1"),
+                         "the guest printed no hash of disk d1")
+        self.assertEqual(checks.disk_hash_matches(out(["GUEST-DISK d1 x"]), "d1"),
+                         "no host hash of disk d1")
+
+    def test_cap(self):
+        self.assertIsNone(checks.cap_matches(out(GOOD)))
+        self.assertEqual(checks.cap_matches(out(GOOD[:4] + ["GUEST-CAP 12 35"])),
+                         "guest sees cap=12 ecap=35, the VMM reported cap=12 ecap=34")
+        self.assertEqual(checks.cap_matches(out(["GUEST-CAP 1 2"])),
+                         "the VMM printed no 'VTD cap=<hex> ecap=<hex>' line")
+
+    def test_counter_is(self):
+        o = out(GOOD)
+        self.assertIsNone(checks.counter_is(o, "translations", "-gt", "0"))
+        self.assertIsNone(checks.counter_is(o, "translations", "-le", "5"))
+        self.assertEqual(checks.counter_is(o, "translations", "-eq", "0"),
+                         "counter translations is 5, want -eq 0")
+        self.assertEqual(checks.counter_is(o, "faults", "-ge", "1"),
+                         "the VMM's summary has no 'counter faults <value>' line")
+
+
+class Refused(unittest.TestCase):
+    LINES = ["VTD-NEST-JOB r", "e2e-l1: vfio: modules loaded",
+             "vtd-nest: --device needs nested translation; use x-flts=off", "VTD-NEST-EXIT 2"]
+
+    def test_one_sentence_matching(self):
+        self.assertIsNone(checks.vmm_refused(out(self.LINES), "2",
+                                             "nested translation.*x-flts=off", "vtd-nest"))
+
+    def test_failures(self):
+        o = out(self.LINES)
+        self.assertEqual(checks.vmm_refused(o, "0", "x", "vtd-nest"),
+                         "the VMM exited with status 0 instead of refusing")
+        self.assertEqual(checks.vmm_refused(o, "1", "x-flts", "vtd-nest"),
+                         "the VMM exited with status 1, want 2")
+        self.assertIn("does not match /caching-mode/",
+                      checks.vmm_refused(o, "2", "caching-mode", "vtd-nest"))
+        two = out(self.LINES[:3] + ["Caused by: more"])
+        self.assertIn("want one sentence, the VMM printed 2 lines",
+                      checks.vmm_refused(two, "2", "x-flts", "vtd-nest"))
+        self.assertIsNone(checks.vmm_refused(two, "1", "x-flts", "qemu"))
+        self.assertEqual(checks.vmm_refused(out(["E2E-GUEST-START"]), "2", "x", "vtd-nest"),
+                         "a guest started (status 2)")
+
+    def test_the_regex_is_grep_extended(self):
+        o = out(["vtd-nest: Device assignment needs caching-mode=on"])
+        self.assertIsNone(checks.vmm_refused(o, "2", "Device assignment.*caching-mode=on",
+                                             "vtd-nest"))
+        self.assertIsNone(checks.vmm_refused(o, "2", "needs[[:space:]]+caching", "vtd-nest"))
+
+
+class Description(unittest.TestCase):
+    def test_records(self):
+        raw = (b"S:DISKS\0d0=8M d1=8M\0A:ARGS\0003\0--cmdline\0a b\0\0S:HOST_ONLY\0000\0"
+               b"A:QEMU_ARGS\0000\0S:GUEST_SCRIPT\0echo 1\necho 2\0")
+        self.assertEqual(parse_description(raw), {
+            "DISKS": "d0=8M d1=8M", "ARGS": ["--cmdline", "a b", ""], "HOST_ONLY": "0",
+            "QEMU_ARGS": [], "GUEST_SCRIPT": "echo 1\necho 2"})
+
+
+if __name__ == "__main__":
+    unittest.main()
