@@ -23,7 +23,8 @@ class GuestRan(unittest.TestCase):
         cases = [
             (GOOD, "timeout", "the VMM timed out; last output: vtd-nest: the guest powered off"),
             (GOOD, "missing", "the VMM never reported an exit status (L1 died or timed out)"),
-            (["boom"], "1", "the guest never reached its init (VMM exit status 1; last output: boom)"),
+            (["boom"], "1",
+             "the guest never reached its init (VMM exit status 1; last output: boom)"),
             (GOOD + ["CHECK-FAIL no DMAR"], "0", "guest: no DMAR"),
             ([x for x in GOOD if not x.startswith("E2E-GUEST-EXIT")], "0",
              "the guest's script did not finish (no E2E-GUEST-EXIT 0)"),

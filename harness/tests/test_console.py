@@ -122,7 +122,8 @@ class Bench(unittest.TestCase):
         self.assertIn("read1m x", b.notes[0])
 
     def test_failure_and_boot_unknown(self):
-        b = JobOutput(["BENCH-BOOT -", "BENCH-FAIL dd failed: no space", "BENCH-FAIL later"]).bench()
+        b = JobOutput(["BENCH-BOOT -", "BENCH-FAIL dd failed: no space",
+                       "BENCH-FAIL later"]).bench()
         self.assertIsNone(b.boot)
         self.assertEqual(b.failure, "dd failed: no space")
         self.assertFalse(b.done)

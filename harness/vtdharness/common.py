@@ -48,17 +48,11 @@ def l2_dir(tag: str | None) -> Path:
 
 
 def cpio_of_dir(root: Path, out: Path) -> None:
-    """An uncompressed newc archive of ROOT's contents, owned by root. Archives concatenate: the
-    kernel unpacks each in turn, so a base plus extra pieces is a valid initramfs."""
-    names = []
-    for top, dirs, files in os.walk(root):
-        rel = os.path.relpath(top, root)
-        names += [n if rel == "." else f"{rel}/{n}" for n in dirs + files]
-    names.sort(key=lambda n: n.encode())
-    listing = "".join(f"./{n}\n" for n in names).encode()
-    with open(out, "wb") as f:
-        proc = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"],
-                              input=listing, stdout=f, cwd=root, check=False)
+    """An uncompressed newc archive of ROOT's contents, owned by root: e2e/lib/common.sh's
+    cpio_of_dir, which e2e/prepare builds the bases with. Archives concatenate: the kernel
+    unpacks each in turn, so a base plus extra pieces is a valid initramfs."""
+    proc = subprocess.run(["bash", "-c", '. "$1"; cpio_of_dir "$2" "$3"', "cpio_of_dir",
+                           str(E2E_LIB / "common.sh"), str(root), str(out)], check=False)
     if proc.returncode != 0:
         raise HarnessError(f"cpio of {root} failed")
 

@@ -189,7 +189,8 @@ def probe_direct(batch: Batch) -> bool:
     with open(probe / "log", "wb") as f:
         subprocess.run(["timeout", "-k", "5", t] + cmd, stdin=subprocess.DEVNULL, stdout=f,
                        stderr=subprocess.STDOUT, check=False)
-    return any(line.startswith(b"E2E-PROBE-OK") for line in (probe / "log").read_bytes().split(b"\n"))
+    lines = (probe / "log").read_bytes().split(b"\n")
+    return any(line.startswith(b"E2E-PROBE-OK") for line in lines)
 
 
 def launch(batch: Batch, mode: str, runner: Runner) -> str:

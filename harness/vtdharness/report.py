@@ -125,7 +125,8 @@ def parse_guest(job: Job) -> None:
     b = JobOutput(job.lines).bench()
     job.boot, job.ready, job.clock, job.timer = b.boot, b.ready, b.clock, b.timer
     job.domain, job.cap, job.phases, job.maps = b.domain, b.cap, b.phases, b.maps
-    job.dmatime, job.counters, job.bench_failure, job.done = b.dmatime, b.counters, b.failure, b.done
+    job.dmatime, job.counters = b.dmatime, b.counters
+    job.bench_failure, job.done = b.failure, b.done
     job.notes += b.notes
 
 
