@@ -131,7 +131,10 @@ def main(argv: list[str]) -> int:
         print("usage: python3 -m vtdharness check NAME ARGS...", file=sys.stderr)
         return 2
     name, args = argv[0], argv[1:]
-    with open(os.environ["OUT"], errors="replace") as f:
+    if not os.environ.get("OUT"):
+        print(f"check {name}: no job output ($OUT is not set)", file=sys.stderr)
+        return 2
+    with open(os.environ["OUT"], encoding="utf-8", errors="replace") as f:
         out = JobOutput.from_text(f.read())
     inner = os.environ.get("INNER", "vtd-nest")
     if name == "counter":

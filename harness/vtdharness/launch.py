@@ -54,7 +54,7 @@ class Runner:
 
     def say(self, line: str, *, to_stderr: bool = False) -> None:
         """A harness line in the console, and when live on stdout (or stderr: a complaint)."""
-        with open(self.batch.console, "a") as f:
+        with open(self.batch.console, "a", encoding="utf-8") as f:
             f.write(line + "\n")
         if self.live:
             stream = sys.stderr if to_stderr else sys.stdout
@@ -67,7 +67,7 @@ class Runner:
         self.child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT)
         assert self.child.stdout is not None
-        with open(self.batch.console, "a", errors="replace") as log_file:
+        with open(self.batch.console, "a", encoding="utf-8", errors="replace") as log_file:
             pending = b""
             while True:
                 chunk = os.read(self.child.stdout.fileno(), 65536)
@@ -220,9 +220,9 @@ def launch(batch: Batch, mode: str, runner: Runner) -> str:
 
 def split_console(batch: Batch) -> None:
     """Cut console.log into each job's output and status."""
-    text = batch.console.read_text(errors="replace")
+    text = batch.console.read_text(encoding="utf-8", errors="replace")
     sections = console.split_sections(text)
     for i, job in enumerate(batch.jobs):
         sec = sections[i] if i < len(sections) else console.Section()
-        job.output.write_text("\n".join(sec.lines) + "\n")
+        job.output.write_text("\n".join(sec.lines) + "\n", encoding="utf-8")
         (job.dir / "status").write_text(sec.status + "\n")
