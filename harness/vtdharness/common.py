@@ -86,6 +86,13 @@ def vmm_binary() -> str:
     return str(binary)
 
 
+def make_dir(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HarnessError(f"{what}: cannot create directory {path}: {e.strerror}") from e
+
+
 def usage_of(doc: str | None) -> str:
     """A module docstring's usage part: everything up to the first line that is only '---'."""
     return (doc or "").split("\n---\n")[0].strip() + "\n"

@@ -66,7 +66,8 @@ from pathlib import Path
 
 from . import cli, report
 from .batch import L1_VFIO_MAX, Batch
-from .common import BENCH_DIR, REPO_ROOT, HarnessError, log, run_prepare, usage_of, vmm_binary
+from .common import (BENCH_DIR, REPO_ROOT, HarnessError, log, make_dir, run_prepare, usage_of,
+                     vmm_binary)
 from .launch import Runner, launch
 
 USAGE = usage_of(__doc__)
@@ -344,7 +345,7 @@ def main(argv: list[str]) -> int:
     o = Options(argv)
     t0 = time.monotonic()
     out = Path(o.out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "--out")
     (out / "load-before").write_text(loadavg() + "\n")
     if not run_prepare():
         raise HarnessError("e2e/prepare failed")

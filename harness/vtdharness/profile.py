@@ -25,7 +25,8 @@ from pathlib import Path
 
 from . import cli
 from .batch import Batch
-from .common import BENCH_DIR, HarnessError, log, run_prepare, usage_of, vmm_binary
+from .common import (BENCH_DIR, HarnessError, log, make_dir, run_prepare, usage_of,
+                     vmm_binary)
 from .launch import Runner, launch
 
 USAGE = usage_of(__doc__)
@@ -86,6 +87,7 @@ def main(argv: list[str]) -> int:
     perf = shutil.which("perf")
     if not perf:
         raise HarnessError("bench/profile needs perf on this host (apt-get install linux-perf)")
+    make_dir(out, "--out")
     if not run_prepare():
         raise HarnessError("e2e/prepare failed")
     work = Path(tempfile.mkdtemp(prefix="vtd-nest-profile.",
@@ -126,7 +128,6 @@ def main(argv: list[str]) -> int:
                 batch.add(f"qemu-{config}", "qemu", init, 300, ["d=64M"], args)
         log(f"profiling {len(batch.jobs)} guest(s) in mode {o['mode']}")
         launch(batch, o["mode"], runner)
-        out.mkdir(parents=True, exist_ok=True)
         for job in batch.jobs:
             text = job.output.read_bytes() if job.output.exists() else b""
             (out / f"{job.name}.txt").write_bytes(text)
