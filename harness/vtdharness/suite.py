@@ -185,7 +185,7 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="vtd-nest-suite.",
                                  dir=os.environ.get("TMPDIR") or "/tmp"))
     suite = Suite(work, o["mode"], o["inner"], int(o["timeout"]), o["live"])
-    keep = True
+    keep = o["keep"]
     try:
         if run_prepare():
             suite.queue_jobs(o["names"])
