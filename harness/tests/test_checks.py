@@ -3,8 +3,9 @@
 import unittest
 
 from vtdharness import checks
+from vtdharness.common import E2E_LIB
 from vtdharness.console import JobOutput
-from vtdharness.scenarios import parse_description
+from vtdharness.scenarios import parse_description, run_served
 
 GOOD = ["VTD-NEST-JOB s", "VTD cap=0x12 ecap=0x34", "E2E-GUEST-START", "CHECK-OK fine",
         "GUEST-CAP 12 34", "GUEST-DISK d0 abc", "E2E-GUEST-EXIT 0", "counter translations 5",
@@ -89,6 +90,46 @@ class Refused(unittest.TestCase):
         self.assertIsNone(checks.vmm_refused(o, "2", "Device assignment.*caching-mode=on",
                                              "vtd-nest"))
         self.assertIsNone(checks.vmm_refused(o, "2", "needs[[:space:]]+caching", "vtd-nest"))
+
+
+class Served(unittest.TestCase):
+    """checks.sh's functions in bash, answered by the harness over the pipes."""
+
+    def run_check(self, body, lines=GOOD, inner="vtd-nest"):
+        script = (f'. "{E2E_LIB}/checks.sh"\ncheck() {{\n{body}\n}}\n'
+                  'if check; then exit 0; else exit 1; fi')
+        return run_served(["bash", "-c", script], out(lines), inner, {"OUT": "/dev/null"})
+
+    def test_a_chain_that_holds(self):
+        self.assertEqual(self.run_check(
+            'guest_ran 0 && disk_hash_matches d0 && cap_matches && '
+            'counter_is translations -gt 0 && [ "$(counter translations)" = 5 ]'), (0, ""))
+
+    def test_the_first_failure_is_printed(self):
+        rc, said = self.run_check('guest_ran 0 && counter_is translations -eq 0 && '
+                                  'disk_hash_matches d9')
+        self.assertEqual((rc, said), (1, "counter translations is 5, want -eq 0\n"))
+
+    def test_arguments_with_spaces_and_a_message_in_a_message(self):
+        rc, said = self.run_check(
+            'vmm_refused 2 "needs nested translation; use" || return 1\n'
+            'echo "why$(vmm_said)"; return 1', Refused.LINES)
+        self.assertEqual((rc, said), (1, "why; last output: vtd-nest: --device needs nested "
+                                         "translation; use x-flts=off\n"))
+
+    def test_an_unknown_check_and_bad_arguments_fail(self):
+        self.assertEqual(self.run_check("vtd_check no_such"), (1, "no check no_such\n"))
+        rc, said = self.run_check("counter_is translations -gt many")
+        self.assertEqual(rc, 1)
+        self.assertIn("bad arguments", said)
+
+    def test_outside_the_harness_a_check_says_so(self):
+        import subprocess
+        proc = subprocess.run(["bash", "-c", f'. "{E2E_LIB}/checks.sh"; guest_ran 0'],
+                              capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin"})
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("not run by the harness", proc.stdout)
 
 
 class Description(unittest.TestCase):

@@ -2,7 +2,6 @@
 
     run       e2e/run           suite     e2e/suite        compare   bench/compare
     report    bench/report      profile   bench/profile/run
-    check     one host-side check of a scenario (e2e/lib/checks.sh's functions)
     l2-initrd INIT OUT [TAG]    an L2 initramfs (for scenarios that boot the VMM themselves)
 
 A `HarnessError` ends the command with "e2e: error: <sentence>" and status 2; SIGINT and SIGTERM
@@ -19,7 +18,7 @@ from pathlib import Path
 from .common import HarnessError
 
 COMMANDS = {"run": "run", "suite": "suite", "compare": "compare", "report": "report",
-            "profile": "profile", "check": "checks", "l2-initrd": "initramfs"}
+            "profile": "profile", "l2-initrd": "initramfs"}
 
 
 class Interrupted(BaseException):

@@ -1,17 +1,17 @@
 """The scenarios' host-side checks (the functions of e2e/lib/checks.sh), on one job's output.
 
-    scenario's check (bash) ─> checks.sh's function ─> python3 -m vtdharness check NAME ARGS
-                               ─> JobOutput($OUT) ─> "" and 0, or one sentence and 1
+    suite ─ Scenario.check ─ bash: the scenario's check ─ checks.sh's function ─┐ request
+        └─ serve(JobOutput, ...) <──────────────────────────────────────────────┘ (a pipe)
+                 └─ answer: 0 and nothing, or 1 and one sentence ─> back to bash
 
-Each check returns None when it holds, or why it does not. $OUT is the job's output file, $INNER
-the VMM the suite ran (vtd-nest or qemu).
+The job's output is parsed once, in the suite's process; the bash side asks over two pipes
+(no process per check). Each check returns None when it holds, or why it does not.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
+from typing import BinaryIO
 
 from .common import l2_dir
 from .console import JobOutput, hexnorm
@@ -125,39 +125,44 @@ def _head(lines: list[str]) -> str:
     return "".join(line + "|" for line in lines).encode()[:200].decode(errors="ignore")
 
 
-def main(argv: list[str]) -> int:
-    """check NAME ARGS...: prints why the check failed and returns 1, or returns 0."""
-    if not argv:
-        print("usage: python3 -m vtdharness check NAME ARGS...", file=sys.stderr)
-        return 2
-    name, args = argv[0], argv[1:]
-    if not os.environ.get("OUT"):
-        print(f"check {name}: no job output ($OUT is not set)", file=sys.stderr)
-        return 2
-    with open(os.environ["OUT"], encoding="utf-8", errors="replace") as f:
-        out = JobOutput.from_text(f.read())
-    inner = os.environ.get("INNER", "vtd-nest")
-    if name == "counter":
-        v = out.counter(args[0])
-        if v is not None:
-            print(v)
-        return 0
-    if name == "vmm_said":
-        print(vmm_said(out), end="")
-        return 0
-    checks = {
-        "guest_ran": lambda: guest_ran(out, *args),
-        "guest_kernel_is": lambda: guest_kernel_is(out, *args),
-        "disk_hash_matches": lambda: disk_hash_matches(out, *args),
-        "cap_matches": lambda: cap_matches(out),
-        "counter_is": lambda: counter_is(out, *args),
-        "vmm_refused": lambda: vmm_refused(out, *args, inner),
-    }
-    if name not in checks:
-        print(f"no check {name}", file=sys.stderr)
-        return 2
-    why = checks[name]()
-    if why is None:
-        return 0
-    print(why)
-    return 1
+def answer(out: JobOutput, inner: str, request: list[str]) -> tuple[int, str]:
+    """One check function's call, REQUEST = [name, args...]: its status and what it prints."""
+    if not request:
+        return 2, "an empty check request"
+    name, args = request[0], request[1:]
+    try:
+        if name == "counter":
+            v = out.counter(args[0])
+            return 0, "" if v is None else str(v)
+        if name == "vmm_said":
+            return 0, vmm_said(out)
+        checks = {
+            "guest_ran": lambda: guest_ran(out, *args),
+            "guest_kernel_is": lambda: guest_kernel_is(out, *args),
+            "disk_hash_matches": lambda: disk_hash_matches(out, *args),
+            "cap_matches": lambda: cap_matches(out, *args),
+            "counter_is": lambda: counter_is(out, *args),
+            "vmm_refused": lambda: vmm_refused(out, *args, inner),
+        }
+        if name not in checks:
+            return 2, f"no check {name}"
+        why = checks[name]()
+    except (TypeError, IndexError, ValueError) as e:
+        return 2, f"{name} {' '.join(args)}: bad arguments ({e})"
+    return (0, "") if why is None else (1, why)
+
+
+# The protocol between e2e/lib/checks.sh and `serve`: one request per line, the function's name
+# and arguments separated by SEP; one answer per line, the status, SEP and what it prints (one
+# line, possibly empty).
+SEP = "\x1f"
+
+
+def serve(out: JobOutput, inner: str, requests: BinaryIO, answers: BinaryIO) -> None:
+    """Answers a scenario's check calls until the bash side closes its end."""
+    for raw in requests:
+        request = raw.decode(errors="replace").rstrip("\n").split(SEP)
+        rc, said = answer(out, inner, request)
+        said = said.replace("\n", "|")
+        answers.write(f"{rc}{SEP}{said}\n".encode())
+        answers.flush()

@@ -3,6 +3,7 @@ e2e/lib/scenario.sh, one bash process per action, so their format stays bash.
 
     Scenario.load(name) ─ bash scenario.sh NAME describe ─> DISKS, ARGS, QEMU_ARGS, ..., guest
     scenario.check(status, out)  ─ bash scenario.sh NAME check STATUS  ─> None or why
+                                   (its checks answered by checks.serve)
     scenario.host_check(env)     ─ bash scenario.sh NAME host_check    ─> None or why
 
 A scenario file sets DISKS, ARGS (vtd-nest run arguments), QEMU_ARGS (the same configuration for
@@ -17,10 +18,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checks import serve
 from .common import E2E_DIR, E2E_LIB, HarnessError
+from .console import JobOutput
 
 SCENARIO_SH = E2E_LIB / "scenario.sh"
 
@@ -76,11 +80,38 @@ class Scenario:
         return said.rstrip("\n") or "check failed"
 
     def check(self, status: str, out: Path, inner: str) -> str | None:
-        return self._verdict(["check", status], {"OUT": str(out), "INNER": inner})
+        """The scenario's check STATUS on job output OUT; its checks.sh calls are answered here
+        (checks.serve) over two pipes."""
+        facts = JobOutput.from_text(out.read_text(encoding="utf-8", errors="replace"))
+        cmd = ["bash", str(SCENARIO_SH), self.name, "check", status]
+        rc, said = run_served(cmd, facts, inner, {"OUT": str(out), "INNER": inner})
+        return None if rc == 0 else said.rstrip("\n") or "check failed"
 
     def host_check(self, vmm: str, work: Path, inner: str) -> str | None:
         return self._verdict(["host_check"], {"VMM_HOST": vmm, "WORK": str(work),
                                               "INNER": inner})
+
+
+def run_served(cmd: list[str], facts: JobOutput, inner: str,
+               env: dict[str, str]) -> tuple[int, str]:
+    """Runs CMD (bash sourcing e2e/lib/checks.sh) with the check pipes' descriptors in
+    $E2E_CHECK_REQUESTS and $E2E_CHECK_ANSWERS, answering its calls until it exits; its status
+    and stdout."""
+    req_r, req_w = os.pipe()
+    ans_r, ans_w = os.pipe()
+    env = {**os.environ, **env, "E2E_CHECK_REQUESTS": str(req_w), "E2E_CHECK_ANSWERS": str(ans_r)}
+    with tempfile.TemporaryFile() as said:
+        proc = subprocess.Popen(cmd, env=env, stdout=said, pass_fds=(req_w, ans_r))
+        os.close(req_w)
+        os.close(ans_r)
+        with os.fdopen(req_r, "rb") as requests, os.fdopen(ans_w, "wb") as answers:
+            try:
+                serve(facts, inner, requests, answers)
+            except BrokenPipeError:
+                pass  # the bash side ended without reading its answer
+        rc = proc.wait()
+        said.seek(0)
+        return rc, said.read().decode(errors="replace")
 
 
 def parse_description(raw: bytes) -> dict[str, str | list[str]]:
