@@ -64,7 +64,7 @@ class Tally:
     def __init__(self) -> None:
         self.passed = self.failed = self.skipped = 0
 
-    def passed_(self, name: str, note: str = "") -> None:
+    def pass_(self, name: str, note: str = "") -> None:
         print(f"PASS {name}" + (f" ({note})" if note else ""), flush=True)
         self.passed += 1
 
@@ -125,9 +125,9 @@ class Suite:
             if why is not None:
                 self.tally.fail(sc.name, why)
             elif self.inner == "qemu" and sc.qemu_skips:
-                self.tally.passed_(sc.name, f"inner qemu; not checked: {sc.qemu_skips}")
+                self.tally.pass_(sc.name, f"inner qemu; not checked: {sc.qemu_skips}")
             else:
-                self.tally.passed_(sc.name)
+                self.tally.pass_(sc.name)
 
     def run_host_checks(self, names: list[str]) -> None:
         for name in names:
@@ -144,7 +144,7 @@ class Suite:
                 continue
             why = sc.host_check(vmm, self.work, self.inner)
             if why is None:
-                self.tally.passed_(name)
+                self.tally.pass_(name)
             else:
                 self.tally.fail(name, why)
 
