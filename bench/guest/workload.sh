@@ -8,7 +8,7 @@
 # BENCH_DISK=NAME the disk to use (e.g. nvme0n1, an assigned NVMe; waited for up to 10 s),
 # default the first virtio disk.
 #
-# Lines it prints (parsed by bench/lib/report.py):
+# Lines it prints (parsed by harness/vtdharness/console.py, for bench/compare's report):
 #   BENCH-BOOT <s>            kernel timestamp of "Run /init as init process" (dmesg), i.e. L2
 #                             uptime when /init started; "-" if the line is missing
 #   BENCH-READY <s>           /proc/uptime when this script starts (modules loaded, disk found)

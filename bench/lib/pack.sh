@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # bench/lib/pack.sh: a directory as one self-extracting program, for tools that run their own
-# code where the benchmarks' guests run (as e2e's VMM: VTD_NEST_BIN for e2e/run, or BATCH_WRAP).
+# code where the benchmarks' guests run (as e2e's VMM: VTD_NEST_BIN for e2e/run, or the
+# wrapper of bench/profile's jobs).
 #
 #   self_extracting DIR OUT   OUT: a shell script that unpacks DIR into a fresh temporary
 #                             directory D and runs `sh D/run.sh D ARGS...` with its own ARGS

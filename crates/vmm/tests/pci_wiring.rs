@@ -71,7 +71,7 @@ fn disks_appear_on_bus_0() {
 }
 
 /// The exit summary's names, in order, for the vIOMMU, a disk behind it, a plain disk and an
-/// assigned (software host IOMMU) disk: the e2e checks and bench/lib/report.py read these.
+/// assigned (software host IOMMU) disk: the e2e checks and bench/compare's report read these.
 #[test]
 fn summary_names_of_the_viommu_and_three_kinds_of_disk() {
     if !std::path::Path::new("/dev/kvm").exists() {

@@ -1,7 +1,7 @@
-#!/usr/bin/env python3
-"""bench/lib/report.py: turn one bench/compare run into RESULT lines, tables and an SVG plot.
+"""bench/compare's report: one run's job outputs as RESULT lines, tables and an SVG plot.
 
-Usage: report.py OUT_DIR [--pool OTHER_OUT_DIR...] [--plot FILE.svg] [--doc FILE.md]
+Usage: bench/report OUT_DIR [--pool OTHER_OUT_DIR...] [--plot FILE.svg] [--doc FILE.md]
+       (bench/compare runs it on its own results directory)
 
 --pool adds the rounds of other runs (same configurations, e.g. three `--rounds 3` runs) as
 further rounds, so the medians come from all of them; the tables and RESULT lines are written
@@ -11,7 +11,8 @@ OUT_DIR (written by bench/compare) holds jobs.list ("<job> <vmm> <config> <work|
 line), jobs/<job>/{output,status}, optional failed-<job> (why a job was never started) and
 launch-failed (why the whole batch did not run), plus date, machine, mode and seconds.
 
-Flow: parse every job's console section (the guest's BENCH-* lines, the VMM's `counter` lines)
+Flow: parse every job's console section (console.BenchFacts: the guest's BENCH-* lines, the
+VMM's `counter` lines)
 -> figures per (vmm, config) -> overhead factors against the same VMM's `off` row -> per-I/O
 VMM counters (workload job minus its boot-only baseline, over the guest's block requests) ->
 print the markdown table and the RESULT lines, write results.txt, table.md, counters.md and
@@ -30,6 +31,8 @@ import shutil
 import statistics
 import sys
 from dataclasses import dataclass, field
+
+from .console import JobOutput
 
 VMMS = ("qemu", "vtd-nest")
 CONFIGS = ("strict", "lazy", "off", "assigned")
@@ -106,6 +109,8 @@ class Job:
     dmatime: list[tuple[int, tuple[int, float], tuple[int, float], tuple[int, float]]] = field(
         default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    bench_failure: str | None = None  # what BENCH-FAIL said
+    done: bool = False  # BENCH-DONE: the workload finished
 
 
 def read(path: str, default: str = "") -> str:
@@ -117,55 +122,19 @@ def read(path: str, default: str = "") -> str:
 
 
 def parse_guest(job: Job) -> None:
-    for line in job.lines:
-        parts = line.split()
-        if not parts:
-            continue
-        key, args = parts[0], parts[1:]
-        try:
-            if key == "BENCH-BOOT" and args and args[0] != "-":
-                job.boot = float(args[0])
-            elif key == "BENCH-READY" and args:
-                job.ready = float(args[0])
-            elif key == "BENCH-CLOCK" and args:
-                job.clock = args[0]
-            elif key == "BENCH-TIMER" and args:
-                job.timer = args[0]
-            elif key == "BENCH-IOMMU" and args:
-                job.domain = args[0]
-            elif key == "BENCH-CAP" and len(args) == 2:
-                job.cap = f"cap={args[0]} ecap={args[1]}"
-            elif key == "BENCH-PHASE" and len(args) in (5, 6):
-                run = (float(args[1]), int(args[2]), int(args[3]), int(args[4]))
-                job.phases.setdefault(args[0], []).append(run)
-                if len(args) == 6 and args[5] != "-":
-                    job.maps.setdefault(args[0], []).append(int(args[5]))
-            elif key == "BENCH-DMATIME" and len(args) == 7:
-                job.dmatime.append((int(args[0]), (int(args[1]), float(args[2])),
-                                    (int(args[3]), float(args[4])),
-                                    (int(args[5]), float(args[6]))))
-            elif key == "counter" and len(args) == 2:
-                # The vIOMMU's counters were once printed with a vtd_ prefix.
-                name = args[0][4:] if args[0].startswith("vtd_") else args[0]
-                job.counters[name] = int(args[1])
-        except ValueError:
-            job.notes.append(f"unparsable line: {line[:120]}")
-
-
-def last_vmm_line(job: Job) -> str:
-    for line in reversed(job.lines):
-        s = line.strip()
-        if s and not s.startswith(("VTD-NEST-", "counter ", "BENCH-", "E2E-")):
-            return s[:160]
-    return ""
+    b = JobOutput(job.lines).bench()
+    job.boot, job.ready, job.clock, job.timer = b.boot, b.ready, b.clock, b.timer
+    job.domain, job.cap, job.phases, job.maps = b.domain, b.cap, b.phases, b.maps
+    job.dmatime, job.counters = b.dmatime, b.counters
+    job.bench_failure, job.done = b.failure, b.done
+    job.notes += b.notes
 
 
 def judge(job: Job, out: str) -> None:
     """Sets job.failure to one sentence if the job did not produce its figures."""
-    said = last_vmm_line(job)
+    said = JobOutput(job.lines).last_vmm_line()
     said = f"; last output: {said}" if said else ""
-    text = "\n".join(job.lines)
-    fail = re.search(r"^BENCH-FAIL (.*)$", text, re.M)
+    out_facts = JobOutput(job.lines)
     if os.path.exists(os.path.join(out, f"failed-{job.name}")):
         job.failure = read(os.path.join(out, f"failed-{job.name}")).strip()
     elif not job.lines and os.path.exists(os.path.join(out, "launch-failed")):
@@ -174,11 +143,11 @@ def judge(job: Job, out: str) -> None:
         job.failure = f"the VMM did not finish in time and was killed{said}"
     elif job.status in ("missing", ""):
         job.failure = "the VMM never reported an exit status (L1 died or timed out)"
-    elif not re.search(r"^E2E-GUEST-START", text, re.M):
+    elif not out_facts.guest_started:
         job.failure = f"the guest never reached its init (VMM exit status {job.status}{said})"
-    elif fail:
-        job.failure = f"the guest workload failed: {fail.group(1)}"
-    elif not re.search(r"^BENCH-DONE", text, re.M):
+    elif job.bench_failure is not None:
+        job.failure = f"the guest workload failed: {job.bench_failure}"
+    elif not job.done:
         job.failure = f"the guest workload did not finish (VMM exit status {job.status}{said})"
     elif job.kind == "work" and set(job.phases) != set(PHASES):
         job.failure = "the guest printed no time for some disk phase"
@@ -731,13 +700,13 @@ def update_doc(path: str, section: str, begin: str = DOC_BEGIN, end: str = DOC_E
         f.write(f"{head}{begin}\n{section}\n{end}{tail}")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="bench/report")
     ap.add_argument("out")
     ap.add_argument("--plot")
     ap.add_argument("--doc")
     ap.add_argument("--pool", nargs="+", default=[])
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     jobs = load_jobs(a.out)
     for other in a.pool:
         # The other run's rounds come after this one's.
@@ -786,6 +755,3 @@ def main() -> int:
     qemu_failed = any(j.failure for j in jobs if j.vmm == "qemu")
     return 1 if qemu_failed else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

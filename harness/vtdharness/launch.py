@@ -1,0 +1,262 @@
+"""Running a batch: directly on this host's /dev/kvm, or all jobs inside one L1 QEMU-TCG machine.
+
+    launch(batch, mode, live)
+      e2e/prepare (cached) ─> auto: real devices? nested : probe_direct()? direct : nested
+      direct: per job, l2_initrd + the VMM command on this host, markers printed here
+      nested: disks as L1 drives, l1_initrd, QEMU TCG; e2e/lib/l1-init runs the jobs and
+              prints the markers
+      ─> console.log (escapes and CRs stripped; also stdout when live)
+      ─> console.split_sections ─> jobs/NN/output, jobs/NN/status
+
+A `Runner` holds the one child process running at a time, so an interrupted run stops it
+(`Runner.stop`, from the callers' signal handling).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from . import console
+from .batch import L1_VFIO_SLOT0, Batch, host_paths, render_command
+from .common import HarnessError, e2e_cache, l2_dir, log, run_prepare, vmm_binary
+from .initramfs import l1_initrd, l2_initrd
+
+# L1 prints only emergencies: its kernel messages would land in the middle of the jobs' lines.
+L1_APPEND = "console=ttyS0 quiet loglevel=1 panic=-1"
+# EPYC minus the features TCG lacks anyway (naming them keeps QEMU from warning about each).
+L1_CPU = "EPYC,fxsr-opt=off,misalignsse=off,osvw=off,topoext=off,nrip-save=off,xsavec=off"
+L1_QEMU = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", L1_CPU, "-m", "2G", "-smp", "2",
+           "-nographic", "-no-reboot", "-nic", "none"]
+# L1's emulated VT-d for real devices (see ../shared/reference/real-vfio-in-l1.md): caching
+# mode, so QEMU shadows L1's second-stage tables; interrupt remapping, so VFIO's MSI is isolated.
+L1_VIOMMU = "intel-iommu,intremap=on,caching-mode=on"
+# Seconds L1 may spend outside the jobs (boot, disk discovery, power-off).
+L1_OVERHEAD = 120
+MODES = ("auto", "direct", "nested")
+# Seconds a side script may run after its VMM exited (l1-init's SIDE_GRACE in nested mode).
+SIDE_GRACE = 30
+
+
+def timed_out(rc: int) -> bool:
+    """timeout(1)'s statuses for a command it had to stop (TERM, then KILL)."""
+    return rc in (124, 137)
+
+
+class Runner:
+    """Runs one command at a time into the batch's console log, and stops it when asked."""
+
+    def __init__(self, batch: Batch, live: bool):
+        self.batch = batch
+        self.live = live
+        self.child: subprocess.Popen | None = None
+
+    def say(self, line: str, *, to_stderr: bool = False) -> None:
+        """A harness line in the console, and when live on stdout (or stderr: a complaint)."""
+        with open(self.batch.console, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        if self.live:
+            stream = sys.stderr if to_stderr else sys.stdout
+            stream.write(line + "\n")
+            stream.flush()
+
+    def run(self, cmd: list[str]) -> int:
+        """CMD with no stdin, stdout and stderr together, escapes and CRs stripped, appended to
+        the console log (and stdout if live). Its exit status; 128+N if signal N ended it."""
+        self.child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT)
+        assert self.child.stdout is not None
+        with open(self.batch.console, "a", encoding="utf-8", errors="replace") as log_file:
+            pending = b""
+            while True:
+                chunk = os.read(self.child.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                pending += chunk
+                *full, pending = pending.split(b"\n")
+                self._emit(log_file, full)
+            if pending:
+                self._emit(log_file, [pending])
+        rc = self.child.wait()
+        self.child = None
+        return 128 - rc if rc < 0 else rc
+
+    def _emit(self, log_file, raw_lines: list[bytes]) -> None:
+        if not raw_lines:
+            return
+        text = "".join(console.clean(r.decode(errors="replace")) + "\n" for r in raw_lines)
+        log_file.write(text)
+        log_file.flush()
+        if self.live:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def start_side(self, script: Path, cmd: list[str], timeout: int) -> "SideScript":
+        """SCRIPT run by sh next to the command CMD (its arguments), bounded by TIMEOUT seconds;
+        its lines go to the console as they come."""
+        return SideScript(self, script, cmd, timeout)
+
+    def stop(self) -> None:
+        if self.child and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
+
+
+class SideScript:
+    """A job's side script on the host (direct mode), as l1-init runs it in L1: started with the
+    VMM, given its command; `finish` waits for it and says "VTD-NEST-SIDE-EXIT <status>"."""
+
+    def __init__(self, runner: Runner, script: Path, cmd: list[str], timeout: int):
+        self.runner = runner
+        self.proc = subprocess.Popen(["timeout", "-k", "5", str(timeout), "sh", str(script)] + cmd,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self.reader = threading.Thread(target=self._copy, daemon=True)
+        self.reader.start()
+
+    def _copy(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.runner.say(console.clean(raw.decode(errors="replace").rstrip("\n")))
+
+    def finish(self) -> None:
+        rc = self.proc.wait()
+        self.reader.join()
+        self.runner.say(f"VTD-NEST-SIDE-EXIT {128 - rc if rc < 0 else rc}")
+
+
+def launch_direct(batch: Batch, runner: Runner) -> None:
+    if batch.nvfio:
+        raise HarnessError("real devices (--vfio) need nested mode: they live in L1")
+    vmm = vmm_binary() if batch.uses("vtd-nest") else ""
+    batch.create_disks()
+    for job in batch.jobs:
+        initrd = job.dir / "initrd"
+        l2_initrd(job.init, initrd, job.kernel)
+        binary = "qemu-system-x86_64" if job.inner == "qemu" else vmm
+        cmd = host_paths(render_command(job.inner, binary, str(l2_dir(job.kernel) / "vmlinuz"),
+                                        str(initrd), job.callargs), job)
+        if batch.wrap:
+            cmd = [str(batch.wrap)] + cmd
+        runner.say(f"VTD-NEST-JOB {job.name}")
+        side = runner.start_side(job.side, cmd, job.timeout + SIDE_GRACE) if job.side else None
+        rc = runner.run(["timeout", "-k", "5", str(job.timeout)] + cmd)
+        if side:
+            side.finish()
+        if timed_out(rc):
+            runner.say(f"VTD-NEST-TIMEOUT {job.timeout}")
+        runner.say(f"VTD-NEST-EXIT {rc}")
+
+
+def l1_iommu_mode(batch: Batch) -> str:
+    """L1's emulated VT-d for this batch: off, legacy or scalable ($VTD_NEST_E2E_L1_IOMMU)."""
+    want = os.environ.get("VTD_NEST_E2E_L1_IOMMU") or "auto"
+    if want == "auto":
+        return "legacy" if batch.nvfio else "off"
+    if want == "off":
+        if batch.nvfio:
+            raise HarnessError("a real device needs L1's IOMMU "
+                               "(VTD_NEST_E2E_L1_IOMMU=off was asked for)")
+        return "off"
+    if want in ("legacy", "scalable"):
+        return want
+    raise HarnessError(f"VTD_NEST_E2E_L1_IOMMU wants auto, off, legacy or scalable, not {want}")
+
+
+def launch_nested(batch: Batch, runner: Runner) -> None:
+    iommu = l1_iommu_mode(batch)
+    batch.create_disks()
+    initrd = batch.work / "l1-initrd.cpio"
+    l1_initrd(batch, initrd, vmm_binary() if batch.uses("vtd-nest") else None)
+    qemu = list(L1_QEMU)
+    append = L1_APPEND
+    if iommu == "off":
+        qemu += ["-M", "q35"]
+    elif iommu == "legacy":
+        qemu += ["-M", "q35,kernel-irqchip=split", "-device", L1_VIOMMU]
+        append += " intel_iommu=on,sm_off"
+    else:
+        qemu += ["-M", "q35,kernel-irqchip=split", "-device", f"{L1_VIOMMU},x-scalable-mode=on"]
+        append += " intel_iommu=on,sm_on"
+    # Real devices first, at their fixed slots, before any automatically placed device.
+    for job in batch.jobs:
+        for d in job.vfio:
+            qemu += ["-drive", f"file={d.file},if=none,id=e2ev{d.index},format=raw,cache=writeback",
+                     "-device", f"nvme,drive=e2ev{d.index},serial=e2ev{d.index},"
+                     f"addr={L1_VFIO_SLOT0 + d.index:02x}.0"]
+    total = L1_OVERHEAD
+    for job in batch.jobs:
+        total += job.timeout
+        for d in job.disks:
+            qemu += ["-drive", f"file={d.file},if=none,id=e2ed{d.index},format=raw,cache=writeback",
+                     "-device", f"virtio-blk-pci,drive=e2ed{d.index},serial=e2ed{d.index}"]
+    qemu += ["-kernel", str(e2e_cache() / "l1" / "vmlinuz"), "-initrd", str(initrd),
+             "-append", append]
+    log(f"L1: vIOMMU {iommu}, {batch.nvfio} real device(s)")
+    log(f"booting L1 (QEMU TCG) for {len(batch.jobs)} job(s), limit {total}s")
+    rc = runner.run(["timeout", "-k", "5", str(total)] + qemu)
+    if timed_out(rc):
+        (batch.work / "l1-timed-out").touch()
+        runner.say(f"e2e: L1 timed out after {total}s", to_stderr=True)
+    elif rc != 0:
+        runner.say(f"e2e: L1 QEMU exited with status {rc}", to_stderr=True)
+
+
+def probe_direct(batch: Batch) -> bool:
+    """A quick boot of the first job's VMM command on this host's /dev/kvm with an init that
+    only prints a marker: true only if the guest really reached its init."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    job = batch.jobs[0]
+    probe = batch.work / "probe"
+    probe.mkdir(exist_ok=True)
+    (probe / "init").write_text("echo E2E-PROBE-OK\n")
+    l2_initrd(probe / "init", probe / "initrd", job.kernel)
+    batch.create_disks()
+    binary = "qemu-system-x86_64" if job.inner == "qemu" else vmm_binary()
+    cmd = host_paths(render_command(job.inner, binary, str(l2_dir(job.kernel) / "vmlinuz"),
+                                    str(probe / "initrd"), job.callargs), job)
+    t = os.environ.get("VTD_NEST_E2E_PROBE_TIMEOUT") or "30"
+    with open(probe / "log", "wb") as f:
+        subprocess.run(["timeout", "-k", "5", t] + cmd, stdin=subprocess.DEVNULL, stdout=f,
+                       stderr=subprocess.STDOUT, check=False)
+    lines = (probe / "log").read_bytes().split(b"\n")
+    return any(line.startswith(b"E2E-PROBE-OK") for line in lines)
+
+
+def launch(batch: Batch, mode: str, runner: Runner) -> str:
+    """Runs every job; returns the mode used (direct or nested)."""
+    if not run_prepare():
+        raise HarnessError("e2e/prepare failed")
+    if not batch.jobs:
+        raise HarnessError("no jobs")
+    batch.console.write_text("")
+    if mode == "auto":
+        if batch.nvfio:
+            mode = "nested"
+            log("mode auto: using nested (real devices live in L1)")
+        else:
+            mode = "direct" if probe_direct(batch) else "nested"
+            works = "works" if mode == "direct" else "does not work here"
+            log(f"mode auto: using {mode} (a direct boot on /dev/kvm {works})")
+    if mode == "direct":
+        launch_direct(batch, runner)
+    elif mode == "nested":
+        launch_nested(batch, runner)
+    else:
+        raise HarnessError(f"unknown mode {mode} (auto, direct or nested)")
+    split_console(batch)
+    return mode
+
+
+def split_console(batch: Batch) -> None:
+    """Cut console.log into each job's output and status."""
+    text = batch.console.read_text(encoding="utf-8", errors="replace")
+    sections = console.split_sections(text)
+    for i, job in enumerate(batch.jobs):
+        sec = sections[i] if i < len(sections) else console.Section()
+        job.output.write_text("\n".join(sec.lines) + "\n", encoding="utf-8")
+        (job.dir / "status").write_text(sec.status + "\n")
