@@ -38,6 +38,7 @@ pub mod counters;
 pub mod device_context;
 pub mod error;
 pub mod interrupt;
+pub mod ioapic;
 pub mod iommu;
 pub mod legacy;
 pub mod memory;
