@@ -90,6 +90,14 @@ impl Msi {
     /// guest uses KVM's extended destination ID (`KVM_FEATURE_MSI_EXT_DEST_ID`).
     const EXT_DEST_ID: u64 = 0x7f << 5;
 
+    /// Whether the message reaches the LAPICs as KVM can route it: address bits 31:20 =
+    /// 0xfee (anything else is a memory write, not an interrupt) and bits 39:32 clear (KVM
+    /// refuses a whole routing table holding one route with those bits under
+    /// KVM_CAP_X2APIC_API, where bits 63:40 carry destination bits 31:8).
+    pub fn is_interrupt(self) -> bool {
+        self.address & 0xfff0_0000 == 0xfee0_0000 && (self.address >> 32) & 0xff == 0
+    }
+
     /// The message as KVM reads it with KVM_CAP_X2APIC_API: a compatibility-format message's
     /// extended destination ID bits (address 11:5) moved to destination bits 14:8 (address
     /// 46:40). Remappable-format messages and messages already carrying high destination bits
@@ -203,7 +211,8 @@ pub fn default_routes() -> Vec<(u32, Route)> {
 }
 
 /// The whole routing table for `irqchip`: KVM's default routes with the in-kernel irqchip, then
-/// every source's remapped message; blocked messages get no route.
+/// every source's remapped message; blocked messages, and messages that are no interrupt
+/// ([`Msi::is_interrupt`]; a guest may write anything into an MSI-X table), get no route.
 pub fn build_routes(
     irqchip: Irqchip,
     sources: &BTreeMap<u32, MsiSource>,
@@ -216,6 +225,7 @@ pub fn build_routes(
     routes.extend(sources.iter().filter_map(|(&gsi, source)| {
         remap
             .remap(source.sid, source.msi)
+            .filter(|m| m.is_interrupt())
             .map(|m| (gsi, Route::Msi(m)))
     }));
     routes
@@ -724,6 +734,42 @@ mod tests {
         assert_eq!(
             &kernel[..default_routes().len()],
             default_routes().as_slice()
+        );
+    }
+
+    #[test]
+    fn messages_that_are_no_interrupt_get_no_route() {
+        let mut all = sources();
+        for (gsi, address) in [
+            (30, 0x0),
+            (31, 0xfed0_0000),
+            (32, 0x1_fee0_0000),
+            (33, 0xffff_ffff_ffff_ffff),
+        ] {
+            let msi = Msi {
+                address,
+                data: 0x41,
+            };
+            all.insert(
+                gsi,
+                MsiSource {
+                    sid: SourceId(0x18),
+                    msi,
+                },
+            );
+        }
+        let gsis: Vec<u32> = build_routes(Irqchip::Split, &all, &IdentityRemap)
+            .into_iter()
+            .map(|(gsi, _)| gsi)
+            .collect();
+        assert_eq!(gsis, vec![4, 24, 25]);
+        let high = Msi {
+            address: 0xfee0_0000 | (0x1234 << 40),
+            data: 0x41,
+        };
+        assert!(
+            high.is_interrupt(),
+            "destination bits 31:8 in address 63:40"
         );
     }
 
