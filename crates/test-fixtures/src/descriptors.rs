@@ -5,8 +5,8 @@
 //! reserved bits) are taken as they are: the encoders only place them.
 
 use vtd_spec::inv::{
-    ContextCacheDesc, InvAddress, IotlbDesc, PasidCacheDesc, PasidIotlbDesc, WaitAddress, WaitDesc,
-    kind,
+    ContextCacheDesc, IecDesc, InvAddress, IotlbDesc, PasidCacheDesc, PasidIotlbDesc, WaitAddress,
+    WaitDesc, kind,
 };
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -53,6 +53,18 @@ pub fn pasid_cache(g: u8, did: u16, pasid: u32) -> Desc {
         .with_did(did)
         .with_pasid(pasid);
     [typed(kind::PASID_CACHE, qw0.into_bits()), 0, 0, 0]
+}
+
+/// Interrupt-entry-cache invalidation of every entry (Linux's `qi_global_iec`).
+pub fn iec_global() -> Desc {
+    [typed(kind::IEC, IecDesc::new().into_bits()), 0, 0, 0]
+}
+
+/// Interrupt-entry-cache invalidation of 2^`mask` entries from `index` (Linux's
+/// `qi_flush_iec`).
+pub fn iec_index(index: u16, mask: u8) -> Desc {
+    let qw0 = IecDesc::new().with_g(true).with_iidx(index).with_im(mask);
+    [typed(kind::IEC, qw0.into_bits()), 0, 0, 0]
 }
 
 /// A wait descriptor that writes `data` at `status` (SW).
@@ -186,6 +198,11 @@ mod tests {
             [6 | (3 << 4) | (1 << 16), 0x5000 | (1 << 6), 0, 0]
         );
         assert_eq!(wait(0x1000, 2), [5 | (1 << 5) | (2 << 32), 0x1000, 0, 0]);
+        assert_eq!(iec_global(), [4, 0, 0, 0]);
+        assert_eq!(
+            iec_index(0x12, 1),
+            [4 | (1 << 4) | (1 << 27) | (0x12 << 32), 0, 0, 0]
+        );
     }
 
     #[test]

@@ -84,18 +84,18 @@ impl VmBuilder {
             hooks: Vec::new(),
         };
         if let Some(iommu) = &builder.config.iommu {
+            let vm = builder.devices.kvm_vm();
             let unit = crate::iommu::create_unit(
                 &iommu.options,
                 builder.devices.memory(),
                 builder.devices.msi_signaller(),
+                vm.irqchip() == Irqchip::Split,
+                vm.x2apic_api(),
             )?;
             let page = Arc::new(crate::iommu::VtdRegisterPage(unit.clone()));
             builder.set_iommu_device(page, unit.config().aw_bits)?;
             builder.devices.counters().add_component("", unit.clone());
-            // Interrupt remapping: once `vtd::Vtd` remaps interrupts, an `MsiRemap` adapter
-            // over it goes here (`gsi_routing().set_remap`), and its observer's
-            // `interrupt_entries_changed` calls `gsi_routing().refresh_all()`. Until then every
-            // message is delivered as written (`IdentityRemap`).
+            crate::iommu::remap_interrupts(&unit, builder.devices.gsi_routing())?;
             builder.devices.set_vtd(unit);
         }
         Ok(builder)
@@ -213,10 +213,9 @@ impl VmBuilder {
         let first_slot = u8::try_from(self.config.disks.len() + 1).unwrap_or(u8::MAX);
         crate::vfio::add_devices(&self.devices, &self.config.devices, &pci, first_slot)?;
         let interrupt_remapping = self
-            .config
-            .iommu
-            .as_ref()
-            .is_some_and(|i| i.interrupt_remapping().0);
+            .devices
+            .vtd()
+            .is_some_and(|unit| unit.config().interrupt_remapping());
         let dmar = self.iommu_aw_bits.map(|aw_bits| DmarConfig {
             aw_bits,
             base: DRHD_START,

@@ -192,12 +192,21 @@ pub enum IrqchipMode {
 }
 
 impl IommuConfig {
-    /// Whether the options turn interrupt remapping on, and with it extended interrupt mode
-    /// (x2APIC destinations): `(intremap, eim)`. The vIOMMU refuses `intremap=on` until it
-    /// models interrupt remapping, so both are off for every configuration it accepts today;
-    /// the options are read here once `vtd::Config` carries them.
-    pub fn interrupt_remapping(&self) -> (bool, bool) {
-        (false, false)
+    /// The vIOMMU's options with interrupt remapping decided for `irqchip` (QEMU's rules,
+    /// `vtd::Config::resolve_interrupt_remapping`), assuming KVM_CAP_X2APIC_API, which creating
+    /// the unit checks again.
+    pub fn resolved(&self, irqchip: IrqchipMode) -> Result<vtd::Config, ArgError> {
+        let bad = |e: vtd::ConfigError| ArgError::BadIommuOptions(e.to_string());
+        let mut vtd = vtd::Config::parse(&self.options).map_err(bad)?;
+        vtd.resolve_interrupt_remapping(irqchip == IrqchipMode::Split, true)
+            .map_err(bad)?;
+        Ok(vtd)
+    }
+
+    /// Whether the options ask for interrupt remapping outright (`intremap=on`), which makes
+    /// the split irqchip the default.
+    pub fn asks_for_interrupt_remapping(&self) -> bool {
+        vtd::Config::parse(&self.options).is_ok_and(|c| c.intremap == vtd::config::OnOffAuto::On)
     }
 }
 
@@ -336,9 +345,6 @@ pub enum ArgError {
     /// Bad --irqchip value.
     #[error("Invalid --irqchip '{0}': use kernel or split")]
     BadIrqchip(String),
-    /// QEMU's refusal of interrupt remapping with the in-kernel IOAPIC.
-    #[error("Interrupt Remapping cannot work with --irqchip kernel, please use --irqchip split")]
-    RemappingNeedsSplit,
     /// Bad IOMMU model.
     #[error("Unsupported IOMMU '{0}': only 'intel' is available")]
     BadIommu(String),
@@ -662,17 +668,21 @@ where
         }
     }
     config.kernel = kernel.ok_or(ArgError::NoKernel)?;
-    let (intremap, eim) = config
+    let asks_for_remapping = config
         .iommu
         .as_ref()
-        .map_or((false, false), IommuConfig::interrupt_remapping);
-    config.irqchip = match irqchip {
-        Some(IrqchipMode::Kernel) if intremap => return Err(ArgError::RemappingNeedsSplit),
-        Some(mode) => mode,
-        None if intremap => IrqchipMode::Split,
-        None => IrqchipMode::Kernel,
-    };
-    if config.cpus > MAX_XAPIC_CPUS && !(intremap && eim) {
+        .is_some_and(IommuConfig::asks_for_interrupt_remapping);
+    config.irqchip = irqchip.unwrap_or(if asks_for_remapping {
+        IrqchipMode::Split
+    } else {
+        IrqchipMode::Kernel
+    });
+    let vtd = config
+        .iommu
+        .as_ref()
+        .map(|i| i.resolved(config.irqchip))
+        .transpose()?;
+    if config.cpus > MAX_XAPIC_CPUS && !vtd.is_some_and(|v| v.extended_interrupt_mode()) {
         return Err(ArgError::CpusNeedEim(config.cpus));
     }
     if config.iommu.is_none()
@@ -831,6 +841,64 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn interrupt_remapping_and_the_irqchip() {
+        let c = run(&["--kernel", "/k", "--iommu", "intel,intremap=on"]).unwrap();
+        assert_eq!(
+            c.irqchip,
+            IrqchipMode::Split,
+            "intremap=on picks the split irqchip"
+        );
+        let c = run(&[
+            "--kernel",
+            "/k",
+            "--iommu",
+            "intel,intremap=on,eim=on",
+            "--cpus",
+            "300",
+        ])
+        .unwrap();
+        assert_eq!(c.cpus, 300);
+        let c = run(&[
+            "--kernel",
+            "/k",
+            "--iommu",
+            "intel",
+            "--irqchip",
+            "split",
+            "--cpus",
+            "288",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.cpus, 288,
+            "auto resolves to intremap and eim on with the split irqchip"
+        );
+        let err = |args: &[&str]| run(args).unwrap_err().to_string();
+        assert!(
+            err(&[
+                "--kernel",
+                "/k",
+                "--iommu",
+                "intel,intremap=on",
+                "--irqchip",
+                "kernel"
+            ])
+            .contains("Interrupt Remapping cannot work with --irqchip kernel")
+        );
+        assert_eq!(
+            run(&[
+                "--kernel",
+                "/k",
+                "--iommu",
+                "intel,intremap=on,eim=off",
+                "--cpus",
+                "255"
+            ]),
+            Err(ArgError::CpusNeedEim(255))
+        );
     }
 
     #[test]

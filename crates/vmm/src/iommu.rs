@@ -6,6 +6,8 @@
 //!   fault / invalidation-completion events ──> MsiSignaller (KVM_SIGNAL_MSI)
 //!   device DMA ──> DmaMemory<GuestMemoryMmap, DeviceDma(sid)> ──> DeviceIommu ──> Vtd (Remapper)
 //!   exit summary <── Vtd as a counter_set::CounterSource (`counter <name> <value>` lines)
+//!   interrupt remapping: GsiRouting ─ VtdInterruptRemap ─> Vtd::remap_interrupt (each route)
+//!     IEC invalidation, SIRTP/IRE/CFI ─> RouteRefresher ─> GsiRouting::refresh_all
 //! ```
 
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use vtd::iommu::DeviceIommu;
 use vtd_spec::SourceId;
 
 use crate::bus::BusDevice;
-use crate::interrupt::MsiSignaller;
+use crate::interrupt::{GsiRouting, Msi, MsiRemap, MsiSignaller};
 
 /// Errors configuring the vIOMMU.
 #[derive(Debug, thiserror::Error)]
@@ -133,18 +135,74 @@ impl vtd::FaultInterrupt for MsiSignaller {
     }
 }
 
-/// Creates the unit from the option string after `intel,`.
+/// Creates the unit from the option string after `intel,`, with interrupt remapping decided
+/// for the VM's irqchip (`split_irqchip`) and KVM's x2APIC API.
 pub fn create_unit(
     options: &str,
     memory: &GuestMemoryMmap,
     irq: MsiSignaller,
+    split_irqchip: bool,
+    x2apic_api: bool,
 ) -> Result<Arc<Vtd>, Error> {
-    let config = vtd::Config::parse(options).map_err(Error::Config)?;
+    let mut config = vtd::Config::parse(options).map_err(Error::Config)?;
+    config
+        .resolve_interrupt_remapping(split_irqchip, x2apic_api)
+        .map_err(Error::Config)?;
     Ok(Arc::new(Vtd::new(
         config,
         Arc::new(memory.clone()),
         Arc::new(irq),
     )))
+}
+
+/// The unit's interrupt remapping as the routing table's hook: each message is translated
+/// through the guest's interrupt remapping table (or passes unchanged while remapping is
+/// disabled); a blocked message leaves its route disconnected.
+#[derive(Debug)]
+pub struct VtdInterruptRemap(pub Arc<Vtd>);
+
+impl MsiRemap for VtdInterruptRemap {
+    fn remap(&self, sid: SourceId, msi: Msi) -> Option<Msi> {
+        match self.0.remap_interrupt(sid, msi.address, msi.data) {
+            vtd::InterruptOutcome::Deliver { address, data } => {
+                Some(Msi { address, data }.with_ext_dest_id_in_high_address())
+            }
+            vtd::InterruptOutcome::Blocked => None,
+        }
+    }
+}
+
+/// Re-evaluates every interrupt route when the guest changes what remapping does (an IEC
+/// invalidation, SIRTP, IRE or CFI), before its wait descriptor completes.
+#[derive(Debug)]
+pub struct RouteRefresher(pub std::sync::Weak<GsiRouting>);
+
+impl vtd::InvalidationObserver for RouteRefresher {
+    fn invalidated(&self, _unit: &dyn vtd::UnitView, _inv: &vtd::invalidation::Invalidation) {}
+    fn submission_done(&self, _unit: &dyn vtd::UnitView) {}
+    fn root_or_translation_changed(&self, _unit: &dyn vtd::UnitView) {}
+    fn interrupt_entries_changed(&self) {
+        if let Some(routing) = self.0.upgrade()
+            && let Err(e) = routing.refresh_all()
+        {
+            log_limit::limited!(
+                warn,
+                "Interrupt routes not updated after the guest's change: {e}"
+            );
+        }
+    }
+}
+
+/// Puts every device interrupt route behind `unit`'s interrupt remapping, when it offers it.
+pub fn remap_interrupts(
+    unit: &Arc<Vtd>,
+    routing: &Arc<GsiRouting>,
+) -> Result<(), crate::interrupt::Error> {
+    if !unit.config().interrupt_remapping() {
+        return Ok(());
+    }
+    unit.add_observer(Arc::new(RouteRefresher(Arc::downgrade(routing))));
+    routing.set_remap(Arc::new(VtdInterruptRemap(unit.clone())))
 }
 
 /// The `VTD cap=<hex> ecap=<hex>` line printed at start.

@@ -116,7 +116,8 @@ fn summary_names_of_the_viommu_and_three_kinds_of_disk() {
         context_cache_misses pasid_cache_hits pasid_cache_misses leaf_table_hits \
         leaf_table_misses iotlb_prefetches faults faults_recorded fault_events qi_submissions \
         qi_context_cache qi_iotlb qi_device_tlb qi_iec qi_wait qi_pasid_iotlb qi_pasid_cache \
-        qi_pasid_device_tlb qi_page_group_response qi_errors register_invalidations";
+        qi_pasid_device_tlb qi_page_group_response qi_errors register_invalidations \
+        interrupts_remapped interrupts_blocked interrupt_faults iec_global iec_selective";
     let accel = "nested_binds stage2_attaches blocks syncs replays forwarded_invalidations \
         forwarded_entries host_failures";
     let disk = "requests read_bytes write_bytes errors notifications interrupts ring_errors \

@@ -55,6 +55,14 @@ fault_reasons! {
     PagingEntryReserved = 0x0c, "Non-zero reserved field in a present paging entry";
     TranslationTypeBlocked = 0x0d, "Request blocked by the context entry's translation type";
     InterruptAddress = 0x0e, "Output address in the interrupt address range";
+    IrRequestReserved = 0x20, "Reserved field set in the decoded interrupt request";
+    IrIndexBeyondTable = 0x21, "Interrupt index beyond the interrupt-remapping table size";
+    IrEntryNotPresent = 0x22, "Present field in the IRTE is clear";
+    IrTableAccess = 0x23, "Error accessing the interrupt-remapping table pointed to by IRTA_REG";
+    IrEntryReserved = 0x24, "Reserved field set in a present IRTE";
+    IrCompatibilityBlocked = 0x25, "Blocked a compatibility-format interrupt request";
+    IrSourceBlocked = 0x26, "Blocked an interrupt request: source-id verification failed";
+    IrPostedDescriptorAccess = 0x27, "Error accessing a posted-interrupt descriptor";
     SmInvalidRootTableAddress = 0x30, "SM: Invalid root table address";
     SmTtmLegacyWithPasid = 0x31, "SM: TTM 0 for a request with PASID";
     SmRootEntryAccess = 0x38, "SM: Error attempting to access the root entry";
@@ -97,6 +105,14 @@ fault_reasons! {
     SmFirstStageBitUpdateFailed = 0x91, "SM: Failed to update the A/D bits of a first-stage paging entry";
 }
 
+impl FaultReason {
+    /// Whether this is an interrupt-remapping fault (0x20-0x2F): its record's FI field holds
+    /// the interrupt index in bits 63:48 (§11.4.9.6).
+    pub const fn is_interrupt_remapping(self) -> bool {
+        matches!(self.code(), 0x20..=0x2f)
+    }
+}
+
 impl std::fmt::Display for FaultReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -123,5 +139,11 @@ mod tests {
         assert_eq!(FaultReason::from_code(0xff), None);
         assert_eq!(FaultReason::SmFirstStageNotPresent.code(), 0x71);
         assert_eq!(FaultReason::SmWriteDenied.code(), 0x85);
+        let ir: Vec<u8> = FaultReason::ALL
+            .iter()
+            .filter(|r| r.is_interrupt_remapping())
+            .map(|r| r.code())
+            .collect();
+        assert_eq!(ir, (0x20..=0x27).collect::<Vec<u8>>());
     }
 }

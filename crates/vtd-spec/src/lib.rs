@@ -16,6 +16,8 @@
 //!
 //!   IQA/IQH/IQT ──► invalidation queue of descriptors (inv)
 //!   FRCD registers ◄── fault records with fault reasons (fault)
+//!
+//!   IRTA ──► interrupt remapping table of IRTEs (interrupt) ◄── remappable MSI address/data
 //! ```
 //!
 //! Conversions from raw guest data never panic: every bit pattern decodes to *some* value, and
@@ -25,6 +27,7 @@
 
 pub mod context;
 pub mod fault;
+pub mod interrupt;
 pub mod inv;
 pub mod pasid;
 pub mod pte;

@@ -588,9 +588,21 @@ pub struct Ics {
 pub struct FrcdLo {
     #[bits(12)]
     __: u16,
-    /// FI: faulting page address (bits 63:12).
+    /// FI: faulting page address (bits 63:12); for an interrupt-remapping fault, the
+    /// interrupt index in bits 63:48 with bits 47:12 clear (see [`FrcdLo::interrupt_index`]).
     #[bits(52)]
     pub fi: u64,
+}
+
+impl FrcdLo {
+    /// The FI field's layout for an interrupt-remapping fault: `index` in bits 63:48.
+    pub fn for_interrupt(index: u16) -> Self {
+        Self::new().with_fi(u64::from(index) << 36)
+    }
+    /// The interrupt index of an interrupt-remapping fault record (FI bits 63:48).
+    pub fn interrupt_index(self) -> u16 {
+        (self.into_bits() >> 48) as u16
+    }
 }
 
 /// High 64 bits of a fault recording register (FRCD_REG bits 127:64).

@@ -18,7 +18,21 @@
 //! | `snoop-control` | off | ECAP.SC |
 //! | `x-pasid-mode` / `pasid-bits` | off | ECAP.PASID, PSS = bits − 1 (`on` = 8 bits, or a number 1-20) |
 //! | `device-iotlb` | off | ECAP.DT |
-//! | `intremap`, `eim` | off | refused when on: interrupt remapping is not emulated |
+//! | `intremap` | auto | ECAP.IR and MHMV = 15: interrupt remapping (chapter 5) |
+//! | `eim` | auto | ECAP.EIM: x2APIC (32-bit) destinations; needs `intremap` |
+//!
+//! **Interrupt remapping** depends on the VMM's interrupt controller, which the option string
+//! does not know: `intremap` and `eim` are kept as on/off/auto by [`Config::parse`], and the VMM
+//! calls [`Config::resolve_interrupt_remapping`] once it knows its irqchip. Until then `auto`
+//! offers nothing. The rules are QEMU's (`x86_iommu_realize`, `vtd_decide_config`):
+//!
+//! | irqchip | `intremap=auto` | `intremap=on` | `eim=auto` | `eim=on` |
+//! |---|---|---|---|---|
+//! | `kernel` (IOAPIC in KVM) | off | refused | off | refused (needs intremap) |
+//! | `split` (IOAPIC in the VMM) | on | on | on with X2APIC_API | on; refused without X2APIC_API |
+//!
+//! One difference: QEMU refuses `eim=auto` on a kernel without `KVM_CAP_X2APIC_API` (the
+//! `auto` resolves to on, then fails); here `auto` resolves to off there.
 
 use vtd_spec::regs::{Cap, Ecap};
 
@@ -32,6 +46,9 @@ pub const IOTLB_REGISTER_OFFSET_UNITS: u16 = 0xf;
 pub const MAX_ADDRESS_MASK: u8 = 18;
 /// CAP.ND = 6: 2^16 domain ids.
 pub const DOMAIN_ID_FIELD: u8 = 6;
+/// ECAP.MHMV: the largest index mask of an index-selective interrupt-entry-cache invalidation
+/// (QEMU's value).
+pub const MAX_HANDLE_MASK: u8 = 0xf;
 /// PASID width offered by `x-pasid-mode=on` (QEMU: PSS = 7).
 pub const DEFAULT_PASID_BITS: u8 = 8;
 
@@ -85,14 +102,35 @@ pub enum ConfigError {
     /// PASIDs need scalable mode.
     #[error("Need to set scalable mode for PASID")]
     PasidWithoutScalableMode,
-    /// Interrupt remapping was asked for.
-    #[error("intremap=on is refused: this IOMMU does not emulate interrupt remapping")]
-    InterruptRemapping,
-    /// x2APIC interrupt remapping was asked for.
-    #[error(
-        "eim=on cannot be selected without intremap=on, and interrupt remapping is not emulated"
-    )]
-    ExtendedInterruptMode,
+    /// An on/off/auto option got something else.
+    #[error("Option '{option}' takes on/off/auto, not '{value}'")]
+    NotOnOffAuto {
+        /// The option name.
+        option: String,
+        /// The value given.
+        value: String,
+    },
+    /// Interrupt remapping with the interrupt controller entirely in KVM.
+    #[error("Interrupt Remapping cannot work with --irqchip kernel, please use '--irqchip split'.")]
+    InterruptRemappingNeedsSplitIrqchip,
+    /// x2APIC interrupt remapping without interrupt remapping.
+    #[error("eim=on cannot be selected without intremap=on")]
+    EimWithoutInterruptRemapping,
+    /// x2APIC interrupt remapping on a kernel without KVM_CAP_X2APIC_API.
+    #[error("eim=on requires support on the KVM side(X2APIC_API, first shipped in v4.7)")]
+    EimWithoutX2apicApi,
+}
+
+/// A QEMU `OnOffAuto` option value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnOffAuto {
+    /// Asked for.
+    On,
+    /// Refused.
+    Off,
+    /// Decided by [`Config::resolve_interrupt_remapping`].
+    #[default]
+    Auto,
 }
 
 /// What the remapping unit offers the guest.
@@ -118,6 +156,10 @@ pub struct Config {
     pub pasid_bits: Option<u8>,
     /// `device-iotlb`: device-TLBs / ATS (ECAP.DT).
     pub device_iotlb: bool,
+    /// `intremap`: interrupt remapping (ECAP.IR); `Auto` offers nothing until resolved.
+    pub intremap: OnOffAuto,
+    /// `eim`: extended interrupt mode (ECAP.EIM); `Auto` offers nothing until resolved.
+    pub eim: OnOffAuto,
 }
 
 impl Default for Config {
@@ -134,7 +176,23 @@ impl Default for Config {
             snoop_control: false,
             pasid_bits: None,
             device_iotlb: false,
+            intremap: OnOffAuto::Auto,
+            eim: OnOffAuto::Auto,
         }
+    }
+}
+
+fn parse_on_off_auto(option: &str, value: &str) -> Result<OnOffAuto, ConfigError> {
+    if value.eq_ignore_ascii_case("auto") {
+        return Ok(OnOffAuto::Auto);
+    }
+    match parse_bool(option, value) {
+        Ok(true) => Ok(OnOffAuto::On),
+        Ok(false) => Ok(OnOffAuto::Off),
+        Err(_) => Err(ConfigError::NotOnOffAuto {
+            option: option.to_string(),
+            value: value.to_string(),
+        }),
     }
 }
 
@@ -242,16 +300,8 @@ impl Config {
                     )?),
                 }
             }
-            "intremap" => {
-                if parse_bool(name, value)? {
-                    return Err(ConfigError::InterruptRemapping);
-                }
-            }
-            "eim" => {
-                if parse_bool(name, value)? {
-                    return Err(ConfigError::ExtendedInterruptMode);
-                }
-            }
+            "intremap" => self.intremap = parse_on_off_auto(name, value)?,
+            "eim" => self.eim = parse_on_off_auto(name, value)?,
             _ => return Err(ConfigError::UnknownOption(name.to_string())),
         }
         Ok(())
@@ -271,6 +321,9 @@ impl Config {
             (true, false, _) => return Err(ConfigError::AwBitsScalable),
             (false, _, _) => return Err(ConfigError::AwBitsLegacy),
         }
+        if self.eim == OnOffAuto::On && self.intremap == OnOffAuto::Off {
+            return Err(ConfigError::EimWithoutInterruptRemapping);
+        }
         if let Some(bits) = self.pasid_bits {
             if !self.scalable_mode {
                 return Err(ConfigError::PasidWithoutScalableMode);
@@ -284,6 +337,46 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Decides `intremap` and `eim` once the VMM knows its interrupt controller: `split_irqchip`
+    /// (the IOAPIC is the VMM's, the local APICs KVM's) and `x2apic_api` (KVM_CAP_X2APIC_API
+    /// can be enabled). Applies QEMU's rules (see the module docs); afterwards neither is
+    /// `Auto`.
+    pub fn resolve_interrupt_remapping(
+        &mut self,
+        split_irqchip: bool,
+        x2apic_api: bool,
+    ) -> Result<(), ConfigError> {
+        let intremap = match self.intremap {
+            OnOffAuto::On if !split_irqchip => {
+                return Err(ConfigError::InterruptRemappingNeedsSplitIrqchip);
+            }
+            OnOffAuto::On => true,
+            OnOffAuto::Off => false,
+            OnOffAuto::Auto => split_irqchip,
+        };
+        let eim = match self.eim {
+            OnOffAuto::On if !intremap => return Err(ConfigError::EimWithoutInterruptRemapping),
+            OnOffAuto::On if !x2apic_api => return Err(ConfigError::EimWithoutX2apicApi),
+            OnOffAuto::On => true,
+            OnOffAuto::Off => false,
+            OnOffAuto::Auto => intremap && x2apic_api,
+        };
+        let on_off = |on: bool| if on { OnOffAuto::On } else { OnOffAuto::Off };
+        self.intremap = on_off(intremap);
+        self.eim = on_off(eim);
+        Ok(())
+    }
+
+    /// Whether interrupt remapping is offered (`intremap` resolved to on).
+    pub fn interrupt_remapping(&self) -> bool {
+        self.intremap == OnOffAuto::On
+    }
+
+    /// Whether x2APIC interrupt remapping is offered (`eim` on, with `intremap`).
+    pub fn extended_interrupt_mode(&self) -> bool {
+        self.interrupt_remapping() && self.eim == OnOffAuto::On
     }
 
     /// Whether second-stage translation is offered (legacy mode always uses it).
@@ -315,9 +408,8 @@ impl Config {
 
     /// The extended capability register (§11.4.3) for this configuration.
     ///
-    /// Against QEMU's (`ecap=880000f00f5a` with x-flts and intremap): same QI, PT, IRO, SMTS,
-    /// FSTS; no IR/EIM/MHMV (not emulated); C and SMPWC set because the model reads guest memory
-    /// directly and so is coherent.
+    /// Against QEMU's (`ecap=880000f00f5a` with x-flts and intremap): the same bits, plus C
+    /// and SMPWC because the model reads guest memory directly and so is coherent.
     pub fn ecap(&self) -> Ecap {
         let mut ecap = Ecap::new()
             .with_c(true)
@@ -335,6 +427,12 @@ impl Config {
         }
         if let Some(bits) = self.pasid_bits {
             ecap = ecap.with_pasid(true).with_pss(bits.clamp(1, 20) - 1);
+        }
+        if self.interrupt_remapping() {
+            ecap = ecap
+                .with_ir(true)
+                .with_mhmv(MAX_HANDLE_MASK)
+                .with_eim(self.extended_interrupt_mode());
         }
         ecap
     }
@@ -401,12 +499,12 @@ mod tests {
             "Need to set scalable mode for PASID"
         );
         assert_eq!(
-            err("intremap=on"),
-            "intremap=on is refused: this IOMMU does not emulate interrupt remapping"
+            err("intremap=off,eim=on"),
+            "eim=on cannot be selected without intremap=on"
         );
         assert_eq!(
-            err("eim=on"),
-            "eim=on cannot be selected without intremap=on, and interrupt remapping is not emulated"
+            err("intremap=maybe"),
+            "Option 'intremap' takes on/off/auto, not 'maybe'"
         );
         assert_eq!(
             err("x-scalable-mode=on,x-ssts=on"),
@@ -440,10 +538,52 @@ mod tests {
         assert_eq!((c.cap().mgaw(), c.ecap().pss()), (63, 19));
     }
 
+    /// QEMU's rules for `intremap` and `eim` against the interrupt controller, and its
+    /// sentences.
+    #[test]
+    fn interrupt_remapping_resolves_like_qemu() {
+        let resolved = |options: &str, split: bool, x2apic_api: bool| {
+            let mut c = Config::parse(options).unwrap();
+            c.resolve_interrupt_remapping(split, x2apic_api)
+                .map(|()| (c.interrupt_remapping(), c.extended_interrupt_mode()))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(resolved("", false, true), Ok((false, false)));
+        assert_eq!(resolved("", true, true), Ok((true, true)));
+        assert_eq!(resolved("", true, false), Ok((true, false)));
+        assert_eq!(
+            resolved("intremap=on,eim=off", true, true),
+            Ok((true, false))
+        );
+        assert_eq!(resolved("intremap=off", true, true), Ok((false, false)));
+        assert_eq!(resolved("eim=on", true, true), Ok((true, true)));
+        assert_eq!(resolved("eim=off", false, false), Ok((false, false)));
+        assert_eq!(
+            resolved("intremap=on", false, true),
+            Err("Interrupt Remapping cannot work with --irqchip kernel, please use '--irqchip split'.".into())
+        );
+        assert_eq!(
+            resolved("eim=on", false, true),
+            Err("eim=on cannot be selected without intremap=on".into())
+        );
+        assert_eq!(
+            resolved("intremap=on,eim=on", true, false),
+            Err(
+                "eim=on requires support on the KVM side(X2APIC_API, first shipped in v4.7)".into()
+            )
+        );
+        // Unresolved, `auto` offers nothing; `on` is offered as it is.
+        let c = Config::parse("intremap=auto,eim=auto").unwrap();
+        assert!(!c.ecap().ir() && !c.ecap().eim() && c.ecap().mhmv() == 0);
+        let c = Config::parse("intremap=on").unwrap();
+        assert!(c.ecap().ir() && !c.ecap().eim() && c.ecap().mhmv() == MAX_HANDLE_MASK);
+    }
+
     /// QEMU `x-scalable-mode=on,x-flts=on,intremap=on`: cap=1d2008c222f0606 ecap=880000f00f5a.
     #[test]
     fn first_stage_caps_match_qemu_field_by_field() {
-        let ours = Config::parse("x-scalable-mode=on,x-flts=on").unwrap();
+        let mut ours = Config::parse("x-scalable-mode=on,x-flts=on,intremap=on").unwrap();
+        ours.resolve_interrupt_remapping(true, true).unwrap();
         let (cap, ecap) = (ours.cap(), ours.ecap());
         let qcap = Cap::from_bits(0x01d2_008c_222f_0606);
         let qecap = Ecap::from_bits(0x8800_00f0_0f5a);
@@ -472,15 +612,9 @@ mod tests {
             (qecap.smts(), qecap.fsts(), qecap.ssts()),
             (true, true, false)
         );
-        assert!(!ecap.ir() && !ecap.eim() && ecap.mhmv() == 0);
-        // QEMU's value minus IR/EIM/MHMV, plus our C and SMPWC, is ours.
-        let expected = qecap
-            .with_ir(false)
-            .with_eim(false)
-            .with_mhmv(0)
-            .with_c(true)
-            .with_smpwc(true);
-        assert_eq!(ecap, expected);
+        assert!(ecap.ir() && ecap.eim() && ecap.mhmv() == qecap.mhmv());
+        // QEMU's value plus our C and SMPWC is ours, bit for bit.
+        assert_eq!(ecap, qecap.with_c(true).with_smpwc(true));
     }
 
     /// QEMU c068e00c put ECAP.PT into CAP (bit 6 = PHMR there); PT belongs in ECAP only.

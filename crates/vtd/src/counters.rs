@@ -146,6 +146,11 @@ counter_set! {
         qi_page_group_response: AtomicU64 = "Page group response descriptors.",
         qi_errors: AtomicU64 = "Invalidation queue errors (IQE).",
         register_invalidations: AtomicU64 = "Register-based (CCMD / IOTLB) invalidations.",
+        interrupts_remapped: AtomicU64 = "Interrupt requests translated through an IRTE.",
+        interrupts_blocked: AtomicU64 = "Interrupt requests blocked by interrupt remapping.",
+        interrupt_faults: AtomicU64 = "Interrupt-remapping faults (recorded or not: FPD).",
+        iec_global: AtomicU64 = "Global interrupt-entry-cache invalidations.",
+        iec_selective: AtomicU64 = "Index-selective interrupt-entry-cache invalidations.",
     }
 }
 

@@ -5,10 +5,11 @@
 //!
 //! The input chooses a configuration, then up to [`MAX_OPS`] operations: register writes and
 //! reads of any width at any offset, guest-RAM writes, table entries at a fixed layout (so walks
-//! go deep), queue submissions, translations and resets. After every operation the driver checks
-//! invariants that hold whatever the guest does: read-only registers keep their values, GSTS only
-//! reports what the unit offers, IQH stays inside the queue, a request while GSTS.TES is clear
-//! passes untranslated, and nothing panics.
+//! go deep) and interrupt remapping table entries, queue submissions, translations, interrupt
+//! requests and resets. After every operation the driver checks invariants that hold whatever
+//! the guest does: read-only registers keep their values, GSTS only reports what the unit
+//! offers, IQH stays inside the queue, a request while GSTS.TES is clear passes untranslated,
+//! an interrupt while GSTS.IRES is clear passes unchanged, and nothing panics.
 
 pub mod differential;
 pub mod reference;
@@ -16,6 +17,7 @@ pub mod reference;
 use crate::config::Config;
 use crate::counters::CountersSnapshot;
 use crate::fault::FaultInterrupt;
+use crate::interrupt_remap::InterruptOutcome;
 use crate::memory::GuestRam;
 use crate::observer::UnitView;
 use crate::request::{Access, DmaRequest, Remapper};
@@ -36,6 +38,8 @@ const PASID_TABLE: u64 = 0x4000;
 const PAGE_TABLES: u64 = 0x5000;
 const QUEUE: u64 = 0x1_0000;
 const STATUS: u64 = 0x2_0000;
+/// The interrupt remapping table of op 6's bring-up (the input may point IRTA anywhere).
+const IRT: u64 = 0x3_0000;
 /// Devices on bus 0 the driver uses: devfn 0, 1 (low context table half), 0x80, 0x81 (high).
 const DEVFN_MASK: u8 = 0x81;
 
@@ -74,12 +78,14 @@ impl FaultInterrupt for Sink {
 }
 
 fn config(choice: u8) -> Config {
-    let options = match choice % 5 {
+    let options = match choice % 7 {
         0 => "",
         1 => "x-scalable-mode=on",
         2 => "x-scalable-mode=on,x-flts=on",
         3 => "x-scalable-mode=on,x-flts=on,x-ssts=on,x-pasid-mode=20,device-iotlb=on",
-        _ => "aw-bits=39,caching-mode=on,pt=off",
+        4 => "aw-bits=39,caching-mode=on,pt=off",
+        5 => "x-scalable-mode=on,x-flts=on,intremap=on,eim=on",
+        _ => "intremap=on",
     };
     Config::parse(options).unwrap_or_default()
 }
@@ -105,7 +111,10 @@ pub fn run(data: &[u8]) -> CountersSnapshot {
         assert_eq!(read64(&vtd, offset::CAP), cap.into_bits());
         assert_eq!(read64(&vtd, offset::ECAP), ecap.into_bits());
         let gsts = Gsts::from_bits(read32(&vtd, offset::GSTS));
-        assert!(!gsts.ires() && !gsts.irtps() && !gsts.cfis() && !gsts.wbfs() && !gsts.fls());
+        assert!(!gsts.wbfs() && !gsts.fls());
+        if !ecap.ir() {
+            assert!(!gsts.ires() && !gsts.irtps() && !gsts.cfis());
+        }
         // IQH only ever holds a slot offset of the largest queue (bits 18:4); it can lie
         // beyond a queue the guest shrank (or re-shaped) under it, which the next IQT write
         // reports.
@@ -132,7 +141,7 @@ fn write(vtd: &Vtd, at: u64, value: u64, width: usize) {
 }
 
 fn step(vtd: &Vtd, ram: &dyn GuestRam, input: &mut Input<'_>) {
-    match input.byte() % 9 {
+    match input.byte() % 10 {
         0 => {
             let at = u64::from(input.u16() & 0x1fff);
             let width = [1, 2, 4, 8, 16, 3][usize::from(input.byte() % 6)];
@@ -192,6 +201,20 @@ fn step(vtd: &Vtd, ram: &dyn GuestRam, input: &mut Input<'_>) {
                 4,
             );
             write(vtd, offset::FECTL, 0, 4);
+            if vtd.ecap().ir() {
+                // Linux's interrupt remapping bring-up: IRTA, SIRTP, IRE (CFI sometimes).
+                // The first entries present, as a driver fills them before enabling.
+                for index in 0..8 {
+                    let irte = [1 | u64::from(input.byte()) << 16 | 0x100 << 32, 0];
+                    let _ = ram.write_at(IRT + 16 * index, &irte.map(u64::to_le_bytes).concat());
+                }
+                let b = input.byte();
+                let irta = IRT | u64::from(b & 0xf) | (u64::from(b >> 7) << 11);
+                write(vtd, offset::IRTA, irta, 8);
+                write(vtd, offset::GCMD, (1 << 26) | (1 << 24), 4);
+                let cfi = u64::from(input.byte() & 1) << 23;
+                write(vtd, offset::GCMD, (1 << 26) | (1 << 25) | cfi, 4);
+            }
         }
         7 => {
             let at = [
@@ -208,11 +231,50 @@ fn step(vtd: &Vtd, ram: &dyn GuestRam, input: &mut Input<'_>) {
                 4,
             );
         }
+        8 => interrupt(vtd, input),
         _ => {
             if input.byte() == 0xff {
                 vtd.reset();
             }
         }
+    }
+}
+
+/// An interrupt request: mostly a remappable-format MSI naming a low entry, sometimes any
+/// address and data; through `remap_interrupt` or as a device's DWORD write.
+fn interrupt(vtd: &Vtd, input: &mut Input<'_>) {
+    let mode = input.byte();
+    let sid = SourceId(u16::from(input.byte() & DEVFN_MASK));
+    let (address, data) = match mode & 3 {
+        0 | 1 => {
+            let handle = u64::from(input.byte() & 0x7);
+            let shv = u64::from(mode & 4);
+            (
+                0xfee0_0010 | (handle << 5) | shv << 1,
+                u32::from(input.byte() & 3),
+            )
+        }
+        2 => (
+            0xfee0_0000 | u64::from(input.u16()) << 4,
+            u32::from(input.u16()),
+        ),
+        _ => (
+            input.u64(),
+            u32::from(input.u16()) << 8 | u32::from(input.byte()),
+        ),
+    };
+    let remapping = Gsts::from_bits(read32(vtd, offset::GSTS)).ires();
+    if mode & 0x80 != 0 {
+        vtd.interrupt(sid, address, data);
+        return;
+    }
+    let outcome = vtd.remap_interrupt(sid, address, data);
+    if !remapping {
+        assert_eq!(
+            outcome,
+            InterruptOutcome::Deliver { address, data },
+            "interrupts with IRES clear pass unchanged"
+        );
     }
 }
 
@@ -228,23 +290,36 @@ fn tables(vtd: &Vtd, ram: &dyn GuestRam, input: &mut Input<'_>) {
     let index = u64::from(input.byte());
     let low = input.u64() & 0xfff;
     let high = input.u64();
-    let (at, first) = match which % 6 {
-        0 => (ROOT + (index & 0xf) * 16, CONTEXT | low),
-        1 => (CONTEXT + (index & 0x7f) * 32, PASID_DIR | low),
-        2 => (PASID_DIR + (index & 0x7) * 8, PASID_TABLE | low),
-        3 => (PASID_TABLE + (index & 0x3f) * 64, low),
+    let (at, first, second) = match which % 7 {
+        0 => (ROOT + (index & 0xf) * 16, CONTEXT | low, high),
+        1 => (CONTEXT + (index & 0x7f) * 32, PASID_DIR | low, high),
+        2 => (PASID_DIR + (index & 0x7) * 8, PASID_TABLE | low, high),
+        3 => (PASID_TABLE + (index & 0x3f) * 64, low, high),
         4 => {
             let level = index % 5;
             let next = PAGE_TABLES + (level + 1) * 0x1000;
-            (PAGE_TABLES + level * 0x1000 + (index >> 3) * 8, next | low)
+            (
+                PAGE_TABLES + level * 0x1000 + (index >> 3) * 8,
+                next | low,
+                high,
+            )
         }
-        _ => (
+        5 => (
             PASID_TABLE + (index & 0x3f) * 64 + 16,
             PAGE_TABLES | low | (high << 52),
+            high,
         ),
+        // An IRTE of op 6's table: mostly present and valid in xAPIC and x2APIC mode, with
+        // source validation from the input (SID on bus 0).
+        _ if which & 0x40 == 0 => (
+            IRT + (index & 0x7) * 16,
+            (high & 0x0000_ff00_00ff_0f1f) | 1,
+            low & 0xf_00ff,
+        ),
+        _ => (IRT + (index & 0x7) * 16, high, low << 52 | high >> 12),
     };
     let _ = ram.write_at(at, &first.to_le_bytes());
-    let _ = ram.write_at(at + 8, &high.to_le_bytes());
+    let _ = ram.write_at(at + 8, &second.to_le_bytes());
 }
 
 /// Writes up to 8 descriptors at the queue tail and moves IQT, sometimes to a hostile value.
@@ -268,16 +343,16 @@ fn submit(vtd: &Vtd, ram: &dyn GuestRam, input: &mut Input<'_>) {
         let mode = input.byte();
         // Mostly the types Linux sends; sometimes any of the sixteen low type codes.
         let kind = match mode & 0x40 {
-            0 => [1u64, 2, 5, 6, 7, 6, 5, 2][usize::from(mode % 8)],
+            0 => [1u64, 2, 5, 6, 7, 4, 5, 2][usize::from(mode % 8)],
             _ => u64::from(mode % 16),
         };
         let (mut q0, mut q1) = (input.u64(), input.u64());
         if mode & 0x80 == 0 {
             // Mostly well-formed: only the fields a driver fills.
-            q0 &= if kind == 5 {
-                0xffff_ffff_0000_0070
-            } else {
-                0x000f_ffff_ffff_0030
+            q0 &= match kind {
+                5 => 0xffff_ffff_0000_0070,
+                4 => 0x0000_ffff_f800_0010,
+                _ => 0x000f_ffff_ffff_0030,
             };
             q1 &= !0xf80;
         }
@@ -368,12 +443,13 @@ mod tests {
     fn bring_up_shaped_inputs_reach_the_queue_and_the_walks() {
         let mut next = xorshift(42);
         let (mut descriptors, mut walks, mut faults, mut errors) = (0, 0, 0, 0);
-        for config in 0..5u8 {
+        let (mut remapped, mut iec) = (0, 0);
+        for config in 0..7u8 {
             for _ in 0..40 {
                 // Config, bring-up (op 6), then a mix of tables (3), submissions (4), DMA (5).
                 let mut data = vec![config, 6, 1, 1];
                 for _ in 0..60 {
-                    data.push([3, 4, 5, 5, 7, 0][(next() % 6) as usize]);
+                    data.push([3, 4, 5, 5, 7, 0, 8, 3][(next() % 8) as usize]);
                     data.extend((0..40).map(|_| next() as u8));
                 }
                 let c = run(&data);
@@ -385,8 +461,11 @@ mod tests {
                 walks += c.walks;
                 faults += c.faults_recorded;
                 errors += c.qi_errors;
+                remapped += c.interrupts_remapped;
+                iec += c.iec_global + c.iec_selective;
             }
         }
+        assert!(remapped > 100 && iec > 20, "{remapped} {iec}");
         assert!(
             descriptors > 100 && walks > 100 && faults > 100 && errors > 10,
             "{descriptors} {walks} {faults} {errors}"

@@ -4,12 +4,14 @@
 //!
 //! [`Vtd`] is the unit. It is configured with QEMU's `intel-iommu` option names
 //! ([`Config::parse`]), serves the 4 KiB register page ([`Vtd::mmio_read`],
-//! [`Vtd::mmio_write`]), translates DMA ([`request::Remapper`]) and tells passthrough bindings
+//! [`Vtd::mmio_write`]), translates DMA ([`request::Remapper`]), remaps interrupts
+//! ([`Vtd::remap_interrupt`]) and tells passthrough bindings and the VMM's interrupt routing
 //! what the guest invalidated ([`InvalidationObserver`]).
 //!
 //! ```text
 //!  1. Guest programs the unit (vCPU thread, MMIO exit)
 //!     mmio_write ─► regs (attributes, W1C) ─► GCMD: SRTP/TE/QIE ─► GSTS (synchronously)
+//!                                          │  SIRTP/IRE/CFI ─► interrupt_remap (IRTA, IEC)
 //!                                          │                 └─► UnitState (root, TE) ─┐
 //!                                          ├─► IQT: qi::interpret_decoded ─► dispatch ──┤
 //!                                          │    wait: status write, ICS/IECTL event     │
@@ -28,6 +30,15 @@
 //!  3. Passthrough devices (no DMA through the unit)
 //!     InvalidationObserver::invalidated / submission_done / root_or_translation_changed
 //!       ─► binding logic reads PASID entries through UnitView ─► host IOMMU (nested HWPT)
+//!
+//!  4. Interrupts (VMM building KVM MSI routes; device DWORD writes to FEEx_xxxx)
+//!     Vtd::remap_interrupt(sid, address, data) / Remapper::interrupt
+//!       ─► interrupt_remap: IRES clear ─► unchanged
+//!          else format, index, interrupt-entry cache or IRTE read from RAM, P, reserved,
+//!          source validation ─► InterruptOutcome::Deliver (compatibility format)
+//!          └─► on a fault: fault::record (FI = index) unless FPD ─► Blocked
+//!     QI IEC descriptor / SIRTP / IRE / CFI ─► cache dropped ─► observers'
+//!       interrupt_entries_changed (before the next wait completes) ─► VMM re-evaluates routes
 //! ```
 //!
 //! Locks: a register mutex for MMIO and fault recording; the translation hot path reads
@@ -53,6 +64,7 @@ mod counters;
 mod fault;
 mod generation_log;
 mod interrupt_range;
+mod interrupt_remap;
 mod memory;
 mod qi;
 mod regs;
@@ -69,6 +81,7 @@ pub use config::{Config, ConfigError};
 pub use counters::{Counters, CountersSnapshot};
 pub use fault::FaultInterrupt;
 pub use generation_log::LOG_ENTRIES;
+pub use interrupt_remap::InterruptOutcome;
 pub use memory::{GuestRam, MemoryError};
 pub use observer::{InvalidationObserver, UnitView};
 pub use translate::shadow_view::{

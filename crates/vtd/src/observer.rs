@@ -1,7 +1,8 @@
 //! The seam for passthrough devices: whoever keeps a host IOMMU in sync with what the guest
 //! programmed registers an [`InvalidationObserver`] with the unit and is told, in order, about
-//! every invalidation the guest requested, the end of each queue submission, and every change of
-//! the root table pointer or of translation enable.
+//! every invalidation the guest requested, the end of each queue submission, every change of
+//! the root table pointer or of translation enable, and every change of interrupt remapping
+//! (interrupt-entry-cache invalidations, SIRTP, IRE, CFI).
 //!
 //! Observers are called on the vCPU thread that made the MMIO access, **with no lock of the unit
 //! held**, after the unit's own caches have applied the same invalidation. They may read the
@@ -47,4 +48,9 @@ pub trait InvalidationObserver: Send + Sync {
     fn submission_done(&self, unit: &dyn UnitView);
     /// SRTP latched a root table pointer, or TE changed: bindings must be replayed.
     fn root_or_translation_changed(&self, unit: &dyn UnitView);
+    /// Interrupt remapping may now treat some request differently: an interrupt-entry-cache
+    /// invalidation (global or index-selective) was applied — called before the next wait
+    /// descriptor completes — or SIRTP, IRE or CFI was written, or the unit was reset. Whoever
+    /// keeps interrupt routes derived from [`crate::Vtd::remap_interrupt`] re-evaluates them.
+    fn interrupt_entries_changed(&self) {}
 }

@@ -8,7 +8,7 @@
 //! | context-cache (1) | G = 1, 2, 3 | `Context{Global,Domain,Device}` |
 //! | IOTLB (2) | G = 1, 2, 3 (AM ≤ CAP.MAMV for G=3) | `Iotlb{Global,Domain,Page}` |
 //! | device-TLB (3) | ECAP.DT | nothing to do (no device-TLB is modelled), counted |
-//! | interrupt entry cache (4) | never: interrupt remapping is not offered | IQE, invalid type |
+//! | interrupt entry cache (4) | ECAP.IR; G = 0 global, 1 index-selective (IIDX, IM) | `IecScope` for the interrupt-entry cache |
 //! | wait (5) | PD only with ECAP.PRS (never offered) | status write, completion event |
 //! | PASID-IOTLB (6) | scalable mode; G = 2, 3 | `PasidIotlb{All,Page}` (AM > 52 is read as 52) |
 //! | PASID-cache (7) | scalable mode; G = 0, 1, 3 | `PasidCache{Domain,Pasid,Global}` |
@@ -23,6 +23,7 @@
 
 use crate::config::MAX_ADDRESS_MASK;
 use crate::counters::Counters;
+use crate::interrupt_remap::IecScope;
 use crate::invalidation::Invalidation;
 use std::sync::atomic::AtomicU64;
 use vtd_spec::SourceId;
@@ -34,6 +35,8 @@ use vtd_spec::regs::{Ccmd, Ecap, IotlbReg, IqeInfo};
 pub enum Action {
     /// Apply an invalidation to the caches and tell the observers.
     Invalidate(Invalidation),
+    /// Drop interrupt-entry-cache entries, then tell the observers interrupt entries changed.
+    InvalidateInterruptEntries(IecScope),
     /// An invalidation wait: write `status` (address, data) if SW, raise the completion event
     /// if `interrupt`. FN (fence) is trivially met: descriptors complete in order.
     Wait {
@@ -198,8 +201,16 @@ pub fn interpret_decoded(
             _ => return reserved,
         }),
         Descriptor::DeviceTlb(..) | Descriptor::PasidDeviceTlb(..) => Action::Nothing,
-        // Unreachable while IR and PRS are not offered; accepted as no-ops if they ever are.
-        Descriptor::Iec(_) | Descriptor::PageGroupResponse(..) => Action::Nothing,
+        Descriptor::Iec(d) => Action::InvalidateInterruptEntries(if d.g() {
+            IecScope::Index {
+                index: d.iidx(),
+                mask: d.im(),
+            }
+        } else {
+            IecScope::Global
+        }),
+        // Unreachable while PRS is not offered; accepted as a no-op if it ever is.
+        Descriptor::PageGroupResponse(..) => Action::Nothing,
         Descriptor::Unknown(_) => return Err(IqeInfo::InvalidType),
     };
     Ok(action)
@@ -400,6 +411,38 @@ mod tests {
         };
         assert_eq!(
             interpret([7 | (3 << 4), 0, 0, 0], false, legacy),
+            Err(IqeInfo::InvalidType)
+        );
+    }
+
+    /// Linux's `qi_global_iec` (G=0) and `modify_irte`'s `qi_flush_iec(index, mask)` (G=1).
+    #[test]
+    fn interrupt_entry_cache_descriptors_need_ir() {
+        let ir = QueueFeatures {
+            interrupt_remapping: true,
+            ..SM
+        };
+        assert_eq!(
+            interpret([4, 0, 0, 0], false, ir),
+            Ok(Action::InvalidateInterruptEntries(IecScope::Global))
+        );
+        assert_eq!(
+            interpret(
+                [4 | (1 << 4) | (2 << 27) | (0x1234 << 32), 0, 0, 0],
+                true,
+                ir
+            ),
+            Ok(Action::InvalidateInterruptEntries(IecScope::Index {
+                index: 0x1234,
+                mask: 2
+            }))
+        );
+        assert_eq!(
+            interpret([4 | (1 << 5), 0, 0, 0], false, ir),
+            Err(IqeInfo::ReservedField)
+        );
+        assert_eq!(
+            interpret([4, 0, 0, 0], false, SM),
             Err(IqeInfo::InvalidType)
         );
     }

@@ -16,6 +16,7 @@
 //! module only knows the storage and the access attributes.
 
 use crate::config::Config;
+use vtd_spec::interrupt::Irta;
 use vtd_spec::regs::{
     Ccmd, EventControl, Fsts, IotlbReg, Iqa, REGISTER_PAGE_SIZE, Version, offset,
 };
@@ -163,6 +164,10 @@ impl RegisterFile {
         regs.define32(offset::IEADDR, 0, !0x3, 0);
         regs.define32(offset::IEUADDR, 0, !0, 0);
         regs.define64(offset::IQERCD, 0, 0, 0);
+        if config.interrupt_remapping() {
+            let irta_rw = Irta::writable_mask(config.extended_interrupt_mode());
+            regs.define64(offset::IRTA, 0, irta_rw, 0);
+        }
         // IVA: AM, IH and ADDR are RW (§11.4.8.2).
         regs.define64(layout.iva.offset, 0, !0xf80, 0);
         let iotlb_rw = IotlbReg::new()

@@ -113,6 +113,22 @@ pub struct Fault {
     pub fpd: bool,
 }
 
+impl Fault {
+    /// An interrupt-remapping fault (0x20-0x27) of the request from `sid` with interrupt
+    /// index `index`: recorded as the spec lays out such records (§11.4.9.6), the index in
+    /// FI bits 63:48 (carried here as `iova`) and the type of a write, without PASID.
+    pub fn interrupt(reason: FaultReason, sid: SourceId, index: u16, fpd: bool) -> Self {
+        Self {
+            reason,
+            sid,
+            pasid: None,
+            iova: vtd_spec::regs::FrcdLo::for_interrupt(index).into_bits(),
+            access: Access::WRITE,
+            fpd,
+        }
+    }
+}
+
 /// Anything that remaps DMA requests: the vIOMMU unit implements it, and per-device adapters
 /// (such as the vm-memory `Iommu` implementation) are built on top of it.
 pub trait Remapper: Send + Sync {
@@ -137,7 +153,9 @@ pub trait Remapper: Send + Sync {
     /// (`interrupt_range::INTERRUPT_RANGE`): an interrupt request, not DMA (§3.15). Returns
     /// whether it was delivered; `false` if `address` is not a DWORD-aligned address in the
     /// range (such a write, or a write of another length, is DMA: [`Remapper::remap`] faults
-    /// it). The default delivers nothing.
+    /// it). With interrupt remapping enabled the request is remapped first
+    /// ([`crate::Vtd::remap_interrupt`]); a blocked one is still an interrupt request (its fault
+    /// is recorded) and returns `true`. The default delivers nothing.
     fn interrupt(&self, sid: SourceId, address: u64, data: u32) -> bool {
         let _ = (sid, address, data);
         false

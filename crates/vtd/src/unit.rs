@@ -4,9 +4,11 @@
 //! **Locking.** One mutex guards the register page and the queue/fault bookkeeping; MMIO
 //! accesses and fault recording take it. The state translation needs ([`UnitState`]) is kept in
 //! a separate `RwLock` that is written only by SRTP / TE / reset, so the DMA hot path takes a
-//! read lock and never the register mutex (except to record a fault). Observers and the
-//! interrupt sink are called after every lock is released: work done under the mutex is
-//! collected as `Effects` and carried out afterwards.
+//! read lock and never the register mutex (except to record a fault). Interrupt remapping
+//! (`interrupt_remap`) has a mutex of its own, taken inside the register mutex by commands and
+//! IEC descriptors and alone by [`Vtd::remap_interrupt`], which records its faults only after
+//! releasing it. Observers and the interrupt sink are called after every lock is released: work
+//! done under the mutex is collected as `Effects` and carried out afterwards.
 //!
 //! **Queue processing** is synchronous on the IQT write (and on enabling QI, and on clearing
 //! FSTS.IQE, which resumes from IQH). It runs in segments: under the mutex, descriptors are
@@ -26,6 +28,8 @@ use crate::counters::{Counters, CountersSnapshot};
 use crate::fault::{self, EventKind, FaultInterrupt, Msi, Recorded};
 use crate::generation_log::{GenerationLog, Stale};
 use crate::interrupt_range;
+use crate::interrupt_remap::IecScope;
+use crate::interrupt_remap::{InterruptOutcome, InterruptRemapping};
 use crate::invalidation::Invalidation;
 use crate::memory::GuestRam;
 use crate::observer::{InvalidationObserver, UnitView};
@@ -38,6 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tracing::{debug, trace};
 use vtd_spec::SourceId;
+use vtd_spec::interrupt::Irta;
 use vtd_spec::inv::Descriptor;
 use vtd_spec::pasid::PasidEntry;
 use vtd_spec::regs::{
@@ -98,6 +103,8 @@ struct Effects {
     flush_all: bool,
     submission_done: bool,
     state_changed: bool,
+    /// Interrupt remapping changed (IEC invalidation, SIRTP, IRE, CFI, reset).
+    interrupt_entries_changed: bool,
     process_queue: bool,
     messages: Vec<(EventKind, Msi)>,
 }
@@ -115,6 +122,7 @@ impl Effects {
             && !self.flush_all
             && !self.submission_done
             && !self.state_changed
+            && !self.interrupt_entries_changed
             && self.messages.is_empty()
     }
 }
@@ -140,6 +148,9 @@ pub struct Vtd {
     counters: Arc<Counters>,
     translator: Translator,
     state: RwLock<UnitState>,
+    /// Interrupt remapping: latched table, enables, interrupt-entry cache (own mutex, never
+    /// held while `inner` is taken).
+    interrupts: InterruptRemapping,
     inner: Mutex<Inner>,
     /// Replaced as a whole on registration, so a snapshot is one `Arc` clone.
     observers: RwLock<Arc<[Arc<dyn InvalidationObserver>]>>,
@@ -211,6 +222,7 @@ impl Vtd {
             translator: Translator::new(cap, ecap, counters.clone()),
             counters,
             state: RwLock::new(Self::initial_state(cap, ecap)),
+            interrupts: InterruptRemapping::new(cap.guest_address_width()),
             inner: Mutex::new(Inner {
                 regs: RegisterFile::new(&config),
                 next_fault_record: 0,
@@ -287,11 +299,13 @@ impl Vtd {
             inner.next_fault_record = 0;
             inner.queue_busy = false;
             self.update_state(|s| *s = Self::initial_state(self.cap, self.ecap));
+            self.interrupts.reset();
         }
         debug!(target: "vtd", "reset");
         self.finish(Effects {
             flush_all: true,
             state_changed: true,
+            interrupt_entries_changed: self.ecap.ir(),
             ..Effects::default()
         });
     }
@@ -427,9 +441,38 @@ impl Vtd {
                 }
             }
         }
-        // WBF needs CAP.RWBF, SFL/EAFL need CAP.AFL, SIRTP/IRE/CFI need ECAP.IR: none is
-        // offered, so those commands are ignored and their status bits stay clear.
+        if self.ecap.ir() {
+            self.interrupt_command(regs, gcmd, &mut gsts, fx);
+        }
+        // WBF needs CAP.RWBF, SFL/EAFL need CAP.AFL: neither is offered, so those commands
+        // are ignored and their status bits stay clear; so are SIRTP/IRE/CFI without ECAP.IR.
         regs.set32(offset::GSTS, gsts.into_bits());
+    }
+
+    /// SIRTP (one-shot: latch IRTA, GSTS.IRTPS), IRE and CFI (persistent: GSTS.IRES, CFIS)
+    /// (§11.4.4, §5.1.5).
+    fn interrupt_command(
+        &self,
+        regs: &RegisterFile,
+        gcmd: Gcmd,
+        gsts: &mut Gsts,
+        fx: &mut Effects,
+    ) {
+        let before = *gsts;
+        if gcmd.sirtp() {
+            let irta = Irta::from_bits(regs.get64(offset::IRTA));
+            debug!(target: "vtd", irta = format_args!("{:#x}", irta.into_bits()), entries = irta.entries(), eime = irta.eime(), "set interrupt remap table pointer");
+            self.interrupts.latch_table(irta);
+            gsts.set_irtps(true);
+            fx.interrupt_entries_changed = true;
+        }
+        gsts.set_ires(gcmd.ire());
+        gsts.set_cfis(gcmd.cfi());
+        if (gsts.ires(), gsts.cfis()) != (before.ires(), before.cfis()) {
+            debug!(target: "vtd", enable = gcmd.ire(), compatibility = gcmd.cfi(), "interrupt remapping enables");
+            self.interrupts.set_enables(gsts.ires(), gsts.cfis());
+            fx.interrupt_entries_changed = true;
+        }
     }
 
     /// CCMD with ICC (§6.5.1.1); refused while queued invalidation is enabled.
@@ -490,6 +533,9 @@ impl Vtd {
         }
         let observers = OnceCell::new();
         self.dispatch(&fx.invalidations, &observers);
+        if fx.interrupt_entries_changed {
+            self.interrupt_entries_changed(&observers);
+        }
         if (fx.submission_done || fx.state_changed)
             && let Some(observers) = observers.get_or_init(|| self.observers())
         {
@@ -531,6 +577,15 @@ impl Vtd {
         }
     }
 
+    /// Tells every observer that interrupt remapping changed.
+    fn interrupt_entries_changed(&self, observers: &OnceCell<Observers>) {
+        if let Some(observers) = observers.get_or_init(|| self.observers()) {
+            for o in observers.iter() {
+                o.interrupt_entries_changed();
+            }
+        }
+    }
+
     fn deliver(&self, messages: &[(EventKind, Msi)]) {
         for (kind, msi) in messages {
             if *kind == EventKind::Fault {
@@ -560,6 +615,7 @@ impl Vtd {
         loop {
             fx.invalidations.clear();
             fx.messages.clear();
+            fx.interrupt_entries_changed = false;
             let end = {
                 let mut inner = held.take().unwrap_or_else(|| lock(&self.inner));
                 let end = self.segment(&mut inner, pending_wait.take(), &mut budget, &mut fx);
@@ -571,6 +627,9 @@ impl Vtd {
             processed += fx.invalidations.len() as u64;
             unflushed |= !fx.invalidations.is_empty();
             self.dispatch(&fx.invalidations, &observers);
+            if fx.interrupt_entries_changed {
+                self.interrupt_entries_changed(&observers);
+            }
             self.deliver(&fx.messages);
             match end {
                 SegmentEnd::Done => break,
@@ -684,9 +743,20 @@ impl Vtd {
             }
             match action {
                 Action::Invalidate(inv) => fx.invalidations.push(inv),
+                Action::InvalidateInterruptEntries(scope) => {
+                    // Applied now (the interrupt-remapping mutex nests inside this one); the
+                    // observers hear of it before the next wait completes.
+                    let counter = match scope {
+                        IecScope::Global => &self.counters.iec_global,
+                        IecScope::Index { .. } => &self.counters.iec_selective,
+                    };
+                    Counters::bump(counter);
+                    self.interrupts.invalidate(scope);
+                    fx.interrupt_entries_changed = true;
+                }
                 Action::Nothing => {}
                 Action::Wait { status, interrupt } => {
-                    if !fx.invalidations.is_empty() {
+                    if !fx.invalidations.is_empty() || fx.interrupt_entries_changed {
                         return SegmentEnd::Wait {
                             slot: head,
                             status,
@@ -727,6 +797,33 @@ impl Vtd {
         }
         regs.set64(offset::IQH, queue.pointer((slot + 1) % queue.entries));
         true
+    }
+
+    /// What becomes of the interrupt request `data` at `address` from `sid` (a device's MSI,
+    /// or an IOAPIC message): with interrupt remapping enabled (GSTS.IRES) it is translated
+    /// through the interrupt remapping table into a compatibility-format message, or blocked
+    /// with its fault recorded (unless the IRTE has FPD) and the fault event raised; with it
+    /// disabled the request comes back unchanged. See [`InterruptOutcome`] for the message
+    /// layout and `interrupt_remap` for the checks.
+    pub fn remap_interrupt(&self, sid: SourceId, address: u64, data: u32) -> InterruptOutcome {
+        match self.interrupts.remap(&*self.ram, sid, address, data) {
+            Ok(passed) => {
+                if passed.remapped {
+                    Counters::bump(&self.counters.interrupts_remapped);
+                    trace!(target: "vtd", %sid, from = format_args!("{address:#x}/{data:#x}"), to = format_args!("{:#x}/{:#x}", passed.address, passed.data), "interrupt remapped");
+                }
+                InterruptOutcome::Deliver {
+                    address: passed.address,
+                    data: passed.data,
+                }
+            }
+            Err(f) => {
+                Counters::bump(&self.counters.interrupts_blocked);
+                Counters::bump(&self.counters.interrupt_faults);
+                self.report_fault(&Fault::interrupt(f.reason, sid, f.index, f.fpd));
+                InterruptOutcome::Blocked
+            }
+        }
     }
 
     /// Records a fault as the spec says (unless FPD), and sends the fault event.
@@ -804,8 +901,15 @@ impl Remapper for Vtd {
         let Some((address, data)) = interrupt_range::message(address, data) else {
             return false;
         };
-        debug!(target: "vtd", %sid, address = format_args!("{address:#x}"), data = format_args!("{data:#x}"), "interrupt request (compatibility format)");
-        self.irq.deliver(address, data);
+        match self.remap_interrupt(sid, address, data) {
+            InterruptOutcome::Deliver { address, data } => {
+                debug!(target: "vtd", %sid, address = format_args!("{address:#x}"), data = format_args!("{data:#x}"), "interrupt request");
+                self.irq.deliver(address, data);
+            }
+            InterruptOutcome::Blocked => {
+                debug!(target: "vtd", %sid, "interrupt request blocked");
+            }
+        }
         true
     }
 }

@@ -140,3 +140,66 @@ fn invalidation_queue_error_recovery_as_qi_check_fault_does_it() {
     assert_eq!(rig.status(0), QI_DONE, "the queue resumed from IQH");
     assert_eq!(rig.head(), rig.tail);
 }
+
+/// Linux's interrupt remapping bring-up in x2APIC mode (`intel_setup_irq_remapping`,
+/// `iommu_set_irq_remapping`, `iommu_enable_irq_remapping`) and one MSI set up as
+/// `intel_irq_remapping_alloc` / `modify_irte` / `fill_msi_msg` do it.
+#[test]
+fn interrupt_remapping_bring_up_and_an_msi_as_linux_does_it() {
+    use test_fixtures::interrupts::{irte, write_irte};
+    use vtd::InterruptOutcome;
+    use vtd_spec::interrupt::InterruptAddress;
+
+    const TABLE: u64 = 0x320_0000;
+    const GCMD_IRE: u32 = 1 << 25;
+    const GCMD_SIRTP: u32 = 1 << 24;
+    let mut rig = Rig::new("x-scalable-mode=on,x-flts=on,intremap=on,eim=on");
+    // intel_prepare_irq_remapping: ECAP.IR and, for x2APIC, ECAP.EIM.
+    let ecap = rig.r64(offset::ECAP);
+    assert!(ecap & (1 << 3) != 0 && ecap & (1 << 4) != 0, "IR EIM");
+    // dmar_enable_qi, then iommu_set_irq_remapping: IRTA <- table | IR_X2APIC_MODE | 0xf
+    // (65536 entries), GCMD = gcmd | SIRTP, poll IRTPS; then qi_global_iec.
+    rig.w32(offset::IQT, 0);
+    rig.w64(offset::IQA, QUEUE | (1 << 11));
+    rig.w32(offset::GCMD, GCMD_QIE);
+    rig.w64(offset::IRTA, TABLE | (1 << 11) | 0xf);
+    rig.w32(offset::GCMD, GCMD_QIE | GCMD_SIRTP);
+    assert_eq!(rig.r32(offset::GSTS), GCMD_QIE | (1 << 24), "IRTPS");
+    assert_eq!(qi_submit_sync(&mut rig, &[iec_global()]), QI_DONE);
+    // iommu_enable_irq_remapping: gcmd |= IRE, poll IRES; CFIS is clear, so no CFI write.
+    rig.w32(offset::GCMD, GCMD_QIE | GCMD_IRE);
+    assert_eq!(rig.r32(offset::GSTS), GCMD_QIE | (1 << 25) | (1 << 24));
+    // An MSI of SID for APIC 0x105, vector 0x22: prepare_irte (physical, fixed, edge, RH),
+    // set_msi_sid (SVT 01b, SQ 0, the requester id), modify_irte + qi_flush_iec(index, 0).
+    let index = 0x20;
+    let mut entry = irte(0x22, 0x105, true);
+    entry.lo = entry.lo.with_rh(true);
+    entry.hi = entry.hi.with_svt(1).with_sid(SID.0);
+    write_irte(&rig.ram, TABLE, index, entry);
+    assert_eq!(
+        qi_submit_sync(&mut rig, &[iec_index(index as u16, 0)]),
+        QI_DONE
+    );
+    // fill_msi_msg: address_lo = FEE | EXT_INT | SHV | index, data = subhandle 0.
+    let address = InterruptAddress::remappable_for(index as u16, true).into_bits();
+    assert_eq!(
+        rig.vtd.remap_interrupt(SID, address.into(), 0),
+        InterruptOutcome::Deliver {
+            address: 0xfee0_5008 | (1 << 40),
+            data: 0x22
+        }
+    );
+    assert_eq!(
+        rig.vtd
+            .remap_interrupt(vtd_spec::SourceId(SID.0 + 1), address.into(), 0),
+        InterruptOutcome::Blocked,
+        "another requester"
+    );
+    // The driver's fault handler sees "[INTR-REMAP] Request device [..] fault index 0x20".
+    let hi = vtd_spec::regs::FrcdHi::from_bits(rig.r64(0x228));
+    let lo = vtd_spec::regs::FrcdLo::from_bits(rig.r64(0x220));
+    assert_eq!(
+        (hi.fr(), lo.interrupt_index(), hi.sid()),
+        (0x26, 0x20, SID.0 + 1)
+    );
+}

@@ -15,6 +15,7 @@ mod support;
 
 mod faults;
 mod interrupt_range;
+mod interrupt_remapping;
 mod iommu_device_cache;
 mod linux;
 mod qi;

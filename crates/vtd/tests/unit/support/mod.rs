@@ -5,7 +5,9 @@
 use std::sync::{Arc, Mutex};
 use test_fixtures::RAM_SIZE;
 use test_fixtures::descriptors::write_queue;
-pub use test_fixtures::descriptors::{context_cache, iotlb, pasid_cache, piotlb, wait_interrupt};
+pub use test_fixtures::descriptors::{
+    context_cache, iec_global, iec_index, iotlb, pasid_cache, piotlb, wait_interrupt,
+};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vtd::FaultInterrupt;
 use vtd::GuestRam;
@@ -46,6 +48,8 @@ pub enum Seen {
     SubmissionDone,
     /// `root_or_translation_changed`, with the root pointer and TE then.
     Changed(u64, bool),
+    /// `interrupt_entries_changed`, with the status word at [`STATUS`] at that moment.
+    InterruptEntries(u32),
 }
 
 /// Records every observer call.
@@ -92,6 +96,14 @@ impl InvalidationObserver for Recorder {
         let status = (word(STATUS), word(STATUS + 4));
         self.done_status.lock().unwrap().push(status);
         self.seen.lock().unwrap().push(Seen::SubmissionDone);
+    }
+    fn interrupt_entries_changed(&self) {
+        let mut b = [0u8; 4];
+        self.ram.read_at(STATUS, &mut b).unwrap();
+        self.seen
+            .lock()
+            .unwrap()
+            .push(Seen::InterruptEntries(u32::from_le_bytes(b)));
     }
     fn root_or_translation_changed(&self, unit: &dyn UnitView) {
         let s = unit.state();
