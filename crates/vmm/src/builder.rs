@@ -262,6 +262,9 @@ impl VmBuilder {
             fd.set_cpuid2(&cpuid::for_vcpu(&template, index, nr_cpus)?)
                 .map_err(setup("CPUID"))?;
             msr::setup_msrs(fd, index)?;
+            if self.config.cpus > vm::MAX_XAPIC_CPUS {
+                msr::enable_x2apic(fd, index)?;
+            }
             regs::setup_fpu(fd, index)?;
             regs::setup_lints(fd, index)?;
             let mp_state = if index == 0 {
