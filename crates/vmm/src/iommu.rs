@@ -249,6 +249,50 @@ mod tests {
     }
 
     #[test]
+    fn routes_take_the_guests_interrupt_remapping_table() {
+        use test_fixtures::interrupts::{irte, remappable, write_irte};
+        use vtd_spec::regs::offset;
+        const TABLE: u64 = 0x10_0000;
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let mut config = vtd::Config::parse("intremap=on,eim=on").unwrap();
+        config.resolve_interrupt_remapping(true, true).unwrap();
+        let unit = Arc::new(Vtd::new(config, Arc::new(memory.clone()), Arc::new(NoIrq)));
+        let remap = VtdInterruptRemap(unit.clone());
+        let sid = bus0_sid(3);
+        let compat = Msi {
+            address: 0xfee0_1000 | (0x2 << 5),
+            data: 0x31,
+        };
+        assert_eq!(
+            remap.remap(sid, compat),
+            Some(Msi {
+                address: 0xfee0_1000 | (0x2 << 40),
+                data: 0x31
+            }),
+            "remapping off: as written, the extended destination ID where KVM reads it"
+        );
+        // As Linux brings it up: IRTA (256 entries, x2APIC mode), SIRTP, then IRE.
+        let page = VtdRegisterPage(unit.clone());
+        page.write(offset::IRTA, &(TABLE | (1 << 11) | 7).to_le_bytes());
+        page.write(offset::GCMD, &(1u32 << 24).to_le_bytes());
+        page.write(offset::GCMD, &(1u32 << 25).to_le_bytes());
+        write_irte(&memory, TABLE, 5, irte(0x42, 0x1234, true));
+        let (address, data) = remappable(5);
+        let msi = remap
+            .remap(sid, Msi { address, data })
+            .expect("entry 5 is present");
+        assert_eq!(msi.data & 0xff, 0x42, "the IRTE's vector");
+        assert_eq!((msi.address >> 12) & 0xff, 0x34, "destination 7:0");
+        assert_eq!(msi.address >> 40, 0x12, "destination 31:8 in address 63:40");
+        let (address, data) = remappable(6);
+        assert_eq!(
+            remap.remap(sid, Msi { address, data }),
+            None,
+            "not present: blocked"
+        );
+    }
+
+    #[test]
     fn cap_line_matches_the_registers() {
         let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let unit = unit(&memory);
