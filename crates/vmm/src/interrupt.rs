@@ -372,6 +372,8 @@ struct VectorState {
     msi: Option<Msi>,
     masked: bool,
     irqfd: bool,
+    /// The message the GSI is routed to: the vector's while it is unmasked, none while masked.
+    routed: Option<Msi>,
 }
 
 impl MsiVector {
@@ -406,6 +408,7 @@ impl MsiVector {
                 msi: None,
                 masked: true,
                 irqfd,
+                routed: None,
             }),
         })
     }
@@ -415,29 +418,45 @@ impl MsiVector {
         self.gsi
     }
 
-    /// Sets the message and mask; the route (through the remapping hook) is updated only when
-    /// the message changes.
+    /// Sets the message and mask. The GSI is routed to the message (through the remapping
+    /// hook) only while the vector is unmasked: a masked vector sends nothing, so its message is
+    /// not evaluated (with interrupt remapping, an entry the guest has already freed would
+    /// otherwise count as a fault). The route is updated only when that changes; a kernel-signalled
+    /// vector's irqfd is disconnected before its route goes and connected after it is set, so a
+    /// signal never meets a missing route.
     pub fn configure(&self, msi: Msi, masked: bool) -> Result<(), Error> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.msi != Some(msi) {
-            let source = MsiSource { sid: self.sid, msi };
-            self.routing.set_msi_route(self.gsi, Some(source))?;
-            state.msi = Some(msi);
+        if masked {
+            self.connect_irqfd(&mut state, false)?;
         }
+        let route = (!masked).then_some(msi);
+        if state.routed != route {
+            let source = route.map(|msi| MsiSource { sid: self.sid, msi });
+            self.routing.set_msi_route(self.gsi, source)?;
+            state.routed = route;
+        }
+        if !masked {
+            self.connect_irqfd(&mut state, true)?;
+        }
+        state.msi = Some(msi);
         state.masked = masked;
-        if self.signaller == VectorSignaller::Kernel && state.irqfd == masked {
-            let gsi = self.gsi;
-            if masked {
-                self.vm
-                    .unregister_irqfd(&self.evt, gsi)
-                    .map_err(|source| Error::Irqfd { gsi, source })?;
-            } else {
-                self.vm
-                    .register_irqfd(&self.evt, gsi)
-                    .map_err(|source| Error::Irqfd { gsi, source })?;
-            }
-            state.irqfd = !masked;
+        Ok(())
+    }
+
+    /// Connects or disconnects a kernel-signalled vector's irqfd (the VMM's own vectors stay
+    /// connected: their device never signals a masked vector).
+    fn connect_irqfd(&self, state: &mut VectorState, connect: bool) -> Result<(), Error> {
+        if self.signaller != VectorSignaller::Kernel || state.irqfd == connect {
+            return Ok(());
         }
+        let gsi = self.gsi;
+        if connect {
+            self.vm.register_irqfd(&self.evt, gsi)
+        } else {
+            self.vm.unregister_irqfd(&self.evt, gsi)
+        }
+        .map_err(|source| Error::Irqfd { gsi, source })?;
+        state.irqfd = connect;
         Ok(())
     }
 
