@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # refused: configurations the VMM must refuse before starting any guest, each with one clear
 # sentence and a non-zero exit: x-flts without scalable mode, aw-bits=39 with x-flts, a kernel
-# file that does not exist, a directory as kernel, an argument that is not UTF-8. Runs the VMM binary directly on this host (no L1, no guest).
+# file that does not exist, a directory as kernel, an argument that is not UTF-8, more than 254
+# vCPUs without interrupt remapping in extended interrupt mode. Runs the VMM binary directly on this host (no L1, no guest).
 HOST_ONLY=1
 
 # refuse_case WHAT REGEX VMM_ARGS...: prints why it failed, returns 1; silent on success.
@@ -44,5 +45,7 @@ host_check() {
         refuse_case "a directory as kernel" "is a directory" run --kernel "$WORK/refused" \
             --initrd "$i" --cmdline "$console" &&
         refuse_case "an argument that is not UTF-8" "not valid UTF-8" run --kernel "$k" \
-            --initrd "$i" --cmdline $'console=ttyS0 \xff'
+            --initrd "$i" --cmdline $'console=ttyS0 \xff' &&
+        refuse_case "300 vCPUs without EIM" 'Extended Interrupt Mode.*intremap=on,eim=on' run \
+            --kernel "$k" --initrd "$i" --cmdline "$console" --cpus 300
 }

@@ -22,13 +22,15 @@ use kvm_ioctls::Kvm;
 use crate::acpi::{self, AcpiConfig, DmarConfig};
 use crate::arch::x86_64::layout::{
     ACPI_PM_SIZE, ACPI_PM_START, COM1_IRQ, COM1_START, DRHD_SIZE, DRHD_START, I8042_START,
+    IOAPIC_START,
 };
 use crate::arch::x86_64::{boot, cpuid, msr, regs};
 use crate::bus::BusDevice;
-use crate::config::{SerialConfig, VmConfig};
+use crate::config::{IrqchipMode, SerialConfig, VmConfig};
 use crate::device_context::DeviceContext;
 use crate::error::Error;
 use crate::interrupt::IrqLine;
+use crate::ioapic::{IOAPIC_SIZE, Ioapic, KvmIoapicOutput};
 use crate::legacy::{I8042, PmDevice, VmEvent, VmEventSender};
 use crate::memory;
 use crate::running::{ShutdownHook, Vm};
@@ -61,10 +63,14 @@ impl VmBuilder {
         config.check_files()?;
         let kvm = vm::open_kvm()?;
         let memory = memory::create_guest_memory(config.memory)?;
+        let irqchip = match config.irqchip {
+            IrqchipMode::Kernel => Irqchip::InKernel,
+            IrqchipMode::Split => Irqchip::Split,
+        };
         let vm = Arc::new(vm::create_vm(
             &kvm,
             &memory,
-            Irqchip::InKernel,
+            irqchip,
             usize::from(config.cpus),
         )?);
         let (events, receiver) = channel();
@@ -78,14 +84,18 @@ impl VmBuilder {
             hooks: Vec::new(),
         };
         if let Some(iommu) = &builder.config.iommu {
+            let vm = builder.devices.kvm_vm();
             let unit = crate::iommu::create_unit(
                 &iommu.options,
                 builder.devices.memory(),
                 builder.devices.msi_signaller(),
+                vm.irqchip() == Irqchip::Split,
+                vm.x2apic_api(),
             )?;
             let page = Arc::new(crate::iommu::VtdRegisterPage(unit.clone()));
             builder.set_iommu_device(page, unit.config().aw_bits)?;
             builder.devices.counters().add_component("", unit.clone());
+            crate::iommu::remap_interrupts(&unit, builder.devices.gsi_routing())?;
             builder.devices.set_vtd(unit);
         }
         Ok(builder)
@@ -156,7 +166,23 @@ impl VmBuilder {
         })
     }
 
-    fn add_platform_devices(&self) -> Result<(), Error> {
+    /// COM1, the ACPI PM block, the i8042, and with the split irqchip the IOAPIC (returned,
+    /// for the vCPUs' EOI exits).
+    fn add_platform_devices(&self) -> Result<Option<Arc<Ioapic>>, Error> {
+        let ioapic = match self.devices.kvm_vm().irqchip() {
+            Irqchip::Split => {
+                let output = KvmIoapicOutput::new(
+                    self.devices.kvm_vm(),
+                    self.devices.gsi_routing().clone(),
+                )?;
+                let ioapic = Arc::new(Ioapic::new(Box::new(output)));
+                self.add_mmio_device("ioapic", IOAPIC_START, IOAPIC_SIZE, ioapic.clone())?;
+                Some(ioapic)
+            }
+            Irqchip::InKernel | Irqchip::None => None,
+        };
+        // COM1's edge-triggered line: an irqfd on GSI 4, which is IOAPIC pin 4 in KVM's
+        // IOAPIC, or the MSI route of the VMM's IOAPIC pin 4 (no exit per interrupt either way).
         let com1_irq = IrqLine::new(self.devices.kvm_vm(), COM1_IRQ)?;
         let serial = Arc::new(SerialDevice::new(
             com1_irq.try_clone_eventfd()?,
@@ -171,12 +197,12 @@ impl VmBuilder {
         self.add_pio_device("acpi-pm", ACPI_PM_START, ACPI_PM_SIZE, pm)?;
         let i8042 = Arc::new(I8042::new(self.events.clone()));
         self.add_pio_device("i8042", I8042_START, 5, i8042)?;
-        Ok(())
+        Ok(ioapic)
     }
 
     /// Adds the platform devices, writes ACPI tables and boot structures, creates the vCPUs.
     pub fn build(self) -> Result<Vm, Error> {
-        self.add_platform_devices()?;
+        let ioapic = self.add_platform_devices()?;
         let pci = crate::pci::add_bus(&self.devices)?;
         crate::pci::add_disks(
             &self.devices,
@@ -186,9 +212,14 @@ impl VmBuilder {
         )?;
         let first_slot = u8::try_from(self.config.disks.len() + 1).unwrap_or(u8::MAX);
         crate::vfio::add_devices(&self.devices, &self.config.devices, &pci, first_slot)?;
+        let interrupt_remapping = self
+            .devices
+            .vtd()
+            .is_some_and(|unit| unit.config().interrupt_remapping());
         let dmar = self.iommu_aw_bits.map(|aw_bits| DmarConfig {
             aw_bits,
             base: DRHD_START,
+            interrupt_remapping,
         });
         let acpi = AcpiConfig {
             nr_cpus: self.config.cpus,
@@ -211,12 +242,15 @@ impl VmBuilder {
         let nr_cpus = u32::from(self.config.cpus);
         let mut vcpus = Vec::new();
         for index in 0..nr_cpus {
-            let vcpu = Vcpu::new(
+            let mut vcpu = Vcpu::new(
                 self.devices.kvm_vm(),
                 index,
                 self.devices.buses().clone(),
                 exits.clone(),
             )?;
+            if let Some(ioapic) = &ioapic {
+                vcpu.set_ioapic(ioapic.clone());
+            }
             let fd = vcpu.fd();
             let setup = |what| {
                 move |source| Error::VcpuSetup {
@@ -228,6 +262,9 @@ impl VmBuilder {
             fd.set_cpuid2(&cpuid::for_vcpu(&template, index, nr_cpus)?)
                 .map_err(setup("CPUID"))?;
             msr::setup_msrs(fd, index)?;
+            if self.config.cpus > vm::MAX_XAPIC_CPUS {
+                msr::enable_x2apic(fd, index)?;
+            }
             regs::setup_fpu(fd, index)?;
             regs::setup_lints(fd, index)?;
             let mp_state = if index == 0 {

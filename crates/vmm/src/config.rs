@@ -15,8 +15,11 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
 pub const MIN_MEMORY: u64 = 16 << 20;
 /// Largest guest RAM accepted.
 pub const MAX_MEMORY: u64 = 1 << 40;
-/// Most vCPUs (APIC IDs must fit the 8-bit MADT local APIC structure; 255 is broadcast).
-pub const MAX_CPUS: u8 = 254;
+/// Most vCPUs with 8-bit APIC IDs (255 is the xAPIC broadcast ID); more need x2APIC, which
+/// needs the vIOMMU's interrupt remapping in extended interrupt mode.
+pub const MAX_XAPIC_CPUS: u16 = crate::vm::MAX_XAPIC_CPUS;
+/// Most vCPUs accepted at all (KVM's own limit is checked when the VM is created).
+pub const MAX_CPUS: u16 = 4096;
 
 /// The help text.
 pub const USAGE: &str = "\
@@ -36,7 +39,12 @@ Options of `run` (each as `--name VALUE` or `--name=VALUE`):
   --initrd PATH         initial ramdisk
   --cmdline STRING      kernel command line [default: console=ttyS0]
   --memory SIZE         guest RAM, e.g. 512M, 1G (suffixes K, M, G, T) [default: 512M]
-  --cpus N              number of vCPUs, 1-254 [default: 1]
+  --cpus N              number of vCPUs, 1-254, or up to 4096 with --iommu
+                        intel,intremap=on,eim=on (x2APIC) [default: 1]
+  --irqchip kernel|split
+                        kernel: KVM emulates the PIC, IOAPIC, LAPICs and PIT; split: only
+                        the LAPICs, the IOAPIC is the VMM's (no PIC, no PIT), which interrupt
+                        remapping needs [default: split with intremap=on, else kernel]
   --iommu intel[,OPT=VALUE...]
                         add a virtual Intel VT-d IOMMU; options use QEMU's names:
                           x-scalable-mode=on|off  scalable-mode tables [off: legacy]
@@ -49,7 +57,10 @@ Options of `run` (each as `--name VALUE` or `--name=VALUE`):
                           snoop-control=on|off    ECAP.SC [off]
                           x-pasid-mode=on|off|N   PASID support (N: PASID width in bits)
                           device-iotlb=on|off     ECAP.DT (ATS) [off]
-                          intremap=on|off, eim=on|off  interrupt remapping, x2APIC mode
+                          intremap=on|off|auto    interrupt remapping; auto: on with the
+                                                  split irqchip [auto]
+                          eim=on|off|auto         x2APIC-mode remapping (ECAP.EIM); auto: on
+                                                  with intremap and KVM's x2APIC API [auto]
   --disk path=FILE[,readonly=on|off][,iommu=on|off][,assigned=sim][,indirect_desc=on|off]
                         add a virtio-blk disk (repeatable); iommu=on puts its DMA behind the
                         vIOMMU (VIRTIO_F_ACCESS_PLATFORM); assigned=sim models it as a
@@ -107,7 +118,9 @@ pub struct VmConfig {
     /// Guest RAM in bytes.
     pub memory: u64,
     /// Number of vCPUs.
-    pub cpus: u8,
+    pub cpus: u16,
+    /// Which interrupt controllers KVM emulates.
+    pub irqchip: IrqchipMode,
     /// The vIOMMU, if any.
     pub iommu: Option<IommuConfig>,
     /// virtio-blk disks.
@@ -137,6 +150,7 @@ impl VmConfig {
             cmdline: DEFAULT_CMDLINE.to_owned(),
             memory: DEFAULT_MEMORY,
             cpus: 1,
+            irqchip: IrqchipMode::Kernel,
             iommu: None,
             disks: Vec::new(),
             devices: Vec::new(),
@@ -205,6 +219,34 @@ impl VmConfig {
 pub struct IommuConfig {
     /// Everything after `intel,` (QEMU option syntax), possibly empty.
     pub options: String,
+}
+
+/// `--irqchip`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqchipMode {
+    /// PIC, IOAPIC, LAPICs and PIT in KVM.
+    Kernel,
+    /// LAPICs in KVM, the IOAPIC in the VMM.
+    Split,
+}
+
+impl IommuConfig {
+    /// The vIOMMU's options with interrupt remapping decided for `irqchip` (QEMU's rules,
+    /// `vtd::Config::resolve_interrupt_remapping`), assuming KVM_CAP_X2APIC_API, which creating
+    /// the unit checks again.
+    pub fn resolved(&self, irqchip: IrqchipMode) -> Result<vtd::Config, ArgError> {
+        let bad = |e: vtd::ConfigError| ArgError::BadIommuOptions(e.to_string());
+        let mut vtd = vtd::Config::parse(&self.options).map_err(bad)?;
+        vtd.resolve_interrupt_remapping(irqchip == IrqchipMode::Split, true)
+            .map_err(bad)?;
+        Ok(vtd)
+    }
+
+    /// Whether the options ask for interrupt remapping outright (`intremap=on`), which makes
+    /// the split irqchip the default.
+    pub fn asks_for_interrupt_remapping(&self) -> bool {
+        vtd::Config::parse(&self.options).is_ok_and(|c| c.intremap == vtd::config::OnOffAuto::On)
+    }
 }
 
 /// `--disk`.
@@ -326,8 +368,17 @@ pub enum ArgError {
     )]
     SizeRange(String),
     /// Bad CPU count.
-    #[error("Invalid vCPU count '{0}': use a number from 1 to 254")]
+    #[error("Invalid vCPU count '{0}': use a number from 1 to 4096")]
     BadCpus(String),
+    /// More vCPUs than 8-bit APIC IDs reach, without x2APIC interrupt remapping (QEMU: "current
+    /// -smp configuration requires Extended Interrupt Mode enabled").
+    #[error(
+        "--cpus {0} requires Extended Interrupt Mode: more than 254 vCPUs need x2APIC, enable it with --iommu intel,intremap=on,eim=on"
+    )]
+    CpusNeedEim(u16),
+    /// Bad --irqchip value.
+    #[error("Invalid --irqchip '{0}': use kernel or split")]
+    BadIrqchip(String),
     /// Bad IOMMU model.
     #[error("Unsupported IOMMU '{0}': only 'intel' is available")]
     BadIommu(String),
@@ -551,6 +602,7 @@ where
 
     let mut config = VmConfig::new("");
     let mut kernel = None;
+    let mut irqchip = None;
     let mut seen: Vec<&'static str> = Vec::new();
     while let Some(arg) = args.next() {
         if arg == "--help" || arg == "-h" {
@@ -563,12 +615,13 @@ where
             Some((n, v)) => (n, Some(v.to_owned())),
             None => (body, None),
         };
-        const NAMES: [&str; 14] = [
+        const NAMES: [&str; 15] = [
             "kernel",
             "initrd",
             "cmdline",
             "memory",
             "cpus",
+            "irqchip",
             "iommu",
             "disk",
             "device",
@@ -607,10 +660,17 @@ where
                 config.memory = size;
             }
             "cpus" => {
-                config.cpus = match value.parse::<u8>() {
+                config.cpus = match value.parse::<u16>() {
                     Ok(n) if (1..=MAX_CPUS).contains(&n) => n,
                     _ => return Err(ArgError::BadCpus(value)),
                 }
+            }
+            "irqchip" => {
+                irqchip = Some(match value.as_str() {
+                    "kernel" => IrqchipMode::Kernel,
+                    "split" => IrqchipMode::Split,
+                    _ => return Err(ArgError::BadIrqchip(value)),
+                })
             }
             "iommu" => config.iommu = Some(parse_iommu(&value)?),
             "disk" => config.disks.push(parse_disk(&value)?),
@@ -656,6 +716,23 @@ where
         }
     }
     config.kernel = kernel.ok_or(ArgError::NoKernel)?;
+    let asks_for_remapping = config
+        .iommu
+        .as_ref()
+        .is_some_and(IommuConfig::asks_for_interrupt_remapping);
+    config.irqchip = irqchip.unwrap_or(if asks_for_remapping {
+        IrqchipMode::Split
+    } else {
+        IrqchipMode::Kernel
+    });
+    let vtd = config
+        .iommu
+        .as_ref()
+        .map(|i| i.resolved(config.irqchip))
+        .transpose()?;
+    if config.cpus > MAX_XAPIC_CPUS && !vtd.is_some_and(|v| v.extended_interrupt_mode()) {
+        return Err(ArgError::CpusNeedEim(config.cpus));
+    }
     if config.iommu.is_none()
         && let Some(disk) = config
             .disks
@@ -813,6 +890,7 @@ mod tests {
             "--cmdline",
             "--memory",
             "--cpus",
+            "--irqchip",
             "--iommu",
             "--disk",
             "--device",
@@ -842,6 +920,79 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn interrupt_remapping_and_the_irqchip() {
+        let c = run(&["--kernel", "/k", "--iommu", "intel,intremap=on"]).unwrap();
+        assert_eq!(
+            c.irqchip,
+            IrqchipMode::Split,
+            "intremap=on picks the split irqchip"
+        );
+        let c = run(&[
+            "--kernel",
+            "/k",
+            "--iommu",
+            "intel,intremap=on,eim=on",
+            "--cpus",
+            "300",
+        ])
+        .unwrap();
+        assert_eq!(c.cpus, 300);
+        let c = run(&[
+            "--kernel",
+            "/k",
+            "--iommu",
+            "intel",
+            "--irqchip",
+            "split",
+            "--cpus",
+            "288",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.cpus, 288,
+            "auto resolves to intremap and eim on with the split irqchip"
+        );
+        let err = |args: &[&str]| run(args).unwrap_err().to_string();
+        assert!(
+            err(&[
+                "--kernel",
+                "/k",
+                "--iommu",
+                "intel,intremap=on",
+                "--irqchip",
+                "kernel"
+            ])
+            .contains("Interrupt Remapping cannot work with --irqchip kernel")
+        );
+        assert_eq!(
+            run(&[
+                "--kernel",
+                "/k",
+                "--iommu",
+                "intel,intremap=on,eim=off",
+                "--cpus",
+                "255"
+            ]),
+            Err(ArgError::CpusNeedEim(255))
+        );
+    }
+
+    #[test]
+    fn irqchip_choice() {
+        let c = run(&["--kernel", "/k"]).unwrap();
+        assert_eq!(c.irqchip, IrqchipMode::Kernel, "default without remapping");
+        let c = run(&["--kernel", "/k", "--irqchip", "split", "--cpus", "254"]).unwrap();
+        assert_eq!((c.irqchip, c.cpus), (IrqchipMode::Split, 254));
+        let c = run(&["--kernel", "/k", "--irqchip=kernel"]).unwrap();
+        assert_eq!(c.irqchip, IrqchipMode::Kernel);
+        assert_eq!(
+            ArgError::CpusNeedEim(300).to_string(),
+            "--cpus 300 requires Extended Interrupt Mode: more than 254 vCPUs need x2APIC, \
+             enable it with --iommu intel,intremap=on,eim=on"
+        );
     }
 
     #[test]
@@ -875,7 +1026,19 @@ mod tests {
             ),
             (
                 &["--kernel", "/k", "--cpus", "255"],
-                ArgError::BadCpus("255".into()),
+                ArgError::CpusNeedEim(255),
+            ),
+            (
+                &["--kernel", "/k", "--cpus", "300", "--iommu", "intel"],
+                ArgError::CpusNeedEim(300),
+            ),
+            (
+                &["--kernel", "/k", "--cpus", "4097"],
+                ArgError::BadCpus("4097".into()),
+            ),
+            (
+                &["--kernel", "/k", "--irqchip", "off"],
+                ArgError::BadIrqchip("off".into()),
             ),
             (
                 &["--kernel", "/k", "--cpus", "two"],

@@ -11,6 +11,7 @@
 use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryMmap;
+use vtd_spec::SourceId;
 
 use crate::counters::Counters;
 use crate::interrupt::{GsiRouting, KvmIoEvents, KvmMsiController, MsiSignaller};
@@ -93,9 +94,10 @@ impl DeviceContext {
         &self.routing
     }
 
-    /// A fresh per-device MSI-X controller (vectors get GSIs and irqfds on first use).
-    pub fn msi_controller(&self) -> KvmMsiController {
-        KvmMsiController::new(self.vm.clone(), self.routing.clone())
+    /// A fresh MSI-X controller for the device with requester ID `sid` (vectors get GSIs and
+    /// irqfds on first use; their messages are remapped as coming from `sid`).
+    pub fn msi_controller(&self, sid: SourceId) -> KvmMsiController {
+        KvmMsiController::new(self.vm.clone(), self.routing.clone(), sid)
     }
 
     /// The ioeventfd registrar for MMIO doorbells.

@@ -1,13 +1,22 @@
-//! Interrupt delivery into the in-kernel irqchip.
+//! Interrupt delivery into KVM's irqchip, every device message through one remapping hook.
 //!
 //! ```text
-//! legacy line (COM1)   EventFd ──irqfd──> GSI 4 ──> IOAPIC pin 4
-//! MSI/MSI-X vector     EventFd ──irqfd──> GSI n ──GSI routing (MSI address/data)──> LAPIC
-//! vIOMMU fault event   KVM_SIGNAL_MSI (address, data) ──> LAPIC
+//! legacy line (COM1)   EventFd ──irqfd──> GSI 4 ─┬─ kernel irqchip: IOAPIC pin 4
+//!                                                └─ split: the RTE's MSI (ioapic), source-id
+//!                                                   IOAPIC_SOURCE_ID ──┐
+//! MSI/MSI-X vector     EventFd ──irqfd──> GSI n ── (source-id, message) ┤
+//!                                                                       ▼
+//!          GsiRouting: MsiRemap::remap(sid, message) ─┬─ Some(message) ─> MSI route ─> LAPIC
+//!                                                     └─ None (blocked) ─> no route: dropped
+//! vIOMMU fault event   KVM_SIGNAL_MSI (address, data) ──> LAPIC  (not a device interrupt:
+//!                                                                 never remapped)
 //! ```
 //!
-//! KVM_SET_GSI_ROUTING replaces the whole table, so [`GsiRouting`] keeps KVM's default PIC and
-//! IOAPIC routes for GSIs 0..24 and adds one MSI route per allocated vector above them.
+//! KVM_SET_GSI_ROUTING replaces the whole table, so [`GsiRouting`] keeps every route's source-id
+//! and message as the device wrote it, and rebuilds the table through the hook on each change;
+//! [`GsiRouting::refresh_all`] re-evaluates every route at once (after the guest invalidates
+//! its interrupt entries). With the in-kernel irqchip the table also keeps KVM's default PIC and
+//! IOAPIC routes for GSIs 0..24; with the split irqchip GSIs 0..24 are the IOAPIC pins' MSIs.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -19,8 +28,9 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VmFd;
 
-use crate::vm::KvmVm;
+use crate::vm::{Irqchip, KvmVm};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vtd_spec::SourceId;
 
 use crate::arch::x86_64::layout::IOAPIC_PINS;
 
@@ -71,6 +81,67 @@ pub struct Msi {
     pub address: u64,
     /// Data (vector, delivery mode).
     pub data: u32,
+}
+
+impl Msi {
+    /// Address bit 4: the message is in remappable format (VT-d 5.1.5.2).
+    pub const REMAPPABLE: u64 = 1 << 4;
+    /// Address bits 11:5 of a compatibility-format message: destination ID bits 14:8 when the
+    /// guest uses KVM's extended destination ID (`KVM_FEATURE_MSI_EXT_DEST_ID`).
+    const EXT_DEST_ID: u64 = 0x7f << 5;
+
+    /// Whether the message reaches the LAPICs as KVM can route it: address bits 31:20 =
+    /// 0xfee (anything else is a memory write, not an interrupt) and bits 39:32 clear (KVM
+    /// refuses a whole routing table holding one route with those bits under
+    /// KVM_CAP_X2APIC_API, where bits 63:40 carry destination bits 31:8).
+    pub fn is_interrupt(self) -> bool {
+        self.address & 0xfff0_0000 == 0xfee0_0000 && (self.address >> 32) & 0xff == 0
+    }
+
+    /// The message as KVM reads it with KVM_CAP_X2APIC_API: a compatibility-format message's
+    /// extended destination ID bits (address 11:5) moved to destination bits 14:8 (address
+    /// 46:40). Remappable-format messages and messages already carrying high destination bits
+    /// are left as they are.
+    pub fn with_ext_dest_id_in_high_address(self) -> Msi {
+        let ext = self.address & Self::EXT_DEST_ID;
+        if ext == 0 || self.address & Self::REMAPPABLE != 0 || self.address >> 40 != 0 {
+            return self;
+        }
+        Msi {
+            address: (self.address & !Self::EXT_DEST_ID) | ((ext >> 5) << 40),
+            data: self.data,
+        }
+    }
+}
+
+/// Where every device interrupt message goes before KVM sees it: the vIOMMU's interrupt
+/// remapping (the adapter over `vtd::Vtd` is installed with [`GsiRouting::set_remap`]), or
+/// [`IdentityRemap`].
+pub trait MsiRemap: Send + Sync {
+    /// The message `msi` written by the requester `sid` as it reaches the
+    /// LAPICs, with destination ID bits 31:8 in address bits 63:40 (KVM's `address_hi` with
+    /// KVM_CAP_X2APIC_API); `None` when the message is blocked.
+    fn remap(&self, sid: SourceId, msi: Msi) -> Option<Msi>;
+}
+
+/// No interrupt remapping: every message is delivered as written (its extended destination
+/// ID moved where KVM reads it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdentityRemap;
+
+impl MsiRemap for IdentityRemap {
+    fn remap(&self, _sid: SourceId, msi: Msi) -> Option<Msi> {
+        Some(msi.with_ext_dest_id_in_high_address())
+    }
+}
+
+/// A route's input: who sent the message, and the message as it wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsiSource {
+    /// Requester ID; the IOAPIC's is [`crate::arch::x86_64::layout::IOAPIC_SOURCE_ID`].
+    pub sid: SourceId,
+    /// The message.
+    pub msi: Msi,
 }
 
 /// Highest GSI handed out (KVM's default table size is 1024 entries; stay within it).
@@ -139,14 +210,36 @@ pub fn default_routes() -> Vec<(u32, Route)> {
     routes
 }
 
-/// The VM's GSI routing table: default irqchip routes plus MSI routes.
+/// The whole routing table for `irqchip`: KVM's default routes with the in-kernel irqchip, then
+/// every source's remapped message; blocked messages, and messages that are no interrupt
+/// ([`Msi::is_interrupt`]; a guest may write anything into an MSI-X table), get no route.
+pub fn build_routes(
+    irqchip: Irqchip,
+    sources: &BTreeMap<u32, MsiSource>,
+    remap: &dyn MsiRemap,
+) -> Vec<(u32, Route)> {
+    let mut routes = match irqchip {
+        Irqchip::InKernel => default_routes(),
+        Irqchip::Split | Irqchip::None => Vec::new(),
+    };
+    routes.extend(sources.iter().filter_map(|(&gsi, source)| {
+        remap
+            .remap(source.sid, source.msi)
+            .filter(|m| m.is_interrupt())
+            .map(|m| (gsi, Route::Msi(m)))
+    }));
+    routes
+}
+
+/// The VM's GSI routing table: default irqchip routes plus MSI routes, each remapped.
 pub struct GsiRouting {
     vm: Arc<KvmVm>,
     state: Mutex<RoutingState>,
 }
 
 struct RoutingState {
-    msi: BTreeMap<u32, Msi>,
+    sources: BTreeMap<u32, MsiSource>,
+    remap: Arc<dyn MsiRemap>,
     next_gsi: u32,
 }
 
@@ -154,18 +247,19 @@ impl std::fmt::Debug for GsiRouting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         f.debug_struct("GsiRouting")
-            .field("msi", &state.msi)
-            .finish()
+            .field("sources", &state.sources)
+            .finish_non_exhaustive()
     }
 }
 
 impl GsiRouting {
-    /// A routing table for `vm`, with no MSI routes yet.
+    /// A routing table for `vm`, with no MSI routes yet and no remapping.
     pub fn new(vm: Arc<KvmVm>) -> Self {
         GsiRouting {
             vm,
             state: Mutex::new(RoutingState {
-                msi: BTreeMap::new(),
+                sources: BTreeMap::new(),
+                remap: Arc::new(IdentityRemap),
                 next_gsi: IOAPIC_PINS,
             }),
         }
@@ -182,15 +276,33 @@ impl GsiRouting {
         Ok(gsi)
     }
 
-    /// Routes `gsi` to `msi` (or removes its route with `None`) and commits the table.
-    pub fn set_msi_route(&self, gsi: u32, msi: Option<Msi>) -> Result<(), Error> {
+    /// Routes `gsi` to `source`'s message through the remapping hook (or removes its route
+    /// with `None`) and commits the table.
+    pub fn set_msi_route(&self, gsi: u32, source: Option<MsiSource>) -> Result<(), Error> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match msi {
-            Some(m) => state.msi.insert(gsi, m),
-            None => state.msi.remove(&gsi),
+        match source {
+            Some(s) => state.sources.insert(gsi, s),
+            None => state.sources.remove(&gsi),
         };
-        let mut routes = default_routes();
-        routes.extend(state.msi.iter().map(|(&gsi, &m)| (gsi, Route::Msi(m))));
+        self.commit(&state)
+    }
+
+    /// Puts every route behind `remap` and re-evaluates them all.
+    pub fn set_remap(&self, remap: Arc<dyn MsiRemap>) -> Result<(), Error> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.remap = remap;
+        self.commit(&state)
+    }
+
+    /// Re-evaluates every route through the remapping hook and commits the table once (after
+    /// the guest invalidated interrupt entries).
+    pub fn refresh_all(&self) -> Result<(), Error> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.commit(&state)
+    }
+
+    fn commit(&self, state: &RoutingState) -> Result<(), Error> {
+        let routes = build_routes(self.vm.irqchip(), &state.sources, state.remap.as_ref());
         let entries: Vec<kvm_irq_routing_entry> =
             routes.into_iter().map(|(gsi, r)| r.to_kvm(gsi)).collect();
         let table = KvmIrqRouting::from_entries(&entries).map_err(|_| Error::TooManyRoutes)?;
@@ -248,6 +360,7 @@ pub enum VectorSignaller {
 pub struct MsiVector {
     vm: Arc<KvmVm>,
     routing: Arc<GsiRouting>,
+    sid: SourceId,
     gsi: u32,
     evt: EventFd,
     signaller: VectorSignaller,
@@ -259,18 +372,22 @@ struct VectorState {
     msi: Option<Msi>,
     masked: bool,
     irqfd: bool,
+    /// The message the GSI is routed to: the vector's while it is unmasked, none while masked.
+    routed: Option<Msi>,
 }
 
 impl MsiVector {
-    /// Allocates a GSI and an irqfd for a new, unconfigured and masked vector.
-    pub fn new(vm: &Arc<KvmVm>, routing: Arc<GsiRouting>) -> Result<Self, Error> {
-        Self::with_signaller(vm, routing, VectorSignaller::Vmm)
+    /// Allocates a GSI and an irqfd for a new, unconfigured and masked vector of the
+    /// requester `sid`.
+    pub fn new(vm: &Arc<KvmVm>, routing: Arc<GsiRouting>, sid: SourceId) -> Result<Self, Error> {
+        Self::with_signaller(vm, routing, sid, VectorSignaller::Vmm)
     }
 
     /// Like [`MsiVector::new`], for eventfds `signaller` writes.
     pub fn with_signaller(
         vm: &Arc<KvmVm>,
         routing: Arc<GsiRouting>,
+        sid: SourceId,
         signaller: VectorSignaller,
     ) -> Result<Self, Error> {
         let gsi = routing.allocate_gsi()?;
@@ -283,6 +400,7 @@ impl MsiVector {
         Ok(MsiVector {
             vm: vm.clone(),
             routing,
+            sid,
             gsi,
             evt,
             signaller,
@@ -290,6 +408,7 @@ impl MsiVector {
                 msi: None,
                 masked: true,
                 irqfd,
+                routed: None,
             }),
         })
     }
@@ -299,27 +418,45 @@ impl MsiVector {
         self.gsi
     }
 
-    /// Sets the message and mask; the route is updated only when the message changes.
+    /// Sets the message and mask. The GSI is routed to the message (through the remapping
+    /// hook) only while the vector is unmasked: a masked vector sends nothing, so its message is
+    /// not evaluated (with interrupt remapping, an entry the guest has already freed would
+    /// otherwise count as a fault). The route is updated only when that changes; a kernel-signalled
+    /// vector's irqfd is disconnected before its route goes and connected after it is set, so a
+    /// signal never meets a missing route.
     pub fn configure(&self, msi: Msi, masked: bool) -> Result<(), Error> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.msi != Some(msi) {
-            self.routing.set_msi_route(self.gsi, Some(msi))?;
-            state.msi = Some(msi);
+        if masked {
+            self.connect_irqfd(&mut state, false)?;
         }
+        let route = (!masked).then_some(msi);
+        if state.routed != route {
+            let source = route.map(|msi| MsiSource { sid: self.sid, msi });
+            self.routing.set_msi_route(self.gsi, source)?;
+            state.routed = route;
+        }
+        if !masked {
+            self.connect_irqfd(&mut state, true)?;
+        }
+        state.msi = Some(msi);
         state.masked = masked;
-        if self.signaller == VectorSignaller::Kernel && state.irqfd == masked {
-            let gsi = self.gsi;
-            if masked {
-                self.vm
-                    .unregister_irqfd(&self.evt, gsi)
-                    .map_err(|source| Error::Irqfd { gsi, source })?;
-            } else {
-                self.vm
-                    .register_irqfd(&self.evt, gsi)
-                    .map_err(|source| Error::Irqfd { gsi, source })?;
-            }
-            state.irqfd = !masked;
+        Ok(())
+    }
+
+    /// Connects or disconnects a kernel-signalled vector's irqfd (the VMM's own vectors stay
+    /// connected: their device never signals a masked vector).
+    fn connect_irqfd(&self, state: &mut VectorState, connect: bool) -> Result<(), Error> {
+        if self.signaller != VectorSignaller::Kernel || state.irqfd == connect {
+            return Ok(());
         }
+        let gsi = self.gsi;
+        if connect {
+            self.vm.register_irqfd(&self.evt, gsi)
+        } else {
+            self.vm.unregister_irqfd(&self.evt, gsi)
+        }
+        .map_err(|source| Error::Irqfd { gsi, source })?;
+        state.irqfd = connect;
         Ok(())
     }
 
@@ -346,6 +483,7 @@ impl MsiVector {
 pub struct KvmMsiController {
     vm: Arc<KvmVm>,
     routing: Arc<GsiRouting>,
+    sid: SourceId,
     signaller: VectorSignaller,
     vectors: RwLock<BTreeMap<u16, MsiVector>>,
 }
@@ -360,20 +498,23 @@ impl std::fmt::Debug for KvmMsiController {
 }
 
 impl KvmMsiController {
-    /// A controller with no vectors yet.
-    pub fn new(vm: Arc<KvmVm>, routing: Arc<GsiRouting>) -> Self {
-        Self::with_signaller(vm, routing, VectorSignaller::Vmm)
+    /// A controller with no vectors yet for the device with requester ID `sid` (the source-id
+    /// its messages are remapped with).
+    pub fn new(vm: Arc<KvmVm>, routing: Arc<GsiRouting>, sid: SourceId) -> Self {
+        Self::with_signaller(vm, routing, sid, VectorSignaller::Vmm)
     }
 
     /// A controller whose vectors' eventfds `signaller` writes.
     pub fn with_signaller(
         vm: Arc<KvmVm>,
         routing: Arc<GsiRouting>,
+        sid: SourceId,
         signaller: VectorSignaller,
     ) -> Self {
         KvmMsiController {
             vm,
             routing,
+            sid,
             signaller,
             vectors: RwLock::new(BTreeMap::new()),
         }
@@ -388,8 +529,13 @@ impl KvmMsiController {
             let v = match vectors.entry(vector) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => e.insert(
-                    MsiVector::with_signaller(&self.vm, self.routing.clone(), self.signaller)
-                        .map_err(std::io::Error::other)?,
+                    MsiVector::with_signaller(
+                        &self.vm,
+                        self.routing.clone(),
+                        self.sid,
+                        self.signaller,
+                    )
+                    .map_err(std::io::Error::other)?,
                 ),
             };
             fds.push(v.eventfd().try_clone()?);
@@ -403,7 +549,7 @@ impl KvmMsiController {
         let v = match vectors.entry(vector) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => e.insert(
-                MsiVector::with_signaller(&self.vm, self.routing.clone(), self.signaller)
+                MsiVector::with_signaller(&self.vm, self.routing.clone(), self.sid, self.signaller)
                     .map_err(std::io::Error::other)?,
             ),
         };
@@ -534,5 +680,143 @@ mod tests {
         }
         .to_kvm(4);
         assert_eq!((e.gsi, e.type_), (4, KVM_IRQ_ROUTING_IRQCHIP));
+    }
+
+    /// Blocks one requester, moves another's messages to vector 0x99.
+    struct TestRemap;
+
+    impl MsiRemap for TestRemap {
+        fn remap(&self, sid: SourceId, msi: Msi) -> Option<Msi> {
+            match sid.0 {
+                0x0008 => None,
+                0x0010 => Some(Msi { data: 0x99, ..msi }),
+                _ => Some(msi),
+            }
+        }
+    }
+
+    fn sources() -> BTreeMap<u32, MsiSource> {
+        let msi = |data| Msi {
+            address: 0xfee0_0000,
+            data,
+        };
+        BTreeMap::from([
+            (
+                4,
+                MsiSource {
+                    sid: SourceId(0xff00),
+                    msi: msi(0x24),
+                },
+            ),
+            (
+                24,
+                MsiSource {
+                    sid: SourceId(0x0008),
+                    msi: msi(0x41),
+                },
+            ),
+            (
+                25,
+                MsiSource {
+                    sid: SourceId(0x0010),
+                    msi: msi(0x42),
+                },
+            ),
+        ])
+    }
+
+    #[test]
+    fn every_route_goes_through_the_hook() {
+        let split = build_routes(Irqchip::Split, &sources(), &TestRemap);
+        assert_eq!(
+            split,
+            vec![
+                (
+                    4,
+                    Route::Msi(Msi {
+                        address: 0xfee0_0000,
+                        data: 0x24
+                    })
+                ),
+                (
+                    25,
+                    Route::Msi(Msi {
+                        address: 0xfee0_0000,
+                        data: 0x99
+                    })
+                ),
+            ],
+            "split: no irqchip routes, the blocked requester has no route, the other is remapped"
+        );
+        let kernel = build_routes(Irqchip::InKernel, &sources(), &IdentityRemap);
+        assert_eq!(kernel.len(), default_routes().len() + 3);
+        assert_eq!(
+            &kernel[..default_routes().len()],
+            default_routes().as_slice()
+        );
+    }
+
+    #[test]
+    fn messages_that_are_no_interrupt_get_no_route() {
+        let mut all = sources();
+        for (gsi, address) in [
+            (30, 0x0),
+            (31, 0xfed0_0000),
+            (32, 0x1_fee0_0000),
+            (33, 0xffff_ffff_ffff_ffff),
+        ] {
+            let msi = Msi {
+                address,
+                data: 0x41,
+            };
+            all.insert(
+                gsi,
+                MsiSource {
+                    sid: SourceId(0x18),
+                    msi,
+                },
+            );
+        }
+        let gsis: Vec<u32> = build_routes(Irqchip::Split, &all, &IdentityRemap)
+            .into_iter()
+            .map(|(gsi, _)| gsi)
+            .collect();
+        assert_eq!(gsis, vec![4, 24, 25]);
+        let high = Msi {
+            address: 0xfee0_0000 | (0x1234 << 40),
+            data: 0x41,
+        };
+        assert!(
+            high.is_interrupt(),
+            "destination bits 31:8 in address 63:40"
+        );
+    }
+
+    #[test]
+    fn identity_moves_the_extended_destination_id() {
+        // APIC ID 0x1234: bits 7:0 in address 19:12, bits 14:8 in address 11:5.
+        let compat = Msi {
+            address: 0xfee3_4000 | (0x12 << 5),
+            data: 0x30,
+        };
+        assert_eq!(
+            IdentityRemap.remap(SourceId(8), compat),
+            Some(Msi {
+                address: 0xfee3_4000 | (0x12 << 40),
+                data: 0x30
+            })
+        );
+        for unchanged in [
+            Msi {
+                address: 0xfee3_4000,
+                data: 0x30,
+            },
+            Msi {
+                address: 0xfee0_0000 | Msi::REMAPPABLE | (0x12 << 5),
+                data: 0,
+            },
+        ] {
+            assert_eq!(IdentityRemap.remap(SourceId(8), unchanged), Some(unchanged));
+        }
     }
 }

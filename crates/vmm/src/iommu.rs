@@ -6,6 +6,8 @@
 //!   fault / invalidation-completion events ──> MsiSignaller (KVM_SIGNAL_MSI)
 //!   device DMA ──> DmaMemory<GuestMemoryMmap, DeviceDma(sid)> ──> DeviceIommu ──> Vtd (Remapper)
 //!   exit summary <── Vtd as a counter_set::CounterSource (`counter <name> <value>` lines)
+//!   interrupt remapping: GsiRouting ─ VtdInterruptRemap ─> Vtd::remap_interrupt (each route)
+//!     IEC invalidation, SIRTP/IRE/CFI ─> RouteRefresher ─> GsiRouting::refresh_all
 //! ```
 
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use vtd::iommu::DeviceIommu;
 use vtd_spec::SourceId;
 
 use crate::bus::BusDevice;
-use crate::interrupt::MsiSignaller;
+use crate::interrupt::{GsiRouting, Msi, MsiRemap, MsiSignaller};
 
 /// Errors configuring the vIOMMU.
 #[derive(Debug, thiserror::Error)]
@@ -133,18 +135,74 @@ impl vtd::FaultInterrupt for MsiSignaller {
     }
 }
 
-/// Creates the unit from the option string after `intel,`.
+/// Creates the unit from the option string after `intel,`, with interrupt remapping decided
+/// for the VM's irqchip (`split_irqchip`) and KVM's x2APIC API.
 pub fn create_unit(
     options: &str,
     memory: &GuestMemoryMmap,
     irq: MsiSignaller,
+    split_irqchip: bool,
+    x2apic_api: bool,
 ) -> Result<Arc<Vtd>, Error> {
-    let config = vtd::Config::parse(options).map_err(Error::Config)?;
+    let mut config = vtd::Config::parse(options).map_err(Error::Config)?;
+    config
+        .resolve_interrupt_remapping(split_irqchip, x2apic_api)
+        .map_err(Error::Config)?;
     Ok(Arc::new(Vtd::new(
         config,
         Arc::new(memory.clone()),
         Arc::new(irq),
     )))
+}
+
+/// The unit's interrupt remapping as the routing table's hook: each message is translated
+/// through the guest's interrupt remapping table (or passes unchanged while remapping is
+/// disabled); a blocked message leaves its route disconnected.
+#[derive(Debug)]
+pub struct VtdInterruptRemap(pub Arc<Vtd>);
+
+impl MsiRemap for VtdInterruptRemap {
+    fn remap(&self, sid: SourceId, msi: Msi) -> Option<Msi> {
+        match self.0.remap_interrupt(sid, msi.address, msi.data) {
+            vtd::InterruptOutcome::Deliver { address, data } => {
+                Some(Msi { address, data }.with_ext_dest_id_in_high_address())
+            }
+            vtd::InterruptOutcome::Blocked => None,
+        }
+    }
+}
+
+/// Re-evaluates every interrupt route when the guest changes what remapping does (an IEC
+/// invalidation, SIRTP, IRE or CFI), before its wait descriptor completes.
+#[derive(Debug)]
+pub struct RouteRefresher(pub std::sync::Weak<GsiRouting>);
+
+impl vtd::InvalidationObserver for RouteRefresher {
+    fn invalidated(&self, _unit: &dyn vtd::UnitView, _inv: &vtd::invalidation::Invalidation) {}
+    fn submission_done(&self, _unit: &dyn vtd::UnitView) {}
+    fn root_or_translation_changed(&self, _unit: &dyn vtd::UnitView) {}
+    fn interrupt_entries_changed(&self) {
+        if let Some(routing) = self.0.upgrade()
+            && let Err(e) = routing.refresh_all()
+        {
+            log_limit::limited!(
+                warn,
+                "Interrupt routes not updated after the guest's change: {e}"
+            );
+        }
+    }
+}
+
+/// Puts every device interrupt route behind `unit`'s interrupt remapping, when it offers it.
+pub fn remap_interrupts(
+    unit: &Arc<Vtd>,
+    routing: &Arc<GsiRouting>,
+) -> Result<(), crate::interrupt::Error> {
+    if !unit.config().interrupt_remapping() {
+        return Ok(());
+    }
+    unit.add_observer(Arc::new(RouteRefresher(Arc::downgrade(routing))));
+    routing.set_remap(Arc::new(VtdInterruptRemap(unit.clone())))
 }
 
 /// The `VTD cap=<hex> ecap=<hex>` line printed at start.
@@ -188,6 +246,50 @@ mod tests {
     fn unit(memory: &GuestMemoryMmap) -> Arc<Vtd> {
         let config = vtd::Config::parse("x-scalable-mode=on,x-flts=on").unwrap();
         Arc::new(Vtd::new(config, Arc::new(memory.clone()), Arc::new(NoIrq)))
+    }
+
+    #[test]
+    fn routes_take_the_guests_interrupt_remapping_table() {
+        use test_fixtures::interrupts::{irte, remappable, write_irte};
+        use vtd_spec::regs::offset;
+        const TABLE: u64 = 0x10_0000;
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let mut config = vtd::Config::parse("intremap=on,eim=on").unwrap();
+        config.resolve_interrupt_remapping(true, true).unwrap();
+        let unit = Arc::new(Vtd::new(config, Arc::new(memory.clone()), Arc::new(NoIrq)));
+        let remap = VtdInterruptRemap(unit.clone());
+        let sid = bus0_sid(3);
+        let compat = Msi {
+            address: 0xfee0_1000 | (0x2 << 5),
+            data: 0x31,
+        };
+        assert_eq!(
+            remap.remap(sid, compat),
+            Some(Msi {
+                address: 0xfee0_1000 | (0x2 << 40),
+                data: 0x31
+            }),
+            "remapping off: as written, the extended destination ID where KVM reads it"
+        );
+        // As Linux brings it up: IRTA (256 entries, x2APIC mode), SIRTP, then IRE.
+        let page = VtdRegisterPage(unit.clone());
+        page.write(offset::IRTA, &(TABLE | (1 << 11) | 7).to_le_bytes());
+        page.write(offset::GCMD, &(1u32 << 24).to_le_bytes());
+        page.write(offset::GCMD, &(1u32 << 25).to_le_bytes());
+        write_irte(&memory, TABLE, 5, irte(0x42, 0x1234, true));
+        let (address, data) = remappable(5);
+        let msi = remap
+            .remap(sid, Msi { address, data })
+            .expect("entry 5 is present");
+        assert_eq!(msi.data & 0xff, 0x42, "the IRTE's vector");
+        assert_eq!((msi.address >> 12) & 0xff, 0x34, "destination 7:0");
+        assert_eq!(msi.address >> 40, 0x12, "destination 31:8 in address 63:40");
+        let (address, data) = remappable(6);
+        assert_eq!(
+            remap.remap(sid, Msi { address, data }),
+            None,
+            "not present: blocked"
+        );
     }
 
     #[test]

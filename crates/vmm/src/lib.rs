@@ -5,12 +5,13 @@
 //!  vtd-nest run ... ──> config::parse_args ──> VmConfig
 //!                                                │
 //!  VmBuilder::new ── config::check_files, vm::open_kvm, memory::create_guest_memory,
-//!        │           vm::create_vm (TSS, irqchip, PIT, memory slots via sys),
+//!        │           vm::create_vm (TSS, irqchip kernel|split, PIT, x2APIC API, slots),
 //!        │           all gathered in a device_context::DeviceContext for device wiring;
 //!        │           --iommu: iommu::create_unit (vtd::Vtd) → MMIO bus @ 0xfed90000,
 //!        │                    fault events → KVM_SIGNAL_MSI, counters → exit summary
 //!        ▼
-//!  VmBuilder::build ── platform devices: COM1 (irqfd → IOAPIC pin 4), ACPI PM block, i8042
+//!  VmBuilder::build ── platform devices: COM1 (irqfd → IOAPIC pin 4), ACPI PM block, i8042,
+//!        │             split irqchip: ioapic::Ioapic (RTEs → MSI routes via interrupt::GsiRouting)
 //!        │             PCI bus 0 + virtio-blk disks (pci, on the DeviceContext), DMA memory:
 //!        │               plain RAM | iommu::TranslatedMemory | passthrough::AssignedMemory
 //!        │             vfio: --device host functions (whole RAM | shadow | nested DMA)
@@ -19,6 +20,7 @@
 //!        │             vCPUs: CPUID, MSRs, FPU, LINTs, BSP registers, AP mp_state
 //!        ▼
 //!  running::Vm::run ── one thread per vCPU: KVM_RUN ─ PIO/MMIO exits ─> bus::Bus ─> BusDevice
+//!        │                                          ├ IOAPIC EOI exits ─> ioapic::Ioapic
 //!        │                                          └ power-off / reset ─> VmEvent ─┐
 //!        └── waits for the first VmEvent (or a stop signal, see                     │
 //!            stop_signals), kicks and joins vCPUs, runs shutdown hooks,             │
@@ -40,6 +42,7 @@ pub mod counters;
 pub mod device_context;
 pub mod error;
 pub mod interrupt;
+pub mod ioapic;
 pub mod iommu;
 pub mod iommu_state;
 pub mod legacy;

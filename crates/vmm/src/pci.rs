@@ -192,7 +192,7 @@ fn add_disk<M: GuestMemory + Clone + Send + Sync + 'static>(
     devices
         .counters()
         .add_component(format!("disk{index}_"), block.counters());
-    let msi: Arc<dyn MsiController> = Arc::new(devices.msi_controller());
+    let msi: Arc<dyn MsiController> = Arc::new(devices.msi_controller(bus0_sid(slot)));
     let options = VirtioPciOptions {
         behind_iommu,
         msix_vectors: None,

@@ -1,5 +1,6 @@
-//! COM1: vm-superio's 16550 UART at 0x3f8, interrupting on IRQ 4 through an irqfd into the
-//! in-kernel IOAPIC; output to stdout or a file, input optionally from stdin.
+//! COM1: vm-superio's 16550 UART at 0x3f8, interrupting on IRQ 4 through an irqfd on GSI 4 (KVM's
+//! IOAPIC pin 4, or with the split irqchip the MSI route of the VMM's IOAPIC pin 4); output to
+//! stdout or a file, input optionally from stdin.
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};

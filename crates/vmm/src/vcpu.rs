@@ -5,6 +5,7 @@
 //! loop ── gate: stopped? ──> exit; paused? ──> park until resumed
 //!   └─ KVM_RUN ─┬─ IoIn/IoOut ───> PIO bus   (unhandled: ignored, reads all-ones)
 //!               ├─ MmioRead/Write > MMIO bus  (unhandled: ignored, reads all-ones)
+//!               ├─ IoapicEoi (split irqchip) ─> Ioapic::end_of_interrupt
 //!               ├─ Shutdown / SystemEvent ──> VmEvent::{PowerOff, Reboot}
 //!               ├─ EINTR (kick signal) ─────> loop
 //!               └─ FailEntry / InternalError > VmEvent::Error
@@ -19,6 +20,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use crate::bus::Bus;
 use crate::control::VcpuGate;
 use crate::counters::{Counter, Counters};
+use crate::ioapic::Ioapic;
 use crate::legacy::{VmEvent, VmEventSender};
 
 /// Errors creating a vCPU.
@@ -48,6 +50,7 @@ pub struct ExitCounters {
     mmio: Arc<Counter>,
     pio_unhandled: Arc<Counter>,
     mmio_unhandled: Arc<Counter>,
+    ioapic_eoi: Arc<Counter>,
     /// Nanoseconds spent in the VMM's MMIO handlers (device emulation, the vIOMMU's
     /// queued invalidation included), without KVM's own exit and entry.
     mmio_handler_ns: Arc<Counter>,
@@ -61,6 +64,7 @@ impl ExitCounters {
             mmio: counters.register("exits_mmio"),
             pio_unhandled: counters.register("exits_pio_unhandled"),
             mmio_unhandled: counters.register("exits_mmio_unhandled"),
+            ioapic_eoi: counters.register("exits_ioapic_eoi"),
             mmio_handler_ns: counters.register("vcpu_mmio_handler_ns"),
         }
     }
@@ -113,6 +117,7 @@ pub struct Vcpu {
     fd: VcpuFd,
     buses: Arc<IoBuses>,
     exits: Arc<ExitCounters>,
+    ioapic: Option<Arc<Ioapic>>,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -139,7 +144,13 @@ impl Vcpu {
             fd,
             buses,
             exits,
+            ioapic: None,
         })
+    }
+
+    /// Sends the EOIs of level-triggered IOAPIC vectors (split irqchip) to `ioapic`.
+    pub fn set_ioapic(&mut self, ioapic: Arc<Ioapic>) {
+        self.ioapic = Some(ioapic);
     }
 
     /// The vCPU index.
@@ -193,6 +204,14 @@ impl Vcpu {
                 if !handled {
                     self.exits.mmio_unhandled.inc();
                     tracing::debug!("vCPU {index}: unhandled MMIO write at {addr:#x}: {data:x?}");
+                }
+                Step::Continue
+            }
+            Ok(VcpuExit::IoapicEoi(vector)) => {
+                self.exits.ioapic_eoi.inc();
+                match &self.ioapic {
+                    Some(ioapic) => ioapic.end_of_interrupt(vector),
+                    None => tracing::debug!("vCPU {index}: IOAPIC EOI {vector:#x} without IOAPIC"),
                 }
                 Step::Continue
             }

@@ -1,10 +1,26 @@
 //! Opening /dev/kvm and creating the VM: capability checks, the TSS and identity-map pages,
-//! the in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT, and the guest memory slots.
+//! the irqchip, the x2APIC API and the guest memory slots.
+//!
+//! ```text
+//! Irqchip::InKernel  KVM_CREATE_IRQCHIP (PIC + IOAPIC + LAPICs) + KVM_CREATE_PIT2
+//! Irqchip::Split     KVM_ENABLE_CAP(SPLIT_IRQCHIP, 24 IOAPIC routes): LAPICs in KVM, the IOAPIC
+//!                    in the VMM (crate::ioapic), no PIC and no PIT (KVM refuses a PIT
+//!                    without its PIC with ENOENT since Linux 6.9; a hardware-reduced ACPI
+//!                    guest never programs one, and kvmclock gives it the TSC frequency)
+//! Irqchip::None      nothing: HLT and all I/O exit to the VMM (tiny test guests)
+//! either irqchip     KVM_ENABLE_CAP(X2APIC_API, 32-bit IDs | no broadcast quirk) when KVM has
+//!                    it: MSI routes carry destination bits 31:8 in address_hi
+//! ```
 
-use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
+use kvm_bindings::{
+    KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X2APIC_API, KVM_PIT_SPEAKER_DUMMY,
+    KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK, KVM_X2APIC_API_USE_32BIT_IDS, kvm_enable_cap,
+    kvm_pit_config,
+};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
+use crate::arch::x86_64::layout::IOAPIC_PINS;
 use crate::sys;
 
 /// Where KVM puts the three-page real-mode TSS (top of the 32-bit hole, unused by devices).
@@ -93,8 +109,11 @@ pub fn open_kvm_at(path: &std::ffi::CStr) -> Result<Kvm, Error> {
 /// How much of the platform KVM emulates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Irqchip {
-    /// In-kernel PIC, IOAPIC, LAPICs and PIT (every Linux guest).
+    /// In-kernel PIC, IOAPIC, LAPICs and PIT.
     InKernel,
+    /// LAPICs in KVM, the IOAPIC in the VMM ([`crate::ioapic`]); no PIC, no PIT. What
+    /// interrupt remapping needs: the IOAPIC's messages pass through the vIOMMU.
+    Split,
     /// None: HLT and all I/O exit to the VMM (tiny test guests).
     None,
 }
@@ -107,6 +126,8 @@ pub struct KvmVm {
     fd: VmFd,
     memory: GuestMemoryMmap,
     next_slot: std::sync::atomic::AtomicU32,
+    irqchip: Irqchip,
+    x2apic_api: bool,
 }
 
 impl std::ops::Deref for KvmVm {
@@ -121,6 +142,17 @@ impl KvmVm {
     /// The guest memory registered with this VM.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
+    }
+
+    /// The irqchip the VM was created with.
+    pub fn irqchip(&self) -> Irqchip {
+        self.irqchip
+    }
+
+    /// Whether KVM_CAP_X2APIC_API is on: MSI routes and KVM_SIGNAL_MSI take destination ID
+    /// bits 31:8 from address bits 63:40.
+    pub fn x2apic_api(&self) -> bool {
+        self.x2apic_api
     }
 
     /// A memory slot number no other user of this VM has (guest RAM has the first ones).
@@ -150,15 +182,34 @@ pub fn create_vm(
         .map_err(vm_err("set the TSS address"))?;
     vm.set_identity_map_address(IDENTITY_MAP_ADDRESS)
         .map_err(vm_err("set the identity map address"))?;
-    if irqchip == Irqchip::InKernel {
-        vm.create_irq_chip()
-            .map_err(vm_err("create the in-kernel irqchip"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit)
-            .map_err(vm_err("create the in-kernel PIT"))?;
+    match irqchip {
+        Irqchip::InKernel => {
+            vm.create_irq_chip()
+                .map_err(vm_err("create the in-kernel irqchip"))?;
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            vm.create_pit2(pit)
+                .map_err(vm_err("create the in-kernel PIT"))?;
+        }
+        Irqchip::Split => {
+            if !vm.check_extension(Cap::SplitIrqchip) {
+                return Err(Error::MissingCap("KVM_CAP_SPLIT_IRQCHIP"));
+            }
+            let mut cap = kvm_enable_cap {
+                cap: KVM_CAP_SPLIT_IRQCHIP,
+                ..Default::default()
+            };
+            cap.args[0] = u64::from(IOAPIC_PINS);
+            vm.enable_cap(&cap)
+                .map_err(vm_err("enable the split irqchip"))?;
+        }
+        Irqchip::None => {}
+    }
+    let x2apic_api = irqchip != Irqchip::None && enable_x2apic_api(&vm)?;
+    if nr_cpus > usize::from(MAX_XAPIC_CPUS) && !x2apic_api {
+        return Err(Error::MissingCap("KVM_CAP_X2APIC_API"));
     }
     let vm = KvmVm {
         fd: vm,
@@ -166,6 +217,8 @@ pub fn create_vm(
         next_slot: std::sync::atomic::AtomicU32::new(
             u32::try_from(mem.num_regions()).unwrap_or(u32::MAX),
         ),
+        irqchip,
+        x2apic_api,
     };
     #[allow(unsafe_code)]
     // SAFETY: `vm.fd` was just created and has no memory slots, and `vm.memory` is a clone of
@@ -174,6 +227,31 @@ pub fn create_vm(
     let mapped = unsafe { sys::map_guest_memory(&vm.fd, &vm.memory) };
     mapped.map_err(vm_err("register guest memory with KVM"))?;
     Ok(vm)
+}
+
+/// Most vCPUs with 8-bit APIC IDs (255 is the xAPIC broadcast ID).
+pub const MAX_XAPIC_CPUS: u16 = 254;
+
+/// The x2APIC API flags this VMM asks for.
+const X2APIC_API_FLAGS: u32 = KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK;
+
+/// Turns on KVM_CAP_X2APIC_API (32-bit APIC IDs in MSI routes, no 0xff broadcast quirk in
+/// x2APIC mode) when KVM offers both flags; returns whether it is on.
+fn enable_x2apic_api(vm: &VmFd) -> Result<bool, Error> {
+    let offered = u32::try_from(vm.check_extension_int(Cap::X2ApicApi)).unwrap_or(0);
+    if offered & X2APIC_API_FLAGS != X2APIC_API_FLAGS {
+        return Ok(false);
+    }
+    let mut cap = kvm_enable_cap {
+        cap: KVM_CAP_X2APIC_API,
+        ..Default::default()
+    };
+    cap.args[0] = u64::from(X2APIC_API_FLAGS);
+    vm.enable_cap(&cap).map_err(|source| Error::Vm {
+        what: "enable the x2APIC API",
+        source,
+    })?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ use acpi_tables::sdt::Sdt;
 use zerocopy::little_endian::{U16, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use vtd_spec::SourceId;
+
 use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 
 /// DMAR flags bit 0: interrupt remapping supported (VT-d 8.1).
@@ -22,6 +24,8 @@ pub const DRHD_FLAG_INCLUDE_PCI_ALL: u8 = 1 << 0;
 pub const STRUCT_TYPE_DRHD: u16 = 0;
 /// Device scope type 1: PCI endpoint (VT-d 8.3.1).
 pub const SCOPE_PCI_ENDPOINT: u8 = 1;
+/// Device scope type 3: IOAPIC (VT-d 8.3.1).
+pub const SCOPE_IOAPIC: u8 = 3;
 
 /// The DMAR-specific fields following the ACPI header (VT-d 8.1, offsets 36..48).
 #[repr(C, packed)]
@@ -80,19 +84,27 @@ pub struct DrhdUnit {
     pub include_pci_all: bool,
     /// Explicit PCI endpoint scopes on bus 0, as `(device, function)`.
     pub endpoints: Vec<(u8, u8)>,
+    /// The IOAPIC whose interrupts the unit remaps: its ID (the MADT's) and source-id.
+    pub ioapic: Option<(u8, SourceId)>,
 }
 
-/// Builds the DMAR table: width = `aw_bits` − 1, flags 0 (no interrupt remapping), one
-/// structure per unit.
-pub fn dmar(aw_bits: u8, units: &[DrhdUnit]) -> Sdt {
+/// Builds the DMAR table: width = `aw_bits` − 1, flags INTR_REMAP when `interrupt_remapping`
+/// (X2APIC_OPT_OUT never: x2APIC stays the guest's choice), one structure per unit. Linux
+/// enables interrupt remapping only when every IOAPIC is in the scope of a unit
+/// (`parse_ioapics_under_ir`), so a remapping unit names the IOAPIC.
+pub fn dmar(aw_bits: u8, interrupt_remapping: bool, units: &[DrhdUnit]) -> Sdt {
     let mut table = Sdt::new(*b"DMAR", 36, 1, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     table.append(DmarFields {
         width: aw_bits - 1,
-        flags: 0,
+        flags: if interrupt_remapping {
+            DMAR_FLAG_INTR_REMAP
+        } else {
+            0
+        },
         reserved: [0; 10],
     });
     for unit in units {
-        let scopes_len = unit.endpoints.len() * 8;
+        let scopes_len = (unit.endpoints.len() + usize::from(unit.ioapic.is_some())) * 8;
         table.append(Drhd {
             r#type: STRUCT_TYPE_DRHD.into(),
             length: ((size_of::<Drhd>() + scopes_len) as u16).into(),
@@ -114,6 +126,16 @@ pub fn dmar(aw_bits: u8, units: &[DrhdUnit]) -> Sdt {
                 start_bus: 0,
             });
             table.append([device, function]);
+        }
+        if let Some((id, sid)) = unit.ioapic {
+            table.append(DeviceScope {
+                r#type: SCOPE_IOAPIC,
+                length: 8,
+                reserved: 0.into(),
+                enumeration_id: id,
+                start_bus: sid.bus(),
+            });
+            table.append([sid.devfn() >> 3, sid.devfn() & 7]);
         }
     }
     table
@@ -138,8 +160,9 @@ mod tests {
             segment: 0,
             include_pci_all: true,
             endpoints: vec![],
+            ioapic: None,
         };
-        let t = dmar(48, &[unit]);
+        let t = dmar(48, false, &[unit]);
         let b = t.as_slice();
         assert_eq!(b.len(), 64);
         assert_eq!(&b[0..4], b"DMAR");
@@ -168,8 +191,9 @@ mod tests {
             segment: 0,
             include_pci_all: false,
             endpoints: vec![(3, 0), (4, 1)],
+            ioapic: None,
         };
-        let t = dmar(39, &[unit]);
+        let t = dmar(39, false, &[unit]);
         let b = t.as_slice();
         assert_eq!(b.len(), 48 + 16 + 2 * 8);
         assert_eq!(b[36], 38);
@@ -178,5 +202,29 @@ mod tests {
         assert_eq!(&b[64..72], &[SCOPE_PCI_ENDPOINT, 8, 0, 0, 0, 0, 3, 0]);
         assert_eq!(&b[72..80], &[SCOPE_PCI_ENDPOINT, 8, 0, 0, 0, 0, 4, 1]);
         assert!(checksum_ok(b));
+    }
+
+    #[test]
+    fn interrupt_remapping_flag_and_ioapic_scope() {
+        let unit = DrhdUnit {
+            base: 0xfed9_0000,
+            segment: 0,
+            include_pci_all: true,
+            endpoints: vec![],
+            ioapic: Some((0, SourceId::new(0xff, 0, 0))),
+        };
+        let t = dmar(48, true, &[unit]);
+        let b = t.as_slice();
+        assert!(checksum_ok(b));
+        assert_eq!(b.len(), 48 + 16 + 8);
+        assert_eq!(b[37], DMAR_FLAG_INTR_REMAP, "INTR_REMAP, no X2APIC_OPT_OUT");
+        assert_eq!(
+            u16::from_le_bytes([b[50], b[51]]),
+            24,
+            "DRHD length with the scope"
+        );
+        assert_eq!(b[52], DRHD_FLAG_INCLUDE_PCI_ALL);
+        // IOAPIC scope: type 3, length 8, reserved, enumeration ID 0, bus 0xff, path 00.0.
+        assert_eq!(&b[64..72], &[SCOPE_IOAPIC, 8, 0, 0, 0, 0xff, 0, 0]);
     }
 }

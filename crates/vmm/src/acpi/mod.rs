@@ -19,7 +19,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use crate::arch::x86_64::layout::{
     ACPI_PM_START, ACPI_RESET_REG, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL, ACPI_SLEEP_STATUS,
-    ACPI_START, ECAM_START, RESET_VECTOR,
+    ACPI_START, ECAM_START, IOAPIC_ID, IOAPIC_SOURCE_ID, RESET_VECTOR,
 };
 
 /// OEM id in every table.
@@ -44,7 +44,7 @@ pub enum Error {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcpiConfig {
     /// Number of vCPUs (APIC IDs 0..n).
-    pub nr_cpus: u8,
+    pub nr_cpus: u16,
     /// The vIOMMU's DMAR description, when one is configured.
     pub dmar: Option<DmarConfig>,
 }
@@ -56,6 +56,8 @@ pub struct DmarConfig {
     pub aw_bits: u8,
     /// Register page base.
     pub base: u64,
+    /// Interrupt remapping on: INTR_REMAP and the IOAPIC's scope.
+    pub interrupt_remapping: bool,
 }
 
 /// The FADT: hardware-reduced, 64-bit DSDT pointer, sleep control/status and reset registers
@@ -122,9 +124,14 @@ pub fn build(config: &AcpiConfig, base: u64) -> (Vec<(u64, Vec<u8>)>, u64) {
             segment: 0,
             include_pci_all: true,
             endpoints: vec![],
+            ioapic: d
+                .interrupt_remapping
+                .then_some((IOAPIC_ID, IOAPIC_SOURCE_ID)),
         };
         xsdt.add_entry(place(
-            dmar::dmar(d.aw_bits, &[unit]).as_slice().to_vec(),
+            dmar::dmar(d.aw_bits, d.interrupt_remapping, &[unit])
+                .as_slice()
+                .to_vec(),
             &mut out,
         ));
     }
@@ -219,6 +226,7 @@ pub(crate) mod tests {
             dmar: Some(DmarConfig {
                 aw_bits: 48,
                 base: 0xfed9_0000,
+                interrupt_remapping: false,
             }),
         };
         let (all, rsdp_addr) = build(&config, ACPI_START);

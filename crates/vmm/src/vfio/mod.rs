@@ -521,6 +521,7 @@ fn add_device(
     let controller = Arc::new(KvmMsiController::with_signaller(
         ctx.kvm_vm().clone(),
         ctx.gsi_routing().clone(),
+        sid,
         VectorSignaller::Kernel,
     ));
     let keep = Mutex::new(keep);

@@ -54,7 +54,9 @@ pub fn for_vcpu(template: &CpuId, cpu: u32, nr_cpus: u32) -> Result<CpuId, Error
     for e in cpuid.as_mut_slice() {
         match e.function {
             0x1 => {
-                e.ebx = (e.ebx & 0x0000_ffff) | (cpu << 24) | ((nr_cpus & 0xff) << 16);
+                // 8-bit initial APIC ID and logical processor count: beyond 255 the x2APIC ID
+                // in leaves 0xb/0x1f is the real one.
+                e.ebx = (e.ebx & 0x0000_ffff) | ((cpu & 0xff) << 24) | (nr_cpus.min(255) << 16);
                 e.ecx |= 1 << HYPERVISOR_BIT;
                 if nr_cpus > 1 {
                     e.edx |= 1 << HTT_BIT;

@@ -94,3 +94,9 @@ pub const ACPI_RESET_VALUE: u8 = 1;
 
 /// Number of IOAPIC pins (GSIs 0..24); MSI routes start above them.
 pub const IOAPIC_PINS: u32 = 24;
+/// The IOAPIC's ID (MADT, IOAPIC ID register reset value, DMAR IOAPIC scope enumeration ID).
+pub const IOAPIC_ID: u8 = 0;
+/// The IOAPIC's requester ID for interrupt remapping: ff:00.0, QEMU's choice. The PCI
+/// segment has bus 0 only (ECAM and 0xcf8 reach no other bus), so no PCI function can ever
+/// carry this source-id; the DMAR table's IOAPIC scope names it.
+pub const IOAPIC_SOURCE_ID: vtd_spec::SourceId = vtd_spec::SourceId::new(0xff, 0, 0);

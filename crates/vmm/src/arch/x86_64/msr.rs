@@ -54,6 +54,43 @@ pub fn boot_msrs() -> Vec<(u32, u64)> {
     ]
 }
 
+/// `IA32_APIC_BASE`.
+pub const MSR_IA32_APIC_BASE: u32 = 0x1b;
+const APIC_BASE_BSP: u64 = 1 << 8;
+const APIC_BASE_EXTD: u64 = 1 << 10;
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+
+/// `IA32_APIC_BASE` of vCPU `cpu` in x2APIC mode: the default base, enabled, EXTD, BSP on
+/// vCPU 0.
+pub fn x2apic_base(cpu: u32) -> u64 {
+    let bsp = if cpu == 0 { APIC_BASE_BSP } else { 0 };
+    crate::arch::x86_64::layout::LAPIC_START | APIC_BASE_ENABLE | APIC_BASE_EXTD | bsp
+}
+
+/// Starts vCPU `cpu` with its local APIC in x2APIC mode, as firmware does on machines with APIC
+/// IDs above 254: Linux accepts the MADT's x2APIC structures only when it finds the boot CPU
+/// already in x2APIC mode (the xAPIC driver it starts with cannot address those IDs). Needs
+/// the x2APIC CPUID bit set first.
+pub fn enable_x2apic(vcpu: &VcpuFd, cpu: u32) -> Result<(), Error> {
+    let entries = [kvm_msr_entry {
+        index: MSR_IA32_APIC_BASE,
+        data: x2apic_base(cpu),
+        ..Default::default()
+    }];
+    let msrs = Msrs::from_entries(&entries).map_err(|_| Error::Build)?;
+    let set = vcpu
+        .set_msrs(&msrs)
+        .map_err(|source| Error::Set { cpu, source })?;
+    if set != entries.len() {
+        return Err(Error::Partial {
+            cpu,
+            set,
+            wanted: entries.len(),
+        });
+    }
+    Ok(())
+}
+
 /// Sets [`boot_msrs`] on a vCPU.
 pub fn setup_msrs(vcpu: &VcpuFd, cpu: u32) -> Result<(), Error> {
     let entries: Vec<kvm_msr_entry> = boot_msrs()
@@ -76,4 +113,15 @@ pub fn setup_msrs(vcpu: &VcpuFd, cpu: u32) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x2apic_mode_apic_base() {
+        assert_eq!(x2apic_base(0), 0xfee0_0d00, "enabled, EXTD, BSP");
+        assert_eq!(x2apic_base(300), 0xfee0_0c00, "enabled, EXTD");
+    }
 }
