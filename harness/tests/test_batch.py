@@ -22,6 +22,11 @@ class Placeholders(unittest.TestCase):
         self.assertEqual(b.vfio_bdf(0), "0000:00:10.0")
         self.assertEqual(b.vfio_bdf(11), "0000:00:1b.0")
 
+    def test_disk_addresses_pack_eight_functions_below_the_real_devices(self):
+        self.assertEqual(b.l1_disk_address(0), "03.0")
+        self.assertEqual(b.l1_disk_address(9), "04.1")
+        self.assertEqual(b.l1_disk_address(b.L1_DISK_MAX - 1), "0f.7")
+
 
 class RenderCommand(unittest.TestCase):
     def test_vtd_nest_cmdline_gets_the_console_in_front(self):

@@ -32,6 +32,10 @@ L2_CONSOLE = "console=ttyS0 quiet panic=-1"
 # 0000:00:10.0 for index 0, and so on up to 0000:00:1b.0.
 L1_VFIO_SLOT0 = 16
 L1_VFIO_MAX = 12
+# Test disks in L1: virtio-blk functions packed eight to a slot in slots 3..15 (below the real
+# devices), so a batch is not bounded by L1's 32 slots.
+L1_DISK_SLOT0 = 3
+L1_DISK_MAX = (L1_VFIO_SLOT0 - L1_DISK_SLOT0) * 8
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _PLACEHOLDER = re.compile(r"@([A-Za-z0-9_]+)")
 
@@ -77,6 +81,12 @@ class Job:
 def vfio_bdf(index: int) -> str:
     """The PCI address of real device INDEX in L1."""
     return f"0000:00:{L1_VFIO_SLOT0 + index:02x}.0"
+
+
+def l1_disk_address(index: int) -> str:
+    """Disk INDEX's slot.function in L1 (function 0 of each slot is multifunction)."""
+    slot, function = divmod(index, 8)
+    return f"{L1_DISK_SLOT0 + slot:02x}.{function}"
 
 
 def substitute_placeholders(arg: str, tokens: dict[str, str]) -> str:
@@ -187,6 +197,8 @@ class Batch:
         tokens: dict[str, str] = {}
         for spec in disks:
             dname, size = parse_disk_spec(spec, "disk", "d0=64M")
+            if self.ndisks >= L1_DISK_MAX:
+                raise HarnessError(f"at most {L1_DISK_MAX} disks per batch")
             job.disks.append(Disk(dname, self.ndisks,
                                   self.work / "disks" / f"{d.name}-{dname}.img", size))
             tokens[dname] = f"@@E2EDISK{self.ndisks}@@"

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 from . import console
-from .batch import L1_VFIO_SLOT0, Batch, host_paths, render_command
+from .batch import L1_VFIO_SLOT0, Batch, host_paths, l1_disk_address, render_command
 from .common import HarnessError, e2e_cache, l2_dir, log, run_prepare, vmm_binary
 from .initramfs import l1_initrd, l2_initrd
 
@@ -181,7 +181,7 @@ def launch_nested(batch: Batch, runner: Runner) -> None:
     else:
         qemu += ["-M", "q35,kernel-irqchip=split", "-device", f"{L1_VIOMMU},x-scalable-mode=on"]
         append += " intel_iommu=on,sm_on"
-    # Real devices first, at their fixed slots, before any automatically placed device.
+    # Real devices and test disks at fixed addresses (batch.vfio_bdf, batch.l1_disk_address).
     for job in batch.jobs:
         for d in job.vfio:
             qemu += ["-drive", f"file={d.file},if=none,id=e2ev{d.index},format=raw,cache=writeback",
@@ -191,8 +191,10 @@ def launch_nested(batch: Batch, runner: Runner) -> None:
     for job in batch.jobs:
         total += job.timeout
         for d in job.disks:
+            multi = ",multifunction=on" if d.index % 8 == 0 else ""
             qemu += ["-drive", f"file={d.file},if=none,id=e2ed{d.index},format=raw,cache=writeback",
-                     "-device", f"virtio-blk-pci,drive=e2ed{d.index},serial=e2ed{d.index}"]
+                     "-device", f"virtio-blk-pci,drive=e2ed{d.index},serial=e2ed{d.index},"
+                     f"addr={l1_disk_address(d.index)}{multi}"]
     qemu += ["-kernel", str(e2e_cache() / "l1" / "vmlinuz"), "-initrd", str(initrd),
              "-append", append]
     log(f"L1: vIOMMU {iommu}, {batch.nvfio} real device(s)")

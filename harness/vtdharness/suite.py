@@ -2,12 +2,12 @@
                  [--l1-iommu auto|off|legacy|scalable] [--keep] [--live] [SCENARIO...]
 
   SCENARIO  names from e2e/scenarios/ (default: all of ALL_SCENARIOS): sm-strict sm-lazy
-            legacy identity assigned dma-fault hostile refused api, and the kernel axis
-            kernel-<5.10|6.1|newest>-<emulated|assigned> (the other guest kernels; 6.12 is
-            sm-strict and assigned); "kernels" stands for the six of them; and the real-device
-            scenarios vfio-legacy-iommufd vfio-sm-iommufd vfio-rebind vfio-noiommu
-            vfio-flts-refused vfio-legacy-container vfio-sm-container vfio-no-cm-refused
-            ("vfio": the eight)
+            legacy identity assigned dma-fault hostile refused api irqchip-split intremap
+            x2apic-many, and the kernel axis kernel-<5.10|6.1|newest>-<emulated|assigned> (the
+            other guest kernels; 6.12 is sm-strict and assigned); "kernels" stands for the six
+            of them; and the real-device scenarios vfio-legacy-iommufd vfio-sm-iommufd
+            vfio-rebind vfio-noiommu vfio-flts-refused vfio-legacy-container vfio-sm-container
+            vfio-no-cm-refused vfio-intremap ("vfio": the nine)
   --mode    as e2e/run (default $VTD_NEST_E2E_MODE or auto)
   --inner   qemu runs the guest-side checks under QEMU's intel-iommu instead of vtd-nest, to
             test the suite itself; VMM-only checks are skipped and said so, and scenarios
@@ -52,9 +52,10 @@ KERNEL_SCENARIOS = ["kernel-5.10-emulated", "kernel-5.10-assigned", "kernel-6.1-
 # by VFIO module set, so L1 switches sets (rmmod, insmod, rebind) once.
 VFIO_SCENARIOS = ["vfio-legacy-iommufd", "vfio-sm-iommufd", "vfio-rebind", "vfio-noiommu",
                   "vfio-flts-refused", "vfio-legacy-container", "vfio-sm-container",
-                  "vfio-no-cm-refused"]
+                  "vfio-no-cm-refused", "vfio-intremap"]
 ALL_SCENARIOS = (["sm-strict", "sm-lazy", "legacy", "identity", "assigned", "dma-fault",
-                  "hostile", "refused", "api"] + KERNEL_SCENARIOS + VFIO_SCENARIOS)
+                  "hostile", "refused", "api", "irqchip-split", "intremap", "x2apic-many"]
+                 + KERNEL_SCENARIOS + VFIO_SCENARIOS)
 INNERS = ("vtd-nest", "qemu")
 
 
