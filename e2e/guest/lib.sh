@@ -158,3 +158,12 @@ block_of() {
     done
     return 1
 }
+
+# remapped_requests PCI: how many request interrupts the virtio disk at PCI took through
+# remapped MSI-X, summed over the CPUs. The chip is "IR-PCI-MSIX-<PCI>" from Linux 6.2 (per-device
+# MSI domains) and "IR-PCI-MSI" before, so the line is found by the queue's name (virtioN-req.Q).
+remapped_requests() {
+    v=$(basename "$(echo "/sys/bus/pci/devices/$1"/virtio*)")
+    awk -v q="$v-req" '/IR-PCI-MSI/ && index($0, q) {
+        for (c = 2; c <= NF && $c ~ /^[0-9]+$/; c++) sum += $c } END { print sum + 0 }' /proc/interrupts
+}

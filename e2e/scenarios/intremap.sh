@@ -24,8 +24,7 @@ data_check d0 "$(disk_dev 0)" "emulated disk, remapped MSI-X"
 data_check d1 "$(disk_dev 1)" "assigned disk, remapped MSI-X"
 for d in 0 1; do
     pci=$(pci_of "$(disk_dev "$d")")
-    n=$(awk -v dev="IR-PCI-MSIX-$pci" '$0 ~ dev && /virtio[0-9]+-req/ {
-        for (c = 2; c <= NF && $c ~ /^[0-9]+$/; c++) sum += $c } END { print sum + 0 }' /proc/interrupts)
+    n=$(remapped_requests "$pci")
     if [ "$n" -gt 0 ]; then
         ok "disk $d ($pci): $n request interrupts through IR-PCI-MSIX"
     else

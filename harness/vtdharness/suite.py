@@ -3,9 +3,9 @@
 
   SCENARIO  names from e2e/scenarios/ (default: all of ALL_SCENARIOS): sm-strict sm-lazy
             legacy identity assigned dma-fault hostile refused api irqchip-split intremap
-            x2apic-many, and the kernel axis kernel-<5.10|6.1|newest>-<emulated|assigned> (the
-            other guest kernels; 6.12 is sm-strict and assigned); "kernels" stands for the six
-            of them; and the real-device scenarios vfio-legacy-iommufd vfio-sm-iommufd
+            x2apic-many, and the kernel axis kernel-<5.10|6.1|newest>-<emulated|assigned|intremap>
+            (the other guest kernels; 6.12 is sm-strict, assigned and intremap); "kernels" stands
+            for the nine of them; and the real-device scenarios vfio-legacy-iommufd vfio-sm-iommufd
             vfio-rebind vfio-noiommu vfio-flts-refused vfio-legacy-container vfio-sm-container
             vfio-no-cm-refused vfio-intremap ("vfio": the nine)
   --mode    as e2e/run (default $VTD_NEST_E2E_MODE or auto)
@@ -46,8 +46,8 @@ from .launch import Runner, launch
 from .scenarios import Scenario
 
 USAGE = usage_of(__doc__)
-KERNEL_SCENARIOS = ["kernel-5.10-emulated", "kernel-5.10-assigned", "kernel-6.1-emulated",
-                    "kernel-6.1-assigned", "kernel-newest-emulated", "kernel-newest-assigned"]
+KERNEL_SCENARIOS = [f"kernel-{k}-{path}" for k in ("5.10", "6.1", "newest")
+                    for path in ("emulated", "assigned", "intremap")]
 # Real device assignment: an emulated NVMe in L1 bound to vfio-pci and assigned to L2. Grouped
 # by VFIO module set, so L1 switches sets (rmmod, insmod, rebind) once.
 VFIO_SCENARIOS = ["vfio-legacy-iommufd", "vfio-sm-iommufd", "vfio-rebind", "vfio-noiommu",
