@@ -72,30 +72,19 @@ pub fn x2apic_base(cpu: u32) -> u64 {
 /// already in x2APIC mode (the xAPIC driver it starts with cannot address those IDs). Needs
 /// the x2APIC CPUID bit set first.
 pub fn enable_x2apic(vcpu: &VcpuFd, cpu: u32) -> Result<(), Error> {
-    let entries = [kvm_msr_entry {
-        index: MSR_IA32_APIC_BASE,
-        data: x2apic_base(cpu),
-        ..Default::default()
-    }];
-    let msrs = Msrs::from_entries(&entries).map_err(|_| Error::Build)?;
-    let set = vcpu
-        .set_msrs(&msrs)
-        .map_err(|source| Error::Set { cpu, source })?;
-    if set != entries.len() {
-        return Err(Error::Partial {
-            cpu,
-            set,
-            wanted: entries.len(),
-        });
-    }
-    Ok(())
+    set_all(vcpu, cpu, &[(MSR_IA32_APIC_BASE, x2apic_base(cpu))])
 }
 
 /// Sets [`boot_msrs`] on a vCPU.
 pub fn setup_msrs(vcpu: &VcpuFd, cpu: u32) -> Result<(), Error> {
-    let entries: Vec<kvm_msr_entry> = boot_msrs()
-        .into_iter()
-        .map(|(index, data)| kvm_msr_entry {
+    set_all(vcpu, cpu, &boot_msrs())
+}
+
+/// Sets every `(index, value)` on vCPU `cpu`; KVM must accept all of them.
+fn set_all(vcpu: &VcpuFd, cpu: u32, values: &[(u32, u64)]) -> Result<(), Error> {
+    let entries: Vec<kvm_msr_entry> = values
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry {
             index,
             data,
             ..Default::default()
