@@ -12,7 +12,9 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use vtd::state::{ContextView, DeviceSnapshot, Entry, RegisterSnapshot, UnitSnapshot};
+use vtd::state::{
+    ContextView, DeviceSnapshot, Entry, InterruptRemappingSnapshot, RegisterSnapshot, UnitSnapshot,
+};
 use vtd_spec::SourceId;
 
 use crate::config::VmConfig;
@@ -318,6 +320,18 @@ pub fn to_json(s: &UnitSnapshot, devices: &[(String, SourceId)]) -> Value {
                 "capacity": c.leaf_table_capacity,
             },
         },
+        "interrupt_remapping": interrupt_remapping(&s.interrupt_remapping),
+    })
+}
+
+fn interrupt_remapping(ir: &InterruptRemappingSnapshot) -> Value {
+    json!({
+        "enabled": ir.enabled,
+        "compatibility_format_allowed": ir.compatibility_format_allowed,
+        "table": hex(ir.table),
+        "table_entries": ir.table_entries,
+        "extended_interrupt_mode": ir.extended_interrupt_mode,
+        "cached_entries": ir.cached_entries,
     })
 }
 

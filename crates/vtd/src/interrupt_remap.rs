@@ -164,6 +164,19 @@ impl InterruptRemapping {
         *self.lock() = State::default();
     }
 
+    /// What the guest latched and enabled, and the cache's fill, for a readable state.
+    pub fn snapshot(&self) -> crate::state::InterruptRemappingSnapshot {
+        let s = self.lock();
+        crate::state::InterruptRemappingSnapshot {
+            enabled: s.enabled,
+            compatibility_format_allowed: s.compatibility,
+            table: s.table.table(),
+            table_entries: s.table.entries(),
+            extended_interrupt_mode: s.table.eime(),
+            cached_entries: s.cache.len(),
+        }
+    }
+
     /// Drops the cached entries `scope` covers.
     pub fn invalidate(&self, scope: IecScope) {
         let mut s = self.lock();

@@ -295,6 +295,24 @@ pub struct CacheSnapshot {
     pub iotlb_per_domain: Vec<(u16, usize)>,
 }
 
+/// Interrupt remapping as the unit applies it (chapter 5): the table latched by the last SIRTP,
+/// the enables and the interrupt-entry cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterruptRemappingSnapshot {
+    /// GSTS.IRES: interrupt requests go through the table.
+    pub enabled: bool,
+    /// GSTS.CFIS: compatibility-format interrupts pass (unless EIME).
+    pub compatibility_format_allowed: bool,
+    /// The latched table's address.
+    pub table: u64,
+    /// Its size in entries (2^(S+1)).
+    pub table_entries: u32,
+    /// IRTA.EIME: 32-bit x2APIC destinations.
+    pub extended_interrupt_mode: bool,
+    /// Entries in the interrupt-entry cache (at most `table_entries`).
+    pub cached_entries: usize,
+}
+
 /// The whole snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnitSnapshot {
@@ -310,6 +328,8 @@ pub struct UnitSnapshot {
     pub devices: Vec<DeviceSnapshot>,
     /// The caches.
     pub caches: CacheSnapshot,
+    /// Interrupt remapping.
+    pub interrupt_remapping: InterruptRemappingSnapshot,
 }
 
 fn aw_bits(aw: u8) -> Option<u32> {

@@ -309,6 +309,7 @@ impl Vtd {
                 stats: self.translator.cache_stats(),
                 iotlb_per_domain: self.translator.iotlb_per_domain(),
             },
+            interrupt_remapping: self.interrupts.snapshot(),
         }
     }
 

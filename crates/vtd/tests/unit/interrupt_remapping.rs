@@ -609,3 +609,23 @@ fn routes_re_evaluated_in_the_hook_see_the_new_entry_before_the_wait_completes()
     };
     assert_eq!(*routes.seen.lock().unwrap(), vec![(new, 0)]);
 }
+
+#[test]
+fn the_readable_state_shows_the_latched_table_and_the_cache() {
+    let rig = Rig::new("intremap=on,eim=on");
+    let before = rig.vtd.snapshot(&[]).interrupt_remapping;
+    assert!(!before.enabled && before.table_entries == 2 && before.cached_entries == 0);
+    let rig = x2apic();
+    for i in 0..3 {
+        put(&rig, i, irte(0x40 + i as u8, 1, false));
+        assert!(vector(&rig, i as u16).is_some());
+    }
+    let ir = rig.vtd.snapshot(&[]).interrupt_remapping;
+    assert_eq!(
+        (ir.enabled, ir.compatibility_format_allowed, ir.extended_interrupt_mode),
+        (true, false, true)
+    );
+    assert_eq!((ir.table, ir.table_entries, ir.cached_entries), (TABLE, 256, 3));
+    let gsts = rig.vtd.snapshot(&[]).registers.gsts_set;
+    assert!(gsts.contains(&"IRES") && gsts.contains(&"IRTPS"), "{gsts:?}");
+}
