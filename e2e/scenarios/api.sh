@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # api: the control plane while a guest runs. The VMM serves --api-socket; next to it (in L1),
 # `vtd-nest remote` reads vm.info, the counters and the vIOMMU state of a booted scalable-mode
-# first-stage guest, pauses it (its console output stops: serial_tx_bytes stands still), resumes
+# first-stage guest with interrupt remapping (the split irqchip), pauses it (its console output stops: serial_tx_bytes stands still), resumes
 # it (the count moves again), has SIGUSR1 write the state to the VMM's stderr, gets one-sentence
 # refusals for a missing disk and for hot-unplug,
 # and finally shuts it down: the VMM exits 0 and removes the socket. Its log (warn, and info for
@@ -13,7 +13,7 @@ CMDLINE="intel_iommu=on,sm_on iommu.strict=1"
 API_SOCKET=/tmp/vtd-nest-e2e-api.sock
 API_LOG=/tmp/vtd-nest-e2e-api.log
 API_COUNTERS=/tmp/vtd-nest-e2e-api-counters.json
-ARGS=(--cmdline "$CMDLINE" --iommu intel,x-scalable-mode=on,x-flts=on
+ARGS=(--cmdline "$CMDLINE" --cpus 2 --iommu intel,x-scalable-mode=on,x-flts=on,intremap=on,eim=on
     --disk path=@d0,iommu=on --disk path=@d1 --api-socket "$API_SOCKET"
     --log-level warn,vmm::running=info --log-file "$API_LOG" --counters "$API_COUNTERS")
 QEMU_ARGS=()
@@ -70,6 +70,9 @@ state=$(r iommu-state) || die "iommu-state failed"
 echo "$state" | sed 's/^/API-STATE /'
 echo "$state" | grep -q 'translation_type: first-stage' || die "no first-stage PASID entry in the state"
 r iommu-state --json | grep -q '"rid_pasid_entry"' || die "iommu-state --json has no PASID entry"
+echo "$state" | awk '/^interrupt_remapping:/ { s = 1; next } s && /^[^ ]/ { s = 0 }
+    s && /^  enabled: yes$/ { f = 1 } END { exit !f }' ||
+    die "iommu-state does not show interrupt remapping enabled"
 say "OK iommu-state"
 pid=$(pidof vtd-nest) || die "no vtd-nest process to signal"
 kill -USR1 $pid || die "cannot send SIGUSR1 to $pid"
