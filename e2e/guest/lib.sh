@@ -167,3 +167,51 @@ remapped_requests() {
     awk -v q="$v-req" '/IR-PCI-MSI/ && index($0, q) {
         for (c = 2; c <= NF && $c ~ /^[0-9]+$/; c++) sum += $c } END { print sum + 0 }' /proc/interrupts
 }
+
+# irq_count PATTERN CPU: the count in column CPU (0-based) of the first /proc/interrupts line
+# matching PATTERN.
+irq_count() {
+    awk -v cpu="$2" -v pat="$1" '$0 ~ pat { print $(2 + cpu); exit }' /proc/interrupts
+}
+
+# cpus_used PATTERN: how many CPU columns are non-zero, summed over every line matching PATTERN.
+cpus_used() {
+    awk -v pat="$1" -v n="$(grep -c '^processor' /proc/cpuinfo)" '
+        $0 ~ pat { for (c = 0; c < n; c++) sum[c] += $(2 + c) }
+        END { used = 0; for (c = 0; c < n; c++) if (sum[c] > 0) used++; print used }
+    ' /proc/interrupts
+}
+
+# spread_over_cpus PATTERN WHAT: the interrupts of the lines matching PATTERN landed on at least
+# two CPUs.
+spread_over_cpus() {
+    used=$(cpus_used "$1")
+    if [ "$used" -ge 2 ]; then
+        ok "$2 landed on $used vCPUs"
+    else
+        fail "$2 landed on $used vCPU(s): $(grep -E "$1" /proc/interrupts | tr -s ' ' | tr '\n' '|')"
+    fi
+}
+
+# serial_follows_affinity LINE CPU: moves ttyS0's interrupt (LINE: its /proc/interrupts line) to
+# CPU, then sends output a line at a time (each line starts a transmission, so each interrupts at
+# least once; one interrupt may still arrive where it was while Linux moves it) and expects
+# interrupts on CPU.
+serial_follows_affinity() {
+    irq=$(echo "$1" | awk '{ sub(":", "", $1); print $1 }')
+    printf '%x\n' $((1 << $2)) >"/proc/irq/$irq/smp_affinity" ||
+        fail "cannot set the affinity of IRQ $irq"
+    before=$(irq_count 'ttyS0' "$2")
+    i=0
+    while [ "$i" -lt 32 ]; do
+        echo "serial line $i on its way to CPU $2"
+        sleep 0.05
+        i=$((i + 1))
+    done
+    after=$(irq_count 'ttyS0' "$2")
+    if [ "$after" -gt "$before" ]; then
+        ok "ttyS0 interrupts on CPU $2 after the affinity change ($before -> $after)"
+    else
+        fail "no ttyS0 interrupt on CPU $2 after the affinity change (effective affinity $(cat "/proc/irq/$irq/effective_affinity")): $(grep ttyS0 /proc/interrupts | tr -s ' ')"
+    fi
+}

@@ -2,8 +2,9 @@
 # intremap: interrupt remapping in extended interrupt mode on the split irqchip (its default
 # with intremap=on), four vCPUs, an emulated disk behind the vIOMMU and a disk assigned through
 # the software host IOMMU. The guest takes the remapping path (x2APIC with remapping), COM1 is
-# a remapped IO-APIC pin, both disks interrupt through remapped MSI-X and keep their data, and
-# the VMM counts remapped interrupts and no interrupt fault.
+# a remapped IO-APIC pin that follows its affinity to another vCPU (an IRTE rewritten and
+# invalidated), both disks interrupt through remapped MSI-X spread over the vCPUs and keep their
+# data, and the VMM counts remapped interrupts and no interrupt fault.
 DISKS="d0=16M d1=16M"
 CMDLINE="intel_iommu=on,sm_on iommu.strict=1"
 ARGS=(--cmdline "$CMDLINE" --cpus 4
@@ -20,6 +21,9 @@ dmesg_has 'DMAR-IR: Enabled IRQ remapping in x2apic mode' "interrupt remapping i
 line=$(grep -E 'IR-IO-APIC +4-edge +ttyS0' /proc/interrupts) ||
     fail "ttyS0 is not a remapped IO-APIC pin: $(grep -E 'ttyS0' /proc/interrupts | tr -s ' ')"
 ok "ttyS0 is remapped IO-APIC pin 4:$(echo "$line" | tr -s ' ')"
+# A new destination: Linux rewrites the IRTE and invalidates its cache entry; the VMM's route
+# must follow.
+serial_follows_affinity "$line" 3
 data_check d0 "$(disk_dev 0)" "emulated disk, remapped MSI-X"
 data_check d1 "$(disk_dev 1)" "assigned disk, remapped MSI-X"
 for d in 0 1; do
@@ -31,6 +35,7 @@ for d in 0 1; do
         fail "disk $d ($pci): no request interrupt through IR-PCI-MSIX: $(grep virtio /proc/interrupts | tr -s ' ' | tr '\n' '|')"
     fi
 done
+spread_over_cpus 'IR-PCI-MSI.*virtio[0-9]+-req' "remapped virtio request interrupts"
 GUEST
 }
 
