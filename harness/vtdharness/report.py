@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from .console import JobOutput
 
 VMMS = ("qemu", "vtd-nest")
-CONFIGS = ("strict", "lazy", "off", "assigned")
+CONFIGS = ("strict", "strict-ir", "lazy", "off", "assigned")
 # bench/compare --vfio: "<config>:<mode>:<backend>", an assigned NVMe behind a vIOMMU in caching
 # mode (strict; scalable second stage or legacy) or without a vIOMMU (off), through the VFIO
 # container or iommufd. RESULT lines split them into config=, mode= and backend=.
@@ -520,6 +520,7 @@ SERIES = [  # (vmm, config, colour)
     ("qemu", "strict", "#1f4e99"),
     ("qemu", "lazy", "#6f9fd8"),
     ("vtd-nest", "strict", "#c4501b"),
+    ("vtd-nest", "strict-ir", "#8a2f08"),
     ("vtd-nest", "lazy", "#f0a060"),
     ("vtd-nest", "assigned", "#3a8f3a"),
 ]
