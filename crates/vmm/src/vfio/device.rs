@@ -9,10 +9,13 @@
 //!  MSI-X enable  ─► VFIO_DEVICE_SET_IRQS: one eventfd per vector = that vector's KVM irqfd;
 //!                   the guest's table writes move its GSI route, its masks connect or
 //!                   disconnect the irqfd (VectorSignaller::Kernel)
+//!  INTx (pin ≠ 0) ─► intx::Intx: a level line into the IOAPIC pin of the DSDT's _PRT, the
+//!                   interrupt line register preset to that GSI; handed back to VFIO while
+//!                   MSI-X is enabled
 //! ```
 //!
-//! INTx and MSI are not offered: the interrupt pin reads 0 and writes to an MSI capability are
-//! dropped, so the guest's driver uses MSI-X; a device without MSI-X is refused at start.
+//! MSI is not offered: writes to an MSI capability are dropped, so the guest's driver uses
+//! MSI-X or INTx; a device without MSI-X is refused at start.
 
 use std::sync::Arc;
 
@@ -20,12 +23,15 @@ use devices::MsiController;
 use devices::pci::PciDevice;
 use devices::pci::config::{BarKind, BarSpec, PciConfiguration, PciIds};
 use devices::pci::msix::{MSIX_CONTROL_ENABLE, MSIX_CONTROL_FUNCTION_MASK, MsixConfig, MsixLayout};
-use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+};
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::Error;
+use super::intx::{Intx, IntxRoute};
 use super::sys::{BarSlot, RegionMmap};
 use crate::interrupt::KvmMsiController;
 use crate::vm::KvmVm;
@@ -49,6 +55,15 @@ pub trait HostFunction: Send + Sync {
     fn disable_msix(&self) -> Result<(), String>;
     /// Maps `len` bytes of the device file at `offset`.
     fn mmap(&self, offset: u64, len: usize) -> std::io::Result<RegionMmap>;
+    /// Whether VFIO offers the function's INTx.
+    fn intx_available(&self) -> bool;
+    /// `VFIO_DEVICE_SET_IRQS` for INTx: `trigger` signalled (the line masked) on each
+    /// interrupt; `unmask`, if given, unmasks it when signalled.
+    fn enable_intx(&self, trigger: &EventFd, unmask: Option<&EventFd>) -> Result<(), String>;
+    /// `VFIO_DEVICE_SET_IRQS` disabling INTx.
+    fn disable_intx(&self) -> Result<(), String>;
+    /// `VFIO_DEVICE_SET_IRQS` unmasking INTx.
+    fn unmask_intx(&self) -> Result<(), String>;
 }
 
 impl HostFunction for VfioDevice {
@@ -86,6 +101,27 @@ impl HostFunction for VfioDevice {
     }
     fn mmap(&self, offset: u64, len: usize) -> std::io::Result<RegionMmap> {
         RegionMmap::new(self, offset, len)
+    }
+    fn intx_available(&self) -> bool {
+        self.get_irq_info(VFIO_PCI_INTX_IRQ_INDEX)
+            .is_some_and(|irq| irq.count == 1)
+    }
+    fn enable_intx(&self, trigger: &EventFd, unmask: Option<&EventFd>) -> Result<(), String> {
+        self.enable_irq(VFIO_PCI_INTX_IRQ_INDEX, vec![trigger])
+            .map_err(|e| e.to_string())?;
+        if let Some(unmask) = unmask {
+            self.set_irq_resample_fd(VFIO_PCI_INTX_IRQ_INDEX, vec![unmask])
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+    fn disable_intx(&self) -> Result<(), String> {
+        self.disable_irq(VFIO_PCI_INTX_IRQ_INDEX)
+            .map_err(|e| e.to_string())
+    }
+    fn unmask_intx(&self) -> Result<(), String> {
+        self.unmask_irq(VFIO_PCI_INTX_IRQ_INDEX)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -127,8 +163,10 @@ const CAP_MSIX: u8 = 0x11;
 /// Bytes of the type-0 header the VMM emulates: BARs (0x10..0x28) and the ROM BAR (0x30).
 const BAR_BYTES: std::ops::Range<usize> = 0x10..0x28;
 const ROM_BYTES: std::ops::Range<usize> = 0x30..0x34;
-/// Interrupt line (scratch) and pin (0: no INTx).
+/// Interrupt line (scratch, preset to the GSI) and pin (the device's, or 0: no INTx).
 const INTX_BYTES: std::ops::Range<usize> = 0x3c..0x3e;
+const INTERRUPT_LINE: usize = 0x3c;
+const INTERRUPT_PIN: usize = 0x3d;
 const COMMAND_BYTES: std::ops::Range<usize> = 0x04..0x06;
 
 /// An mmapped area of a BAR.
@@ -162,6 +200,8 @@ pub struct VfioPciDevice {
     config_size: u64,
     msix: Msix,
     msi_cap: Option<(usize, usize)>,
+    /// The INTx line, when the device has a pin and the VM an IOAPIC.
+    intx: Option<Intx>,
 }
 
 impl std::fmt::Debug for VfioPciDevice {
@@ -233,14 +273,15 @@ fn cut(start: u64, end: u64, holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
 
 impl VfioPciDevice {
     /// Builds the function over an opened, reset `device`; `controller` delivers its MSI-X
-    /// vectors. The mmap-able parts of its BARs become memory slots of `vm` (without a VM,
-    /// every BAR access is trapped). `release` runs when the function goes, or now if it
-    /// cannot be built.
+    /// vectors, `intx` says where its INTx goes. The mmap-able parts of its BARs become memory
+    /// slots of `vm` (without a VM, every BAR access is trapped). `release` runs when the
+    /// function goes, or now if it cannot be built.
     pub fn new(
         name: &str,
         device: Arc<dyn HostFunction>,
         vm: Option<&Arc<KvmVm>>,
         controller: Arc<dyn VectorEventFds>,
+        intx: IntxRoute,
         release: Release,
     ) -> Result<Self, Error> {
         let size = device.region_size(VFIO_PCI_CONFIG_REGION_INDEX);
@@ -376,6 +417,23 @@ impl VfioPciDevice {
             device: name.to_owned(),
             why: format!("MSI-X: {e}"),
         })?;
+        let pin = (phys_u32(&*device, size, INTERRUPT_LINE) >> 8) as u8;
+        let mut intx = if pin != 0 && device.intx_available() {
+            intx.connect(pin, &device).map_err(|e| Error::Unsupported {
+                device: name.to_owned(),
+                why: format!("cannot wire its INTx: {e}"),
+            })?
+        } else {
+            None
+        };
+        if let Some(line) = &mut intx {
+            config.write(INTERRUPT_LINE, &[line.gsi() as u8]);
+            // As a reset function offers it (QEMU's vfio-pci does the same at realize).
+            if let Err(e) = line.enable(&*device) {
+                tracing::warn!(device = name, "INTx not offered: cannot enable it: {e}");
+                intx = None;
+            }
+        }
         Ok(Self {
             name: name.to_owned(),
             device,
@@ -389,6 +447,7 @@ impl VfioPciDevice {
                 vfio_enabled: false,
             },
             msi_cap,
+            intx,
             _release: release,
         })
     }
@@ -422,6 +481,13 @@ impl VfioPciDevice {
             }
             return control.to_le_bytes()[p - self.msix.cap - 2];
         }
+        if p == INTERRUPT_PIN {
+            let mut pin = [0u8; 1];
+            if self.intx.is_some() {
+                read_phys(&*self.device, self.config_size, p, &mut pin);
+            }
+            return pin[0];
+        }
         let mut b = [0u8; 1];
         self.config.read(p, &mut b);
         b[0]
@@ -433,6 +499,9 @@ impl VfioPciDevice {
         let want = self.msix.config.enabled();
         if want == self.msix.vfio_enabled {
             return;
+        }
+        if want {
+            self.set_intx(false);
         }
         let result = if want {
             self.msix
@@ -448,6 +517,25 @@ impl VfioPciDevice {
             Err(e) => {
                 tracing::error!(device = %self.name, "Cannot {} MSI-X: {e}", if want { "enable" } else { "disable" })
             }
+        }
+        if !self.msix.vfio_enabled {
+            self.set_intx(true);
+        }
+    }
+
+    /// Gives INTx to VFIO or takes it back: VFIO offers one interrupt type at a time, and a
+    /// function with MSI-X enabled does not use INTx (PCI 3.0 6.8.2).
+    fn set_intx(&mut self, on: bool) {
+        let Some(line) = &mut self.intx else {
+            return;
+        };
+        let result = if on {
+            line.enable(&*self.device)
+        } else {
+            line.disable(&*self.device)
+        };
+        if let Err(e) = result {
+            tracing::error!(device = %self.name, "Cannot {} INTx: {e}", if on { "enable" } else { "disable" });
         }
     }
 
@@ -567,6 +655,11 @@ impl Drop for VfioPciDevice {
         {
             tracing::warn!(device = %self.name, "Cannot disable MSI-X: {e}");
         }
+        if let Some(line) = &mut self.intx
+            && let Err(e) = line.disable(&*self.device)
+        {
+            tracing::warn!(device = %self.name, "Cannot disable INTx: {e}");
+        }
         // The fields go next, in their declared order.
     }
 }
@@ -587,6 +680,8 @@ mod tests {
         config: Mutex<Vec<u8>>,
         bar0: Mutex<Vec<u8>>,
         msix: Mutex<Vec<Option<usize>>>,
+        /// VFIO INTx calls, in order.
+        intx: Mutex<Vec<&'static str>>,
         no_msix: bool,
     }
 
@@ -613,6 +708,7 @@ mod tests {
                 config: Mutex::new(c),
                 bar0: Mutex::new(bar0),
                 msix: Mutex::new(Vec::new()),
+                intx: Mutex::new(Vec::new()),
                 no_msix,
             })
         }
@@ -663,6 +759,25 @@ mod tests {
         fn mmap(&self, _offset: u64, _len: usize) -> std::io::Result<RegionMmap> {
             unreachable!("no VM: nothing is mmapped")
         }
+        fn intx_available(&self) -> bool {
+            true
+        }
+        fn enable_intx(&self, _trigger: &EventFd, unmask: Option<&EventFd>) -> Result<(), String> {
+            assert!(
+                unmask.is_none(),
+                "the split irqchip unmasks at the EOI itself"
+            );
+            self.intx.lock().unwrap().push("enable");
+            Ok(())
+        }
+        fn disable_intx(&self) -> Result<(), String> {
+            self.intx.lock().unwrap().push("disable");
+            Ok(())
+        }
+        fn unmask_intx(&self) -> Result<(), String> {
+            self.intx.lock().unwrap().push("unmask");
+            Ok(())
+        }
     }
 
     #[derive(Debug, Default)]
@@ -694,12 +809,24 @@ mod tests {
         Arc<FakeVectors>,
         Arc<AtomicBool>,
     ) {
+        build_with(no_msix, IntxRoute::None)
+    }
+
+    fn build_with(
+        no_msix: bool,
+        intx: IntxRoute,
+    ) -> (
+        Result<VfioPciDevice, Error>,
+        Arc<FakeFunction>,
+        Arc<FakeVectors>,
+        Arc<AtomicBool>,
+    ) {
         let f = FakeFunction::new(no_msix);
         let v = Arc::new(FakeVectors::default());
         let released = Arc::new(AtomicBool::new(false));
         let r = released.clone();
         let release = Release::new(Box::new(move || r.store(true, Ordering::SeqCst)));
-        let d = VfioPciDevice::new("dev0", f.clone(), None, v.clone(), release);
+        let d = VfioPciDevice::new("dev0", f.clone(), None, v.clone(), intx, release);
         (d, f, v, released)
     }
 
@@ -803,6 +930,70 @@ mod tests {
             Some(&None),
             "disabled in VFIO"
         );
+    }
+
+    /// The IOAPIC's deliveries, by pin.
+    #[derive(Clone, Default)]
+    struct Injected(Arc<Mutex<Vec<usize>>>);
+
+    impl crate::ioapic::IoapicOutput for Injected {
+        fn route(&self, _pin: usize, _msi: Option<crate::interrupt::Msi>) {}
+        fn inject(&self, pin: usize) {
+            self.0.lock().unwrap().push(pin);
+        }
+    }
+
+    #[test]
+    fn intx_is_a_level_line_into_the_prt_s_ioapic_pin_unmasked_at_each_eoi() {
+        use crate::ioapic::{Ioapic, REG_REDIRECTION, Rte};
+        let injected = Injected::default();
+        let ioapic = Arc::new(Ioapic::new(Box::new(injected.clone())));
+        let route = IntxRoute::Split {
+            ioapic: ioapic.clone(),
+            slot: 3,
+        };
+        let (d, f, _, _) = build_with(false, route);
+        let mut d = d.unwrap();
+        // INTA of device 3: GSI 16 + 3, preset in the interrupt line register.
+        assert_eq!(r32(&mut d, 0x3c) & 0xffff, 0x0113, "pin A, line 19");
+        assert_eq!(*f.intx.lock().unwrap(), vec!["enable"], "offered at once");
+        // The guest may rewrite the line (scratch); the pin stays.
+        d.write_config(0x3c, &[0x0b, 0x04]);
+        assert_eq!(r32(&mut d, 0x3c) & 0xffff, 0x010b);
+        assert_eq!(
+            f.config_byte(0x3c),
+            0,
+            "the device's own register is not touched"
+        );
+        // Linux: pin 19 level-triggered (active-low, as a _PRT GSI is), vector 0x51.
+        let rte = Rte::LEVEL | Rte::ACTIVE_LOW | 0x51;
+        ioapic.write_register(REG_REDIRECTION + 2 * 19, rte as u32);
+        let intx = d.intx.as_ref().unwrap();
+        intx.assert_line();
+        assert_eq!(*injected.0.lock().unwrap(), vec![19]);
+        intx.assert_line();
+        assert_eq!(injected.0.lock().unwrap().len(), 1, "one until the EOI");
+        ioapic.end_of_interrupt(0x51);
+        assert_eq!(*f.intx.lock().unwrap(), vec!["enable", "unmask"]);
+        assert_eq!(injected.0.lock().unwrap().len(), 1, "lowered at the EOI");
+        // VFIO signals again after the unmask while the device still asserts.
+        d.intx.as_ref().unwrap().assert_line();
+        assert_eq!(*injected.0.lock().unwrap(), vec![19, 19]);
+        // MSI-X takes over from INTx and gives it back.
+        d.write_config(0x62, &MSIX_CONTROL_ENABLE.to_le_bytes());
+        d.write_config(0x62, &0u16.to_le_bytes());
+        assert_eq!(
+            *f.intx.lock().unwrap(),
+            vec!["enable", "unmask", "disable", "enable"]
+        );
+        assert_eq!(*f.msix.lock().unwrap(), vec![Some(4), None]);
+        drop(d);
+        assert_eq!(f.intx.lock().unwrap().last(), Some(&"disable"));
+        // The pin has no resampler left: an EOI unmasks nothing.
+        ioapic.write_register(REG_REDIRECTION + 2 * 19, rte as u32);
+        ioapic.set_level(19, true);
+        ioapic.end_of_interrupt(0x51);
+        assert_eq!(f.intx.lock().unwrap().len(), 5);
     }
 
     #[test]

@@ -23,6 +23,7 @@
 
 mod device;
 pub mod host;
+mod intx;
 mod sys;
 
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ use crate::device_context::DeviceContext;
 use crate::interrupt::{KvmMsiController, VectorSignaller};
 use crate::iommu::bus0_sid;
 pub use device::{HostFunction, Release, VectorEventFds, VfioPciDevice};
+pub use intx::IntxRoute;
 
 /// Errors assigning a device. [`Error::is_refusal`] ones are the host or configuration saying
 /// no (exit status 2).
@@ -537,7 +539,18 @@ fn add_device(
         drop(keep);
     }));
     let host: Arc<dyn HostFunction> = device;
-    let function = VfioPciDevice::new(name, host, Some(ctx.kvm_vm()), controller, release)?;
+    let intx = match (ctx.kvm_vm().irqchip(), ctx.ioapic()) {
+        (crate::vm::Irqchip::InKernel, _) => IntxRoute::Kernel {
+            vm: ctx.kvm_vm().clone(),
+            slot,
+        },
+        (crate::vm::Irqchip::Split, Some(ioapic)) => IntxRoute::Split {
+            ioapic: ioapic.clone(),
+            slot,
+        },
+        _ => IntxRoute::None,
+    };
+    let function = VfioPciDevice::new(name, host, Some(ctx.kvm_vm()), controller, intx, release)?;
     let function: SharedPciDevice = Arc::new(Mutex::new(function));
     bus.add_device_at(slot, function)
         .map_err(|source| Error::Bus {
