@@ -9,13 +9,16 @@
 //!  MSI-X enable  ─► VFIO_DEVICE_SET_IRQS: one eventfd per vector = that vector's KVM irqfd;
 //!                   the guest's table writes move its GSI route, its masks connect or
 //!                   disconnect the irqfd (VectorSignaller::Kernel)
+//!  MSI enable    ─► VFIO_DEVICE_SET_IRQS (MSI): one eventfd per enabled vector = its irqfd,
+//!                   routed with the capability's address and data (msi::MsiCap)
 //!  INTx (pin ≠ 0) ─► intx::Intx: a level line into the IOAPIC pin of the DSDT's _PRT, the
 //!                   interrupt line register preset to that GSI; handed back to VFIO while
 //!                   MSI-X is enabled
 //! ```
 //!
-//! MSI is not offered: writes to an MSI capability are dropped, so the guest's driver uses
-//! MSI-X or INTx; a device without MSI-X is refused at start.
+//! MSI is emulated too (msi::MsiCap: VFIO_PCI_MSI_IRQ_INDEX, a KVM irqfd per vector); a
+//! function may have any of MSI-X, MSI and INTx. VFIO serves one interrupt type at a time:
+//! INTx is handed back to it whenever neither MSI nor MSI-X is enabled.
 
 use std::sync::Arc;
 
@@ -32,6 +35,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::Error;
 use super::intx::{Intx, IntxRoute};
+use super::msi::MsiCap;
 use super::sys::{BarSlot, RegionMmap};
 use crate::interrupt::KvmMsiController;
 use crate::vm::KvmVm;
@@ -53,6 +57,10 @@ pub trait HostFunction: Send + Sync {
     fn enable_msix(&self, fds: &[EventFd]) -> Result<(), String>;
     /// `VFIO_DEVICE_SET_IRQS` disabling MSI-X.
     fn disable_msix(&self) -> Result<(), String>;
+    /// `VFIO_DEVICE_SET_IRQS` for MSI with one eventfd per enabled vector.
+    fn enable_msi(&self, fds: &[EventFd]) -> Result<(), String>;
+    /// `VFIO_DEVICE_SET_IRQS` disabling MSI.
+    fn disable_msi(&self) -> Result<(), String>;
     /// Maps `len` bytes of the device file at `offset`.
     fn mmap(&self, offset: u64, len: usize) -> std::io::Result<RegionMmap>;
     /// Whether VFIO offers the function's INTx.
@@ -98,6 +106,12 @@ impl HostFunction for VfioDevice {
     }
     fn disable_msix(&self) -> Result<(), String> {
         VfioDevice::disable_msix(self).map_err(|e| e.to_string())
+    }
+    fn enable_msi(&self, fds: &[EventFd]) -> Result<(), String> {
+        VfioDevice::enable_msi(self, fds.iter().collect()).map_err(|e| e.to_string())
+    }
+    fn disable_msi(&self) -> Result<(), String> {
+        VfioDevice::disable_msi(self).map_err(|e| e.to_string())
     }
     fn mmap(&self, offset: u64, len: usize) -> std::io::Result<RegionMmap> {
         RegionMmap::new(self, offset, len)
@@ -198,8 +212,8 @@ pub struct VfioPciDevice {
     device: Arc<dyn HostFunction>,
     config: PciConfiguration,
     config_size: u64,
-    msix: Msix,
-    msi_cap: Option<(usize, usize)>,
+    msix: Option<Msix>,
+    msi: Option<MsiCap>,
     /// The INTx line, when the device has a pin and the VM an IOAPIC.
     intx: Option<Intx>,
 }
@@ -281,6 +295,7 @@ impl VfioPciDevice {
         device: Arc<dyn HostFunction>,
         vm: Option<&Arc<KvmVm>>,
         controller: Arc<dyn VectorEventFds>,
+        msi_controller: Arc<dyn VectorEventFds>,
         intx: IntxRoute,
         release: Release,
     ) -> Result<Self, Error> {
@@ -308,31 +323,22 @@ impl VfioPciDevice {
         let mut config = PciConfiguration::new(&ids);
 
         let caps = capabilities(&*device, size);
-        let msix_cap = caps
-            .iter()
-            .find(|(id, _)| *id == CAP_MSIX)
-            .map(|&(_, o)| o)
-            .ok_or_else(|| Error::Unsupported {
-                device: name.to_owned(),
-                why: "it has no MSI-X capability, and INTx and MSI are not offered".into(),
-            })?;
-        let control = (phys_u32(&*device, size, msix_cap) >> 16) as u16;
-        let table = phys_u32(&*device, size, msix_cap + 4);
-        let pba = phys_u32(&*device, size, msix_cap + 8);
-        let layout = MsixLayout {
-            vectors: (control & 0x7ff) + 1,
-            table_bar: (table & 7) as u8,
-            table_offset: table & !7,
-            pba_bar: (pba & 7) as u8,
-            pba_offset: pba & !7,
-        };
-        // MSI: 10 bytes, 4 more for a 64-bit address, 10 more with per-vector masking.
-        let msi_cap = caps.iter().find(|(id, _)| *id == CAP_MSI).map(|&(_, o)| {
-            let control = phys_u32(&*device, size, o) >> 16;
-            let len = 10
-                + if control & (1 << 7) != 0 { 4 } else { 0 }
-                + if control & (1 << 8) != 0 { 10 } else { 0 };
-            (o, o + len)
+        let msix_cap = caps.iter().find(|(id, _)| *id == CAP_MSIX).map(|&(_, o)| o);
+        let layout = msix_cap.map(|cap| {
+            let control = (phys_u32(&*device, size, cap) >> 16) as u16;
+            let table = phys_u32(&*device, size, cap + 4);
+            let pba = phys_u32(&*device, size, cap + 8);
+            MsixLayout {
+                vectors: (control & 0x7ff) + 1,
+                table_bar: (table & 7) as u8,
+                table_offset: table & !7,
+                pba_bar: (pba & 7) as u8,
+                pba_offset: pba & !7,
+            }
+        });
+        let msi = caps.iter().find(|(id, _)| *id == CAP_MSI).map(|&(_, cap)| {
+            let control = (phys_u32(&*device, size, cap) >> 16) as u16;
+            MsiCap::new(cap, control, msi_controller)
         });
 
         let mut bar = 0usize;
@@ -381,13 +387,15 @@ impl VfioPciDevice {
                 None => vec![(0, bar_size)],
             };
             let mut holes = Vec::new();
-            if usize::from(layout.table_bar) == index {
-                let o = u64::from(layout.table_offset);
-                holes.push((o, o + layout.table_size()));
-            }
-            if usize::from(layout.pba_bar) == index {
-                let o = u64::from(layout.pba_offset);
-                holes.push((o, o + layout.pba_size()));
+            if let Some(layout) = &layout {
+                if usize::from(layout.table_bar) == index {
+                    let o = u64::from(layout.table_offset);
+                    holes.push((o, o + layout.table_size()));
+                }
+                if usize::from(layout.pba_bar) == index {
+                    let o = u64::from(layout.pba_offset);
+                    holes.push((o, o + layout.pba_size()));
+                }
             }
             let region_offset = device.region_offset(index as u32);
             for (a, b) in mmap_able {
@@ -412,11 +420,22 @@ impl VfioPciDevice {
                 }
             }
         }
-        let msi: Arc<dyn MsiController> = controller.clone();
-        let msix_config = MsixConfig::new(layout, msi).map_err(|e| Error::Unsupported {
-            device: name.to_owned(),
-            why: format!("MSI-X: {e}"),
-        })?;
+        let msix = match (msix_cap, layout) {
+            (Some(cap), Some(layout)) => {
+                let vectors: Arc<dyn MsiController> = controller.clone();
+                let config = MsixConfig::new(layout, vectors).map_err(|e| Error::Unsupported {
+                    device: name.to_owned(),
+                    why: format!("MSI-X: {e}"),
+                })?;
+                Some(Msix {
+                    cap,
+                    config,
+                    controller,
+                    vfio_enabled: false,
+                })
+            }
+            _ => None,
+        };
         let pin = (phys_u32(&*device, size, INTERRUPT_LINE) >> 8) as u8;
         let mut intx = if pin != 0 && device.intx_available() {
             intx.connect(pin, &device).map_err(|e| Error::Unsupported {
@@ -440,13 +459,8 @@ impl VfioPciDevice {
             config,
             config_size: size,
             areas,
-            msix: Msix {
-                cap: msix_cap,
-                config: msix_config,
-                controller,
-                vfio_enabled: false,
-            },
-            msi_cap,
+            msix,
+            msi,
             intx,
             _release: release,
         })
@@ -457,29 +471,31 @@ impl VfioPciDevice {
             || ROM_BYTES.contains(&p)
             || INTX_BYTES.contains(&p)
             || self.msix_control(p)
+            || self.msi.as_ref().is_some_and(|m| m.contains(p))
     }
 
     fn msix_control(&self, p: usize) -> bool {
-        (self.msix.cap + 2..self.msix.cap + 4).contains(&p)
-    }
-
-    fn in_msi(&self, p: usize) -> bool {
-        self.msi_cap.is_some_and(|(a, b)| (a + 2..b).contains(&p))
+        self.msix
+            .as_ref()
+            .is_some_and(|m| (m.cap + 2..m.cap + 4).contains(&p))
     }
 
     fn emulated_byte(&self, p: usize) -> u8 {
-        if self.msix_control(p) {
+        if let Some(msix) = self.msix.as_ref().filter(|_| self.msix_control(p)) {
             let mut b = [0u8; 2];
-            read_phys(&*self.device, self.config_size, self.msix.cap + 2, &mut b);
+            read_phys(&*self.device, self.config_size, msix.cap + 2, &mut b);
             let mut control =
                 u16::from_le_bytes(b) & !(MSIX_CONTROL_ENABLE | MSIX_CONTROL_FUNCTION_MASK);
-            if self.msix.config.enabled() {
+            if msix.config.enabled() {
                 control |= MSIX_CONTROL_ENABLE;
             }
-            if self.msix.config.function_masked() {
+            if msix.config.function_masked() {
                 control |= MSIX_CONTROL_FUNCTION_MASK;
             }
-            return control.to_le_bytes()[p - self.msix.cap - 2];
+            return control.to_le_bytes()[p - msix.cap - 2];
+        }
+        if let Some(msi) = self.msi.as_ref().filter(|m| m.contains(p)) {
+            return msi.read(p);
         }
         if p == INTERRUPT_PIN {
             let mut pin = [0u8; 1];
@@ -493,38 +509,89 @@ impl VfioPciDevice {
         b[0]
     }
 
+    /// Whether VFIO has MSI or MSI-X eventfds.
+    fn message_interrupts_on(&self) -> bool {
+        self.msix.as_ref().is_some_and(|m| m.vfio_enabled)
+            || self
+                .msi
+                .as_ref()
+                .is_some_and(|m| m.vfio_vectors().is_some())
+    }
+
     /// Hands the vectors' eventfds to VFIO when the guest enables MSI-X, takes them back when
     /// it disables it.
     fn sync_msix_enable(&mut self) {
-        let want = self.msix.config.enabled();
-        if want == self.msix.vfio_enabled {
+        let Some(want) = self.msix.as_ref().map(|m| m.config.enabled()) else {
+            return;
+        };
+        if Some(want) == self.msix.as_ref().map(|m| m.vfio_enabled) {
             return;
         }
         if want {
             self.set_intx(false);
         }
+        let Some(msix) = &mut self.msix else {
+            return;
+        };
         let result = if want {
-            self.msix
-                .controller
-                .eventfds(self.msix.config.layout().vectors)
+            msix.controller
+                .eventfds(msix.config.layout().vectors)
                 .map_err(|e| e.to_string())
                 .and_then(|fds| self.device.enable_msix(&fds))
         } else {
             self.device.disable_msix()
         };
         match result {
-            Ok(()) => self.msix.vfio_enabled = want,
+            Ok(()) => msix.vfio_enabled = want,
             Err(e) => {
                 tracing::error!(device = %self.name, "Cannot {} MSI-X: {e}", if want { "enable" } else { "disable" })
             }
         }
-        if !self.msix.vfio_enabled {
+        if !self.message_interrupts_on() {
+            self.set_intx(true);
+        }
+    }
+
+    /// Follows the guest's MSI capability: the vectors' routes, and VFIO's MSI eventfds
+    /// handed over when the guest enables MSI, taken back when it disables it.
+    fn sync_msi(&mut self) {
+        let Some(msi) = &self.msi else {
+            return;
+        };
+        let want = msi.enabled().then(|| msi.vectors());
+        let have = msi.vfio_vectors();
+        if have.is_some() && have != want {
+            if let Err(e) = self.device.disable_msi() {
+                tracing::error!(device = %self.name, "Cannot disable MSI: {e}");
+            }
+            if let Some(msi) = &mut self.msi {
+                msi.set_vfio_vectors(None);
+            }
+        }
+        if want.is_some() && have != want {
+            self.set_intx(false);
+        }
+        let Some(msi) = &mut self.msi else {
+            return;
+        };
+        msi.configure();
+        if let Some(n) = want.filter(|_| have != want) {
+            match msi
+                .eventfds()
+                .map_err(|e| e.to_string())
+                .and_then(|fds| self.device.enable_msi(&fds))
+            {
+                Ok(()) => msi.set_vfio_vectors(Some(n)),
+                Err(e) => tracing::error!(device = %self.name, "Cannot enable MSI: {e}"),
+            }
+        }
+        if !self.message_interrupts_on() {
             self.set_intx(true);
         }
     }
 
     /// Gives INTx to VFIO or takes it back: VFIO offers one interrupt type at a time, and a
-    /// function with MSI-X enabled does not use INTx (PCI 3.0 6.8.2).
+    /// function with MSI or MSI-X enabled does not use INTx (PCI 3.0 6.8.1.3, 6.8.2).
     fn set_intx(&mut self, on: bool) {
         let Some(line) = &mut self.intx else {
             return;
@@ -540,7 +607,7 @@ impl VfioPciDevice {
     }
 
     fn msix_bar_part(&self, index: usize, offset: u64) -> Option<(bool, u64)> {
-        let l = self.msix.config.layout();
+        let l = self.msix.as_ref()?.config.layout();
         let t = u64::from(l.table_offset);
         let p = u64::from(l.pba_offset);
         if usize::from(l.table_bar) == index && offset >= t && offset - t < l.table_size() {
@@ -574,28 +641,35 @@ impl PciDevice for VfioPciDevice {
 
     fn write_config(&mut self, offset: usize, data: &[u8]) {
         let mut control = None;
+        let mut msi_written = false;
         for (i, &byte) in data.iter().enumerate() {
             let Some(p) = offset.checked_add(i) else {
-                return;
+                break;
             };
             if (p as u64) >= self.config_size {
-                return;
+                break;
             }
-            if self.msix_control(p) {
+            if let Some(cap) = self
+                .msix
+                .as_ref()
+                .map(|m| m.cap)
+                .filter(|_| self.msix_control(p))
+            {
                 let mut c = control.unwrap_or_else(|| {
                     let mut b = [0u8; 2];
                     for (j, x) in b.iter_mut().enumerate() {
-                        *x = self.emulated_byte(self.msix.cap + 2 + j);
+                        *x = self.emulated_byte(cap + 2 + j);
                     }
                     u16::from_le_bytes(b)
                 });
-                let shift = 8 * (p - self.msix.cap - 2);
+                let shift = 8 * (p - cap - 2);
                 c = (c & !(0xff << shift)) | (u16::from(byte) << shift);
                 control = Some(c);
+            } else if let Some(msi) = self.msi.as_mut().filter(|m| m.contains(p)) {
+                msi.write(p, byte);
+                msi_written = true;
             } else if self.emulated(p) {
                 self.config.write(p, &[byte]);
-            } else if self.in_msi(p) {
-                // MSI is not offered: its enable never sticks.
             } else {
                 if COMMAND_BYTES.contains(&p) {
                     self.config.write(p, &[byte]);
@@ -604,16 +678,26 @@ impl PciDevice for VfioPciDevice {
                     .write(VFIO_PCI_CONFIG_REGION_INDEX, p as u64, &[byte]);
             }
         }
-        if let Some(c) = control {
-            self.msix.config.set_control(c);
+        if let (Some(c), Some(msix)) = (control, &mut self.msix) {
+            msix.config.set_control(c);
             self.sync_msix_enable();
+        }
+        if msi_written {
+            self.sync_msi();
         }
     }
 
     fn read_bar(&mut self, index: usize, offset: u64, data: &mut [u8]) {
         match self.msix_bar_part(index, offset) {
-            Some((true, o)) => self.msix.config.read_table(o, data),
-            Some((false, o)) => self.msix.config.read_pba(o, data),
+            Some((table, o)) => {
+                if let Some(msix) = &self.msix {
+                    if table {
+                        msix.config.read_table(o, data);
+                    } else {
+                        msix.config.read_pba(o, data);
+                    }
+                }
+            }
             None => {
                 let size = self.device.region_size(index as u32);
                 if offset.saturating_add(data.len() as u64) > size {
@@ -627,7 +711,11 @@ impl PciDevice for VfioPciDevice {
 
     fn write_bar(&mut self, index: usize, offset: u64, data: &[u8]) {
         match self.msix_bar_part(index, offset) {
-            Some((true, o)) => self.msix.config.write_table(o, data),
+            Some((true, o)) => {
+                if let Some(msix) = &mut self.msix {
+                    msix.config.write_table(o, data);
+                }
+            }
             Some((false, _)) => {}
             None => {
                 let size = self.device.region_size(index as u32);
@@ -650,10 +738,18 @@ impl PciDevice for VfioPciDevice {
 
 impl Drop for VfioPciDevice {
     fn drop(&mut self) {
-        if self.msix.vfio_enabled
+        if self.msix.as_ref().is_some_and(|m| m.vfio_enabled)
             && let Err(e) = self.device.disable_msix()
         {
             tracing::warn!(device = %self.name, "Cannot disable MSI-X: {e}");
+        }
+        if self
+            .msi
+            .as_ref()
+            .is_some_and(|m| m.vfio_vectors().is_some())
+            && let Err(e) = self.device.disable_msi()
+        {
+            tracing::warn!(device = %self.name, "Cannot disable MSI: {e}");
         }
         if let Some(line) = &mut self.intx
             && let Err(e) = line.disable(&*self.device)
@@ -680,6 +776,8 @@ mod tests {
         config: Mutex<Vec<u8>>,
         bar0: Mutex<Vec<u8>>,
         msix: Mutex<Vec<Option<usize>>>,
+        /// VFIO MSI calls: the eventfd count, or `None` for a disable.
+        msi: Mutex<Vec<Option<usize>>>,
         /// VFIO INTx calls, in order.
         intx: Mutex<Vec<&'static str>>,
         no_msix: bool,
@@ -696,6 +794,8 @@ mod tests {
             c[0x3d] = 1; // INTA
             c[0x40] = CAP_MSI;
             c[0x41] = if no_msix { 0 } else { 0x60 };
+            // MSI: 64-bit, per-vector masking, 4 vectors capable (0x40..0x58).
+            c[0x42..0x44].copy_from_slice(&0x0184u16.to_le_bytes());
             if !no_msix {
                 c[0x60] = CAP_MSIX;
                 c[0x62] = 3; // 4 vectors
@@ -708,6 +808,7 @@ mod tests {
                 config: Mutex::new(c),
                 bar0: Mutex::new(bar0),
                 msix: Mutex::new(Vec::new()),
+                msi: Mutex::new(Vec::new()),
                 intx: Mutex::new(Vec::new()),
                 no_msix,
             })
@@ -754,6 +855,14 @@ mod tests {
         }
         fn disable_msix(&self) -> Result<(), String> {
             self.msix.lock().unwrap().push(None);
+            Ok(())
+        }
+        fn enable_msi(&self, fds: &[EventFd]) -> Result<(), String> {
+            self.msi.lock().unwrap().push(Some(fds.len()));
+            Ok(())
+        }
+        fn disable_msi(&self) -> Result<(), String> {
+            self.msi.lock().unwrap().push(None);
             Ok(())
         }
         fn mmap(&self, _offset: u64, _len: usize) -> std::io::Result<RegionMmap> {
@@ -826,7 +935,7 @@ mod tests {
         let released = Arc::new(AtomicBool::new(false));
         let r = released.clone();
         let release = Release::new(Box::new(move || r.store(true, Ordering::SeqCst)));
-        let d = VfioPciDevice::new("dev0", f.clone(), None, v.clone(), intx, release);
+        let d = VfioPciDevice::new("dev0", f.clone(), None, v.clone(), v.clone(), intx, release);
         (d, f, v, released)
     }
 
@@ -860,9 +969,10 @@ mod tests {
         d.write_config(0x04, &0x0006u16.to_le_bytes());
         assert_eq!(f.config_byte(0x04), 0x06);
         assert!(d.config().memory_decode_enabled() && d.config().bus_master_enabled());
-        // MSI is not offered: its enable never reaches the device.
+        // MSI is emulated: its enable reaches VFIO, never the device's register.
         d.write_config(0x42, &[1]);
-        assert_eq!(f.config_byte(0x42), 0);
+        assert_eq!(f.config_byte(0x42), 0x84);
+        assert_eq!(*f.msi.lock().unwrap(), vec![Some(1)]);
         // Accesses beyond configuration space read all-ones and write nothing.
         let mut b = [0u8; 4];
         d.read_config(4094, &mut b);
@@ -997,15 +1107,98 @@ mod tests {
     }
 
     #[test]
-    fn a_device_without_msix_is_refused_and_released() {
-        let (d, _, _, released) = build(true);
-        let e = d.unwrap_err();
+    fn a_device_without_msix_offers_msi_emulated_and_handed_to_vfio() {
+        let ioapic = Arc::new(crate::ioapic::Ioapic::new(Box::new(Injected::default())));
+        let route = IntxRoute::Split { ioapic, slot: 2 };
+        let (d, f, v, released) = build_with(true, route);
+        let mut d = d.unwrap();
         assert_eq!(
-            e.to_string(),
-            "Cannot assign dev0: it has no MSI-X capability, and INTx and MSI are not offered"
+            r32(&mut d, 0x40) >> 16,
+            0x0184,
+            "64-bit, masking, 4 vectors capable"
         );
-        assert!(e.is_refusal());
-        assert!(released.load(Ordering::SeqCst), "released at once");
+        // Linux: address, upper address, data, mask bits, then MME = 2 (4 vectors) and enable.
+        d.write_config(0x44, &0xfee0_1003u32.to_le_bytes());
+        assert_eq!(r32(&mut d, 0x44), 0xfee0_1000, "dword aligned");
+        d.write_config(0x48, &0u32.to_le_bytes());
+        d.write_config(0x4c, &0x4141u16.to_le_bytes());
+        d.write_config(0x50, &0b10u32.to_le_bytes());
+        assert!(f.msi.lock().unwrap().is_empty(), "not enabled yet");
+        d.write_config(0x42, &0x0021u16.to_le_bytes());
+        assert_eq!(r32(&mut d, 0x40) >> 16, 0x01a5);
+        assert_eq!(
+            *f.msi.lock().unwrap(),
+            vec![Some(4)],
+            "four eventfds to VFIO"
+        );
+        assert_eq!(
+            *f.intx.lock().unwrap(),
+            vec!["enable", "disable"],
+            "INTx off"
+        );
+        let last4: Vec<_> = v
+            .configured
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .take(4)
+            .rev()
+            .cloned()
+            .collect();
+        let msg = |data| MsiMessage {
+            address: 0xfee0_1000,
+            data,
+        };
+        assert_eq!(
+            last4,
+            vec![
+                (0, msg(0x4140), false),
+                (1, msg(0x4141), true),
+                (2, msg(0x4142), false),
+                (3, msg(0x4143), false)
+            ],
+            "vector i sends the data with its low bits = i; vector 1 masked"
+        );
+        // Unmasking vector 1 moves its route, VFIO keeps its eventfds.
+        d.write_config(0x50, &0u32.to_le_bytes());
+        assert_eq!(
+            v.configured.lock().unwrap().last(),
+            Some(&(3, msg(0x4143), false))
+        );
+        assert!(
+            v.configured
+                .lock()
+                .unwrap()
+                .contains(&(1, msg(0x4141), false))
+        );
+        assert_eq!(f.msi.lock().unwrap().len(), 1);
+        // A hostile guest: every byte of the capability and past it set; the enabled vectors
+        // stay within what the device can do, pending bits read 0, the device is untouched.
+        for p in 0x40..0x60 {
+            d.write_config(p, &[0xff]);
+        }
+        assert_eq!(
+            r32(&mut d, 0x40) >> 16,
+            0x01f5,
+            "MME 7 kept, 4 vectors used"
+        );
+        assert_eq!(r32(&mut d, 0x54), 0, "pending");
+        assert_eq!(*f.msi.lock().unwrap(), vec![Some(4)], "still four");
+        assert_eq!(
+            f.config_byte(0x4c),
+            0,
+            "the device's own registers are not written"
+        );
+        // Disabled: VFIO lets MSI go and takes INTx back.
+        d.write_config(0x42, &[0]);
+        assert_eq!(*f.msi.lock().unwrap(), vec![Some(4), None]);
+        assert_eq!(f.intx.lock().unwrap().last(), Some(&"enable"));
+        // No MSI-X: the BAR is the device's everywhere.
+        d.write_bar(0, 0x2000, &[9]);
+        assert_eq!(f.bar0.lock().unwrap()[0x2000], 9);
+        drop(d);
+        assert!(released.load(Ordering::SeqCst));
     }
 
     #[test]

@@ -24,6 +24,7 @@
 mod device;
 pub mod host;
 mod intx;
+mod msi;
 mod sys;
 
 use std::path::PathBuf;
@@ -520,12 +521,15 @@ fn add_device(
             .register(&format!("{name}_dma_path_{}", p.name()))
             .add(u64::from(p == path));
     }
-    let controller = Arc::new(KvmMsiController::with_signaller(
-        ctx.kvm_vm().clone(),
-        ctx.gsi_routing().clone(),
-        sid,
-        VectorSignaller::Kernel,
-    ));
+    let vectors = || {
+        Arc::new(KvmMsiController::with_signaller(
+            ctx.kvm_vm().clone(),
+            ctx.gsi_routing().clone(),
+            sid,
+            VectorSignaller::Kernel,
+        ))
+    };
+    let (controller, msi_controller) = (vectors(), vectors());
     let keep = Mutex::new(keep);
     let reset = device.clone();
     let label = name.to_owned();
@@ -550,7 +554,15 @@ fn add_device(
         },
         _ => IntxRoute::None,
     };
-    let function = VfioPciDevice::new(name, host, Some(ctx.kvm_vm()), controller, intx, release)?;
+    let function = VfioPciDevice::new(
+        name,
+        host,
+        Some(ctx.kvm_vm()),
+        controller,
+        msi_controller,
+        intx,
+        release,
+    )?;
     let function: SharedPciDevice = Arc::new(Mutex::new(function));
     bus.add_device_at(slot, function)
         .map_err(|source| Error::Bus {
