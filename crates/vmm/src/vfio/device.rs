@@ -203,9 +203,11 @@ struct Msix {
 
 /// The assigned function.
 pub struct VfioPciDevice {
-    // Dropped in this order, after `drop` turned MSI-X off: the KVM slots and BAR mmaps, then
-    // the host binding (reset, detach, DMA mappings, address space) while the device is still
-    // open, then the device itself.
+    // Dropped in this order, after `drop` turned MSI-X, MSI and INTx off: the INTx line (its
+    // irqfd or IOAPIC reader), the KVM slots and BAR mmaps, then the host binding (reset,
+    // detach, DMA mappings, address space) while the device is still open, then the device.
+    /// The INTx line, when the device has a pin and the VM an IOAPIC.
+    intx: Option<Intx>,
     areas: Vec<(usize, Area)>,
     _release: Release,
     name: String,
@@ -214,8 +216,6 @@ pub struct VfioPciDevice {
     config_size: u64,
     msix: Option<Msix>,
     msi: Option<MsiCap>,
-    /// The INTx line, when the device has a pin and the VM an IOAPIC.
-    intx: Option<Intx>,
 }
 
 impl std::fmt::Debug for VfioPciDevice {
@@ -287,16 +287,16 @@ fn cut(start: u64, end: u64, holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
 
 impl VfioPciDevice {
     /// Builds the function over an opened, reset `device`; `controller` delivers its MSI-X
-    /// vectors, `intx` says where its INTx goes. The mmap-able parts of its BARs become memory
-    /// slots of `vm` (without a VM, every BAR access is trapped). `release` runs when the
-    /// function goes, or now if it cannot be built.
+    /// vectors, `msi_controller` its MSI vectors, `intx_route` says where its INTx goes. The
+    /// mmap-able parts of its BARs become memory slots of `vm` (without a VM, every BAR access
+    /// is trapped). `release` runs when the function goes, or now if it cannot be built.
     pub fn new(
         name: &str,
         device: Arc<dyn HostFunction>,
         vm: Option<&Arc<KvmVm>>,
         controller: Arc<dyn VectorEventFds>,
         msi_controller: Arc<dyn VectorEventFds>,
-        intx: IntxRoute,
+        intx_route: IntxRoute,
         release: Release,
     ) -> Result<Self, Error> {
         let size = device.region_size(VFIO_PCI_CONFIG_REGION_INDEX);
@@ -437,14 +437,13 @@ impl VfioPciDevice {
             _ => None,
         };
         let pin = (phys_u32(&*device, size, INTERRUPT_LINE) >> 8) as u8;
-        let mut intx = if pin != 0 && device.intx_available() {
-            intx.connect(pin, &device).map_err(|e| Error::Unsupported {
-                device: name.to_owned(),
-                why: format!("cannot wire its INTx: {e}"),
-            })?
-        } else {
-            None
-        };
+        let mut intx = None;
+        if pin != 0 && device.intx_available() {
+            match intx_route.connect(pin, &device) {
+                Ok(line) => intx = line,
+                Err(e) => tracing::warn!(device = name, "INTx not offered: cannot wire it: {e}"),
+            }
+        }
         if let Some(line) = &mut intx {
             config.write(INTERRUPT_LINE, &[line.gsi() as u8]);
             // As a reset function offers it (QEMU's vfio-pci does the same at realize).

@@ -187,11 +187,6 @@ impl Intx {
         Ok(())
     }
 
-    /// Whether VFIO signals the line.
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
     /// The split irqchip's work on one trigger (what the reader thread does).
     #[cfg(test)]
     pub fn assert_line(&self) {
