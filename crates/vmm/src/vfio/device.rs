@@ -1057,9 +1057,11 @@ mod tests {
         use crate::ioapic::{Ioapic, REG_REDIRECTION, Rte};
         let injected = Injected::default();
         let ioapic = Arc::new(Ioapic::new(Box::new(injected.clone())));
+        let unmasks = Arc::new(crate::counters::Counter::default());
         let route = IntxRoute::Split {
             ioapic: ioapic.clone(),
             slot: 3,
+            unmasks: unmasks.clone(),
         };
         let (d, f, _, _) = build_with(false, route);
         let mut d = d.unwrap();
@@ -1084,6 +1086,7 @@ mod tests {
         assert_eq!(injected.0.lock().unwrap().len(), 1, "one until the EOI");
         ioapic.end_of_interrupt(0x51);
         assert_eq!(*f.intx.lock().unwrap(), vec!["enable", "unmask"]);
+        assert_eq!(unmasks.get(), 1, "counted");
         assert_eq!(injected.0.lock().unwrap().len(), 1, "lowered at the EOI");
         // VFIO signals again after the unmask while the device still asserts.
         d.intx.as_ref().unwrap().assert_line();
@@ -1108,7 +1111,11 @@ mod tests {
     #[test]
     fn a_device_without_msix_offers_msi_emulated_and_handed_to_vfio() {
         let ioapic = Arc::new(crate::ioapic::Ioapic::new(Box::new(Injected::default())));
-        let route = IntxRoute::Split { ioapic, slot: 2 };
+        let route = IntxRoute::Split {
+            ioapic,
+            slot: 2,
+            unmasks: Arc::new(crate::counters::Counter::default()),
+        };
         let (d, f, v, released) = build_with(true, route);
         let mut d = d.unwrap();
         assert_eq!(

@@ -25,6 +25,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::device::HostFunction;
 use crate::arch::x86_64::layout::pci_intx_gsi;
+use crate::counters::Counter;
 use crate::ioapic::Ioapic;
 use crate::vm::KvmVm;
 
@@ -46,6 +47,8 @@ pub enum IntxRoute {
         ioapic: Arc<Ioapic>,
         /// The function's device number on bus 0.
         slot: u8,
+        /// Counts the EOIs that unmask the line in VFIO (`<id>_intx_unmasks`).
+        unmasks: Arc<Counter>,
     },
 }
 
@@ -62,9 +65,9 @@ impl IntxRoute {
         match self {
             IntxRoute::None => Ok(None),
             IntxRoute::Kernel { vm, .. } => Intx::kernel(vm.clone(), gsi).map(Some),
-            IntxRoute::Split { ioapic, .. } => {
-                Intx::split(ioapic.clone(), gsi, host.clone()).map(Some)
-            }
+            IntxRoute::Split {
+                ioapic, unmasks, ..
+            } => Intx::split(ioapic.clone(), gsi, host.clone(), unmasks.clone()).map(Some),
         }
     }
 }
@@ -115,11 +118,13 @@ impl Intx {
         })
     }
 
-    /// INTx on pin `gsi` of the VMM's IOAPIC, unmasked in `host` at each EOI.
+    /// INTx on pin `gsi` of the VMM's IOAPIC, unmasked in `host` at each EOI (counted in
+    /// `unmasks`).
     pub fn split(
         ioapic: Arc<Ioapic>,
         gsi: u32,
         host: Arc<dyn HostFunction>,
+        unmasks: Arc<Counter>,
     ) -> std::io::Result<Self> {
         let trigger = EventFd::new(0)?;
         let pin = gsi as usize;
@@ -137,6 +142,7 @@ impl Intx {
         let resampler = ioapic.add_resampler(
             pin,
             Arc::new(move || {
+                unmasks.inc();
                 if let Err(e) = host.unmask_intx() {
                     log_limit::limited!(warn, "Cannot unmask INTx of an assigned device: {e}");
                 }

@@ -551,6 +551,7 @@ fn add_device(
         (crate::vm::Irqchip::Split, Some(ioapic)) => IntxRoute::Split {
             ioapic: ioapic.clone(),
             slot,
+            unmasks: ctx.counters().register(&format!("{name}_intx_unmasks")),
         },
         _ => IntxRoute::None,
     };
