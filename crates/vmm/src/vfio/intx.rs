@@ -9,8 +9,9 @@
 //! split irqchip (the VMM's IOAPIC):
 //!   device INTx ─► VFIO masks it, signals trigger ─► reader thread ─► Ioapic::set_level(pin)
 //!                                                    ─► the RTE's message (remapped if IR)
-//!   guest EOI ─► KVM_EXIT_IOAPIC_EOI ─► Ioapic::end_of_interrupt ─► line lowered, resampler:
-//!                VFIO_DEVICE_SET_IRQS unmask ─► (still asserted? trigger again)
+//!   guest EOI ─► KVM_EXIT_IOAPIC_EOI, or a write to the IOAPIC's EOI register (Linux, for a
+//!                remapped pin) ─► Ioapic::end_of_interrupt ─► line lowered, resampler:
+//!                VFIO_DEVICE_SET_IRQS unmask (counted) ─► (still asserted? trigger again)
 //! ```
 //!
 //! VFIO hands out INTx only while neither MSI nor MSI-X is enabled, so the function disables
