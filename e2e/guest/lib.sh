@@ -85,6 +85,26 @@ assigned_nvme_check() {
     data_check "$1" "$dev" "$2"
 }
 
+# intx_check PCI CHIP: the function at PCI (bus 0) interrupts through INTx: no MSI/MSI-X, its
+# IRQ (what lspci shows as "pin A routed to IRQ N") is the level-triggered (fasteoi) line of
+# CHIP (IO-APIC or IR-IO-APIC) pin 16 + (device + pin - 1) mod 8, the DSDT's _PRT swizzle, in
+# /proc/interrupts, and it has been taken.
+intx_check() {
+    irq=$(cat "/sys/bus/pci/devices/$1/irq")
+    pin=$(od -An -tu1 -j61 -N1 "/sys/bus/pci/devices/$1/config" | tr -d ' ')
+    [ "$pin" = 1 ] || fail "$1 reports interrupt pin $pin, not INTA"
+    dev=${1#*:*:}
+    gsi=$((16 + (0x${dev%.*} + pin - 1) % 8))
+    line=$(grep -E "^ *$irq:" /proc/interrupts | tr -s ' ')
+    n=$(echo "$line" | awk '{ for (c = 2; c <= NF && $c ~ /^[0-9]+$/; c++) sum += $c } END { print sum + 0 }')
+    case "$line" in
+        *" $2 $gsi-fasteoi "*nvme*) ;;
+        *) fail "IRQ $irq of $1 is not an NVMe $2 pin $gsi fasteoi line: $line" ;;
+    esac
+    if grep -q "PCI-MSI.*nvme" /proc/interrupts; then fail "the NVMe uses MSI: $(grep nvme /proc/interrupts | tr -s ' ')"; fi
+    if [ "$n" -gt 0 ]; then ok "$n NVMe INTx interrupts on IRQ $irq, $2 pin $gsi (fasteoi)"; else fail "no interrupt on IRQ $irq: $line"; fi
+}
+
 # The IOMMU group number of a PCI address.
 group_of() {
     g=$(readlink -f "/sys/bus/pci/devices/$1/iommu_group") || fail "$1 has no IOMMU group"

@@ -52,7 +52,8 @@ KERNEL_SCENARIOS = [f"kernel-{k}-{path}" for k in ("5.10", "6.1", "newest")
 # by VFIO module set, so L1 switches sets (rmmod, insmod, rebind) once.
 VFIO_SCENARIOS = ["vfio-legacy-iommufd", "vfio-sm-iommufd", "vfio-rebind", "vfio-noiommu",
                   "vfio-flts-refused", "vfio-legacy-container", "vfio-sm-container",
-                  "vfio-no-cm-refused", "vfio-intremap"]
+                  "vfio-no-cm-refused", "vfio-intremap", "vfio-intx", "vfio-intx-split",
+                  "vfio-intx-split-noir"]
 ALL_SCENARIOS = (["sm-strict", "sm-lazy", "legacy", "identity", "assigned", "dma-fault",
                   "hostile", "refused", "api", "irqchip-split", "intremap", "x2apic-many"]
                  + KERNEL_SCENARIOS + VFIO_SCENARIOS)

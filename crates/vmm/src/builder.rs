@@ -201,8 +201,11 @@ impl VmBuilder {
     }
 
     /// Adds the platform devices, writes ACPI tables and boot structures, creates the vCPUs.
-    pub fn build(self) -> Result<Vm, Error> {
+    pub fn build(mut self) -> Result<Vm, Error> {
         let ioapic = self.add_platform_devices()?;
+        if let Some(ioapic) = &ioapic {
+            self.devices.set_ioapic(ioapic.clone());
+        }
         let pci = crate::pci::add_bus(&self.devices)?;
         crate::pci::add_disks(
             &self.devices,

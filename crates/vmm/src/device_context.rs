@@ -15,6 +15,7 @@ use vtd_spec::SourceId;
 
 use crate::counters::Counters;
 use crate::interrupt::{GsiRouting, KvmIoEvents, KvmMsiController, MsiSignaller};
+use crate::ioapic::Ioapic;
 use crate::iommu_state::HostBindings;
 use crate::vcpu::IoBuses;
 use crate::vm::KvmVm;
@@ -27,6 +28,7 @@ pub struct DeviceContext {
     buses: Arc<IoBuses>,
     counters: Arc<Counters>,
     vtd: Option<Arc<vtd::Vtd>>,
+    ioapic: Option<Arc<Ioapic>>,
     host_bindings: Mutex<Vec<HostBindings>>,
 }
 
@@ -49,6 +51,7 @@ impl DeviceContext {
             buses: Arc::new(IoBuses::default()),
             counters: Arc::new(Counters::new()),
             vtd: None,
+            ioapic: None,
             host_bindings: Mutex::new(Vec::new()),
         }
     }
@@ -72,6 +75,16 @@ impl DeviceContext {
     /// Puts the devices that ask for it behind the virtual VT-d unit `unit`.
     pub fn set_vtd(&mut self, unit: Arc<vtd::Vtd>) {
         self.vtd = Some(unit);
+    }
+
+    /// Records the VMM's IOAPIC (split irqchip), for devices with level-triggered lines.
+    pub fn set_ioapic(&mut self, ioapic: Arc<Ioapic>) {
+        self.ioapic = Some(ioapic);
+    }
+
+    /// The VMM's IOAPIC, with the split irqchip.
+    pub fn ioapic(&self) -> Option<&Arc<Ioapic>> {
+        self.ioapic.as_ref()
     }
 
     /// The virtual VT-d unit, when `--iommu intel` was given.

@@ -12,6 +12,9 @@
 //!              guest EOI ─> KVM_EXIT_IOAPIC_EOI (vector) ─┐
 //!              guest write to the EOI register (vector) ──┴─> Ioapic::end_of_interrupt
 //!                ─> remote IRR cleared for the level pins with that vector ─> still high? inject
+//! resampled:   a line with a resampler (an assigned function's INTx, whose source masks
+//!              itself after each interrupt) is lowered at that EOI and its resampler runs
+//!              (VFIO unmask); a source still asserting raises it again through set_level
 //! ```
 //!
 //! An RTE is turned into a message the way the 82093AA's successors put it on the bus (VT-d
@@ -149,10 +152,16 @@ struct State {
     pins: [Pin; PINS],
 }
 
+/// What an EOI of a resampled line runs: the source is told it may interrupt again.
+pub type Resampler = Arc<dyn Fn() + Send + Sync>;
+
 /// The IOAPIC.
 pub struct Ioapic {
     state: Mutex<State>,
     output: Box<dyn IoapicOutput>,
+    /// `(pin, id, resampler)`; see [`Ioapic::add_resampler`].
+    resamplers: Mutex<Vec<(usize, u64, Resampler)>>,
+    next_resampler: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Ioapic {
@@ -176,7 +185,31 @@ impl Ioapic {
                 pins,
             }),
             output,
+            resamplers: Mutex::new(Vec::new()),
+            next_resampler: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Makes `pin` a resampled level line: at each EOI that clears its remote IRR the line
+    /// is lowered and `resampler` runs (after the IOAPIC's state is released, so it may block
+    /// or call [`Ioapic::set_level`]). Returns the id [`Ioapic::remove_resampler`] takes.
+    pub fn add_resampler(&self, pin: usize, resampler: Resampler) -> u64 {
+        let id = self
+            .next_resampler
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.resamplers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((pin, id, resampler));
+        id
+    }
+
+    /// Removes the resampler `id` returned by [`Ioapic::add_resampler`].
+    pub fn remove_resampler(&self, id: u64) {
+        self.resamplers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, i, _)| *i != id);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -246,11 +279,30 @@ impl Ioapic {
     /// level-triggered pin with that vector and its remote IRR set is ready again, and sends
     /// again if its line is still high.
     pub fn end_of_interrupt(&self, vector: u8) {
-        let mut state = self.lock();
-        for (n, pin) in state.pins.iter_mut().enumerate() {
-            if pin.rte.level() && pin.rte.remote_irr() && pin.rte.vector() == vector {
-                pin.rte.0 &= !Rte::REMOTE_IRR;
-                self.service(pin, n);
+        let resamplers: Vec<(usize, Resampler)> = self
+            .resamplers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(pin, _, r)| (*pin, r.clone()))
+            .collect();
+        let mut resampled = [false; PINS];
+        {
+            let mut state = self.lock();
+            for (n, pin) in state.pins.iter_mut().enumerate() {
+                if pin.rte.level() && pin.rte.remote_irr() && pin.rte.vector() == vector {
+                    pin.rte.0 &= !Rte::REMOTE_IRR;
+                    if resamplers.iter().any(|(p, _)| *p == n) {
+                        pin.asserted = false;
+                        resampled[n] = true;
+                    }
+                    self.service(pin, n);
+                }
+            }
+        }
+        for (pin, resampler) in resamplers {
+            if resampled.get(pin) == Some(&true) {
+                resampler();
             }
         }
     }
@@ -569,6 +621,45 @@ mod tests {
         io.end_of_interrupt(0x39);
         assert_eq!(out.take(), vec![], "low at the EOI: nothing more");
         assert_eq!(mmio_read(&io, 0x22) & (1 << 14), 0, "remote IRR clear");
+    }
+
+    #[test]
+    fn a_resampled_line_is_lowered_at_its_eoi_and_its_source_told() {
+        let (io, out) = ioapic();
+        set_rte(&io, 17, Rte::LEVEL | Rte::ACTIVE_LOW | 0x41);
+        out.take();
+        let unmasks = Arc::new(Mutex::new(0u32));
+        let u = unmasks.clone();
+        let id = io.add_resampler(17, Arc::new(move || *u.lock().unwrap() += 1));
+        // A stray resampler on a pin that does not exist is never run and never panics.
+        io.add_resampler(usize::MAX, Arc::new(|| panic!("no such pin")));
+        io.set_level(17, true);
+        assert_eq!(out.take(), vec![Event::Inject(17)]);
+        io.end_of_interrupt(0x40);
+        assert_eq!(*unmasks.lock().unwrap(), 0, "another vector: not resampled");
+        io.end_of_interrupt(0x41);
+        assert_eq!(
+            out.take(),
+            vec![],
+            "lowered at the EOI: not delivered again"
+        );
+        assert_eq!(*unmasks.lock().unwrap(), 1, "the source is unmasked");
+        assert_eq!(
+            mmio_read(&io, 0x10 + 2 * 17) & (1 << 14),
+            0,
+            "remote IRR clear"
+        );
+        // The source, still asserting once unmasked, raises the line again.
+        io.set_level(17, true);
+        assert_eq!(out.take(), vec![Event::Inject(17)]);
+        // An EOI with no interrupt pending on the pin does not unmask again.
+        io.end_of_interrupt(0x41);
+        io.end_of_interrupt(0x41);
+        assert_eq!(*unmasks.lock().unwrap(), 2);
+        io.remove_resampler(id);
+        io.set_level(17, true);
+        io.end_of_interrupt(0x41);
+        assert_eq!(*unmasks.lock().unwrap(), 2, "removed");
     }
 
     #[test]

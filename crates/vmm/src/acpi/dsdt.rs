@@ -1,9 +1,9 @@
-//! The DSDT: the PCI host bridge with its resources, COM1, the ECAM motherboard resource, and
+//! The DSDT: the PCI host bridge with its resources and INTx routing (`_PRT`), COM1, the ECAM motherboard resource, and
 //! the `_S5_` sleep type Linux needs before it powers off through the FADT sleep registers.
 
 use acpi_tables::aml::{
     AddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Interrupt, Memory32Fixed, Name,
-    Package, Path, ResourceTemplate, Scope, ZERO,
+    Package, PackageBuilder, Path, ResourceTemplate, Scope, ZERO,
 };
 use acpi_tables::sdt::Sdt;
 use acpi_tables::{Aml, AmlSink};
@@ -11,7 +11,7 @@ use acpi_tables::{Aml, AmlSink};
 use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::arch::x86_64::layout::{
     COM1_IRQ, COM1_START, ECAM_SIZE, ECAM_START, PCI_CONFIG_IO_SIZE, PCI_CONFIG_IO_START,
-    PCI_MMIO32_SIZE, PCI_MMIO32_START,
+    PCI_MMIO32_SIZE, PCI_MMIO32_START, pci_intx_gsi,
 };
 
 /// The `_S5_` SLP_TYP value; the guest writes `(5 << 2) | SLP_EN` to the sleep control
@@ -31,6 +31,27 @@ fn device(name: &str, children: Vec<&dyn Aml>) -> Encoded {
     let mut bytes = Vec::new();
     Device::new(name.into(), children).to_aml_bytes(&mut bytes);
     Encoded(bytes)
+}
+
+/// Devices on bus 0.
+const BUS0_DEVICES: u8 = 32;
+
+/// The PCI routing table (ACPI 6.5 6.2.13): for every device of bus 0 and each of INTA..INTD,
+/// `Package { 0xDDDDFFFF (device, any function), pin (0 = INTA), 0 (no link device), GSI }`
+/// with the GSI of [`pci_intx_gsi`]. A GSI named directly is level-triggered and active-low
+/// to the guest (ACPI 6.5 6.2.13); the IOAPIC models take a line's level as asserted or not.
+fn prt() -> PackageBuilder {
+    let mut table = PackageBuilder::new();
+    for device in 0..BUS0_DEVICES {
+        for pin in 1..=4u8 {
+            let gsi = pci_intx_gsi(device, pin).unwrap_or_default();
+            let address = (u32::from(device) << 16) | 0xffff;
+            let index = pin - 1;
+            let entry = Package::new(vec![&address, &index, &0u8, &gsi]);
+            table.add_element(&entry);
+        }
+    }
+    table
 }
 
 /// The AML body of the DSDT.
@@ -53,6 +74,7 @@ pub fn dsdt_aml() -> Vec<u8> {
         None,
     );
     let pci_crs = ResourceTemplate::new(vec![&bus, &cfg_io, &io_low, &io_high, &mmio32]);
+    let prt = prt();
     let pci = device(
         "PCI0",
         vec![
@@ -63,6 +85,7 @@ pub fn dsdt_aml() -> Vec<u8> {
             &Name::new("_UID".into(), &ZERO),
             &Name::new("_BBN".into(), &ZERO),
             &Name::new("_CRS".into(), &pci_crs),
+            &Name::new("_PRT".into(), &prt),
         ],
     );
 
@@ -145,5 +168,32 @@ mod tests {
         let min = (PCI_MMIO32_START as u32).to_le_bytes();
         let max = ((PCI_MMIO32_START + PCI_MMIO32_SIZE - 1) as u32).to_le_bytes();
         assert!(contains(b, &[min, max].concat()));
+    }
+
+    #[test]
+    fn the_prt_wires_each_slot_s_intx_to_the_swizzled_ioapic_pin() {
+        assert_eq!(pci_intx_gsi(0, 0), None, "pin 0: no INTx");
+        assert_eq!(pci_intx_gsi(0, 5), None);
+        assert_eq!(pci_intx_gsi(0, 1), Some(16));
+        assert_eq!(pci_intx_gsi(3, 1), Some(19));
+        assert_eq!(pci_intx_gsi(3, 4), Some(22));
+        assert_eq!(pci_intx_gsi(7, 2), Some(16));
+        assert_eq!(pci_intx_gsi(31, 4), Some(18));
+        let b = dsdt_aml();
+        // Name(_PRT, Package(128) { ... }): NameOp, the name, PackageOp, a 2-byte PkgLength.
+        let at = b.windows(4).position(|w| w == b"_PRT").unwrap();
+        assert_eq!(b[at + 4], 0x12, "PackageOp");
+        assert_eq!(b[at + 5] >> 6, 1, "a two-byte PkgLength");
+        assert_eq!(b[at + 7], 128, "32 devices times four pins");
+        // Device 3, INTB (1) -> GSI 20: Package(4) { DWord 0x0003ffff, One, Zero, Byte 20 }.
+        let entry = [
+            0x12, 0x0b, 0x04, 0x0c, 0xff, 0xff, 0x03, 0x00, 0x01, 0x00, 0x0a, 20,
+        ];
+        assert!(contains(&b, &entry));
+        // Device 0, INTA -> GSI 16: Package(4) { Word 0xffff, Zero, Zero, Byte 16 }.
+        assert!(contains(
+            &b,
+            &[0x12, 0x09, 0x04, 0x0b, 0xff, 0xff, 0x00, 0x00, 0x0a, 16]
+        ));
     }
 }

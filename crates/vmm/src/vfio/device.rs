@@ -9,10 +9,16 @@
 //!  MSI-X enable  ─► VFIO_DEVICE_SET_IRQS: one eventfd per vector = that vector's KVM irqfd;
 //!                   the guest's table writes move its GSI route, its masks connect or
 //!                   disconnect the irqfd (VectorSignaller::Kernel)
+//!  MSI enable    ─► VFIO_DEVICE_SET_IRQS (MSI): one eventfd per enabled vector = its irqfd,
+//!                   routed with the capability's address and data (msi::MsiCap)
+//!  INTx (pin ≠ 0) ─► intx::Intx: a level line into the IOAPIC pin of the DSDT's _PRT, the
+//!                   interrupt line register preset to that GSI; handed back to VFIO while
+//!                   MSI-X is enabled
 //! ```
 //!
-//! INTx and MSI are not offered: the interrupt pin reads 0 and writes to an MSI capability are
-//! dropped, so the guest's driver uses MSI-X; a device without MSI-X is refused at start.
+//! MSI is emulated too (msi::MsiCap: VFIO_PCI_MSI_IRQ_INDEX, a KVM irqfd per vector); a
+//! function may have any of MSI-X, MSI and INTx. VFIO serves one interrupt type at a time:
+//! INTx is handed back to it whenever neither MSI nor MSI-X is enabled.
 
 use std::sync::Arc;
 
@@ -20,12 +26,16 @@ use devices::MsiController;
 use devices::pci::PciDevice;
 use devices::pci::config::{BarKind, BarSpec, PciConfiguration, PciIds};
 use devices::pci::msix::{MSIX_CONTROL_ENABLE, MSIX_CONTROL_FUNCTION_MASK, MsixConfig, MsixLayout};
-use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+};
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::Error;
+use super::intx::{Intx, IntxRoute};
+use super::msi::MsiCap;
 use super::sys::{BarSlot, RegionMmap};
 use crate::interrupt::KvmMsiController;
 use crate::vm::KvmVm;
@@ -47,8 +57,21 @@ pub trait HostFunction: Send + Sync {
     fn enable_msix(&self, fds: &[EventFd]) -> Result<(), String>;
     /// `VFIO_DEVICE_SET_IRQS` disabling MSI-X.
     fn disable_msix(&self) -> Result<(), String>;
+    /// `VFIO_DEVICE_SET_IRQS` for MSI with one eventfd per enabled vector.
+    fn enable_msi(&self, fds: &[EventFd]) -> Result<(), String>;
+    /// `VFIO_DEVICE_SET_IRQS` disabling MSI.
+    fn disable_msi(&self) -> Result<(), String>;
     /// Maps `len` bytes of the device file at `offset`.
     fn mmap(&self, offset: u64, len: usize) -> std::io::Result<RegionMmap>;
+    /// Whether VFIO offers the function's INTx.
+    fn intx_available(&self) -> bool;
+    /// `VFIO_DEVICE_SET_IRQS` for INTx: `trigger` signalled (the line masked) on each
+    /// interrupt; `unmask`, if given, unmasks it when signalled.
+    fn enable_intx(&self, trigger: &EventFd, unmask: Option<&EventFd>) -> Result<(), String>;
+    /// `VFIO_DEVICE_SET_IRQS` disabling INTx.
+    fn disable_intx(&self) -> Result<(), String>;
+    /// `VFIO_DEVICE_SET_IRQS` unmasking INTx.
+    fn unmask_intx(&self) -> Result<(), String>;
 }
 
 impl HostFunction for VfioDevice {
@@ -84,8 +107,35 @@ impl HostFunction for VfioDevice {
     fn disable_msix(&self) -> Result<(), String> {
         VfioDevice::disable_msix(self).map_err(|e| e.to_string())
     }
+    fn enable_msi(&self, fds: &[EventFd]) -> Result<(), String> {
+        VfioDevice::enable_msi(self, fds.iter().collect()).map_err(|e| e.to_string())
+    }
+    fn disable_msi(&self) -> Result<(), String> {
+        VfioDevice::disable_msi(self).map_err(|e| e.to_string())
+    }
     fn mmap(&self, offset: u64, len: usize) -> std::io::Result<RegionMmap> {
         RegionMmap::new(self, offset, len)
+    }
+    fn intx_available(&self) -> bool {
+        self.get_irq_info(VFIO_PCI_INTX_IRQ_INDEX)
+            .is_some_and(|irq| irq.count == 1)
+    }
+    fn enable_intx(&self, trigger: &EventFd, unmask: Option<&EventFd>) -> Result<(), String> {
+        self.enable_irq(VFIO_PCI_INTX_IRQ_INDEX, vec![trigger])
+            .map_err(|e| e.to_string())?;
+        if let Some(unmask) = unmask {
+            self.set_irq_resample_fd(VFIO_PCI_INTX_IRQ_INDEX, vec![unmask])
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+    fn disable_intx(&self) -> Result<(), String> {
+        self.disable_irq(VFIO_PCI_INTX_IRQ_INDEX)
+            .map_err(|e| e.to_string())
+    }
+    fn unmask_intx(&self) -> Result<(), String> {
+        self.unmask_irq(VFIO_PCI_INTX_IRQ_INDEX)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -127,8 +177,10 @@ const CAP_MSIX: u8 = 0x11;
 /// Bytes of the type-0 header the VMM emulates: BARs (0x10..0x28) and the ROM BAR (0x30).
 const BAR_BYTES: std::ops::Range<usize> = 0x10..0x28;
 const ROM_BYTES: std::ops::Range<usize> = 0x30..0x34;
-/// Interrupt line (scratch) and pin (0: no INTx).
+/// Interrupt line (scratch, preset to the GSI) and pin (the device's, or 0: no INTx).
 const INTX_BYTES: std::ops::Range<usize> = 0x3c..0x3e;
+const INTERRUPT_LINE: usize = 0x3c;
+const INTERRUPT_PIN: usize = 0x3d;
 const COMMAND_BYTES: std::ops::Range<usize> = 0x04..0x06;
 
 /// An mmapped area of a BAR.
@@ -151,17 +203,19 @@ struct Msix {
 
 /// The assigned function.
 pub struct VfioPciDevice {
-    // Dropped in this order, after `drop` turned MSI-X off: the KVM slots and BAR mmaps, then
-    // the host binding (reset, detach, DMA mappings, address space) while the device is still
-    // open, then the device itself.
+    // Dropped in this order, after `drop` turned MSI-X, MSI and INTx off: the INTx line (its
+    // irqfd or IOAPIC reader), the KVM slots and BAR mmaps, then the host binding (reset,
+    // detach, DMA mappings, address space) while the device is still open, then the device.
+    /// The INTx line, when the device has a pin and the VM an IOAPIC.
+    intx: Option<Intx>,
     areas: Vec<(usize, Area)>,
     _release: Release,
     name: String,
     device: Arc<dyn HostFunction>,
     config: PciConfiguration,
     config_size: u64,
-    msix: Msix,
-    msi_cap: Option<(usize, usize)>,
+    msix: Option<Msix>,
+    msi: Option<MsiCap>,
 }
 
 impl std::fmt::Debug for VfioPciDevice {
@@ -233,14 +287,16 @@ fn cut(start: u64, end: u64, holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
 
 impl VfioPciDevice {
     /// Builds the function over an opened, reset `device`; `controller` delivers its MSI-X
-    /// vectors. The mmap-able parts of its BARs become memory slots of `vm` (without a VM,
-    /// every BAR access is trapped). `release` runs when the function goes, or now if it
-    /// cannot be built.
+    /// vectors, `msi_controller` its MSI vectors, `intx_route` says where its INTx goes. The
+    /// mmap-able parts of its BARs become memory slots of `vm` (without a VM, every BAR access
+    /// is trapped). `release` runs when the function goes, or now if it cannot be built.
     pub fn new(
         name: &str,
         device: Arc<dyn HostFunction>,
         vm: Option<&Arc<KvmVm>>,
         controller: Arc<dyn VectorEventFds>,
+        msi_controller: Arc<dyn VectorEventFds>,
+        intx_route: IntxRoute,
         release: Release,
     ) -> Result<Self, Error> {
         let size = device.region_size(VFIO_PCI_CONFIG_REGION_INDEX);
@@ -267,31 +323,22 @@ impl VfioPciDevice {
         let mut config = PciConfiguration::new(&ids);
 
         let caps = capabilities(&*device, size);
-        let msix_cap = caps
-            .iter()
-            .find(|(id, _)| *id == CAP_MSIX)
-            .map(|&(_, o)| o)
-            .ok_or_else(|| Error::Unsupported {
-                device: name.to_owned(),
-                why: "it has no MSI-X capability, and INTx and MSI are not offered".into(),
-            })?;
-        let control = (phys_u32(&*device, size, msix_cap) >> 16) as u16;
-        let table = phys_u32(&*device, size, msix_cap + 4);
-        let pba = phys_u32(&*device, size, msix_cap + 8);
-        let layout = MsixLayout {
-            vectors: (control & 0x7ff) + 1,
-            table_bar: (table & 7) as u8,
-            table_offset: table & !7,
-            pba_bar: (pba & 7) as u8,
-            pba_offset: pba & !7,
-        };
-        // MSI: 10 bytes, 4 more for a 64-bit address, 10 more with per-vector masking.
-        let msi_cap = caps.iter().find(|(id, _)| *id == CAP_MSI).map(|&(_, o)| {
-            let control = phys_u32(&*device, size, o) >> 16;
-            let len = 10
-                + if control & (1 << 7) != 0 { 4 } else { 0 }
-                + if control & (1 << 8) != 0 { 10 } else { 0 };
-            (o, o + len)
+        let msix_cap = caps.iter().find(|(id, _)| *id == CAP_MSIX).map(|&(_, o)| o);
+        let layout = msix_cap.map(|cap| {
+            let control = (phys_u32(&*device, size, cap) >> 16) as u16;
+            let table = phys_u32(&*device, size, cap + 4);
+            let pba = phys_u32(&*device, size, cap + 8);
+            MsixLayout {
+                vectors: (control & 0x7ff) + 1,
+                table_bar: (table & 7) as u8,
+                table_offset: table & !7,
+                pba_bar: (pba & 7) as u8,
+                pba_offset: pba & !7,
+            }
+        });
+        let msi = caps.iter().find(|(id, _)| *id == CAP_MSI).map(|&(_, cap)| {
+            let control = (phys_u32(&*device, size, cap) >> 16) as u16;
+            MsiCap::new(cap, control, msi_controller)
         });
 
         let mut bar = 0usize;
@@ -340,13 +387,15 @@ impl VfioPciDevice {
                 None => vec![(0, bar_size)],
             };
             let mut holes = Vec::new();
-            if usize::from(layout.table_bar) == index {
-                let o = u64::from(layout.table_offset);
-                holes.push((o, o + layout.table_size()));
-            }
-            if usize::from(layout.pba_bar) == index {
-                let o = u64::from(layout.pba_offset);
-                holes.push((o, o + layout.pba_size()));
+            if let Some(layout) = &layout {
+                if usize::from(layout.table_bar) == index {
+                    let o = u64::from(layout.table_offset);
+                    holes.push((o, o + layout.table_size()));
+                }
+                if usize::from(layout.pba_bar) == index {
+                    let o = u64::from(layout.pba_offset);
+                    holes.push((o, o + layout.pba_size()));
+                }
             }
             let region_offset = device.region_offset(index as u32);
             for (a, b) in mmap_able {
@@ -371,24 +420,47 @@ impl VfioPciDevice {
                 }
             }
         }
-        let msi: Arc<dyn MsiController> = controller.clone();
-        let msix_config = MsixConfig::new(layout, msi).map_err(|e| Error::Unsupported {
-            device: name.to_owned(),
-            why: format!("MSI-X: {e}"),
-        })?;
+        let msix = match (msix_cap, layout) {
+            (Some(cap), Some(layout)) => {
+                let vectors: Arc<dyn MsiController> = controller.clone();
+                let config = MsixConfig::new(layout, vectors).map_err(|e| Error::Unsupported {
+                    device: name.to_owned(),
+                    why: format!("MSI-X: {e}"),
+                })?;
+                Some(Msix {
+                    cap,
+                    config,
+                    controller,
+                    vfio_enabled: false,
+                })
+            }
+            _ => None,
+        };
+        let pin = (phys_u32(&*device, size, INTERRUPT_LINE) >> 8) as u8;
+        let mut intx = None;
+        if pin != 0 && device.intx_available() {
+            match intx_route.connect(pin, &device) {
+                Ok(line) => intx = line,
+                Err(e) => tracing::warn!(device = name, "INTx not offered: cannot wire it: {e}"),
+            }
+        }
+        if let Some(line) = &mut intx {
+            config.write(INTERRUPT_LINE, &[line.gsi() as u8]);
+            // As a reset function offers it (QEMU's vfio-pci does the same at realize).
+            if let Err(e) = line.enable(&*device) {
+                tracing::warn!(device = name, "INTx not offered: cannot enable it: {e}");
+                intx = None;
+            }
+        }
         Ok(Self {
             name: name.to_owned(),
             device,
             config,
             config_size: size,
             areas,
-            msix: Msix {
-                cap: msix_cap,
-                config: msix_config,
-                controller,
-                vfio_enabled: false,
-            },
-            msi_cap,
+            msix,
+            msi,
+            intx,
             _release: release,
         })
     }
@@ -398,61 +470,143 @@ impl VfioPciDevice {
             || ROM_BYTES.contains(&p)
             || INTX_BYTES.contains(&p)
             || self.msix_control(p)
+            || self.msi.as_ref().is_some_and(|m| m.contains(p))
     }
 
     fn msix_control(&self, p: usize) -> bool {
-        (self.msix.cap + 2..self.msix.cap + 4).contains(&p)
-    }
-
-    fn in_msi(&self, p: usize) -> bool {
-        self.msi_cap.is_some_and(|(a, b)| (a + 2..b).contains(&p))
+        self.msix
+            .as_ref()
+            .is_some_and(|m| (m.cap + 2..m.cap + 4).contains(&p))
     }
 
     fn emulated_byte(&self, p: usize) -> u8 {
-        if self.msix_control(p) {
+        if let Some(msix) = self.msix.as_ref().filter(|_| self.msix_control(p)) {
             let mut b = [0u8; 2];
-            read_phys(&*self.device, self.config_size, self.msix.cap + 2, &mut b);
+            read_phys(&*self.device, self.config_size, msix.cap + 2, &mut b);
             let mut control =
                 u16::from_le_bytes(b) & !(MSIX_CONTROL_ENABLE | MSIX_CONTROL_FUNCTION_MASK);
-            if self.msix.config.enabled() {
+            if msix.config.enabled() {
                 control |= MSIX_CONTROL_ENABLE;
             }
-            if self.msix.config.function_masked() {
+            if msix.config.function_masked() {
                 control |= MSIX_CONTROL_FUNCTION_MASK;
             }
-            return control.to_le_bytes()[p - self.msix.cap - 2];
+            return control.to_le_bytes()[p - msix.cap - 2];
+        }
+        if let Some(msi) = self.msi.as_ref().filter(|m| m.contains(p)) {
+            return msi.read(p);
+        }
+        if p == INTERRUPT_PIN {
+            let mut pin = [0u8; 1];
+            if self.intx.is_some() {
+                read_phys(&*self.device, self.config_size, p, &mut pin);
+            }
+            return pin[0];
         }
         let mut b = [0u8; 1];
         self.config.read(p, &mut b);
         b[0]
     }
 
+    /// Whether VFIO has MSI or MSI-X eventfds.
+    fn message_interrupts_on(&self) -> bool {
+        self.msix.as_ref().is_some_and(|m| m.vfio_enabled)
+            || self
+                .msi
+                .as_ref()
+                .is_some_and(|m| m.vfio_vectors().is_some())
+    }
+
     /// Hands the vectors' eventfds to VFIO when the guest enables MSI-X, takes them back when
     /// it disables it.
     fn sync_msix_enable(&mut self) {
-        let want = self.msix.config.enabled();
-        if want == self.msix.vfio_enabled {
+        let Some(want) = self.msix.as_ref().map(|m| m.config.enabled()) else {
+            return;
+        };
+        if Some(want) == self.msix.as_ref().map(|m| m.vfio_enabled) {
             return;
         }
+        if want {
+            self.set_intx(false);
+        }
+        let Some(msix) = &mut self.msix else {
+            return;
+        };
         let result = if want {
-            self.msix
-                .controller
-                .eventfds(self.msix.config.layout().vectors)
+            msix.controller
+                .eventfds(msix.config.layout().vectors)
                 .map_err(|e| e.to_string())
                 .and_then(|fds| self.device.enable_msix(&fds))
         } else {
             self.device.disable_msix()
         };
         match result {
-            Ok(()) => self.msix.vfio_enabled = want,
+            Ok(()) => msix.vfio_enabled = want,
             Err(e) => {
                 tracing::error!(device = %self.name, "Cannot {} MSI-X: {e}", if want { "enable" } else { "disable" })
             }
         }
+        if !self.message_interrupts_on() {
+            self.set_intx(true);
+        }
+    }
+
+    /// Follows the guest's MSI capability: the vectors' routes, and VFIO's MSI eventfds
+    /// handed over when the guest enables MSI, taken back when it disables it.
+    fn sync_msi(&mut self) {
+        let Some(msi) = &self.msi else {
+            return;
+        };
+        let want = msi.enabled().then(|| msi.vectors());
+        let have = msi.vfio_vectors();
+        if have.is_some() && have != want {
+            if let Err(e) = self.device.disable_msi() {
+                tracing::error!(device = %self.name, "Cannot disable MSI: {e}");
+            }
+            if let Some(msi) = &mut self.msi {
+                msi.set_vfio_vectors(None);
+            }
+        }
+        if want.is_some() && have != want {
+            self.set_intx(false);
+        }
+        let Some(msi) = &mut self.msi else {
+            return;
+        };
+        msi.configure();
+        if let Some(n) = want.filter(|_| have != want) {
+            match msi
+                .eventfds()
+                .map_err(|e| e.to_string())
+                .and_then(|fds| self.device.enable_msi(&fds))
+            {
+                Ok(()) => msi.set_vfio_vectors(Some(n)),
+                Err(e) => tracing::error!(device = %self.name, "Cannot enable MSI: {e}"),
+            }
+        }
+        if !self.message_interrupts_on() {
+            self.set_intx(true);
+        }
+    }
+
+    /// Gives INTx to VFIO or takes it back: VFIO offers one interrupt type at a time, and a
+    /// function with MSI or MSI-X enabled does not use INTx (PCI 3.0 6.8.1.3, 6.8.2).
+    fn set_intx(&mut self, on: bool) {
+        let Some(line) = &mut self.intx else {
+            return;
+        };
+        let result = if on {
+            line.enable(&*self.device)
+        } else {
+            line.disable(&*self.device)
+        };
+        if let Err(e) = result {
+            tracing::error!(device = %self.name, "Cannot {} INTx: {e}", if on { "enable" } else { "disable" });
+        }
     }
 
     fn msix_bar_part(&self, index: usize, offset: u64) -> Option<(bool, u64)> {
-        let l = self.msix.config.layout();
+        let l = self.msix.as_ref()?.config.layout();
         let t = u64::from(l.table_offset);
         let p = u64::from(l.pba_offset);
         if usize::from(l.table_bar) == index && offset >= t && offset - t < l.table_size() {
@@ -486,28 +640,35 @@ impl PciDevice for VfioPciDevice {
 
     fn write_config(&mut self, offset: usize, data: &[u8]) {
         let mut control = None;
+        let mut msi_written = false;
         for (i, &byte) in data.iter().enumerate() {
             let Some(p) = offset.checked_add(i) else {
-                return;
+                break;
             };
             if (p as u64) >= self.config_size {
-                return;
+                break;
             }
-            if self.msix_control(p) {
+            if let Some(cap) = self
+                .msix
+                .as_ref()
+                .map(|m| m.cap)
+                .filter(|_| self.msix_control(p))
+            {
                 let mut c = control.unwrap_or_else(|| {
                     let mut b = [0u8; 2];
                     for (j, x) in b.iter_mut().enumerate() {
-                        *x = self.emulated_byte(self.msix.cap + 2 + j);
+                        *x = self.emulated_byte(cap + 2 + j);
                     }
                     u16::from_le_bytes(b)
                 });
-                let shift = 8 * (p - self.msix.cap - 2);
+                let shift = 8 * (p - cap - 2);
                 c = (c & !(0xff << shift)) | (u16::from(byte) << shift);
                 control = Some(c);
+            } else if let Some(msi) = self.msi.as_mut().filter(|m| m.contains(p)) {
+                msi.write(p, byte);
+                msi_written = true;
             } else if self.emulated(p) {
                 self.config.write(p, &[byte]);
-            } else if self.in_msi(p) {
-                // MSI is not offered: its enable never sticks.
             } else {
                 if COMMAND_BYTES.contains(&p) {
                     self.config.write(p, &[byte]);
@@ -516,16 +677,26 @@ impl PciDevice for VfioPciDevice {
                     .write(VFIO_PCI_CONFIG_REGION_INDEX, p as u64, &[byte]);
             }
         }
-        if let Some(c) = control {
-            self.msix.config.set_control(c);
+        if let (Some(c), Some(msix)) = (control, &mut self.msix) {
+            msix.config.set_control(c);
             self.sync_msix_enable();
+        }
+        if msi_written {
+            self.sync_msi();
         }
     }
 
     fn read_bar(&mut self, index: usize, offset: u64, data: &mut [u8]) {
         match self.msix_bar_part(index, offset) {
-            Some((true, o)) => self.msix.config.read_table(o, data),
-            Some((false, o)) => self.msix.config.read_pba(o, data),
+            Some((table, o)) => {
+                if let Some(msix) = &self.msix {
+                    if table {
+                        msix.config.read_table(o, data);
+                    } else {
+                        msix.config.read_pba(o, data);
+                    }
+                }
+            }
             None => {
                 let size = self.device.region_size(index as u32);
                 if offset.saturating_add(data.len() as u64) > size {
@@ -539,7 +710,11 @@ impl PciDevice for VfioPciDevice {
 
     fn write_bar(&mut self, index: usize, offset: u64, data: &[u8]) {
         match self.msix_bar_part(index, offset) {
-            Some((true, o)) => self.msix.config.write_table(o, data),
+            Some((true, o)) => {
+                if let Some(msix) = &mut self.msix {
+                    msix.config.write_table(o, data);
+                }
+            }
             Some((false, _)) => {}
             None => {
                 let size = self.device.region_size(index as u32);
@@ -562,10 +737,23 @@ impl PciDevice for VfioPciDevice {
 
 impl Drop for VfioPciDevice {
     fn drop(&mut self) {
-        if self.msix.vfio_enabled
+        if self.msix.as_ref().is_some_and(|m| m.vfio_enabled)
             && let Err(e) = self.device.disable_msix()
         {
             tracing::warn!(device = %self.name, "Cannot disable MSI-X: {e}");
+        }
+        if self
+            .msi
+            .as_ref()
+            .is_some_and(|m| m.vfio_vectors().is_some())
+            && let Err(e) = self.device.disable_msi()
+        {
+            tracing::warn!(device = %self.name, "Cannot disable MSI: {e}");
+        }
+        if let Some(line) = &mut self.intx
+            && let Err(e) = line.disable(&*self.device)
+        {
+            tracing::warn!(device = %self.name, "Cannot disable INTx: {e}");
         }
         // The fields go next, in their declared order.
     }
@@ -587,6 +775,10 @@ mod tests {
         config: Mutex<Vec<u8>>,
         bar0: Mutex<Vec<u8>>,
         msix: Mutex<Vec<Option<usize>>>,
+        /// VFIO MSI calls: the eventfd count, or `None` for a disable.
+        msi: Mutex<Vec<Option<usize>>>,
+        /// VFIO INTx calls, in order.
+        intx: Mutex<Vec<&'static str>>,
         no_msix: bool,
     }
 
@@ -601,6 +793,8 @@ mod tests {
             c[0x3d] = 1; // INTA
             c[0x40] = CAP_MSI;
             c[0x41] = if no_msix { 0 } else { 0x60 };
+            // MSI: 64-bit, per-vector masking, 4 vectors capable (0x40..0x58).
+            c[0x42..0x44].copy_from_slice(&0x0184u16.to_le_bytes());
             if !no_msix {
                 c[0x60] = CAP_MSIX;
                 c[0x62] = 3; // 4 vectors
@@ -613,6 +807,8 @@ mod tests {
                 config: Mutex::new(c),
                 bar0: Mutex::new(bar0),
                 msix: Mutex::new(Vec::new()),
+                msi: Mutex::new(Vec::new()),
+                intx: Mutex::new(Vec::new()),
                 no_msix,
             })
         }
@@ -660,8 +856,35 @@ mod tests {
             self.msix.lock().unwrap().push(None);
             Ok(())
         }
+        fn enable_msi(&self, fds: &[EventFd]) -> Result<(), String> {
+            self.msi.lock().unwrap().push(Some(fds.len()));
+            Ok(())
+        }
+        fn disable_msi(&self) -> Result<(), String> {
+            self.msi.lock().unwrap().push(None);
+            Ok(())
+        }
         fn mmap(&self, _offset: u64, _len: usize) -> std::io::Result<RegionMmap> {
             unreachable!("no VM: nothing is mmapped")
+        }
+        fn intx_available(&self) -> bool {
+            true
+        }
+        fn enable_intx(&self, _trigger: &EventFd, unmask: Option<&EventFd>) -> Result<(), String> {
+            assert!(
+                unmask.is_none(),
+                "the split irqchip unmasks at the EOI itself"
+            );
+            self.intx.lock().unwrap().push("enable");
+            Ok(())
+        }
+        fn disable_intx(&self) -> Result<(), String> {
+            self.intx.lock().unwrap().push("disable");
+            Ok(())
+        }
+        fn unmask_intx(&self) -> Result<(), String> {
+            self.intx.lock().unwrap().push("unmask");
+            Ok(())
         }
     }
 
@@ -694,12 +917,24 @@ mod tests {
         Arc<FakeVectors>,
         Arc<AtomicBool>,
     ) {
+        build_with(no_msix, IntxRoute::None)
+    }
+
+    fn build_with(
+        no_msix: bool,
+        intx: IntxRoute,
+    ) -> (
+        Result<VfioPciDevice, Error>,
+        Arc<FakeFunction>,
+        Arc<FakeVectors>,
+        Arc<AtomicBool>,
+    ) {
         let f = FakeFunction::new(no_msix);
         let v = Arc::new(FakeVectors::default());
         let released = Arc::new(AtomicBool::new(false));
         let r = released.clone();
         let release = Release::new(Box::new(move || r.store(true, Ordering::SeqCst)));
-        let d = VfioPciDevice::new("dev0", f.clone(), None, v.clone(), release);
+        let d = VfioPciDevice::new("dev0", f.clone(), None, v.clone(), v.clone(), intx, release);
         (d, f, v, released)
     }
 
@@ -733,9 +968,10 @@ mod tests {
         d.write_config(0x04, &0x0006u16.to_le_bytes());
         assert_eq!(f.config_byte(0x04), 0x06);
         assert!(d.config().memory_decode_enabled() && d.config().bus_master_enabled());
-        // MSI is not offered: its enable never reaches the device.
+        // MSI is emulated: its enable reaches VFIO, never the device's register.
         d.write_config(0x42, &[1]);
-        assert_eq!(f.config_byte(0x42), 0);
+        assert_eq!(f.config_byte(0x42), 0x84);
+        assert_eq!(*f.msi.lock().unwrap(), vec![Some(1)]);
         // Accesses beyond configuration space read all-ones and write nothing.
         let mut b = [0u8; 4];
         d.read_config(4094, &mut b);
@@ -805,16 +1041,170 @@ mod tests {
         );
     }
 
+    /// The IOAPIC's deliveries, by pin.
+    #[derive(Clone, Default)]
+    struct Injected(Arc<Mutex<Vec<usize>>>);
+
+    impl crate::ioapic::IoapicOutput for Injected {
+        fn route(&self, _pin: usize, _msi: Option<crate::interrupt::Msi>) {}
+        fn inject(&self, pin: usize) {
+            self.0.lock().unwrap().push(pin);
+        }
+    }
+
     #[test]
-    fn a_device_without_msix_is_refused_and_released() {
-        let (d, _, _, released) = build(true);
-        let e = d.unwrap_err();
+    fn intx_is_a_level_line_into_the_prt_s_ioapic_pin_unmasked_at_each_eoi() {
+        use crate::ioapic::{Ioapic, REG_REDIRECTION, Rte};
+        let injected = Injected::default();
+        let ioapic = Arc::new(Ioapic::new(Box::new(injected.clone())));
+        let unmasks = Arc::new(crate::counters::Counter::default());
+        let route = IntxRoute::Split {
+            ioapic: ioapic.clone(),
+            slot: 3,
+            unmasks: unmasks.clone(),
+        };
+        let (d, f, _, _) = build_with(false, route);
+        let mut d = d.unwrap();
+        // INTA of device 3: GSI 16 + 3, preset in the interrupt line register.
+        assert_eq!(r32(&mut d, 0x3c) & 0xffff, 0x0113, "pin A, line 19");
+        assert_eq!(*f.intx.lock().unwrap(), vec!["enable"], "offered at once");
+        // The guest may rewrite the line (scratch); the pin stays.
+        d.write_config(0x3c, &[0x0b, 0x04]);
+        assert_eq!(r32(&mut d, 0x3c) & 0xffff, 0x010b);
         assert_eq!(
-            e.to_string(),
-            "Cannot assign dev0: it has no MSI-X capability, and INTx and MSI are not offered"
+            f.config_byte(0x3c),
+            0,
+            "the device's own register is not touched"
         );
-        assert!(e.is_refusal());
-        assert!(released.load(Ordering::SeqCst), "released at once");
+        // Linux: pin 19 level-triggered (active-low, as a _PRT GSI is), vector 0x51.
+        let rte = Rte::LEVEL | Rte::ACTIVE_LOW | 0x51;
+        ioapic.write_register(REG_REDIRECTION + 2 * 19, rte as u32);
+        let intx = d.intx.as_ref().unwrap();
+        intx.assert_line();
+        assert_eq!(*injected.0.lock().unwrap(), vec![19]);
+        intx.assert_line();
+        assert_eq!(injected.0.lock().unwrap().len(), 1, "one until the EOI");
+        ioapic.end_of_interrupt(0x51);
+        assert_eq!(*f.intx.lock().unwrap(), vec!["enable", "unmask"]);
+        assert_eq!(unmasks.get(), 1, "counted");
+        assert_eq!(injected.0.lock().unwrap().len(), 1, "lowered at the EOI");
+        // VFIO signals again after the unmask while the device still asserts.
+        d.intx.as_ref().unwrap().assert_line();
+        assert_eq!(*injected.0.lock().unwrap(), vec![19, 19]);
+        // MSI-X takes over from INTx and gives it back.
+        d.write_config(0x62, &MSIX_CONTROL_ENABLE.to_le_bytes());
+        d.write_config(0x62, &0u16.to_le_bytes());
+        assert_eq!(
+            *f.intx.lock().unwrap(),
+            vec!["enable", "unmask", "disable", "enable"]
+        );
+        assert_eq!(*f.msix.lock().unwrap(), vec![Some(4), None]);
+        drop(d);
+        assert_eq!(f.intx.lock().unwrap().last(), Some(&"disable"));
+        // The pin has no resampler left: an EOI unmasks nothing.
+        ioapic.write_register(REG_REDIRECTION + 2 * 19, rte as u32);
+        ioapic.set_level(19, true);
+        ioapic.end_of_interrupt(0x51);
+        assert_eq!(f.intx.lock().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn a_device_without_msix_offers_msi_emulated_and_handed_to_vfio() {
+        let ioapic = Arc::new(crate::ioapic::Ioapic::new(Box::new(Injected::default())));
+        let route = IntxRoute::Split {
+            ioapic,
+            slot: 2,
+            unmasks: Arc::new(crate::counters::Counter::default()),
+        };
+        let (d, f, v, released) = build_with(true, route);
+        let mut d = d.unwrap();
+        assert_eq!(
+            r32(&mut d, 0x40) >> 16,
+            0x0184,
+            "64-bit, masking, 4 vectors capable"
+        );
+        // Linux: address, upper address, data, mask bits, then MME = 2 (4 vectors) and enable.
+        d.write_config(0x44, &0xfee0_1003u32.to_le_bytes());
+        assert_eq!(r32(&mut d, 0x44), 0xfee0_1000, "dword aligned");
+        d.write_config(0x48, &0u32.to_le_bytes());
+        d.write_config(0x4c, &0x4141u16.to_le_bytes());
+        d.write_config(0x50, &0b10u32.to_le_bytes());
+        assert!(f.msi.lock().unwrap().is_empty(), "not enabled yet");
+        d.write_config(0x42, &0x0021u16.to_le_bytes());
+        assert_eq!(r32(&mut d, 0x40) >> 16, 0x01a5);
+        assert_eq!(
+            *f.msi.lock().unwrap(),
+            vec![Some(4)],
+            "four eventfds to VFIO"
+        );
+        assert_eq!(
+            *f.intx.lock().unwrap(),
+            vec!["enable", "disable"],
+            "INTx off"
+        );
+        let last4: Vec<_> = v
+            .configured
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .take(4)
+            .rev()
+            .cloned()
+            .collect();
+        let msg = |data| MsiMessage {
+            address: 0xfee0_1000,
+            data,
+        };
+        assert_eq!(
+            last4,
+            vec![
+                (0, msg(0x4140), false),
+                (1, msg(0x4141), true),
+                (2, msg(0x4142), false),
+                (3, msg(0x4143), false)
+            ],
+            "vector i sends the data with its low bits = i; vector 1 masked"
+        );
+        // Unmasking vector 1 moves its route, VFIO keeps its eventfds.
+        d.write_config(0x50, &0u32.to_le_bytes());
+        assert_eq!(
+            v.configured.lock().unwrap().last(),
+            Some(&(3, msg(0x4143), false))
+        );
+        assert!(
+            v.configured
+                .lock()
+                .unwrap()
+                .contains(&(1, msg(0x4141), false))
+        );
+        assert_eq!(f.msi.lock().unwrap().len(), 1);
+        // A hostile guest: every byte of the capability and past it set; the enabled vectors
+        // stay within what the device can do, pending bits read 0, the device is untouched.
+        for p in 0x40..0x60 {
+            d.write_config(p, &[0xff]);
+        }
+        assert_eq!(
+            r32(&mut d, 0x40) >> 16,
+            0x01f5,
+            "MME 7 kept, 4 vectors used"
+        );
+        assert_eq!(r32(&mut d, 0x54), 0, "pending");
+        assert_eq!(*f.msi.lock().unwrap(), vec![Some(4)], "still four");
+        assert_eq!(
+            f.config_byte(0x4c),
+            0,
+            "the device's own registers are not written"
+        );
+        // Disabled: VFIO lets MSI go and takes INTx back.
+        d.write_config(0x42, &[0]);
+        assert_eq!(*f.msi.lock().unwrap(), vec![Some(4), None]);
+        assert_eq!(f.intx.lock().unwrap().last(), Some(&"enable"));
+        // No MSI-X: the BAR is the device's everywhere.
+        d.write_bar(0, 0x2000, &[9]);
+        assert_eq!(f.bar0.lock().unwrap()[0x2000], 9);
+        drop(d);
+        assert!(released.load(Ordering::SeqCst));
     }
 
     #[test]

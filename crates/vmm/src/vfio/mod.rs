@@ -23,6 +23,8 @@
 
 mod device;
 pub mod host;
+mod intx;
+mod msi;
 mod sys;
 
 use std::path::PathBuf;
@@ -41,6 +43,7 @@ use crate::device_context::DeviceContext;
 use crate::interrupt::{KvmMsiController, VectorSignaller};
 use crate::iommu::bus0_sid;
 pub use device::{HostFunction, Release, VectorEventFds, VfioPciDevice};
+pub use intx::IntxRoute;
 
 /// Errors assigning a device. [`Error::is_refusal`] ones are the host or configuration saying
 /// no (exit status 2).
@@ -518,12 +521,15 @@ fn add_device(
             .register(&format!("{name}_dma_path_{}", p.name()))
             .add(u64::from(p == path));
     }
-    let controller = Arc::new(KvmMsiController::with_signaller(
-        ctx.kvm_vm().clone(),
-        ctx.gsi_routing().clone(),
-        sid,
-        VectorSignaller::Kernel,
-    ));
+    let vectors = || {
+        Arc::new(KvmMsiController::with_signaller(
+            ctx.kvm_vm().clone(),
+            ctx.gsi_routing().clone(),
+            sid,
+            VectorSignaller::Kernel,
+        ))
+    };
+    let (controller, msi_controller) = (vectors(), vectors());
     let keep = Mutex::new(keep);
     let reset = device.clone();
     let label = name.to_owned();
@@ -537,7 +543,27 @@ fn add_device(
         drop(keep);
     }));
     let host: Arc<dyn HostFunction> = device;
-    let function = VfioPciDevice::new(name, host, Some(ctx.kvm_vm()), controller, release)?;
+    let intx = match (ctx.kvm_vm().irqchip(), ctx.ioapic()) {
+        (crate::vm::Irqchip::InKernel, _) => IntxRoute::Kernel {
+            vm: ctx.kvm_vm().clone(),
+            slot,
+        },
+        (crate::vm::Irqchip::Split, Some(ioapic)) => IntxRoute::Split {
+            ioapic: ioapic.clone(),
+            slot,
+            unmasks: ctx.counters().register(&format!("{name}_intx_unmasks")),
+        },
+        _ => IntxRoute::None,
+    };
+    let function = VfioPciDevice::new(
+        name,
+        host,
+        Some(ctx.kvm_vm()),
+        controller,
+        msi_controller,
+        intx,
+        release,
+    )?;
     let function: SharedPciDevice = Arc::new(Mutex::new(function));
     bus.add_device_at(slot, function)
         .map_err(|source| Error::Bus {

@@ -94,6 +94,21 @@ pub const ACPI_RESET_VALUE: u8 = 1;
 
 /// Number of IOAPIC pins (GSIs 0..24); MSI routes start above them.
 pub const IOAPIC_PINS: u32 = 24;
+/// The first of the IOAPIC pins PCI INTx lines are wired to (the DSDT's `_PRT`): pin `p`
+/// (0 = INTA) of device `d` on bus 0 is GSI `PCI_INTX_GSI_BASE + (d + p) % PCI_INTX_GSIS`,
+/// the conventional swizzle over GSIs 16..24, above every ISA IRQ so no MADT override applies.
+pub const PCI_INTX_GSI_BASE: u32 = 16;
+/// How many IOAPIC pins PCI INTx lines share.
+pub const PCI_INTX_GSIS: u32 = IOAPIC_PINS - PCI_INTX_GSI_BASE;
+
+/// The GSI (IOAPIC pin) interrupt pin `pin` (1 = INTA .. 4 = INTD) of device `device` on bus 0
+/// is wired to; `None` for pin 0 (no INTx) or a value beyond INTD.
+pub fn pci_intx_gsi(device: u8, pin: u8) -> Option<u32> {
+    (1..=4)
+        .contains(&pin)
+        .then(|| PCI_INTX_GSI_BASE + (u32::from(device) + u32::from(pin) - 1) % PCI_INTX_GSIS)
+}
+
 /// The IOAPIC's ID (MADT, IOAPIC ID register reset value, DMAR IOAPIC scope enumeration ID).
 pub const IOAPIC_ID: u8 = 0;
 /// The IOAPIC's requester ID for interrupt remapping: ff:00.0, QEMU's choice. The PCI
