@@ -20,7 +20,7 @@ class Placeholders(unittest.TestCase):
 
     def test_vfio_addresses(self):
         self.assertEqual(b.vfio_bdf(0), "0000:00:10.0")
-        self.assertEqual(b.vfio_bdf(11), "0000:00:1b.0")
+        self.assertEqual(b.vfio_bdf(14), "0000:00:1e.0")
 
     def test_disk_addresses_pack_eight_functions_below_the_real_devices(self):
         self.assertEqual(b.l1_disk_address(0), "03.0")
@@ -103,7 +103,7 @@ class Jobs(unittest.TestCase):
         with self.assertRaises(HarnessError):
             self.batch.add("x", "vtd-nest", self.init, 1, [], ["a\nb"])
 
-    def test_at_most_twelve_real_devices(self):
+    def test_at_most_fifteen_real_devices(self):
         specs = [f"v{i}=1M" for i in range(b.L1_VFIO_MAX)]
         self.batch.add("x", "vtd-nest", self.init, 1, [], [], vfio=specs)
         with self.assertRaises(HarnessError):

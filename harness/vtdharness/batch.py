@@ -29,9 +29,9 @@ VFIO_MODULE_SETS = ("container", "iommufd")
 # UART is a VM exit, and a panic ends the run instead of hanging until the timeout.
 L2_CONSOLE = "console=ttyS0 quiet panic=-1"
 # Real devices sit at fixed slots of L1's bus 0 (so their address is known before boot):
-# 0000:00:10.0 for index 0, and so on up to 0000:00:1b.0.
+# 0000:00:10.0 for index 0, and so on up to 0000:00:1e.0 (00:1f is q35's ICH9).
 L1_VFIO_SLOT0 = 16
-L1_VFIO_MAX = 12
+L1_VFIO_MAX = 15
 # Test disks in L1: virtio-blk functions packed eight to a slot in slots 3..15 (below the real
 # devices), so a batch is not bounded by L1's 32 slots.
 L1_DISK_SLOT0 = 3

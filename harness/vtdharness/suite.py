@@ -7,7 +7,8 @@
             (the other guest kernels; 6.12 is sm-strict, assigned and intremap); "kernels" stands
             for the nine of them; and the real-device scenarios vfio-legacy-iommufd vfio-sm-iommufd
             vfio-rebind vfio-noiommu vfio-flts-refused vfio-legacy-container vfio-sm-container
-            vfio-no-cm-refused vfio-intremap ("vfio": the nine)
+            vfio-no-cm-refused vfio-intremap vfio-intx vfio-intx-split vfio-intx-split-noir
+            ("vfio": the twelve)
   --mode    as e2e/run (default $VTD_NEST_E2E_MODE or auto)
   --inner   qemu runs the guest-side checks under QEMU's intel-iommu instead of vtd-nest, to
             test the suite itself; VMM-only checks are skipped and said so, and scenarios
