@@ -21,16 +21,19 @@ use kvm_ioctls::Kvm;
 
 use crate::acpi::{self, AcpiConfig, DmarConfig};
 use crate::arch::x86_64::layout::{
-    ACPI_PM_SIZE, ACPI_PM_START, COM1_IRQ, COM1_START, DRHD_SIZE, DRHD_START, I8042_START,
+    ACPI_PM_SIZE, ACPI_PM_START, COM1_IRQ, COM1_START, DRHD_SIZE, DRHD_START, GED_IRQ, I8042_START,
+    PCI_HOTPLUG_START,
 };
 use crate::arch::x86_64::{boot, cpuid, msr, regs};
 use crate::bus::BusDevice;
 use crate::config::{SerialConfig, VmConfig};
 use crate::device_context::DeviceContext;
 use crate::error::Error;
+use crate::hotplug::{HotplugRegisters, REGISTER_BLOCK_SIZE};
 use crate::interrupt::IrqLine;
 use crate::legacy::{I8042, PmDevice, VmEvent, VmEventSender};
 use crate::memory;
+use crate::pci_hotplug::PciHotplug;
 use crate::running::{ShutdownHook, Vm};
 use crate::serial::SerialDevice;
 use crate::vcpu::{self, ExitCounters, Vcpu};
@@ -177,6 +180,14 @@ impl VmBuilder {
     /// Adds the platform devices, writes ACPI tables and boot structures, creates the vCPUs.
     pub fn build(self) -> Result<Vm, Error> {
         self.add_platform_devices()?;
+        let ged = IrqLine::new(self.devices.kvm_vm(), GED_IRQ)?;
+        let hotplug_registers = Arc::new(HotplugRegisters::new(Box::new(ged)));
+        self.add_pio_device(
+            "pci-hotplug",
+            PCI_HOTPLUG_START,
+            REGISTER_BLOCK_SIZE,
+            hotplug_registers.clone(),
+        )?;
         let pci = crate::pci::add_bus(&self.devices)?;
         crate::pci::add_disks(
             &self.devices,
@@ -241,12 +252,33 @@ impl VmBuilder {
                 .map_err(setup("MP state"))?;
             vcpus.push(vcpu);
         }
+        let disks = &self.config.disks;
+        let boot_devices = disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("disk{i}"), (i + 1) as u8, d.assigned.is_none()))
+            .chain(
+                self.config
+                    .devices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (d.id.clone(), first_slot.saturating_add(i as u8), false)),
+            );
+        let devices = Arc::new(self.devices);
+        let hotplug = Arc::new(PciHotplug::new(
+            devices.clone(),
+            pci,
+            hotplug_registers,
+            boot_devices,
+            disks.len(),
+        ));
         Ok(Vm::new(
             vcpus,
             self.receiver,
             self.events,
             self.hooks,
-            self.devices,
+            devices,
+            hotplug,
         ))
     }
 }

@@ -79,6 +79,15 @@ impl Counters {
             .push((prefix.into(), component));
     }
 
+    /// Forgets the components reported under `prefix` (a device that was unplugged); returns
+    /// how many there were.
+    pub fn remove_component(&self, prefix: &str) -> usize {
+        let mut components = self.components.lock().unwrap_or_else(|e| e.into_inner());
+        let before = components.len();
+        components.retain(|(p, _)| p != prefix);
+        before - components.len()
+    }
+
     /// Every counter as one JSON object `{"<name>": <value>, ...}`.
     pub fn json(&self) -> serde_json::Value {
         let mut map = serde_json::Map::new();

@@ -340,6 +340,20 @@ impl MsiVector {
     }
 }
 
+impl Drop for MsiVector {
+    /// A vector that goes (its device was unplugged, or the VM stops) takes its irqfd and its
+    /// GSI route with it.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if state.irqfd {
+            let _ = self.vm.unregister_irqfd(&self.evt, self.gsi);
+        }
+        if state.msi.is_some() {
+            let _ = self.routing.set_msi_route(self.gsi, None);
+        }
+    }
+}
+
 /// The MSI-X vectors of one device: vector `n` gets its own GSI and irqfd the first time it is
 /// configured. This is what a PCI device's MSI-X capability drives (it keeps mask and pending
 /// state itself, and never triggers a masked vector).

@@ -175,7 +175,8 @@ pub fn add_disks(
     Ok(())
 }
 
-fn add_disk<M: GuestMemory + Clone + Send + Sync + 'static>(
+/// Adds disk `index` (`disk`, DMA through `memory`) at `slot` of `bus`, with its counters.
+pub(crate) fn add_disk<M: GuestMemory + Clone + Send + Sync + 'static>(
     devices: &DeviceContext,
     bus: &PciBus,
     index: usize,

@@ -1,0 +1,221 @@
+//! Adding and removing bus-0 devices of a running VM (the API's `vm.add-disk` and
+//! `vm.remove-device`), over the register handshake of [`crate::hotplug`].
+//!
+//! ```text
+//!  add_disk(DiskConfig) ─ lowest free slot ─ DMA memory (RAM | TranslatedMemory)
+//!        ─ pci::add_disk (BARs, MSI-X, ioeventfds, counters "diskN_") ─ announce_add(slot)
+//!  remove(id) ─ request_eject(slot) ─ wait_eject(timeout) ──timeout──> Err(NotReleased):
+//!        │                                                            the device stays
+//!        └─ ejected: PciBus::remove_device (BARs un-decoded: ioeventfds go) ─ drop the device
+//!           (I/O thread joined, MSI-X vectors: irqfds and GSI routes go) ─ Vtd::forget_source
+//!           ─ counters forget "diskN_" ─ the id is free
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use devices::pci::PciBus;
+
+use crate::config::DiskConfig;
+use crate::device_context::DeviceContext;
+use crate::hotplug::{HOTPLUG_SLOTS, HotplugRegisters};
+use crate::iommu::{bus0_sid, translated_memory};
+
+/// How long the guest has to release a device it was asked to eject.
+pub const EJECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an add or remove did not happen; each message is one sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum HotplugError {
+    /// Every slot 1..31 is taken.
+    #[error("PCI bus 0 has no free slot")]
+    NoFreeSlot,
+    /// No device by that id.
+    #[error("This VM has no device '{0}'")]
+    UnknownId(String),
+    /// The guest did not eject in time (or refused).
+    #[error("The guest did not release device {id} within {secs} s; it stays attached")]
+    NotReleased {
+        /// The device.
+        id: String,
+        /// The timeout.
+        secs: u64,
+    },
+    /// Hot-plug of this kind of device is not supported.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The device could not be created or placed.
+    #[error("Cannot add the disk: {0}")]
+    Add(String),
+}
+
+/// What the bus holds, by device id.
+#[derive(Debug)]
+struct Attached {
+    slots: BTreeMap<String, u8>,
+    /// Ids that `remove` may take off the bus (emulated disks).
+    removable: Vec<String>,
+    next_disk: usize,
+}
+
+/// Hot-plug of bus-0 devices for one running VM.
+pub struct PciHotplug {
+    devices: Arc<DeviceContext>,
+    bus: Arc<PciBus>,
+    registers: Arc<HotplugRegisters>,
+    attached: Mutex<Attached>,
+}
+
+impl std::fmt::Debug for PciHotplug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PciHotplug")
+            .field("attached", &*self.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+impl PciHotplug {
+    /// Hot-plug on `bus` of the VM `devices`, signalling through `registers`; `boot` lists the
+    /// devices placed at start (id, slot, removable) and `boot_disks` how many are disks.
+    pub fn new(
+        devices: Arc<DeviceContext>,
+        bus: Arc<PciBus>,
+        registers: Arc<HotplugRegisters>,
+        boot: impl IntoIterator<Item = (String, u8, bool)>,
+        boot_disks: usize,
+    ) -> Self {
+        let mut attached = Attached {
+            slots: BTreeMap::new(),
+            removable: Vec::new(),
+            next_disk: boot_disks,
+        };
+        for (id, slot, removable) in boot {
+            if removable {
+                attached.removable.push(id.clone());
+            }
+            attached.slots.insert(id, slot);
+        }
+        PciHotplug {
+            devices,
+            bus,
+            registers,
+            attached: Mutex::new(attached),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Attached> {
+        self.attached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The ids of the devices on the bus now.
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().slots.keys().cloned().collect()
+    }
+
+    /// The slot of device `id`.
+    pub fn slot(&self, id: &str) -> Option<u8> {
+        self.lock().slots.get(id).copied()
+    }
+
+    /// The hot-plug registers (for tests that play the guest).
+    pub fn registers(&self) -> &Arc<HotplugRegisters> {
+        &self.registers
+    }
+
+    /// Adds `disk` at the lowest free slot and tells the guest; returns its id and slot.
+    pub fn add_disk(&self, disk: &DiskConfig) -> Result<(String, u8), HotplugError> {
+        let mut attached = self.lock();
+        let slot = HOTPLUG_SLOTS
+            .into_iter()
+            .find(|&s| self.bus.device(s).is_none())
+            .ok_or(HotplugError::NoFreeSlot)?;
+        let index = attached.next_disk;
+        let devices = &*self.devices;
+        let added = match (disk.assigned, disk.iommu, devices.vtd()) {
+            (Some(_), _, _) => {
+                return Err(HotplugError::Unsupported(
+                    "Hot-plug of an assigned=sim disk is not supported yet; start the VM with it"
+                        .to_owned(),
+                ));
+            }
+            (None, true, Some(unit)) => {
+                let memory = translated_memory(devices.memory(), unit, bus0_sid(slot), None);
+                crate::pci::add_disk(devices, &self.bus, index, slot, disk, memory, true)
+            }
+            (None, true, None) => {
+                return Err(HotplugError::Add(
+                    crate::pci::Error::NoIommu(index).to_string(),
+                ));
+            }
+            (None, false, _) => crate::pci::add_disk(
+                devices,
+                &self.bus,
+                index,
+                slot,
+                disk,
+                devices.memory().clone(),
+                false,
+            ),
+        };
+        added.map_err(|e| HotplugError::Add(error_chain(&e)))?;
+        let id = format!("disk{index}");
+        attached.next_disk += 1;
+        attached.slots.insert(id.clone(), slot);
+        attached.removable.push(id.clone());
+        drop(attached);
+        self.registers.announce_add(slot);
+        tracing::info!("{id}: hot-added at 00:{slot:02x}.0");
+        Ok((id, slot))
+    }
+
+    /// Asks the guest to release device `id` and, once it ejects (within `timeout`), takes it
+    /// off the bus with everything it holds.
+    pub fn remove(&self, id: &str, timeout: Duration) -> Result<u8, HotplugError> {
+        let (slot, removable) = {
+            let attached = self.lock();
+            let slot = attached.slots.get(id).copied();
+            (slot, attached.removable.iter().any(|r| r == id))
+        };
+        let slot = slot.ok_or_else(|| HotplugError::UnknownId(id.to_owned()))?;
+        if !removable {
+            return Err(HotplugError::Unsupported(format!(
+                "Device {id} is an assigned device, and unplug of assigned devices is not supported yet; it stays attached"
+            )));
+        }
+        self.registers.request_eject(slot);
+        if !self.registers.wait_eject(slot, timeout) {
+            return Err(HotplugError::NotReleased {
+                id: id.to_owned(),
+                secs: timeout.as_secs(),
+            });
+        }
+        self.detach(id, slot);
+        Ok(slot)
+    }
+
+    fn detach(&self, id: &str, slot: u8) {
+        let device = self.bus.remove_device(slot);
+        // The device's I/O thread is joined and its MSI-X vectors (irqfds, GSI routes) go
+        // with the last reference.
+        drop(device);
+        if let Some(unit) = self.devices.vtd() {
+            unit.forget_source(bus0_sid(slot));
+        }
+        self.devices.counters().remove_component(&format!("{id}_"));
+        let mut attached = self.lock();
+        attached.slots.remove(id);
+        attached.removable.retain(|r| r != id);
+        tracing::info!("{id}: removed from 00:{slot:02x}.0");
+    }
+}
