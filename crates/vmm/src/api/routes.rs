@@ -362,7 +362,12 @@ fn remove_device(context: &ApiContext, body: &[u8]) -> Reply {
         return no_hotplug(format!("device '{id}' stays in place"));
     };
     match hotplug.remove(&id, EJECT_TIMEOUT) {
-        Ok(_) => Reply::no_content(),
+        Ok(_) => {
+            if let Some(reporter) = &context.iommu {
+                reporter.remove_device(&id);
+            }
+            Reply::no_content()
+        }
         Err(e) => hotplug_error(&e),
     }
 }
