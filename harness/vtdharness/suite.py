@@ -2,7 +2,7 @@
                  [--l1-iommu auto|off|legacy|scalable] [--keep] [--live] [SCENARIO...]
 
   SCENARIO  names from e2e/scenarios/ (default: all of ALL_SCENARIOS): sm-strict sm-lazy
-            legacy identity assigned dma-fault hostile refused api, and the kernel axis
+            legacy identity assigned dma-fault hostile refused api hotplug, and the kernel axis
             kernel-<5.10|6.1|newest>-<emulated|assigned> (the other guest kernels; 6.12 is
             sm-strict and assigned); "kernels" stands for the six of them; and the real-device
             scenarios vfio-legacy-iommufd vfio-sm-iommufd vfio-rebind vfio-noiommu
@@ -54,7 +54,7 @@ VFIO_SCENARIOS = ["vfio-legacy-iommufd", "vfio-sm-iommufd", "vfio-rebind", "vfio
                   "vfio-flts-refused", "vfio-legacy-container", "vfio-sm-container",
                   "vfio-no-cm-refused"]
 ALL_SCENARIOS = (["sm-strict", "sm-lazy", "legacy", "identity", "assigned", "dma-fault",
-                  "hostile", "refused", "api"] + KERNEL_SCENARIOS + VFIO_SCENARIOS)
+                  "hostile", "refused", "api", "hotplug"] + KERNEL_SCENARIOS + VFIO_SCENARIOS)
 INNERS = ("vtd-nest", "qemu")
 
 

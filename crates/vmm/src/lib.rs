@@ -14,6 +14,7 @@
 //!        │             PCI bus 0 + virtio-blk disks (pci, on the DeviceContext), DMA memory:
 //!        │               plain RAM | iommu::TranslatedMemory | passthrough::AssignedMemory
 //!        │             vfio: --device host functions (whole RAM | shadow | nested DMA)
+//!        │             hotplug: register block (PIO 0x610) + GED line (IRQ 5); pci_hotplug
 //!        │             acpi::write_tables (RSDP, XSDT, FADT, DSDT, MADT, MCFG, DMAR)
 //!        │             arch::x86_64::boot::load (bzImage / PVH / ELF, initrd, cmdline, e820)
 //!        │             vCPUs: CPUID, MSRs, FPU, LINTs, BSP registers, AP mp_state
