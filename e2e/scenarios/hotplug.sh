@@ -93,7 +93,9 @@ r counters | grep -Eq '^counter disk1_read_bytes [1-9]' || die "no reads counted
 say "OK disk1 counters"
 state=$(r iommu-state) || die "iommu-state failed"
 echo "$state" | grep -q '00:02.0' || die "iommu-state does not list 00:02.0: $state"
-say "OK iommu-state lists 00:02.0"
+r iommu-state --json | grep -Eq '"cached_entries": [1-9]' ||
+    die "the unit caches nothing for 00:02.0: $(r iommu-state --json | grep cached_entries)"
+say "OK iommu-state lists 00:02.0 with cached entries"
 r remove-device disk1 || die "remove-device disk1 failed"
 say "OK remove-device disk1"
 left=$(r counters | grep -c '^counter disk1_')

@@ -155,7 +155,14 @@ impl Reporter {
         if let Some(Value::Array(devices)) = value.get_mut("devices") {
             for (device, (_, sid)) in devices.iter_mut().zip(&listed) {
                 let host = self.host.iter().find_map(|h| h.device(*sid));
-                if let (Value::Object(fields), Some(host)) = (device, host) {
+                let Value::Object(fields) = device else {
+                    continue;
+                };
+                fields.insert(
+                    "cached_entries".into(),
+                    Value::from(self.unit.cached_entries_of(*sid)),
+                );
+                if let Some(host) = host {
                     fields.insert("host".into(), host);
                 }
             }

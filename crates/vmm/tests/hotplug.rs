@@ -143,6 +143,7 @@ fn a_disk_is_added_kept_while_unreleased_and_removed_after_the_eject() {
         ),
         (0, 0, 0)
     );
+    assert_eq!(unit.cached_entries_of(vmm::iommu::bus0_sid(1)), 0);
     assert!(matches!(
         hotplug.remove("disk0", Duration::ZERO),
         Err(HotplugError::UnknownId(_))

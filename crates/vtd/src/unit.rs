@@ -324,6 +324,12 @@ impl Vtd {
         debug!(target: "vtd", "forgot the cached entries of {sid:?}");
     }
 
+    /// How many context, PASID and IOTLB entries the unit caches for the device `sid` (a live
+    /// object count: zero once the device was unplugged and [`Self::forget_source`] ran).
+    pub fn cached_entries_of(&self, sid: SourceId) -> usize {
+        self.translator.cached_entries_of(sid)
+    }
+
     /// Every register back to its reset value, translation off, caches flushed.
     pub fn reset(&self) {
         {
