@@ -253,10 +253,8 @@ impl VmBuilder {
             vcpus.push(vcpu);
         }
         let disks = &self.config.disks;
-        let boot_devices = disks
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (format!("disk{i}"), (i + 1) as u8, d.assigned.is_none()))
+        let boot_devices = (0..disks.len())
+            .map(|i| (format!("disk{i}"), (i + 1) as u8, true))
             .chain(
                 self.config
                     .devices

@@ -8,13 +8,14 @@
 //!  VmBuilder::build ── moves it into ─┴──> running::Vm (keeps the devices' VM state alive)
 //! ```
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use vm_memory::GuestMemoryMmap;
 
 use crate::counters::Counters;
 use crate::interrupt::{GsiRouting, KvmIoEvents, KvmMsiController, MsiSignaller};
 use crate::iommu_state::HostBindings;
+use crate::passthrough::{self, Passthrough};
 use crate::vcpu::IoBuses;
 use crate::vm::KvmVm;
 
@@ -27,6 +28,7 @@ pub struct DeviceContext {
     counters: Arc<Counters>,
     vtd: Option<Arc<vtd::Vtd>>,
     host_bindings: Mutex<Vec<HostBindings>>,
+    passthrough: OnceLock<Arc<Passthrough>>,
 }
 
 impl std::fmt::Debug for DeviceContext {
@@ -49,6 +51,7 @@ impl DeviceContext {
             counters: Arc::new(Counters::new()),
             vtd: None,
             host_bindings: Mutex::new(Vec::new()),
+            passthrough: OnceLock::new(),
         }
     }
 
@@ -58,6 +61,29 @@ impl DeviceContext {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(bindings);
+    }
+
+    /// The software host IOMMU of `assigned=sim` devices, created (and its accel bindings
+    /// recorded for the state report) on first use.
+    pub fn passthrough(&self) -> Result<&Arc<Passthrough>, passthrough::Error> {
+        if let Some(p) = self.passthrough.get() {
+            return Ok(p);
+        }
+        let unit = self.vtd().ok_or(passthrough::Error::NoIommu)?;
+        let mut created = false;
+        let p = self.passthrough.get_or_init(|| {
+            created = true;
+            Arc::new(Passthrough::new(&self.memory, unit, &self.counters))
+        });
+        if created {
+            self.add_host_bindings(HostBindings::Nested(p.accel().clone()));
+        }
+        Ok(p)
+    }
+
+    /// The software host IOMMU, if an `assigned=sim` device made one.
+    pub fn existing_passthrough(&self) -> Option<&Arc<Passthrough>> {
+        self.passthrough.get()
     }
 
     /// The passthrough registries recorded so far.

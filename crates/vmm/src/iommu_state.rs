@@ -91,7 +91,7 @@ fn blocked(why: accel::BlockReason) -> &'static str {
 pub struct Reporter {
     unit: Arc<vtd::Vtd>,
     devices: std::sync::Mutex<Vec<(String, SourceId)>>,
-    host: Vec<HostBindings>,
+    host: std::sync::Mutex<Vec<HostBindings>>,
 }
 
 fn hex(value: u64) -> Value {
@@ -128,7 +128,7 @@ impl Reporter {
         Reporter {
             unit,
             devices: std::sync::Mutex::new(disks.chain(functions).collect()),
-            host,
+            host: std::sync::Mutex::new(host),
         }
     }
 
@@ -141,6 +141,12 @@ impl Reporter {
         self.lock_devices().push((id.to_owned(), sid));
     }
 
+    /// Reads the host side of passthrough devices from `host` from now on (a hot-added
+    /// `assigned=sim` disk may have created the first registry).
+    pub fn set_host(&self, host: Vec<HostBindings>) {
+        *self.host.lock().unwrap_or_else(|e| e.into_inner()) = host;
+    }
+
     /// Stops reporting device `id` (it was unplugged).
     pub fn remove_device(&self, id: &str) {
         self.lock_devices().retain(|(name, _)| name != id);
@@ -149,12 +155,13 @@ impl Reporter {
     /// The state as JSON.
     pub fn json(&self) -> Value {
         let listed = self.lock_devices().clone();
+        let host_bindings = self.host.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let sids: Vec<SourceId> = listed.iter().map(|(_, sid)| *sid).collect();
         let snapshot = self.unit.snapshot(&sids);
         let mut value = to_json(&snapshot, &listed);
         if let Some(Value::Array(devices)) = value.get_mut("devices") {
             for (device, (_, sid)) in devices.iter_mut().zip(&listed) {
-                let host = self.host.iter().find_map(|h| h.device(*sid));
+                let host = host_bindings.iter().find_map(|h| h.device(*sid));
                 let Value::Object(fields) = device else {
                     continue;
                 };

@@ -2,12 +2,15 @@
 //! `vm.remove-device`), over the register handshake of [`crate::hotplug`].
 //!
 //! ```text
-//!  add_disk(DiskConfig) ─ lowest free slot ─ DMA memory (RAM | TranslatedMemory)
+//!  add_disk(DiskConfig) ─ lowest free slot ─ DMA memory (RAM | TranslatedMemory |
+//!        AssignedMemory: Passthrough::assign, accel binding on the software host IOMMU)
 //!        ─ pci::add_disk (BARs, MSI-X, ioeventfds, counters "diskN_") ─ announce_add(slot)
 //!  remove(id) ─ request_eject(slot) ─ wait_eject(timeout) ──timeout──> Err(NotReleased):
 //!        │                                                            the device stays
 //!        └─ ejected: PciBus::remove_device (BARs un-decoded: ioeventfds go) ─ drop the device
-//!           (I/O thread joined, MSI-X vectors: irqfds and GSI routes go) ─ Vtd::forget_source
+//!           (I/O thread joined, MSI-X vectors: irqfds and GSI routes go)
+//!           ─ Passthrough::unassign (accel binding, nested HWPT, last nest parent, host device)
+//!           ─ Vtd::forget_source
 //!           ─ counters forget "diskN_" ─ the id is free
 //! ```
 
@@ -54,7 +57,7 @@ pub enum HotplugError {
 #[derive(Debug)]
 struct Attached {
     slots: BTreeMap<String, u8>,
-    /// Ids that `remove` may take off the bus (emulated disks).
+    /// Ids that `remove` may take off the bus (disks, emulated or `assigned=sim`).
     removable: Vec<String>,
     next_disk: usize,
 }
@@ -128,6 +131,17 @@ impl PciHotplug {
         self.lock().slots.get(id).copied()
     }
 
+    /// Where passthrough devices' host state lives (grows when the first `assigned=sim` disk
+    /// is hot-added), for the vIOMMU state report.
+    pub fn host_bindings(&self) -> Vec<crate::iommu_state::HostBindings> {
+        self.devices.host_bindings()
+    }
+
+    /// The VM's devices (for tests that look at what is left).
+    pub fn devices(&self) -> &Arc<DeviceContext> {
+        &self.devices
+    }
+
     /// The hot-plug registers (for tests that play the guest).
     pub fn registers(&self) -> &Arc<HotplugRegisters> {
         &self.registers
@@ -142,15 +156,25 @@ impl PciHotplug {
             .ok_or(HotplugError::NoFreeSlot)?;
         let index = attached.next_disk;
         let devices = &*self.devices;
+        let sid = bus0_sid(slot);
         let added = match (disk.assigned, disk.iommu, devices.vtd()) {
             (Some(_), _, _) => {
-                return Err(HotplugError::Unsupported(
-                    "Hot-plug of an assigned=sim disk is not supported yet; start the VM with it"
-                        .to_owned(),
-                ));
+                let name = format!("disk{index}");
+                let memory = devices
+                    .passthrough()
+                    .and_then(|p| p.assign(&name, sid))
+                    .map_err(|e| HotplugError::Add(error_chain(&e)))?;
+                let added =
+                    crate::pci::add_disk(devices, &self.bus, index, slot, disk, memory, true);
+                if added.is_err()
+                    && let Some(p) = devices.existing_passthrough()
+                {
+                    p.unassign(sid);
+                }
+                added
             }
             (None, true, Some(unit)) => {
-                let memory = translated_memory(devices.memory(), unit, bus0_sid(slot), None);
+                let memory = translated_memory(devices.memory(), unit, sid, None);
                 crate::pci::add_disk(devices, &self.bus, index, slot, disk, memory, true)
             }
             (None, true, None) => {
@@ -190,7 +214,7 @@ impl PciHotplug {
         let slot = slot.ok_or_else(|| HotplugError::UnknownId(id.to_owned()))?;
         if !removable {
             return Err(HotplugError::Unsupported(format!(
-                "Device {id} is an assigned device, and unplug of assigned devices is not supported yet; it stays attached"
+                "Device {id} is a VFIO device, and unplug of VFIO devices is not supported yet; it stays attached"
             )));
         }
         self.registers.request_eject(slot);
@@ -209,8 +233,12 @@ impl PciHotplug {
         // The device's I/O thread is joined and its MSI-X vectors (irqfds, GSI routes) go
         // with the last reference.
         drop(device);
+        let sid = bus0_sid(slot);
+        if let Some(passthrough) = self.devices.existing_passthrough() {
+            passthrough.unassign(sid);
+        }
         if let Some(unit) = self.devices.vtd() {
-            unit.forget_source(bus0_sid(slot));
+            unit.forget_source(sid);
         }
         self.devices.counters().remove_component(&format!("{id}_"));
         let mut attached = self.lock();

@@ -1,6 +1,7 @@
 //! Hot-plug on /dev/kvm without booting a guest: a disk behind the vIOMMU is added to a live
 //! bus 0, a guest that does not eject keeps it, and a guest (a thread on the register block)
-//! that ejects lets it go with nothing of it left. Skipped, with the reason printed, without
+//! that ejects lets it go with nothing of it left; the same for an `assigned=sim` disk, whose
+//! accel binding and host IOMMU objects go too. Skipped, with the reason printed, without
 //! /dev/kvm.
 
 use std::sync::Arc;
@@ -153,5 +154,92 @@ fn a_disk_is_added_kept_while_unreleased_and_removed_after_the_eject() {
     let (id, slot) = hotplug.add_disk(&disk).expect("add again");
     assert_eq!((id.as_str(), slot), ("disk1", 1));
 
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A guest thread that ejects whatever the VMM asks for.
+fn ejecting_guest(registers: Arc<HotplugRegisters>) -> std::thread::JoinHandle<u32> {
+    std::thread::spawn(move || {
+        loop {
+            let down = read(&registers, REG_DOWN);
+            if down != 0 {
+                registers.write(REG_EJECT, &down.to_le_bytes());
+                return down;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })
+}
+
+fn counter(devices: &DeviceContext, name: &str) -> u64 {
+    devices.counters().json()[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+#[test]
+fn an_assigned_disk_leaves_no_binding_hwpt_or_host_device_behind() {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIPPED an_assigned_disk_leaves_...: /dev/kvm is absent");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vmm-hotplug-assigned-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("assigned.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+
+    let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
+    let memory = vmm::memory::create_guest_memory(64 << 20).unwrap();
+    let vm = Arc::new(vm::create_vm(&kvm, &memory, Irqchip::InKernel, 1).expect("VM"));
+    let mut devices = DeviceContext::new(vm, memory);
+    let unit = vmm::iommu::create_unit(
+        "x-scalable-mode=on,x-flts=on,caching-mode=on",
+        devices.memory(),
+        devices.msi_signaller(),
+    )
+    .unwrap();
+    devices.set_vtd(unit);
+    let bus = vmm::pci::add_bus(&devices).unwrap();
+    let registers = Arc::new(HotplugRegisters::new(Box::new(Raised(Arc::default()))));
+    let devices = Arc::new(devices);
+    let hotplug = PciHotplug::new(devices.clone(), bus, registers.clone(), Vec::new(), 0);
+    assert!(hotplug.host_bindings().is_empty(), "no passthrough before");
+
+    let disk = DiskConfig {
+        path: image,
+        readonly: false,
+        iommu: false,
+        assigned: Some(vmm::config::AssignedBackend::Sim),
+        indirect_desc: false,
+    };
+    assert_eq!(hotplug.add_disk(&disk).expect("add").1, 1);
+    assert_eq!(
+        hotplug.host_bindings().len(),
+        1,
+        "the accel registry for the report"
+    );
+    // Translation is off: the device is bound to the stage-2 nest parent.
+    assert_eq!(counter(&devices, "accel_live_bindings"), 1);
+    assert_eq!(counter(&devices, "host_live_nest_parents"), 1);
+    assert_eq!(counter(&devices, "host_live_attached_devices"), 1);
+
+    let guest = ejecting_guest(registers);
+    hotplug
+        .remove("disk0", Duration::from_secs(60))
+        .expect("remove");
+    assert_eq!(guest.join().unwrap(), 1 << 1);
+    for name in [
+        "accel_live_bindings",
+        "host_live_nest_parents",
+        "host_live_nested_hwpts",
+        "host_live_attached_devices",
+    ] {
+        assert_eq!(counter(&devices, name), 0, "{name}");
+    }
+    assert!(disk_counters(&devices).is_empty());
+
+    // The same requester id can be assigned again.
+    assert_eq!(hotplug.add_disk(&disk).expect("add again").1, 1);
+    assert_eq!(counter(&devices, "host_live_attached_devices"), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
