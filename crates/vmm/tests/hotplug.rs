@@ -243,3 +243,104 @@ fn an_assigned_disk_leaves_no_binding_hwpt_or_host_device_behind() {
     assert_eq!(counter(&devices, "host_live_attached_devices"), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Through the API's routes: add-disk answers the id and bdf and the disk joins the vIOMMU
+/// state report; remove-device (with a guest that ejects) answers 204 and the disk leaves the
+/// report; a second remove is a 404.
+#[test]
+fn the_api_adds_and_removes_a_disk_and_the_state_report_follows() {
+    use vmm::api::routes::{ApiContext, Method, handle};
+    use vmm::config::{IommuConfig, VmConfig};
+    use vmm::control::{VcpuGate, VmControl};
+    use vmm::iommu_state::Reporter;
+
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIPPED the_api_adds_...: /dev/kvm is absent");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vmm-hotplug-api-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("hot.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+
+    let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
+    let memory = vmm::memory::create_guest_memory(64 << 20).unwrap();
+    let vm = Arc::new(vm::create_vm(&kvm, &memory, Irqchip::InKernel, 1).expect("VM"));
+    let mut devices = DeviceContext::new(vm, memory);
+    let options = "x-scalable-mode=on,x-flts=on";
+    let unit = vmm::iommu::create_unit(options, devices.memory(), devices.msi_signaller()).unwrap();
+    devices.set_vtd(unit.clone());
+    let bus = vmm::pci::add_bus(&devices).unwrap();
+    let registers = Arc::new(HotplugRegisters::new(Box::new(Raised(Arc::default()))));
+    let devices = Arc::new(devices);
+    let hotplug = Arc::new(PciHotplug::new(
+        devices.clone(),
+        bus,
+        registers.clone(),
+        Vec::new(),
+        0,
+    ));
+    let mut config = VmConfig::new(dir.join("kernel"));
+    config.iommu = Some(IommuConfig {
+        options: options.into(),
+    });
+    let reporter = Arc::new(Reporter::new(unit, &config, Vec::new()));
+    let (control, _requests) = VmControl::new(Arc::new(VcpuGate::new()));
+    let context = ApiContext {
+        config,
+        control,
+        counters: devices.counters().clone(),
+        iommu: Some(reporter.clone()),
+        hotplug: Some(hotplug),
+    };
+    let listed = || -> Vec<String> {
+        reporter.json()["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
+    };
+    assert!(listed().is_empty());
+
+    let body = serde_json::json!({ "path": image, "iommu": "on" }).to_string();
+    let reply = handle(
+        &context,
+        Method::Put,
+        "/api/v1/vm.add-disk",
+        false,
+        body.as_bytes(),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(answer["id"], "disk0");
+    assert_eq!(answer["bdf"], "0000:00:01.0");
+    let now = listed();
+    assert_eq!(now.len(), 1);
+    assert!(
+        now[0].contains("disk0") && now[0].contains("00:01.0"),
+        "{now:?}"
+    );
+
+    let guest = ejecting_guest(registers);
+    let remove = br#"{"id": "disk0"}"#;
+    let reply = handle(
+        &context,
+        Method::Put,
+        "/api/v1/vm.remove-device",
+        false,
+        remove,
+    );
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    guest.join().unwrap();
+    assert!(listed().is_empty(), "the report forgot disk0");
+    let reply = handle(
+        &context,
+        Method::Put,
+        "/api/v1/vm.remove-device",
+        false,
+        remove,
+    );
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -304,10 +304,18 @@ fn add_disk(context: &ApiContext, body: &[u8]) -> Reply {
         return no_hotplug(format!("the valid disk '{spec}' was not added"));
     };
     match hotplug.add_disk(&disk) {
-        Ok((id, slot)) => Reply::json(
-            200,
-            &json!({ "id": id, "bdf": format!("0000:00:{slot:02x}.0") }),
-        ),
+        Ok((id, slot)) => {
+            if let Some(reporter) = &context.iommu
+                && (disk.iommu || disk.assigned.is_some())
+            {
+                reporter.set_host(hotplug.host_bindings());
+                reporter.add_device(&id, crate::iommu::bus0_sid(slot));
+            }
+            Reply::json(
+                200,
+                &json!({ "id": id, "bdf": format!("0000:00:{slot:02x}.0") }),
+            )
+        }
         Err(e) => hotplug_error(&e),
     }
 }
