@@ -2,12 +2,12 @@
                  [--l1-iommu auto|off|legacy|scalable] [--keep] [--live] [SCENARIO...]
 
   SCENARIO  names from e2e/scenarios/ (default: all of ALL_SCENARIOS): sm-strict sm-lazy
-            legacy identity assigned dma-fault hostile refused api hotplug, and the kernel axis
-            kernel-<5.10|6.1|newest>-<emulated|assigned> (the other guest kernels; 6.12 is
-            sm-strict and assigned); "kernels" stands for the six of them; and the real-device
-            scenarios vfio-legacy-iommufd vfio-sm-iommufd vfio-rebind vfio-noiommu
-            vfio-flts-refused vfio-legacy-container vfio-sm-container vfio-no-cm-refused
-            ("vfio": the eight)
+            legacy identity assigned dma-fault hostile refused api hotplug hotplug-assigned,
+            and the kernel axis kernel-<5.10|6.1|newest>-<emulated|assigned> (the other guest
+            kernels; 6.12 is sm-strict and assigned); "kernels" stands for the six of them; and
+            the real-device scenarios vfio-legacy-iommufd vfio-sm-iommufd vfio-rebind
+            vfio-noiommu vfio-flts-refused vfio-legacy-container vfio-sm-container
+            vfio-no-cm-refused ("vfio": the eight)
   --mode    as e2e/run (default $VTD_NEST_E2E_MODE or auto)
   --inner   qemu runs the guest-side checks under QEMU's intel-iommu instead of vtd-nest, to
             test the suite itself; VMM-only checks are skipped and said so, and scenarios
@@ -54,7 +54,8 @@ VFIO_SCENARIOS = ["vfio-legacy-iommufd", "vfio-sm-iommufd", "vfio-rebind", "vfio
                   "vfio-flts-refused", "vfio-legacy-container", "vfio-sm-container",
                   "vfio-no-cm-refused"]
 ALL_SCENARIOS = (["sm-strict", "sm-lazy", "legacy", "identity", "assigned", "dma-fault",
-                  "hostile", "refused", "api", "hotplug"] + KERNEL_SCENARIOS + VFIO_SCENARIOS)
+                  "hostile", "refused", "api", "hotplug", "hotplug-assigned"]
+                 + KERNEL_SCENARIOS + VFIO_SCENARIOS)
 INNERS = ("vtd-nest", "qemu")
 
 

@@ -192,8 +192,12 @@ impl PciHotplug {
                 false,
             ),
         };
-        added.map_err(|e| HotplugError::Add(error_chain(&e)))?;
         let id = format!("disk{index}");
+        if let Err(e) = added {
+            // pci::add_disk registers the counters before it places the device.
+            devices.counters().remove_component(&format!("{id}_"));
+            return Err(HotplugError::Add(error_chain(&e)));
+        }
         attached.next_disk += 1;
         attached.slots.insert(id.clone(), slot);
         attached.removable.push(id.clone());
