@@ -182,6 +182,16 @@ impl GsiRouting {
         Ok(gsi)
     }
 
+    /// How many MSI routes the table holds (a live-object count: a dropped vector takes its
+    /// route with it).
+    pub fn msi_routes(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .msi
+            .len()
+    }
+
     /// Routes `gsi` to `msi` (or removes its route with `None`) and commits the table.
     pub fn set_msi_route(&self, gsi: u32, msi: Option<Msi>) -> Result<(), Error> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
