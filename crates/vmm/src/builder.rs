@@ -254,13 +254,13 @@ impl VmBuilder {
         }
         let disks = &self.config.disks;
         let boot_devices = (0..disks.len())
-            .map(|i| (format!("disk{i}"), (i + 1) as u8, true))
+            .map(|i| (format!("disk{i}"), (i + 1) as u8))
             .chain(
                 self.config
                     .devices
                     .iter()
                     .enumerate()
-                    .map(|(i, d)| (d.id.clone(), first_slot.saturating_add(i as u8), false)),
+                    .map(|(i, d)| (d.id.clone(), first_slot.saturating_add(i as u8))),
             );
         let devices = Arc::new(self.devices);
         let hotplug = Arc::new(PciHotplug::new(

@@ -29,6 +29,7 @@ pub struct DeviceContext {
     vtd: Option<Arc<vtd::Vtd>>,
     host_bindings: Mutex<Vec<HostBindings>>,
     passthrough: OnceLock<Arc<Passthrough>>,
+    vfio_hosts: crate::vfio::VfioHosts,
 }
 
 impl std::fmt::Debug for DeviceContext {
@@ -52,6 +53,7 @@ impl DeviceContext {
             vtd: None,
             host_bindings: Mutex::new(Vec::new()),
             passthrough: OnceLock::new(),
+            vfio_hosts: crate::vfio::VfioHosts::default(),
         }
     }
 
@@ -84,6 +86,11 @@ impl DeviceContext {
     /// The software host IOMMU, if an `assigned=sim` device made one.
     pub fn existing_passthrough(&self) -> Option<&Arc<Passthrough>> {
         self.passthrough.get()
+    }
+
+    /// The VM's VFIO state, shared by the assigned host functions (at start and hot-added).
+    pub fn vfio_hosts(&self) -> &crate::vfio::VfioHosts {
+        &self.vfio_hosts
     }
 
     /// The passthrough registries recorded so far.

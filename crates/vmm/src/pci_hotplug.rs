@@ -2,6 +2,7 @@
 //! `vm.remove-device`), over the register handshake of [`crate::hotplug`].
 //!
 //! ```text
+//!  add_vfio(DeviceConfig) ─ lowest free slot ─ vfio::add_device_at (the VM's VfioHosts)
 //!  add_disk(DiskConfig) ─ lowest free slot ─ DMA memory (RAM | TranslatedMemory |
 //!        AssignedMemory: Passthrough::assign, accel binding on the software host IOMMU)
 //!        ─ pci::add_disk (BARs, MSI-X, ioeventfds, counters "diskN_") ─ announce_add(slot)
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use devices::pci::PciBus;
 
-use crate::config::DiskConfig;
+use crate::config::{DeviceConfig, DiskConfig};
 use crate::device_context::DeviceContext;
 use crate::hotplug::{HOTPLUG_SLOTS, HotplugRegisters};
 use crate::iommu::{bus0_sid, translated_memory};
@@ -45,9 +46,6 @@ pub enum HotplugError {
         /// The timeout.
         secs: u64,
     },
-    /// Hot-plug of this kind of device is not supported.
-    #[error("{0}")]
-    Unsupported(String),
     /// The device could not be created or placed.
     #[error("Cannot add the disk: {0}")]
     Add(String),
@@ -57,8 +55,6 @@ pub enum HotplugError {
 #[derive(Debug)]
 struct Attached {
     slots: BTreeMap<String, u8>,
-    /// Ids that `remove` may take off the bus (disks, emulated or `assigned=sim`).
-    removable: Vec<String>,
     next_disk: usize,
 }
 
@@ -90,30 +86,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl PciHotplug {
     /// Hot-plug on `bus` of the VM `devices`, signalling through `registers`; `boot` lists the
-    /// devices placed at start (id, slot, removable) and `boot_disks` how many are disks.
+    /// devices placed at start (id, slot) and `boot_disks` how many are disks.
     pub fn new(
         devices: Arc<DeviceContext>,
         bus: Arc<PciBus>,
         registers: Arc<HotplugRegisters>,
-        boot: impl IntoIterator<Item = (String, u8, bool)>,
+        boot: impl IntoIterator<Item = (String, u8)>,
         boot_disks: usize,
     ) -> Self {
-        let mut attached = Attached {
-            slots: BTreeMap::new(),
-            removable: Vec::new(),
-            next_disk: boot_disks,
-        };
-        for (id, slot, removable) in boot {
-            if removable {
-                attached.removable.push(id.clone());
-            }
-            attached.slots.insert(id, slot);
-        }
         PciHotplug {
             devices,
             bus,
             registers,
-            attached: Mutex::new(attached),
+            attached: Mutex::new(Attached {
+                slots: boot.into_iter().collect(),
+                next_disk: boot_disks,
+            }),
         }
     }
 
@@ -150,10 +138,7 @@ impl PciHotplug {
     /// Adds `disk` at the lowest free slot and tells the guest; returns its id and slot.
     pub fn add_disk(&self, disk: &DiskConfig) -> Result<(String, u8), HotplugError> {
         let mut attached = self.lock();
-        let slot = HOTPLUG_SLOTS
-            .into_iter()
-            .find(|&s| self.bus.device(s).is_none())
-            .ok_or(HotplugError::NoFreeSlot)?;
+        let slot = self.free_slot()?;
         let index = attached.next_disk;
         let devices = &*self.devices;
         let sid = bus0_sid(slot);
@@ -200,27 +185,43 @@ impl PciHotplug {
         }
         attached.next_disk += 1;
         attached.slots.insert(id.clone(), slot);
-        attached.removable.push(id.clone());
         drop(attached);
         self.registers.announce_add(slot);
         tracing::info!("{id}: hot-added at 00:{slot:02x}.0");
         Ok((id, slot))
     }
 
+    /// Adds the VFIO host function of `config` (its id must be free) at the lowest free slot
+    /// and tells the guest; returns its slot.
+    pub fn add_vfio(&self, config: &DeviceConfig) -> Result<u8, HotplugError> {
+        let mut attached = self.lock();
+        let slot = self.free_slot()?;
+        let id = config.id.clone();
+        if let Err(e) = crate::vfio::add_device_at(&self.devices, &self.bus, config, slot) {
+            // The function registers its dma_path counters before it is placed.
+            self.devices.counters().remove_component(&format!("{id}_"));
+            return Err(HotplugError::Add(error_chain(&e)));
+        }
+        attached.slots.insert(id.clone(), slot);
+        drop(attached);
+        self.registers.announce_add(slot);
+        tracing::info!("{id}: hot-added at 00:{slot:02x}.0");
+        Ok(slot)
+    }
+
+    fn free_slot(&self) -> Result<u8, HotplugError> {
+        HOTPLUG_SLOTS
+            .into_iter()
+            .find(|&s| self.bus.device(s).is_none())
+            .ok_or(HotplugError::NoFreeSlot)
+    }
+
     /// Asks the guest to release device `id` and, once it ejects (within `timeout`), takes it
     /// off the bus with everything it holds.
     pub fn remove(&self, id: &str, timeout: Duration) -> Result<u8, HotplugError> {
-        let (slot, removable) = {
-            let attached = self.lock();
-            let slot = attached.slots.get(id).copied();
-            (slot, attached.removable.iter().any(|r| r == id))
-        };
-        let slot = slot.ok_or_else(|| HotplugError::UnknownId(id.to_owned()))?;
-        if !removable {
-            return Err(HotplugError::Unsupported(format!(
-                "Device {id} is a VFIO device, and unplug of VFIO devices is not supported yet; it stays attached"
-            )));
-        }
+        let slot = self
+            .slot(id)
+            .ok_or_else(|| HotplugError::UnknownId(id.to_owned()))?;
         self.registers.request_eject(slot);
         if !self.registers.wait_eject(slot, timeout) {
             return Err(HotplugError::NotReleased {
@@ -234,8 +235,9 @@ impl PciHotplug {
 
     fn detach(&self, id: &str, slot: u8) {
         let device = self.bus.remove_device(slot);
-        // The device's I/O thread is joined and its MSI-X vectors (irqfds, GSI routes) go
-        // with the last reference.
+        // With the last reference: a disk's I/O thread is joined; a VFIO function is reset and
+        // releases its BAR slots, accel binding or shadow, and host device (vfio::Release);
+        // either's MSI-X vectors take their irqfds and GSI routes.
         drop(device);
         let sid = bus0_sid(slot);
         if let Some(passthrough) = self.devices.existing_passthrough() {
@@ -245,9 +247,7 @@ impl PciHotplug {
             unit.forget_source(sid);
         }
         self.devices.counters().remove_component(&format!("{id}_"));
-        let mut attached = self.lock();
-        attached.slots.remove(id);
-        attached.removable.retain(|r| r != id);
+        self.lock().slots.remove(id);
         tracing::info!("{id}: removed from 00:{slot:02x}.0");
     }
 }

@@ -276,7 +276,6 @@ fn hotplug_error(e: &HotplugError) -> Reply {
     let status = match e {
         HotplugError::UnknownId(_) => 404,
         HotplugError::NoFreeSlot | HotplugError::NotReleased { .. } => 409,
-        HotplugError::Unsupported(_) => 501,
         HotplugError::Add(_) => 500,
     };
     Reply::error(status, e.to_string())
@@ -347,13 +346,24 @@ fn add_device(context: &ApiContext, body: &[u8]) -> Reply {
             format!("Device {} does not exist", device.path.display()),
         );
     }
-    Reply::error(
-        501,
-        format!(
-            "Hot-plug of VFIO devices is not supported yet, so the valid device '{}' was not added",
-            device.id
-        ),
-    )
+    let Some(hotplug) = &context.hotplug else {
+        return no_hotplug(format!("the valid device '{}' was not added", device.id));
+    };
+    match hotplug.add_vfio(&device) {
+        Ok(slot) => {
+            if let Some(reporter) = &context.iommu
+                && device.iommu
+            {
+                reporter.set_host(hotplug.host_bindings());
+                reporter.add_device(&device.id, crate::iommu::bus0_sid(slot));
+            }
+            Reply::json(
+                200,
+                &json!({ "id": device.id, "bdf": format!("0000:00:{slot:02x}.0") }),
+            )
+        }
+        Err(e) => hotplug_error(&e),
+    }
 }
 
 fn remove_device(context: &ApiContext, body: &[u8]) -> Reply {
