@@ -7,9 +7,9 @@
 //!  ApiServer thread: recv ─► routes::handle(ApiContext, method, endpoint, body)
 //!     GET  vm.info, vm.counters, vm.iommu-state ─► config, Counters, iommu_state::Reporter
 //!     PUT  vm.pause, vm.resume, vm.shutdown     ─► control::VmControl ─► Vm::run's wait loop
-//!     PUT  vm.add-disk, vm.remove-device ─► validated by config's parsers, then
-//!          pci_hotplug::PciHotplug (add at a free slot / ask the guest to eject, wait ≤ 10 s)
-//!     PUT  vm.add-device ─► validated, then refused: no VFIO hot-plug yet
+//!     PUT  vm.add-disk, vm.add-device, vm.remove-device ─► validated by config's parsers,
+//!          then pci_hotplug::PciHotplug (add at a free slot / ask the guest to eject, wait
+//!          at most 10 s)
 //!  ─► status + JSON body ({"error": "one sentence"} for 4xx/5xx), or text/plain when asked
 //! ```
 //!
