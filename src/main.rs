@@ -147,6 +147,7 @@ fn run(config: VmConfig) -> ExitCode {
                 control: vm.control(),
                 counters: counters.clone(),
                 iommu: reporter,
+                hotplug: Some(vm.hotplug().clone()),
             };
             match ApiServer::start(socket, context) {
                 Ok(server) => Some(server),

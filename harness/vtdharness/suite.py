@@ -2,13 +2,14 @@
                  [--l1-iommu auto|off|legacy|scalable] [--keep] [--live] [SCENARIO...]
 
   SCENARIO  names from e2e/scenarios/ (default: all of ALL_SCENARIOS): sm-strict sm-lazy
-            legacy identity assigned dma-fault hostile refused api irqchip-split intremap
-            x2apic-many, and the kernel axis kernel-<5.10|6.1|newest>-<emulated|assigned|intremap>
-            (the other guest kernels; 6.12 is sm-strict, assigned and intremap); "kernels" stands
-            for the nine of them; and the real-device scenarios vfio-legacy-iommufd vfio-sm-iommufd
-            vfio-rebind vfio-noiommu vfio-flts-refused vfio-legacy-container vfio-sm-container
-            vfio-no-cm-refused vfio-intremap vfio-intx vfio-intx-split vfio-intx-split-noir
-            ("vfio": the twelve)
+            legacy identity assigned dma-fault hostile refused api hotplug hotplug-assigned
+            irqchip-split intremap x2apic-many, and the kernel axis
+            kernel-<5.10|6.1|newest>-<emulated|assigned|intremap> (the other guest kernels; 6.12
+            is sm-strict, assigned and intremap); "kernels" stands for the nine of them; and the
+            real-device scenarios vfio-legacy-iommufd vfio-sm-iommufd vfio-rebind vfio-noiommu
+            vfio-flts-refused vfio-legacy-container vfio-sm-container vfio-no-cm-refused
+            vfio-intremap vfio-intx vfio-intx-split vfio-intx-split-noir ("vfio": the twelve);
+            hotplug-vfio runs only when named
   --mode    as e2e/run (default $VTD_NEST_E2E_MODE or auto)
   --inner   qemu runs the guest-side checks under QEMU's intel-iommu instead of vtd-nest, to
             test the suite itself; VMM-only checks are skipped and said so, and scenarios
@@ -56,7 +57,8 @@ VFIO_SCENARIOS = ["vfio-legacy-iommufd", "vfio-sm-iommufd", "vfio-rebind", "vfio
                   "vfio-no-cm-refused", "vfio-intremap", "vfio-intx", "vfio-intx-split",
                   "vfio-intx-split-noir"]
 ALL_SCENARIOS = (["sm-strict", "sm-lazy", "legacy", "identity", "assigned", "dma-fault",
-                  "hostile", "refused", "api", "irqchip-split", "intremap", "x2apic-many"]
+                  "hostile", "refused", "api", "hotplug", "hotplug-assigned", "irqchip-split",
+                  "intremap", "x2apic-many"]
                  + KERNEL_SCENARIOS + VFIO_SCENARIOS)
 INNERS = ("vtd-nest", "qemu")
 

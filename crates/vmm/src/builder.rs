@@ -21,18 +21,20 @@ use kvm_ioctls::Kvm;
 
 use crate::acpi::{self, AcpiConfig, DmarConfig};
 use crate::arch::x86_64::layout::{
-    ACPI_PM_SIZE, ACPI_PM_START, COM1_IRQ, COM1_START, DRHD_SIZE, DRHD_START, I8042_START,
-    IOAPIC_START,
+    ACPI_PM_SIZE, ACPI_PM_START, COM1_IRQ, COM1_START, DRHD_SIZE, DRHD_START, GED_IRQ, I8042_START,
+    IOAPIC_START, PCI_HOTPLUG_START,
 };
 use crate::arch::x86_64::{boot, cpuid, msr, regs};
 use crate::bus::BusDevice;
 use crate::config::{IrqchipMode, SerialConfig, VmConfig};
 use crate::device_context::DeviceContext;
 use crate::error::Error;
+use crate::hotplug::{HotplugRegisters, REGISTER_BLOCK_SIZE};
 use crate::interrupt::IrqLine;
 use crate::ioapic::{IOAPIC_SIZE, Ioapic, KvmIoapicOutput};
 use crate::legacy::{I8042, PmDevice, VmEvent, VmEventSender};
 use crate::memory;
+use crate::pci_hotplug::PciHotplug;
 use crate::running::{ShutdownHook, Vm};
 use crate::serial::SerialDevice;
 use crate::vcpu::{self, ExitCounters, Vcpu};
@@ -206,6 +208,14 @@ impl VmBuilder {
         if let Some(ioapic) = &ioapic {
             self.devices.set_ioapic(ioapic.clone());
         }
+        let ged = IrqLine::new(self.devices.kvm_vm(), GED_IRQ)?;
+        let hotplug_registers = Arc::new(HotplugRegisters::new(Box::new(ged)));
+        self.add_pio_device(
+            "pci-hotplug",
+            PCI_HOTPLUG_START,
+            REGISTER_BLOCK_SIZE,
+            hotplug_registers.clone(),
+        )?;
         let pci = crate::pci::add_bus(&self.devices)?;
         crate::pci::add_disks(
             &self.devices,
@@ -281,12 +291,31 @@ impl VmBuilder {
                 .map_err(setup("MP state"))?;
             vcpus.push(vcpu);
         }
+        let disks = &self.config.disks;
+        let boot_devices = (0..disks.len())
+            .map(|i| (format!("disk{i}"), (i + 1) as u8))
+            .chain(
+                self.config
+                    .devices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (d.id.clone(), first_slot.saturating_add(i as u8))),
+            );
+        let devices = Arc::new(self.devices);
+        let hotplug = Arc::new(PciHotplug::new(
+            devices.clone(),
+            pci,
+            hotplug_registers,
+            boot_devices,
+            disks.len(),
+        ));
         Ok(Vm::new(
             vcpus,
             self.receiver,
             self.events,
             self.hooks,
-            self.devices,
+            devices,
+            hotplug,
         ))
     }
 }

@@ -79,6 +79,22 @@ impl Counters {
             .push((prefix.into(), component));
     }
 
+    /// Forgets what a device that was unplugged reported under `prefix`: the components
+    /// registered with exactly that prefix and the own counters whose names start with it;
+    /// returns how many there were.
+    pub fn remove_component(&self, prefix: &str) -> usize {
+        let mut components = self.components.lock().unwrap_or_else(|e| e.into_inner());
+        let before = components.len();
+        components.retain(|(p, _)| p != prefix);
+        let mut removed = before - components.len();
+        drop(components);
+        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        let before = own.len();
+        own.retain(|(name, _)| !name.starts_with(prefix));
+        removed += before - own.len();
+        removed
+    }
+
     /// Every counter as one JSON object `{"<name>": <value>, ...}`.
     pub fn json(&self) -> serde_json::Value {
         let mut map = serde_json::Map::new();

@@ -8,7 +8,7 @@
 //!  VmBuilder::build ── moves it into ─┴──> running::Vm (keeps the devices' VM state alive)
 //! ```
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use vm_memory::GuestMemoryMmap;
 use vtd_spec::SourceId;
@@ -17,6 +17,7 @@ use crate::counters::Counters;
 use crate::interrupt::{GsiRouting, KvmIoEvents, KvmMsiController, MsiSignaller};
 use crate::ioapic::Ioapic;
 use crate::iommu_state::HostBindings;
+use crate::passthrough::{self, Passthrough};
 use crate::vcpu::IoBuses;
 use crate::vm::KvmVm;
 
@@ -30,6 +31,8 @@ pub struct DeviceContext {
     vtd: Option<Arc<vtd::Vtd>>,
     ioapic: Option<Arc<Ioapic>>,
     host_bindings: Mutex<Vec<HostBindings>>,
+    passthrough: OnceLock<Arc<Passthrough>>,
+    vfio_hosts: crate::vfio::VfioHosts,
 }
 
 impl std::fmt::Debug for DeviceContext {
@@ -53,6 +56,8 @@ impl DeviceContext {
             vtd: None,
             ioapic: None,
             host_bindings: Mutex::new(Vec::new()),
+            passthrough: OnceLock::new(),
+            vfio_hosts: crate::vfio::VfioHosts::default(),
         }
     }
 
@@ -62,6 +67,34 @@ impl DeviceContext {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(bindings);
+    }
+
+    /// The software host IOMMU of `assigned=sim` devices, created (and its accel bindings
+    /// recorded for the state report) on first use.
+    pub fn passthrough(&self) -> Result<&Arc<Passthrough>, passthrough::Error> {
+        if let Some(p) = self.passthrough.get() {
+            return Ok(p);
+        }
+        let unit = self.vtd().ok_or(passthrough::Error::NoIommu)?;
+        let mut created = false;
+        let p = self.passthrough.get_or_init(|| {
+            created = true;
+            Arc::new(Passthrough::new(&self.memory, unit, &self.counters))
+        });
+        if created {
+            self.add_host_bindings(HostBindings::Nested(p.accel().clone()));
+        }
+        Ok(p)
+    }
+
+    /// The software host IOMMU, if an `assigned=sim` device made one.
+    pub fn existing_passthrough(&self) -> Option<&Arc<Passthrough>> {
+        self.passthrough.get()
+    }
+
+    /// The VM's VFIO state, shared by the assigned host functions (at start and hot-added).
+    pub fn vfio_hosts(&self) -> &crate::vfio::VfioHosts {
+        &self.vfio_hosts
     }
 
     /// The passthrough registries recorded so far.

@@ -276,6 +276,16 @@ impl GsiRouting {
         Ok(gsi)
     }
 
+    /// How many MSI routes the table holds (a live-object count: a dropped vector takes its
+    /// route with it).
+    pub fn msi_routes(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sources
+            .len()
+    }
+
     /// Routes `gsi` to `source`'s message through the remapping hook (or removes its route
     /// with `None`) and commits the table.
     pub fn set_msi_route(&self, gsi: u32, source: Option<MsiSource>) -> Result<(), Error> {
@@ -474,6 +484,20 @@ impl MsiVector {
     /// The irqfd, for devices that signal it from their own threads.
     pub fn eventfd(&self) -> &EventFd {
         &self.evt
+    }
+}
+
+impl Drop for MsiVector {
+    /// A vector that goes (its device was unplugged, or the VM stops) takes its irqfd and its
+    /// GSI route with it.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if state.irqfd {
+            let _ = self.vm.unregister_irqfd(&self.evt, self.gsi);
+        }
+        if state.msi.is_some() {
+            let _ = self.routing.set_msi_route(self.gsi, None);
+        }
     }
 }
 

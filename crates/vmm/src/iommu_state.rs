@@ -92,8 +92,8 @@ fn blocked(why: accel::BlockReason) -> &'static str {
 #[derive(Debug)]
 pub struct Reporter {
     unit: Arc<vtd::Vtd>,
-    devices: Vec<(String, SourceId)>,
-    host: Vec<HostBindings>,
+    devices: std::sync::Mutex<Vec<(String, SourceId)>>,
+    host: std::sync::Mutex<Vec<HostBindings>>,
 }
 
 fn hex(value: u64) -> Value {
@@ -129,20 +129,49 @@ impl Reporter {
             .map(|(i, d)| (d.id.clone(), slot(first_slot + i)));
         Reporter {
             unit,
-            devices: disks.chain(functions).collect(),
-            host,
+            devices: std::sync::Mutex::new(disks.chain(functions).collect()),
+            host: std::sync::Mutex::new(host),
         }
+    }
+
+    fn lock_devices(&self) -> std::sync::MutexGuard<'_, Vec<(String, SourceId)>> {
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reports device `id` at `sid` too (a device hot-added behind the unit).
+    pub fn add_device(&self, id: &str, sid: SourceId) {
+        self.lock_devices().push((id.to_owned(), sid));
+    }
+
+    /// Reads the host side of passthrough devices from `host` from now on (a hot-added
+    /// `assigned=sim` disk may have created the first registry).
+    pub fn set_host(&self, host: Vec<HostBindings>) {
+        *self.host.lock().unwrap_or_else(|e| e.into_inner()) = host;
+    }
+
+    /// Stops reporting device `id` (it was unplugged).
+    pub fn remove_device(&self, id: &str) {
+        self.lock_devices().retain(|(name, _)| name != id);
     }
 
     /// The state as JSON.
     pub fn json(&self) -> Value {
-        let sids: Vec<SourceId> = self.devices.iter().map(|(_, sid)| *sid).collect();
+        let listed = self.lock_devices().clone();
+        let host_bindings = self.host.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let sids: Vec<SourceId> = listed.iter().map(|(_, sid)| *sid).collect();
         let snapshot = self.unit.snapshot(&sids);
-        let mut value = to_json(&snapshot, &self.devices);
+        let mut value = to_json(&snapshot, &listed);
         if let Some(Value::Array(devices)) = value.get_mut("devices") {
-            for (device, (_, sid)) in devices.iter_mut().zip(&self.devices) {
-                let host = self.host.iter().find_map(|h| h.device(*sid));
-                if let (Value::Object(fields), Some(host)) = (device, host) {
+            for (device, (_, sid)) in devices.iter_mut().zip(&listed) {
+                let host = host_bindings.iter().find_map(|h| h.device(*sid));
+                let Value::Object(fields) = device else {
+                    continue;
+                };
+                fields.insert(
+                    "cached_entries".into(),
+                    Value::from(self.unit.cached_entries_of(*sid)),
+                );
+                if let Some(host) = host {
                     fields.insert("host".into(), host);
                 }
             }

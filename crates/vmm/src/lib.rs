@@ -15,6 +15,7 @@
 //!        │             PCI bus 0 + virtio-blk disks (pci, on the DeviceContext), DMA memory:
 //!        │               plain RAM | iommu::TranslatedMemory | passthrough::AssignedMemory
 //!        │             vfio: --device host functions (whole RAM | shadow | nested DMA)
+//!        │             hotplug: register block (PIO 0x610) + GED line (IRQ 5); pci_hotplug
 //!        │             acpi::write_tables (RSDP, XSDT, FADT, DSDT, MADT, MCFG, DMAR)
 //!        │             arch::x86_64::boot::load (bzImage / PVH / ELF, initrd, cmdline, e820)
 //!        │             vCPUs: CPUID, MSRs, FPU, LINTs, BSP registers, AP mp_state
@@ -41,6 +42,7 @@ pub mod control;
 pub mod counters;
 pub mod device_context;
 pub mod error;
+pub mod hotplug;
 pub mod interrupt;
 pub mod ioapic;
 pub mod iommu;
@@ -49,6 +51,7 @@ pub mod legacy;
 pub mod memory;
 pub mod passthrough;
 pub mod pci;
+pub mod pci_hotplug;
 pub mod running;
 pub mod serial;
 pub mod state_signal;

@@ -61,6 +61,7 @@ pub struct Passthrough {
     sim: Arc<SimHost>,
     accel: Arc<Accel>,
     unit: Arc<Vtd>,
+    assigned: std::sync::Mutex<Vec<(SourceId, host_iommu::DeviceId)>>,
 }
 
 impl std::fmt::Debug for Passthrough {
@@ -83,6 +84,23 @@ pub fn ram_regions(memory: &GuestMemoryMmap) -> Vec<GuestRamRegion> {
         .collect()
 }
 
+/// Live-object gauges of the passthrough path, for the exit summary and the API's counters:
+/// what an unplug must bring back to zero.
+struct LiveObjects {
+    sim: Arc<SimHost>,
+    accel: Arc<Accel>,
+}
+
+impl counter_set::CounterSource for LiveObjects {
+    fn visit(&self, f: &mut dyn FnMut(&str, u64)) {
+        let live = self.sim.live_objects();
+        f("accel_live_bindings", self.accel.bindings().len() as u64);
+        f("host_live_nest_parents", live.nest_parents as u64);
+        f("host_live_nested_hwpts", live.nested as u64);
+        f("host_live_attached_devices", live.attached_devices as u64);
+    }
+}
+
 impl Passthrough {
     /// The host model over guest RAM, its accel layer registered as an observer of `unit`,
     /// and its counters (`accel_*`) in the exit summary.
@@ -102,13 +120,44 @@ impl Passthrough {
         let accel = Arc::new(Accel::new(*unit.config(), stage2));
         unit.add_observer(accel.clone());
         counters.add_component("accel_", accel.clone());
+        counters.add_component(
+            "",
+            Arc::new(LiveObjects {
+                sim: sim.clone(),
+                accel: accel.clone(),
+            }),
+        );
         Passthrough {
             memory: memory.clone(),
             ram,
             sim,
             accel,
             unit: unit.clone(),
+            assigned: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The software host IOMMU (its live objects: HWPTs, attached devices).
+    pub fn host(&self) -> &Arc<SimHost> {
+        &self.sim
+    }
+
+    /// Releases the device at `sid` (it was unplugged): accel drops its binding, with its
+    /// nested HWPT and, when no other device uses it, the nest parent; then the host model
+    /// forgets the device. Returns whether `sid` was assigned.
+    pub fn unassign(&self, sid: SourceId) -> bool {
+        let dev = {
+            let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(i) = assigned.iter().position(|(s, _)| *s == sid) else {
+                return false;
+            };
+            assigned.remove(i).1
+        };
+        self.accel.remove_device(sid);
+        if let Err(e) = self.sim.remove_device(dev) {
+            tracing::warn!("The host IOMMU model cannot release {sid:?}: {e}");
+        }
+        true
     }
 
     /// The bindings of the assigned disks.
@@ -127,7 +176,14 @@ impl Passthrough {
             dev,
             behind_bridge: false,
         };
-        self.accel.add_device(&*self.unit, device)?;
+        if let Err(e) = self.accel.add_device(&*self.unit, device) {
+            let _ = self.sim.remove_device(dev);
+            return Err(e.into());
+        }
+        self.assigned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((sid, dev));
         let iommu = SimIommu::new(self.sim.clone(), dev, self.ram.clone());
         Ok(DmaMemory::new(
             self.memory.clone(),

@@ -29,7 +29,7 @@ use crate::config::{AssignedBackend, DiskConfig};
 use crate::device_context::DeviceContext;
 use crate::interrupt::{KvmIoEvents, KvmMsiController, Msi};
 use crate::iommu::{bus0_sid, translated_memory};
-use crate::passthrough::{self, Passthrough};
+use crate::passthrough;
 
 /// Errors adding PCI devices.
 #[derive(Debug, thiserror::Error)]
@@ -127,18 +127,9 @@ pub fn add_disks(
     disks: &[DiskConfig],
     test_dma_fault: Option<u64>,
 ) -> Result<(), Error> {
-    let passthrough = disks
-        .iter()
-        .any(|d| d.assigned.is_some())
-        .then(|| {
-            devices
-                .vtd()
-                .map(|u| Passthrough::new(devices.memory(), u, devices.counters()))
-        })
-        .map(|p| p.ok_or(passthrough::Error::NoIommu))
-        .transpose()?;
-    if let Some(p) = &passthrough {
-        devices.add_host_bindings(crate::iommu_state::HostBindings::Nested(p.accel().clone()));
+    if disks.iter().any(|d| d.assigned.is_some()) {
+        // Created before the disks, so the summary lists accel_* before disk0_*.
+        devices.passthrough()?;
     }
     let mut fault_probe = test_dma_fault;
     for (index, disk) in disks.iter().enumerate() {
@@ -147,8 +138,7 @@ pub fn add_disks(
         let name = format!("disk{index}");
         match (disk.assigned, disk.iommu, devices.vtd()) {
             (Some(AssignedBackend::Sim), _, _) => {
-                let p = passthrough.as_ref().ok_or(passthrough::Error::NoIommu)?;
-                let memory = p.assign(&name, sid)?;
+                let memory = devices.passthrough()?.assign(&name, sid)?;
                 add_disk(devices, bus, index, slot, disk, memory, true)?;
             }
             (None, true, Some(unit)) => {
@@ -175,7 +165,8 @@ pub fn add_disks(
     Ok(())
 }
 
-fn add_disk<M: GuestMemory + Clone + Send + Sync + 'static>(
+/// Adds disk `index` (`disk`, DMA through `memory`) at `slot` of `bus`, with its counters.
+pub(crate) fn add_disk<M: GuestMemory + Clone + Send + Sync + 'static>(
     devices: &DeviceContext,
     bus: &PciBus,
     index: usize,

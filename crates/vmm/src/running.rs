@@ -22,6 +22,7 @@ use crate::counters::Counters;
 use crate::device_context::DeviceContext;
 use crate::error::Error;
 use crate::legacy::{VmEvent, VmEventSender};
+use crate::pci_hotplug::PciHotplug;
 use crate::vcpu::{self, Vcpu};
 
 /// How a VM run ended.
@@ -113,7 +114,8 @@ pub struct Vm {
     receiver: Receiver<VmEvent>,
     events: VmEventSender,
     hooks: Mutex<Vec<ShutdownHook>>,
-    devices: DeviceContext,
+    devices: Arc<DeviceContext>,
+    hotplug: Arc<PciHotplug>,
     gate: Arc<VcpuGate>,
     control: VmControl,
     requests: Receiver<ControlRequest>,
@@ -129,13 +131,15 @@ impl std::fmt::Debug for Vm {
 
 impl Vm {
     /// A VM of `vcpus`, stopped by the first event on `receiver` (`events` is its sender), its
-    /// devices wired through `devices`, with `hooks` to run once it stops.
+    /// devices wired through `devices` (bus 0 changed through `hotplug`), with `hooks` to run
+    /// once it stops.
     pub(crate) fn new(
         vcpus: Vec<Vcpu>,
         receiver: Receiver<VmEvent>,
         events: VmEventSender,
         hooks: Vec<ShutdownHook>,
-        devices: DeviceContext,
+        devices: Arc<DeviceContext>,
+        hotplug: Arc<PciHotplug>,
     ) -> Self {
         let gate = Arc::new(VcpuGate::new());
         let (control, requests) = VmControl::new(gate.clone());
@@ -145,6 +149,7 @@ impl Vm {
             events,
             hooks: Mutex::new(hooks),
             devices,
+            hotplug,
             gate,
             control,
             requests,
@@ -159,6 +164,11 @@ impl Vm {
     /// The devices, the vIOMMU and the counters of this VM.
     pub fn devices(&self) -> &DeviceContext {
         &self.devices
+    }
+
+    /// Adding and removing bus-0 devices while the VM runs.
+    pub fn hotplug(&self) -> &Arc<PciHotplug> {
+        &self.hotplug
     }
 
     /// The counters printed at exit.

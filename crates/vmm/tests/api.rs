@@ -123,6 +123,7 @@ fn every_endpoint_over_the_socket() {
             control,
             counters,
             iommu: Some(Arc::new(Reporter::new(unit.clone(), &config, Vec::new()))),
+            hotplug: None,
         },
     )
     .unwrap();
@@ -231,7 +232,7 @@ fn every_endpoint_over_the_socket() {
     .unwrap_err();
     assert!(
         err.to_string()
-            .contains("PCI hot-plug is not available in this build"),
+            .contains("PCI hot-plug is not available for this VM"),
         "{err}"
     );
     assert_eq!(
@@ -249,7 +250,7 @@ fn every_endpoint_over_the_socket() {
     assert_eq!(status, 501);
     assert_eq!(
         message,
-        "PCI hot-plug is not available in this build, so device 'disk0' stays in place"
+        "PCI hot-plug is not available for this VM, so device 'disk0' stays in place"
     );
     assert!(!vm.is_finished());
 

@@ -124,6 +124,12 @@ fn summary_names_of_the_viommu_and_three_kinds_of_disk() {
         busy_us";
     let mut want: Vec<String> = vtd.split_whitespace().map(str::to_owned).collect();
     want.extend(accel.split_whitespace().map(|n| format!("accel_{n}")));
+    want.extend(
+        "accel_live_bindings host_live_nest_parents host_live_nested_hwpts \
+         host_live_attached_devices"
+            .split_whitespace()
+            .map(str::to_owned),
+    );
     for index in 0..3 {
         want.extend(disk.split_whitespace().map(|n| format!("disk{index}_{n}")));
     }

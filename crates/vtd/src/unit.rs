@@ -313,6 +313,24 @@ impl Vtd {
         }
     }
 
+    /// Drops every cached entry of the device `sid` (context, PASID and IOTLB entries), as a
+    /// device-selective context-cache invalidation (§6.5.2.1) does, for a device that left the
+    /// bus (hot-unplug). Observers are not told: the device and its bindings are gone.
+    pub fn forget_source(&self, sid: SourceId) {
+        let inv = Invalidation::ContextDevice { did: 0, sid, fm: 0 };
+        self.generations
+            .apply_then_publish(std::iter::once(Stale::of(&inv)), || {
+                self.translator.invalidate(&inv)
+            });
+        debug!(target: "vtd", "forgot the cached entries of {sid:?}");
+    }
+
+    /// How many context, PASID and IOTLB entries the unit caches for the device `sid` (a live
+    /// object count: zero once the device was unplugged and [`Self::forget_source`] ran).
+    pub fn cached_entries_of(&self, sid: SourceId) -> usize {
+        self.translator.cached_entries_of(sid)
+    }
+
     /// Every register back to its reset value, translation off, caches flushed.
     pub fn reset(&self) {
         {

@@ -174,6 +174,26 @@ impl PciBus {
         Ok(())
     }
 
+    /// Takes the device at `slot` off the bus (never the host bridge at 0) and returns it for
+    /// the caller to drop: its decoded BARs are reported as gone first (`bar_moved(.., None)`,
+    /// so it drops what hangs on them, e.g. ioeventfds) and no longer route. The BAR space
+    /// stays allocated (the allocator only grows).
+    pub fn remove_device(&self, slot: u8) -> Option<SharedPciDevice> {
+        if slot == 0 {
+            return None;
+        }
+        let device = self.write_devices().get_mut(usize::from(slot))?.take()?;
+        let mut target = lock(&device);
+        let mut mappings = self.mappings.write().unwrap_or_else(|e| e.into_inner());
+        for mapping in mappings.iter().filter(|mapping| mapping.device == slot) {
+            target.bar_moved(mapping.bar.index, Some(mapping.bar.address), None);
+        }
+        mappings.retain(|mapping| mapping.device != slot);
+        drop(mappings);
+        drop(target);
+        Some(device)
+    }
+
     /// The device at `slot`, if any.
     pub fn device(&self, slot: u8) -> Option<SharedPciDevice> {
         self.read_devices().get(usize::from(slot))?.clone()
@@ -650,6 +670,37 @@ mod tests {
         assert_eq!(u64::from_le_bytes(data), 0x10);
         window.write(bar0 - WINDOW_BASE + 0x20, &[1, 2]);
         assert_eq!(lock(&device).bar_writes, vec![(0, 0x20, vec![1, 2])]);
+    }
+
+    #[test]
+    fn a_removed_device_loses_its_bars_and_its_slot() {
+        let (bus, device, slot) = setup();
+        let ecam = PciEcam::new(bus.clone());
+        let window = PciBarWindow::new(bus.clone(), WINDOW_BASE);
+        let bar0 = lock(&device).config.bar_address(0).unwrap();
+        let bar2 = lock(&device).config.bar_address(2);
+        ecam.write(u64::from(slot) << 15 | 4, &[0x02]);
+        assert!(bus.remove_device(0).is_none(), "the host bridge stays");
+        let removed = bus.remove_device(slot).expect("the device");
+        assert!(Arc::ptr_eq(&removed, &(device.clone() as SharedPciDevice)));
+        assert_eq!(
+            lock(&device).moves[2..],
+            [(0, Some(bar0), None), (2, bar2, None)]
+        );
+        let mut data = [0u8; 8];
+        window.read(bar0 - WINDOW_BASE + 0x10, &mut data);
+        assert_eq!(data, [0xff; 8], "the BAR no longer routes");
+        assert_eq!(
+            ecam_read(&ecam, slot, 0, 4),
+            0xffff_ffff,
+            "the slot reads empty"
+        );
+        assert!(bus.remove_device(slot).is_none());
+        assert_eq!(
+            bus.add_device(Arc::new(Mutex::new(TestDevice::new())))
+                .unwrap(),
+            slot
+        );
     }
 
     #[test]

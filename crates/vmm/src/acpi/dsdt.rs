@@ -1,4 +1,5 @@
-//! The DSDT: the PCI host bridge with its resources and INTx routing (`_PRT`), COM1, the ECAM motherboard resource, and
+//! The DSDT: the PCI host bridge with its resources, INTx routing (`_PRT`) and hot-plug slots
+//! (see [`super::pci_hotplug`]), the Generic Event Device, COM1, the ECAM motherboard resource, and
 //! the `_S5_` sleep type Linux needs before it powers off through the FADT sleep registers.
 
 use acpi_tables::aml::{
@@ -19,7 +20,7 @@ use crate::arch::x86_64::layout::{
 pub const S5_SLEEP_TYPE: u8 = 5;
 
 /// Already-encoded AML, so nested objects need not outlive their parents' builders.
-struct Encoded(Vec<u8>);
+pub(super) struct Encoded(pub(super) Vec<u8>);
 
 impl Aml for Encoded {
     fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
@@ -27,7 +28,7 @@ impl Aml for Encoded {
     }
 }
 
-fn device(name: &str, children: Vec<&dyn Aml>) -> Encoded {
+pub(super) fn device(name: &str, children: Vec<&dyn Aml>) -> Encoded {
     let mut bytes = Vec::new();
     Device::new(name.into(), children).to_aml_bytes(&mut bytes);
     Encoded(bytes)
@@ -86,8 +87,10 @@ pub fn dsdt_aml() -> Vec<u8> {
             &Name::new("_BBN".into(), &ZERO),
             &Name::new("_CRS".into(), &pci_crs),
             &Name::new("_PRT".into(), &prt),
+            &Encoded(super::pci_hotplug::pci0_children()),
         ],
     );
+    let ged = super::pci_hotplug::ged();
 
     let ecam = Memory32Fixed::new(false, ECAM_START as u32, ECAM_SIZE as u32);
     let mres_crs = ResourceTemplate::new(vec![&ecam]);
@@ -112,7 +115,7 @@ pub fn dsdt_aml() -> Vec<u8> {
         ],
     );
 
-    let sb = Scope::new(Path::new("\\_SB_"), vec![&pci, &mres, &com1]);
+    let sb = Scope::new(Path::new("\\_SB_"), vec![&pci, &mres, &com1, &ged]);
     let s5 = Name::new(
         "_S5_".into(),
         &Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE, &0u8, &0u8]),

@@ -8,6 +8,7 @@
 pub mod dmar;
 pub mod dsdt;
 pub mod madt;
+pub mod pci_hotplug;
 
 use acpi_tables::Aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};

@@ -8,12 +8,13 @@
 //!     GET  vm.info, vm.counters, vm.iommu-state ─► config, Counters, iommu_state::Reporter
 //!     PUT  vm.pause, vm.resume, vm.shutdown     ─► control::VmControl ─► Vm::run's wait loop
 //!     PUT  vm.add-disk, vm.add-device, vm.remove-device ─► validated by config's parsers,
-//!                                                          then refused: no PCI hot-plug
+//!          then pci_hotplug::PciHotplug (add at a free slot / ask the guest to eject, wait
+//!          at most 10 s)
 //!  ─► status + JSON body ({"error": "one sentence"} for 4xx/5xx), or text/plain when asked
 //! ```
 //!
-//! The server only reads the VM's state and sends control requests: a bad request gets its 4xx
-//! and never reaches the guest.
+//! The server reads the VM's state, sends control requests and changes bus 0 through
+//! `PciHotplug`: a bad request gets its 4xx and never reaches the guest.
 
 pub mod client;
 pub mod remote;

@@ -10,6 +10,7 @@ use crate::config::{self, VmConfig};
 use crate::control::{ControlError, Request, VmControl};
 use crate::counters::Counters;
 use crate::iommu_state::Reporter;
+use crate::pci_hotplug::{EJECT_TIMEOUT, HotplugError, PciHotplug};
 
 /// What the endpoints answer from.
 #[derive(Clone)]
@@ -22,6 +23,8 @@ pub struct ApiContext {
     pub counters: Arc<Counters>,
     /// The vIOMMU's state, when there is a vIOMMU.
     pub iommu: Option<Arc<Reporter>>,
+    /// Adding and removing devices on bus 0 (`None`: this VM's bus cannot change).
+    pub hotplug: Option<Arc<PciHotplug>>,
 }
 
 /// An answer: status, media type, body.
@@ -175,8 +178,12 @@ fn control(control: &VmControl, request: Request) -> Reply {
     }
 }
 
-/// The ids of the VM's PCI devices, as counters and `remove-device` name them.
-fn device_ids(config: &VmConfig) -> Vec<String> {
+/// The ids of the VM's PCI devices now, as counters and `remove-device` name them.
+fn device_ids(context: &ApiContext) -> Vec<String> {
+    if let Some(hotplug) = &context.hotplug {
+        return hotplug.ids();
+    }
+    let config = &context.config;
     let disks = (0..config.disks.len()).map(|i| format!("disk{i}"));
     disks
         .chain(config.devices.iter().map(|d| d.id.clone()))
@@ -257,12 +264,21 @@ fn option_list(body: &[u8]) -> Result<String, Reply> {
     Ok(items.join(","))
 }
 
-/// The answer once a request is valid: this build cannot change a running guest's PCI bus.
+/// The answer once a request is valid but this VM's bus cannot change.
 fn no_hotplug(what: String) -> Reply {
     Reply::error(
         501,
-        format!("PCI hot-plug is not available in this build, so {what}"),
+        format!("PCI hot-plug is not available for this VM, so {what}"),
     )
+}
+
+fn hotplug_error(e: &HotplugError) -> Reply {
+    let status = match e {
+        HotplugError::UnknownId(_) => 404,
+        HotplugError::NoFreeSlot | HotplugError::NotReleased { .. } => 409,
+        HotplugError::Add(_) => 500,
+    };
+    Reply::error(status, e.to_string())
 }
 
 fn add_disk(context: &ApiContext, body: &[u8]) -> Reply {
@@ -283,7 +299,24 @@ fn add_disk(context: &ApiContext, body: &[u8]) -> Reply {
     if let Err(e) = config::check_file("disk image", &disk.path, !disk.readonly) {
         return Reply::error(400, format!("{e}: {}", e.source));
     }
-    no_hotplug(format!("the valid disk '{spec}' was not added"))
+    let Some(hotplug) = &context.hotplug else {
+        return no_hotplug(format!("the valid disk '{spec}' was not added"));
+    };
+    match hotplug.add_disk(&disk) {
+        Ok((id, slot)) => {
+            if let Some(reporter) = &context.iommu
+                && (disk.iommu || disk.assigned.is_some())
+            {
+                reporter.set_host(hotplug.host_bindings());
+                reporter.add_device(&id, crate::iommu::bus0_sid(slot));
+            }
+            Reply::json(
+                200,
+                &json!({ "id": id, "bdf": format!("0000:00:{slot:02x}.0") }),
+            )
+        }
+        Err(e) => hotplug_error(&e),
+    }
 }
 
 fn add_device(context: &ApiContext, body: &[u8]) -> Reply {
@@ -295,7 +328,7 @@ fn add_device(context: &ApiContext, body: &[u8]) -> Reply {
         Ok(device) => device,
         Err(e) => return Reply::error(400, e.to_string()),
     };
-    if device_ids(&context.config).contains(&device.id) {
+    if device_ids(context).contains(&device.id) {
         return Reply::error(
             409,
             config::ArgError::DuplicateDeviceId(device.id).to_string(),
@@ -313,7 +346,24 @@ fn add_device(context: &ApiContext, body: &[u8]) -> Reply {
             format!("Device {} does not exist", device.path.display()),
         );
     }
-    no_hotplug(format!("the valid device '{}' was not added", device.id))
+    let Some(hotplug) = &context.hotplug else {
+        return no_hotplug(format!("the valid device '{}' was not added", device.id));
+    };
+    match hotplug.add_vfio(&device) {
+        Ok(slot) => {
+            if let Some(reporter) = &context.iommu
+                && device.iommu
+            {
+                reporter.set_host(hotplug.host_bindings());
+                reporter.add_device(&device.id, crate::iommu::bus0_sid(slot));
+            }
+            Reply::json(
+                200,
+                &json!({ "id": device.id, "bdf": format!("0000:00:{slot:02x}.0") }),
+            )
+        }
+        Err(e) => hotplug_error(&e),
+    }
 }
 
 fn remove_device(context: &ApiContext, body: &[u8]) -> Reply {
@@ -323,8 +373,19 @@ fn remove_device(context: &ApiContext, body: &[u8]) -> Reply {
     let Some(id) = id else {
         return Reply::error(400, "The body must be {\"id\": \"DEVICE\"}");
     };
-    if !device_ids(&context.config).contains(&id) {
+    if !device_ids(context).contains(&id) {
         return Reply::error(404, format!("This VM has no device '{id}'"));
     }
-    no_hotplug(format!("device '{id}' stays in place"))
+    let Some(hotplug) = &context.hotplug else {
+        return no_hotplug(format!("device '{id}' stays in place"));
+    };
+    match hotplug.remove(&id, EJECT_TIMEOUT) {
+        Ok(_) => {
+            if let Some(reporter) = &context.iommu {
+                reporter.remove_device(&id);
+            }
+            Reply::no_content()
+        }
+        Err(e) => hotplug_error(&e),
+    }
 }

@@ -262,6 +262,18 @@ impl Drop for WholeRam {
     }
 }
 
+/// The VM's VFIO state shared by its assigned devices (the KVM VFIO device, the iommufd or
+/// container, guest RAM mapped once, the shadow and accel registries), kept for the VM's life
+/// so devices hot-added later share it.
+#[derive(Default)]
+pub struct VfioHosts(Mutex<Context>);
+
+impl std::fmt::Debug for VfioHosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfioHosts").finish_non_exhaustive()
+    }
+}
+
 /// The VM's VFIO state shared by its assigned devices.
 #[derive(Default)]
 struct Context {
@@ -359,13 +371,23 @@ pub fn add_devices(
     bus: &PciBus,
     first_slot: u8,
 ) -> Result<(), Error> {
-    let mut context = Context::default();
-    let vtd_config = ctx.vtd().map(|u| *u.config());
     for (index, config) in devices.iter().enumerate() {
-        let slot = first_slot.saturating_add(index as u8);
-        add_device(ctx, bus, &mut context, config, slot, vtd_config.as_ref())?;
+        add_device_at(ctx, bus, config, first_slot.saturating_add(index as u8))?;
     }
     Ok(())
+}
+
+/// Adds the host function of `config` at `slot` of `bus` (at start, or hot-added), sharing the
+/// VM's VFIO state; everything it holds is released when the function is dropped.
+pub fn add_device_at(
+    ctx: &DeviceContext,
+    bus: &PciBus,
+    config: &DeviceConfig,
+    slot: u8,
+) -> Result<(), Error> {
+    let vtd_config = ctx.vtd().map(|u| *u.config());
+    let mut context = ctx.vfio_hosts().0.lock().unwrap_or_else(|e| e.into_inner());
+    add_device(ctx, bus, &mut context, config, slot, vtd_config.as_ref())
 }
 
 fn add_device(

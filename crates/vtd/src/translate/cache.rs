@@ -254,6 +254,14 @@ impl<K: Hash + Eq + Copy, V: Copy> ShardedCache<K, V> {
         removed
     }
 
+    /// Number of entries for which `matches` returns true.
+    pub(crate) fn count(&self, matches: impl Fn(&K) -> bool) -> usize {
+        self.shards
+            .iter()
+            .map(|s| Self::read(s).map.keys().filter(|k| matches(&k.key)).count())
+            .sum()
+    }
+
     /// Drops every entry.
     pub(crate) fn clear(&self) {
         for shard in self.shards.iter() {

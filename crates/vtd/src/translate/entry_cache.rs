@@ -40,6 +40,10 @@ impl ContextCache {
     pub(crate) fn drop_sources(&self, matches: impl Fn(u16) -> bool) -> usize {
         self.map.retain(|k, _| !matches(*k))
     }
+    /// Number of entries of source `sid`.
+    pub(crate) fn count_source(&self, sid: u16) -> usize {
+        self.map.count(|k| *k == sid)
+    }
 }
 
 /// A cached PASID entry with the FPD of the directory entry that led to it.
@@ -87,6 +91,10 @@ impl PasidCache {
     }
     pub(crate) fn drop_sources(&self, matches: impl Fn(u16) -> bool) -> usize {
         self.map.retain(|k, _| !matches(k.0))
+    }
+    /// Number of entries of source `sid`.
+    pub(crate) fn count_source(&self, sid: u16) -> usize {
+        self.map.count(|k| k.0 == sid)
     }
     /// Applies a PASID-cache invalidation (§6.5.2.3); other kinds are ignored.
     pub(crate) fn invalidate(&self, inv: &Invalidation) -> usize {

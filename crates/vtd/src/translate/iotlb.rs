@@ -476,6 +476,19 @@ impl Iotlb {
             .count()
     }
 
+    /// Number of live entries of source `sid`.
+    pub(crate) fn count_source(&self, sid: u16) -> usize {
+        self.sets
+            .iter()
+            .flat_map(|s| s.slots.iter())
+            .filter(|slot| {
+                slot.read().is_some_and(|(k, v1, stamp)| {
+                    k.k1 & VALID != 0 && k.sid() == sid && self.live(v1, stamp)
+                })
+            })
+            .count()
+    }
+
     /// Live entries per domain id, by domain id.
     pub(crate) fn per_domain(&self) -> Vec<(u16, usize)> {
         let mut counts = std::collections::BTreeMap::new();

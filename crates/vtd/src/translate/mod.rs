@@ -208,6 +208,13 @@ impl Translator {
         self.ecap
     }
 
+    /// How many context, PASID and IOTLB entries the caches hold for source `sid`.
+    pub fn cached_entries_of(&self, sid: SourceId) -> usize {
+        self.contexts.count_source(sid.0)
+            + self.pasids.count_source(sid.0)
+            + self.iotlb.count_source(sid.0)
+    }
+
     /// Current sizes of the caches.
     pub fn cache_stats(&self) -> CacheStats {
         CacheStats {

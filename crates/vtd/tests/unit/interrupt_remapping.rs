@@ -622,10 +622,20 @@ fn the_readable_state_shows_the_latched_table_and_the_cache() {
     }
     let ir = rig.vtd.snapshot(&[]).interrupt_remapping;
     assert_eq!(
-        (ir.enabled, ir.compatibility_format_allowed, ir.extended_interrupt_mode),
+        (
+            ir.enabled,
+            ir.compatibility_format_allowed,
+            ir.extended_interrupt_mode
+        ),
         (true, false, true)
     );
-    assert_eq!((ir.table, ir.table_entries, ir.cached_entries), (TABLE, 256, 3));
+    assert_eq!(
+        (ir.table, ir.table_entries, ir.cached_entries),
+        (TABLE, 256, 3)
+    );
     let gsts = rig.vtd.snapshot(&[]).registers.gsts_set;
-    assert!(gsts.contains(&"IRES") && gsts.contains(&"IRTPS"), "{gsts:?}");
+    assert!(
+        gsts.contains(&"IRES") && gsts.contains(&"IRTPS"),
+        "{gsts:?}"
+    );
 }

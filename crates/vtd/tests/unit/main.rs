@@ -14,6 +14,7 @@ mod translate_support;
 mod support;
 
 mod faults;
+mod forget_source;
 mod interrupt_range;
 mod interrupt_remapping;
 mod iommu_device_cache;

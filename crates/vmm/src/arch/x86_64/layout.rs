@@ -91,6 +91,10 @@ pub const ACPI_SLEEP_STATUS: u16 = 1;
 pub const ACPI_RESET_REG: u16 = 2;
 /// Value the guest writes to the reset register to reboot.
 pub const ACPI_RESET_VALUE: u8 = 1;
+/// PIO: the PCI hot-plug register block (see `hotplug`), right after the PM block.
+pub const PCI_HOTPLUG_START: u16 = 0x610;
+/// ISA IRQ (and IOAPIC pin) of the Generic Event Device that signals PCI hot-plug events.
+pub const GED_IRQ: u32 = 5;
 
 /// Number of IOAPIC pins (GSIs 0..24); MSI routes start above them.
 pub const IOAPIC_PINS: u32 = 24;
