@@ -24,8 +24,11 @@ hotplug_scenario() {
     HOT_IMAGE=/tmp/vtd-nest-e2e-hot.img
     case "$HOTPLUG_KIND" in
     emulated) IOMMU=intel,x-scalable-mode=on,x-flts=on HOT_SPEC=iommu=on ;;
-    # Device assignment needs caching-mode=on (see assigned.sh).
-    assigned) IOMMU=intel,x-scalable-mode=on,x-flts=on,caching-mode=on HOT_SPEC=assigned=sim ;;
+    # Device assignment needs caching-mode=on (see assigned.sh). With interrupt remapping, so
+    # the split irqchip: the hot-plug event reaches the guest through the VMM's IOAPIC and a
+    # remapped pin, and the new disk's MSI-X through the remapping table.
+    assigned) IOMMU=intel,x-scalable-mode=on,x-flts=on,caching-mode=on,intremap=on,eim=on
+        HOT_SPEC=assigned=sim ;;
     *) echo "hotplug_scenario: unknown kind $HOTPLUG_KIND" >&2; return 1 ;;
     esac
     ARGS=(--cmdline "$CMDLINE" --iommu "$IOMMU" --disk path=@d0 --api-socket "$API_SOCKET")
