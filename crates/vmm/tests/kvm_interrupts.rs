@@ -52,7 +52,11 @@ fn msi_routes_irqfds_and_ioeventfds() {
         "GSIs 24 and 25 went to vectors 0 and 1"
     );
 
-    assert_eq!(routing.msi_routes(), 1, "vector 1 is masked: only vector 0 has a route");
+    assert_eq!(
+        routing.msi_routes(),
+        1,
+        "vector 1 is masked: only vector 0 has a route"
+    );
     // A device that goes (hot-unplug) drops its vectors: their routes and irqfds go too.
     drop(msix);
     assert_eq!(routing.msi_routes(), 0);
