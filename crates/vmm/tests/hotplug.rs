@@ -49,23 +49,24 @@ fn disk_counters(devices: &DeviceContext) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_disk_is_added_kept_while_unreleased_and_removed_after_the_eject() {
+/// What each test starts from: a 1 MiB disk image in a directory of its own (`tag`), and a
+/// VM with 64 MiB of RAM whose device context has a vIOMMU with `options`. `None` (with the
+/// reason printed) without /dev/kvm.
+fn rig(tag: &str, options: &str) -> Option<(std::path::PathBuf, DeviceContext, Arc<vtd::Vtd>)> {
     if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIPPED a_disk_is_added_...: /dev/kvm is absent");
-        return;
+        eprintln!("SKIPPED {tag}: /dev/kvm is absent");
+        return None;
     }
-    let dir = std::env::temp_dir().join(format!("vmm-hotplug-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("vmm-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let image = dir.join("hot.img");
     std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
-
     let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
     let memory = vmm::memory::create_guest_memory(64 << 20).unwrap();
     let vm = Arc::new(vm::create_vm(&kvm, &memory, Irqchip::InKernel, 1).expect("VM"));
     let mut devices = DeviceContext::new(vm, memory);
     let unit = vmm::iommu::create_unit(
-        "x-scalable-mode=on,x-flts=on",
+        options,
         devices.memory(),
         devices.msi_signaller(),
         false,
@@ -73,6 +74,14 @@ fn a_disk_is_added_kept_while_unreleased_and_removed_after_the_eject() {
     )
     .unwrap();
     devices.set_vtd(unit.clone());
+    Some((image, devices, unit))
+}
+
+#[test]
+fn a_disk_is_added_kept_while_unreleased_and_removed_after_the_eject() {
+    let Some((image, devices, unit)) = rig("hotplug", "x-scalable-mode=on,x-flts=on") else {
+        return;
+    };
     let bus = vmm::pci::add_bus(&devices).unwrap();
     let raised = Arc::new(AtomicU32::new(0));
     let registers = Arc::new(HotplugRegisters::new(Box::new(Raised(raised.clone()))));
@@ -156,7 +165,7 @@ fn a_disk_is_added_kept_while_unreleased_and_removed_after_the_eject() {
     let (id, slot) = hotplug.add_disk(&disk).expect("add again");
     assert_eq!((id.as_str(), slot), ("disk1", 1));
 
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(image.parent().unwrap()).unwrap();
 }
 
 /// A guest thread that ejects whatever the VMM asks for.
@@ -181,28 +190,10 @@ fn counter(devices: &DeviceContext, name: &str) -> u64 {
 
 #[test]
 fn an_assigned_disk_leaves_no_binding_hwpt_or_host_device_behind() {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIPPED an_assigned_disk_leaves_...: /dev/kvm is absent");
+    let options = "x-scalable-mode=on,x-flts=on,caching-mode=on";
+    let Some((image, devices, _unit)) = rig("hotplug-assigned", options) else {
         return;
-    }
-    let dir = std::env::temp_dir().join(format!("vmm-hotplug-assigned-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let image = dir.join("assigned.img");
-    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
-
-    let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
-    let memory = vmm::memory::create_guest_memory(64 << 20).unwrap();
-    let vm = Arc::new(vm::create_vm(&kvm, &memory, Irqchip::InKernel, 1).expect("VM"));
-    let mut devices = DeviceContext::new(vm, memory);
-    let unit = vmm::iommu::create_unit(
-        "x-scalable-mode=on,x-flts=on,caching-mode=on",
-        devices.memory(),
-        devices.msi_signaller(),
-        false,
-        false,
-    )
-    .unwrap();
-    devices.set_vtd(unit);
+    };
     let bus = vmm::pci::add_bus(&devices).unwrap();
     let registers = Arc::new(HotplugRegisters::new(Box::new(Raised(Arc::default()))));
     let devices = Arc::new(devices);
@@ -210,7 +201,7 @@ fn an_assigned_disk_leaves_no_binding_hwpt_or_host_device_behind() {
     assert!(hotplug.host_bindings().is_empty(), "no passthrough before");
 
     let disk = DiskConfig {
-        path: image,
+        path: image.clone(),
         readonly: false,
         iommu: false,
         assigned: Some(vmm::config::AssignedBackend::Sim),
@@ -245,7 +236,7 @@ fn an_assigned_disk_leaves_no_binding_hwpt_or_host_device_behind() {
     // The same requester id can be assigned again.
     assert_eq!(hotplug.add_disk(&disk).expect("add again").1, 1);
     assert_eq!(counter(&devices, "host_live_attached_devices"), 1);
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(image.parent().unwrap()).unwrap();
 }
 
 /// Through the API's routes: add-disk answers the id and bdf and the disk joins the vIOMMU
@@ -258,29 +249,11 @@ fn the_api_adds_and_removes_a_disk_and_the_state_report_follows() {
     use vmm::control::{VcpuGate, VmControl};
     use vmm::iommu_state::Reporter;
 
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIPPED the_api_adds_...: /dev/kvm is absent");
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("vmm-hotplug-api-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let image = dir.join("hot.img");
-    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
-
-    let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
-    let memory = vmm::memory::create_guest_memory(64 << 20).unwrap();
-    let vm = Arc::new(vm::create_vm(&kvm, &memory, Irqchip::InKernel, 1).expect("VM"));
-    let mut devices = DeviceContext::new(vm, memory);
     let options = "x-scalable-mode=on,x-flts=on";
-    let unit = vmm::iommu::create_unit(
-        options,
-        devices.memory(),
-        devices.msi_signaller(),
-        false,
-        false,
-    )
-    .unwrap();
-    devices.set_vtd(unit.clone());
+    let Some((image, devices, unit)) = rig("hotplug-api", options) else {
+        return;
+    };
+    let dir = image.parent().unwrap().to_path_buf();
     let bus = vmm::pci::add_bus(&devices).unwrap();
     let registers = Arc::new(HotplugRegisters::new(Box::new(Raised(Arc::default()))));
     let devices = Arc::new(devices);
