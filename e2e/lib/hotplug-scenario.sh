@@ -79,22 +79,8 @@ img=$HOT_IMAGE
 kind=$HOTPLUG_KIND
 spec=$HOT_SPEC
 SIDE
+    side_prelude HOTPLUG 1
     cat <<'SIDE'
-vmm=$1
-n=0 mark=""
-for a in "$@"; do
-    case "$a" in path=*) n=$((n + 1)); [ "$n" = 1 ] && mark=${a#path=}; mark=${mark%%,*} ;; esac
-done
-say() { echo "HOTPLUG-SIDE-$*"; }
-die() { say "FAIL $*"; exit 1; }
-r() { "$vmm" remote --api-socket "$sock" "$@"; }
-wait_mark() {
-    i=0
-    until dd if="$mark" bs=512 count=1 iflag=direct 2>/dev/null | grep -q "$1"; do
-        i=$((i + 1)); [ "$i" -le "$2" ] || die "the guest never wrote $1"; sleep 1
-    done
-}
-[ -n "$mark" ] || die "no disk in the VMM command"
 wait_mark HOTPLUG-GUEST-READY 240
 rm -f "$img"
 truncate -s 4M "$img" || die "cannot create $img"
@@ -143,15 +129,9 @@ SIDE
 }
 
 check() {
-    [ "$1" = 0 ] || { echo "the VMM exited with status $1$(vmm_said)"; return 1; }
-    require '^E2E-GUEST-START' "the guest never reached its init" &&
-        { ! grep -m1 'CHECK-FAIL' "$OUT" || return 1; } &&
+    side_ran HOTPLUG "$1" &&
         require '^HOTPLUG-GUEST-READY' "the guest never got to its ready mark" &&
-        { ! grep -m1 '^HOTPLUG-SIDE-FAIL' "$OUT" || return 1; } &&
         require '^HOTPLUG-GUEST-GONE' "the guest never saw the disk go" &&
-        require '^HOTPLUG-SIDE-DONE' "the side script did not finish" &&
-        require '^VTD-NEST-SIDE-EXIT 0' "the side script failed" &&
-        require 'vtd-nest: shut down through the API' "the VMM did not say it was shut down" &&
         disk_hash_matches hot && cap_matches && hotplug_counters
 }
 

@@ -15,6 +15,8 @@ E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$E2E_DIR/lib/common.sh"
 # shellcheck source=e2e/lib/checks.sh
 . "$E2E_DIR/lib/checks.sh"
+# shellcheck source=e2e/lib/side.sh
+. "$E2E_DIR/lib/side.sh"
 
 # What the scenarios' QEMU_ARGS build on (the reference setup of ../shared/reference).
 QEMU_BASE=(-accel kvm -M q35,kernel-irqchip=split -cpu host -m 512M -smp 1)

@@ -42,22 +42,11 @@ sock=$API_SOCKET
 log=$API_LOG
 counters=$API_COUNTERS
 SIDE
+    # The mark disk: the second --disk.
+    side_prelude API 2
     cat <<'SIDE'
-vmm=$1
-# The mark disk: the value of the second --disk (path=/dev/vdX).
-n=0 mark=""
-for a in "$@"; do
-    case "$a" in path=*) n=$((n + 1)); [ "$n" = 2 ] && mark=${a#path=}; mark=${mark%%,*} ;; esac
-done
-say() { echo "API-SIDE-$*"; }
-die() { say "FAIL $*"; exit 1; }
-r() { "$vmm" remote --api-socket "$sock" "$@"; }
 serial() { r counters | sed -n 's/^counter serial_tx_bytes //p'; }
-[ -n "$mark" ] || die "no second disk in the VMM command"
-i=0
-until dd if="$mark" bs=512 count=1 iflag=direct 2>/dev/null | grep -q API-GUEST-READY; do
-    i=$((i + 1)); [ "$i" -le 240 ] || die "the guest never wrote its ready mark"; sleep 1
-done
+wait_mark API-GUEST-READY 240
 [ -S "$sock" ] || die "no API socket at $sock"
 [ "$(stat -c %a "$sock")" = 600 ] || die "socket mode $(stat -c %a "$sock"), want 600"
 say "OK socket 0600"
@@ -113,14 +102,8 @@ SIDE
 }
 
 check() {
-    [ "$1" = 0 ] || { echo "the VMM exited with status $1$(vmm_said)"; return 1; }
-    require '^E2E-GUEST-START' "the guest never reached its init" &&
-        { ! grep -m1 'CHECK-FAIL' "$OUT" || return 1; } &&
+    side_ran API "$1" &&
         require '^API-GUEST-READY' "the guest never got to its ready mark" &&
-        { ! grep -m1 '^API-SIDE-FAIL' "$OUT" || return 1; } &&
-        require '^API-SIDE-DONE' "the side script did not finish" &&
-        require '^VTD-NEST-SIDE-EXIT 0' "the side script failed" &&
-        require 'vtd-nest: shut down through the API' "the VMM did not say it was shut down" &&
         { ! grep -m1 '^counter ' "$OUT" || return 1; } &&
         require '^translation:$' "SIGUSR1 wrote no vIOMMU state to stderr" &&
         disk_hash_matches d0 && cap_matches

@@ -65,24 +65,12 @@ side() {
     cat <<SIDE
 sock=$API_SOCKET
 SIDE
+    side_prelude HOTPLUG-VFIO 1
     cat <<'SIDE'
-vmm=$1
-mark="" dev=""
+dev=""
 for a in "$@"; do
-    case "$a" in
-    path=/sys/*) dev=${a#path=}; dev=${dev%%,*} ;;
-    path=*) [ -n "$mark" ] || { mark=${a#path=}; mark=${mark%%,*}; } ;;
-    esac
+    case "$a" in path=/sys/*) dev=${a#path=}; dev=${dev%%,*} ;; esac
 done
-say() { echo "HOTPLUG-VFIO-SIDE-$*"; }
-die() { say "FAIL $*"; exit 1; }
-r() { "$vmm" remote --api-socket "$sock" "$@"; }
-wait_mark() {
-    i=0
-    until dd if="$mark" bs=512 count=1 iflag=direct 2>/dev/null | grep -q "$1"; do
-        i=$((i + 1)); [ "$i" -le "$2" ] || die "the guest never wrote $1"; sleep 1
-    done
-}
 gone() {
     left=$(r counters | grep -c "^counter $1_")
     [ "$left" = 0 ] || die "$left $1 counters are left"
@@ -111,13 +99,7 @@ SIDE
 }
 
 check() {
-    [ "$1" = 0 ] || { echo "the VMM exited with status $1$(vmm_said)"; return 1; }
-    require '^E2E-GUEST-START' "the guest never reached its init" &&
-        { ! grep -m1 'CHECK-FAIL' "$OUT" || return 1; } &&
-        { ! grep -m1 '^HOTPLUG-VFIO-SIDE-FAIL' "$OUT" || return 1; } &&
+    side_ran HOTPLUG-VFIO "$1" &&
         require '^HOTPLUG-VFIO-GONE-AGAIN' "the guest never saw the second unplug" &&
-        require '^HOTPLUG-VFIO-SIDE-DONE' "the side script did not finish" &&
-        require '^VTD-NEST-SIDE-EXIT 0' "the side script failed" &&
-        require 'vtd-nest: shut down through the API' "the VMM did not say it was shut down" &&
         disk_hash_matches vfio0
 }
