@@ -117,7 +117,7 @@ class Bench(unittest.TestCase):
         self.assertEqual(b.dmatime, [(10, (10, 1.5), (10, 2.5), (0, 0.0))])
         self.assertEqual(b.counters, {"translations": 7, "walks": 3})
         self.assertTrue(b.done)
-        self.assertIsNone(b.failure)
+        self.assertIsNone(b.bench_failure)
         self.assertEqual(len(b.notes), 1)
         self.assertIn("read1m x", b.notes[0])
 
@@ -125,7 +125,7 @@ class Bench(unittest.TestCase):
         b = JobOutput(["BENCH-BOOT -", "BENCH-FAIL dd failed: no space",
                        "BENCH-FAIL later"]).bench()
         self.assertIsNone(b.boot)
-        self.assertEqual(b.failure, "dd failed: no space")
+        self.assertEqual(b.bench_failure, "dd failed: no space")
         self.assertFalse(b.done)
 
 

@@ -199,7 +199,7 @@ class BenchFacts:
     dmatime: list[tuple[int, tuple[int, float], tuple[int, float], tuple[int, float]]] = field(
         default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
-    failure: str | None = None  # BENCH-FAIL <why>
+    bench_failure: str | None = None  # BENCH-FAIL <why>
     done: bool = False  # BENCH-DONE
     notes: list[str] = field(default_factory=list)
 
@@ -238,8 +238,9 @@ class BenchFacts:
         elif key == "BENCH-DMATIME" and len(args) == 7:
             self.dmatime.append((int(args[0]), (int(args[1]), float(args[2])),
                                  (int(args[3]), float(args[4])), (int(args[5]), float(args[6]))))
-        elif key == "BENCH-FAIL" and self.failure is None and line.startswith("BENCH-FAIL "):
-            self.failure = line[len("BENCH-FAIL "):]
+        elif (key == "BENCH-FAIL" and self.bench_failure is None
+              and line.startswith("BENCH-FAIL ")):
+            self.bench_failure = line[len("BENCH-FAIL "):]
         elif key == "BENCH-DONE" and line.startswith("BENCH-DONE"):
             self.done = True
         elif key == "counter" and len(args) == 2:

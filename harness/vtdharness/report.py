@@ -24,6 +24,7 @@ Exit status: 1 if a QEMU configuration failed, else 0.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import html
 import os
 import re
@@ -32,7 +33,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 
-from .console import JobOutput
+from .console import BenchFacts, JobOutput
 
 VMMS = ("qemu", "vtd-nest")
 CONFIGS = ("strict", "strict-ir", "lazy", "off", "assigned")
@@ -81,8 +82,11 @@ def config_label(config: str) -> str:
     return config.replace(":none:", " ").replace(":", " ")
 
 
-@dataclass
-class Job:
+@dataclass(kw_only=True)
+class Job(BenchFacts):
+    """One guest of the run: what bench/compare ran, how it ended, and (inherited) what its
+    console said about the workload."""
+
     name: str
     vmm: str
     config: str
@@ -92,25 +96,7 @@ class Job:
     rounds: int = 1
     status: str = "missing"
     lines: list[str] = field(default_factory=list)
-    failure: str | None = None
-    notes: list[str] = field(default_factory=list)
-    boot: float | None = None
-    ready: float | None = None
-    clock: str = "?"
-    timer: str = "?"
-    domain: str = "?"
-    cap: str | None = None
-    # name -> one (seconds, requests, interrupts, bytes) per run of the phase
-    phases: dict[str, list[tuple[float, int, int, int]]] = field(default_factory=dict)
-    # DMA mappings the guest made per phase run (dma:dma_map_page events), when counted.
-    maps: dict[str, list[int]] = field(default_factory=dict)
-    # The traced DMA-API run (BENCH-DMATIME), one per round: requests, then (calls, µs) for
-    # map, unmap and the lazy flush timer.
-    dmatime: list[tuple[int, tuple[int, float], tuple[int, float], tuple[int, float]]] = field(
-        default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)
-    bench_failure: str | None = None  # what BENCH-FAIL said
-    done: bool = False  # BENCH-DONE: the workload finished
+    failure: str | None = None  # why the job gave no figures (judge)
 
 
 def read(path: str, default: str = "") -> str:
@@ -123,11 +109,10 @@ def read(path: str, default: str = "") -> str:
 
 def parse_guest(job: Job) -> None:
     b = JobOutput(job.lines).bench()
-    job.boot, job.ready, job.clock, job.timer = b.boot, b.ready, b.clock, b.timer
-    job.domain, job.cap, job.phases, job.maps = b.domain, b.cap, b.phases, b.maps
-    job.dmatime, job.counters = b.dmatime, b.counters
-    job.bench_failure, job.done = b.failure, b.done
-    job.notes += b.notes
+    notes = job.notes + b.notes
+    for f in dataclasses.fields(BenchFacts):
+        setattr(job, f.name, getattr(b, f.name))
+    job.notes = notes
 
 
 def judge(job: Job, out: str) -> None:
@@ -164,7 +149,8 @@ def load_jobs(out: str) -> list[Job]:
             continue
         fields = line.split()
         name, vmm, config, kind = fields[:4]
-        job = Job(name, vmm, config, kind, int(fields[4]) if len(fields) > 4 else 1)
+        job = Job(name=name, vmm=vmm, config=config, kind=kind,
+                  round=int(fields[4]) if len(fields) > 4 else 1)
         d = os.path.join(out, "jobs", name)
         job.status = read(os.path.join(d, "status"), "missing").strip()
         job.lines = read(os.path.join(d, "output")).splitlines()
@@ -196,7 +182,7 @@ def merge_rounds(jobs: list[Job]) -> list[Job]:
     merged = []
     for (vmm, config, kind), js in groups.items():
         ok = [j for j in js if j.failure is None]
-        m = Job(js[0].name, vmm, config, kind, rounds=len(ok))
+        m = Job(name=js[0].name, vmm=vmm, config=config, kind=kind, rounds=len(ok))
         if not ok:
             m.failure, m.boot = js[0].failure, js[0].boot
             merged.append(m)
