@@ -188,10 +188,12 @@ remapped_requests() {
         for (c = 2; c <= NF && $c ~ /^[0-9]+$/; c++) sum += $c } END { print sum + 0 }' /proc/interrupts
 }
 
-# irq_count PATTERN CPU: the count in column CPU (0-based) of the first /proc/interrupts line
-# matching PATTERN.
+# irq_count PATTERN CPU: the count of CPU (its number; the column is found by its header, as
+# only online CPUs have one) on the first /proc/interrupts line matching PATTERN.
 irq_count() {
-    awk -v cpu="$2" -v pat="$1" '$0 ~ pat { print $(2 + cpu); exit }' /proc/interrupts
+    awk -v cpu="CPU$2" -v pat="$1" '
+        NR == 1 { for (c = 1; c <= NF; c++) if ($c == cpu) col = c + 1; next }
+        $0 ~ pat { print (col ? $col : 0); exit }' /proc/interrupts
 }
 
 # cpus_used PATTERN: how many CPU columns are non-zero, summed over every line matching PATTERN.
@@ -219,8 +221,7 @@ spread_over_cpus() {
 # interrupts on CPU.
 serial_follows_affinity() {
     irq=$(echo "$1" | awk '{ sub(":", "", $1); print $1 }')
-    printf '%x\n' $((1 << $2)) >"/proc/irq/$irq/smp_affinity" ||
-        fail "cannot set the affinity of IRQ $irq"
+    echo "$2" >"/proc/irq/$irq/smp_affinity_list" || fail "cannot move IRQ $irq to CPU $2"
     before=$(irq_count 'ttyS0' "$2")
     i=0
     while [ "$i" -lt 32 ]; do
@@ -232,6 +233,6 @@ serial_follows_affinity() {
     if [ "$after" -gt "$before" ]; then
         ok "ttyS0 interrupts on CPU $2 after the affinity change ($before -> $after)"
     else
-        fail "no ttyS0 interrupt on CPU $2 after the affinity change (effective affinity $(cat "/proc/irq/$irq/effective_affinity")): $(grep ttyS0 /proc/interrupts | tr -s ' ')"
+        fail "no ttyS0 interrupt on CPU $2 after the affinity change (effective affinity $(cat "/proc/irq/$irq/effective_affinity_list")): $(grep ttyS0 /proc/interrupts | tr -s ' ')"
     fi
 }
