@@ -162,6 +162,10 @@ pub struct Irte {
     pub hi: IrteHi,
 }
 
+/// DLM encodings §9.10 reserves: 011b and 110b. An entry using one is malformed like one with a
+/// reserved bit set, so it is refused with fault 0x24 rather than handed to the LAPICs.
+const RESERVED_DELIVERY_MODES: [u8; 2] = [0b011, 0b110];
+
 /// DST bits reserved in xAPIC mode: 7:0 and 31:16 (§9.10).
 const XAPIC_DST_RESERVED: u32 = 0xffff_00ff;
 
@@ -178,11 +182,12 @@ impl Irte {
         [self.lo.into_bits(), self.hi.into_bits()]
     }
     /// Whether a present entry has a reserved field set (fault 0x24) under extended interrupt
-    /// mode `eime`: bits 14:12, 31:24 and 127:84; IM (posted format, no CAP.PI); SVT 11b; and
-    /// in xAPIC mode the DST bits outside 15:8.
+    /// mode `eime`: bits 14:12, 31:24 and 127:84; IM (posted format, no CAP.PI); the reserved
+    /// encodings of SVT (11b) and DLM (011b, 110b); and in xAPIC mode the DST bits outside 15:8.
     pub fn reserved_set(self, eime: bool) -> bool {
         let (lo, hi) = (self.lo, self.hi);
         lo.rsvd_14_12() != 0
+            || RESERVED_DELIVERY_MODES.contains(&lo.dlm())
             || lo.rsvd_31_24() != 0
             || hi.rsvd_127_84() != 0
             || lo.im()
@@ -398,6 +403,11 @@ mod tests {
         assert!(e(present.with_rsvd_31_24(1), 0).reserved_set(true));
         assert!(e(present, 1 << 20).reserved_set(true), "bit 84");
         assert!(e(present, 3 << 18).reserved_set(true), "SVT 11b");
+        for dlm in 0..8 {
+            let reserved = dlm == 0b011 || dlm == 0b110;
+            let entry = e(present.with_dlm(dlm), 0);
+            assert_eq!(entry.reserved_set(true), reserved, "DLM {dlm:03b}");
+        }
         assert!(!e(present.with_avail(0xf), 0).reserved_set(false));
     }
 

@@ -16,7 +16,7 @@
 //!        beyond the address width ──────────────────────────► fault 0x21
 //!        outside guest RAM ─────────────────────────────────► fault 0x23
 //!        P clear ───────────────────────────────────────────► fault 0x22
-//!        reserved bits (per EIME; IM=1, SVT=11b) ───────────► fault 0x24 (FPD honoured)
+//!        reserved bits or encodings (EIME, IM, SVT, DLM) ───► fault 0x24 (FPD honoured)
 //!        (a present, valid entry is cached)
 //!      source validation (SVT/SQ/SID) fails ────────────────► fault 0x26 (FPD honoured)
 //!      ─► compatibility-format message (vector, DLM, TM, DM, RH, destination)

@@ -203,6 +203,32 @@ fn eime_selects_the_destination_width() {
     );
 }
 
+#[test]
+fn reserved_delivery_modes_are_refused_not_delivered() {
+    let rig = xapic();
+    let mut e = irte(0x30, 1, false);
+    e.lo = e.lo.with_dlm(0b011);
+    put(&rig, 3, e);
+    assert_eq!(
+        remap(&rig, DEVICE, remappable(3)),
+        InterruptOutcome::Blocked
+    );
+    assert_eq!(
+        recorded(&rig),
+        Some((FaultReason::IrEntryReserved.code(), DEVICE, 3))
+    );
+    // NMI (100b) is a defined mode: delivered, with the mode in data bits 10:8.
+    e.lo = e.lo.with_dlm(0b100);
+    put(&rig, 4, e);
+    assert_eq!(
+        remap(&rig, DEVICE, remappable(4)),
+        InterruptOutcome::Deliver {
+            address: 0xfee0_1000,
+            data: 0x430
+        }
+    );
+}
+
 /// One case per fault reason: the rig, the request, the index the record must carry.
 fn fault_case(reason: FaultReason) -> (Rig, (u64, u32), u16) {
     let rig = xapic();
