@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# irqchip-split: the split irqchip (LAPICs in KVM, the VMM's IOAPIC, no PIC, no PIT) with four
+# irqchip-split: the split irqchip (LAPICs in KVM, the VMM's IOAPIC and PIT, no PIC) with four
 # vCPUs and interrupt remapping off; two virtio-blk disks, one behind the vIOMMU. The serial
 # line is IO-APIC pin 4 and follows its affinity to another vCPU (the RTE's destination
 # reprogrammed), the disks' MSI-X vectors land on more than one vCPU, and both disks' data

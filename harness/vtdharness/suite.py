@@ -3,7 +3,7 @@
 
   SCENARIO  names from e2e/scenarios/ (default: all of ALL_SCENARIOS): sm-strict sm-lazy
             legacy identity assigned dma-fault hostile refused api hotplug hotplug-assigned
-            irqchip-split intremap x2apic-many, and the kernel axis
+            irqchip-split intremap x2apic-many pit-split, and the kernel axis
             kernel-<5.10|6.1|newest>-<emulated|assigned|intremap> (the other guest kernels; 6.12
             is sm-strict, assigned and intremap); "kernels" stands for the nine of them; and the
             real-device scenarios vfio-legacy-iommufd vfio-sm-iommufd vfio-rebind vfio-noiommu
@@ -58,7 +58,7 @@ VFIO_SCENARIOS = ["vfio-legacy-iommufd", "vfio-sm-iommufd", "vfio-rebind", "vfio
                   "vfio-intx-split-noir"]
 ALL_SCENARIOS = (["sm-strict", "sm-lazy", "legacy", "identity", "assigned", "dma-fault",
                   "hostile", "refused", "api", "hotplug", "hotplug-assigned", "irqchip-split",
-                  "intremap", "x2apic-many"]
+                  "intremap", "x2apic-many", "pit-split"]
                  + KERNEL_SCENARIOS + VFIO_SCENARIOS)
 INNERS = ("vtd-nest", "qemu")
 

@@ -22,7 +22,7 @@ use kvm_ioctls::Kvm;
 use crate::acpi::{self, AcpiConfig, DmarConfig};
 use crate::arch::x86_64::layout::{
     ACPI_PM_SIZE, ACPI_PM_START, COM1_IRQ, COM1_START, DRHD_SIZE, DRHD_START, GED_IRQ, I8042_START,
-    IOAPIC_START, PCI_HOTPLUG_START,
+    IOAPIC_START, PCI_HOTPLUG_START, PIT_GSI, PIT_PORT_B, PIT_START,
 };
 use crate::arch::x86_64::{boot, cpuid, msr, regs};
 use crate::bus::BusDevice;
@@ -35,6 +35,7 @@ use crate::ioapic::{IOAPIC_SIZE, Ioapic, KvmIoapicOutput};
 use crate::legacy::{I8042, PmDevice, VmEvent, VmEventSender};
 use crate::memory;
 use crate::pci_hotplug::PciHotplug;
+use crate::pit::{MonotonicClock, PIT_PORTS, Pit, PortB};
 use crate::running::{ShutdownHook, Vm};
 use crate::serial::SerialDevice;
 use crate::vcpu::{self, ExitCounters, Vcpu};
@@ -202,11 +203,32 @@ impl VmBuilder {
         Ok(ioapic)
     }
 
+    /// The split irqchip's PIT (KVM's in-kernel one needs KVM's PIC): ports 0x40-0x43 and
+    /// 0x61, and a thread raising IRQ0 on GSI 2, stopped with the VM.
+    fn add_pit(&mut self) -> Result<(), Error> {
+        let pit = Arc::new(Pit::new(
+            Box::<MonotonicClock>::default(),
+            self.devices.counters(),
+        ));
+        self.add_pio_device("pit", PIT_START, PIT_PORTS, pit.clone())?;
+        self.add_pio_device("pit-port-b", PIT_PORT_B, 1, Arc::new(PortB(pit.clone())))?;
+        let irq0 = IrqLine::new(self.devices.kvm_vm(), PIT_GSI)?;
+        let mut thread = pit
+            .spawn_irq0(Box::new(irq0))
+            .map_err(|source| Error::Thread {
+                name: "pit-irq0".into(),
+                source,
+            })?;
+        self.add_shutdown_hook(Box::new(move || thread.stop()));
+        Ok(())
+    }
+
     /// Adds the platform devices, writes ACPI tables and boot structures, creates the vCPUs.
     pub fn build(mut self) -> Result<Vm, Error> {
         let ioapic = self.add_platform_devices()?;
         if let Some(ioapic) = &ioapic {
             self.devices.set_ioapic(ioapic.clone());
+            self.add_pit()?;
         }
         let ged = IrqLine::new(self.devices.kvm_vm(), GED_IRQ)?;
         let hotplug_registers = Arc::new(HotplugRegisters::new(Box::new(ged)));

@@ -6,8 +6,8 @@
 //! single INCLUDE_PCI_ALL DRHD already covers, exactly like a boot-time device; the nested
 //! (accel) path wants no bridge between the device and the unit (a bridge would alias
 //! requester ids); and the FADT is hardware-reduced, so the event reaches the guest through a
-//! Generic Event Device (ACPI0013) whose interrupt is a plain legacy line ([`IrqLine`]), the
-//! same path COM1 uses on either irqchip.
+//! Generic Event Device (ACPI0013) whose interrupt is a plain legacy line
+//! ([`crate::interrupt::IrqLine`]), the same path COM1 uses on either irqchip.
 //!
 //! ```text
 //!  API add-disk ─ pci::add_disk_at(slot) ─ announce_add(slot): UP |= bit ─ GED line pulse
@@ -28,7 +28,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::bus::BusDevice;
-use crate::interrupt::IrqLine;
+use crate::interrupt::EdgeLine;
 
 /// Offset of UP: slots added since the last read (read clears).
 pub const REG_UP: u64 = 0;
@@ -40,20 +40,6 @@ pub const REG_EJECT: u64 = 8;
 pub const REGISTER_BLOCK_SIZE: u16 = 12;
 /// The slots that can be hot-plugged (device numbers 1..=31 of bus 0).
 pub const HOTPLUG_SLOTS: std::ops::RangeInclusive<u8> = 1..=31;
-
-/// How the guest is told to look at the registers (the GED's interrupt line).
-pub trait Notify: Send + Sync {
-    /// Raises the event.
-    fn notify(&self);
-}
-
-impl Notify for IrqLine {
-    fn notify(&self) {
-        if let Err(e) = self.trigger() {
-            log_limit::limited!(warn, "Cannot raise the hot-plug event: {e}");
-        }
-    }
-}
 
 #[derive(Debug, Default)]
 struct State {
@@ -68,7 +54,7 @@ struct State {
 pub struct HotplugRegisters {
     state: Mutex<State>,
     ejected: Condvar,
-    notify: Box<dyn Notify>,
+    notify: Box<dyn EdgeLine>,
 }
 
 impl std::fmt::Debug for HotplugRegisters {
@@ -89,7 +75,7 @@ fn slot_bit(slot: u8) -> u32 {
 
 impl HotplugRegisters {
     /// Registers that raise `notify` for each add or eject request.
-    pub fn new(notify: Box<dyn Notify>) -> Self {
+    pub fn new(notify: Box<dyn EdgeLine>) -> Self {
         HotplugRegisters {
             state: Mutex::new(State::default()),
             ejected: Condvar::new(),
@@ -104,7 +90,7 @@ impl HotplugRegisters {
     /// Tells the guest a device now sits at `slot` (ignored outside [`HOTPLUG_SLOTS`]).
     pub fn announce_add(&self, slot: u8) {
         self.lock().up |= slot_bit(slot);
-        self.notify.notify();
+        self.notify.pulse();
     }
 
     /// Asks the guest to release the device at `slot` (ignored outside [`HOTPLUG_SLOTS`]).
@@ -116,7 +102,7 @@ impl HotplugRegisters {
             state.asked |= bit;
             state.ejected &= !bit;
         }
-        self.notify.notify();
+        self.notify.pulse();
     }
 
     /// Waits up to `timeout` for the guest to eject `slot` after [`Self::request_eject`];
@@ -198,8 +184,8 @@ mod tests {
 
     #[derive(Default)]
     struct Count(AtomicU32);
-    impl Notify for Arc<Count> {
-        fn notify(&self) {
+    impl EdgeLine for Arc<Count> {
+        fn pulse(&self) {
             self.0.fetch_add(1, Ordering::Relaxed);
         }
     }

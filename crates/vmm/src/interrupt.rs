@@ -320,6 +320,21 @@ impl GsiRouting {
     }
 }
 
+/// An edge-triggered interrupt line a device pulses (the PIT's IRQ0, the GED's hot-plug
+/// event); [`IrqLine`] in the VMM, a counter in tests.
+pub trait EdgeLine: Send + Sync {
+    /// One edge: one interrupt request.
+    fn pulse(&self);
+}
+
+impl EdgeLine for IrqLine {
+    fn pulse(&self) {
+        if let Err(e) = self.trigger() {
+            log_limit::limited!(warn, "Cannot raise GSI {}: {e}", self.gsi);
+        }
+    }
+}
+
 /// A legacy interrupt line: an eventfd wired to an IOAPIC pin (edge: each write is a pulse).
 #[derive(Debug)]
 pub struct IrqLine {

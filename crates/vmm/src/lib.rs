@@ -12,6 +12,7 @@
 //!        ▼
 //!  VmBuilder::build ── platform devices: COM1 (irqfd → IOAPIC pin 4), ACPI PM block, i8042,
 //!        │             split irqchip: ioapic::Ioapic (RTEs → MSI routes via interrupt::GsiRouting)
+//!        │               and pit::Pit (ports 0x40-0x43, 0x61; IRQ0 → GSI 2 from its own thread)
 //!        │             PCI bus 0 + virtio-blk disks (pci, on the DeviceContext), DMA memory:
 //!        │               plain RAM | iommu::TranslatedMemory | passthrough::AssignedMemory
 //!        │             vfio: --device host functions (whole RAM | shadow | nested DMA)
@@ -52,6 +53,7 @@ pub mod memory;
 pub mod passthrough;
 pub mod pci;
 pub mod pci_hotplug;
+pub mod pit;
 pub mod running;
 pub mod serial;
 pub mod state_signal;

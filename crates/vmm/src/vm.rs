@@ -4,9 +4,9 @@
 //! ```text
 //! Irqchip::InKernel  KVM_CREATE_IRQCHIP (PIC + IOAPIC + LAPICs) + KVM_CREATE_PIT2
 //! Irqchip::Split     KVM_ENABLE_CAP(SPLIT_IRQCHIP, 24 IOAPIC routes): LAPICs in KVM, the IOAPIC
-//!                    in the VMM (crate::ioapic), no PIC and no PIT (KVM refuses a PIT
-//!                    without its PIC with ENOENT since Linux 6.9; a hardware-reduced ACPI
-//!                    guest never programs one, and kvmclock gives it the TSC frequency)
+//!                    and the PIT in the VMM (crate::ioapic, crate::pit: KVM refuses its PIT
+//!                    without its PIC with ENOENT since Linux 6.9), no PIC (the FADT is
+//!                    hardware-reduced)
 //! Irqchip::None      nothing: HLT and all I/O exit to the VMM (tiny test guests)
 //! either irqchip     KVM_ENABLE_CAP(X2APIC_API, 32-bit IDs | no broadcast quirk) when KVM has
 //!                    it: MSI routes carry destination bits 31:8 in address_hi
@@ -111,8 +111,8 @@ pub fn open_kvm_at(path: &std::ffi::CStr) -> Result<Kvm, Error> {
 pub enum Irqchip {
     /// In-kernel PIC, IOAPIC, LAPICs and PIT.
     InKernel,
-    /// LAPICs in KVM, the IOAPIC in the VMM ([`crate::ioapic`]); no PIC, no PIT. What
-    /// interrupt remapping needs: the IOAPIC's messages pass through the vIOMMU.
+    /// LAPICs in KVM, the IOAPIC and the PIT in the VMM ([`crate::ioapic`], [`crate::pit`]);
+    /// no PIC. What interrupt remapping needs: the IOAPIC's messages pass through the vIOMMU.
     Split,
     /// None: HLT and all I/O exit to the VMM (tiny test guests).
     None,

@@ -12,13 +12,14 @@ use vmm::arch::x86_64::layout::ECAM_START;
 use vmm::bus::BusDevice;
 use vmm::config::DiskConfig;
 use vmm::device_context::DeviceContext;
-use vmm::hotplug::{HotplugRegisters, Notify, REG_DOWN, REG_EJECT, REG_UP};
+use vmm::hotplug::{HotplugRegisters, REG_DOWN, REG_EJECT, REG_UP};
+use vmm::interrupt::EdgeLine;
 use vmm::pci_hotplug::{HotplugError, PciHotplug};
 use vmm::vm::{self, Irqchip};
 
 struct Raised(Arc<AtomicU32>);
-impl Notify for Raised {
-    fn notify(&self) {
+impl EdgeLine for Raised {
+    fn pulse(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 }

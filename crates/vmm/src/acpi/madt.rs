@@ -8,7 +8,7 @@ use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
-use crate::arch::x86_64::layout::{IOAPIC_ID, IOAPIC_START, LAPIC_START};
+use crate::arch::x86_64::layout::{IOAPIC_ID, IOAPIC_START, LAPIC_START, PIT_GSI};
 
 /// MADT flags bit 0: the platform also has dual 8259 PICs.
 pub const PCAT_COMPAT: u32 = 1;
@@ -115,7 +115,7 @@ pub fn madt(nr_cpus: u16) -> Sdt {
         length: 10,
         bus: 0,
         source: 0,
-        gsi: 2.into(),
+        gsi: PIT_GSI.into(),
         flags: 0.into(),
     });
     table.append(LocalApicNmi {

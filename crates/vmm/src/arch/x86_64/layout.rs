@@ -77,6 +77,13 @@ pub const PCI_CONFIG_IO_SIZE: u16 = 8;
 pub const COM1_START: u16 = 0x3f8;
 /// ISA IRQ (and IOAPIC pin) of COM1.
 pub const COM1_IRQ: u32 = 4;
+/// PIO: the i8254 PIT's counters 0-2 and mode/command register (split irqchip; KVM's
+/// in-kernel PIT otherwise).
+pub const PIT_START: u16 = 0x40;
+/// PIO: port B of the PC's system control (PIT counter 2's gate and output, speaker).
+pub const PIT_PORT_B: u16 = 0x61;
+/// GSI (IOAPIC pin) of the PIT's IRQ0, as the MADT's interrupt source override says.
+pub const PIT_GSI: u32 = 2;
 /// PIO: i8042 controller (data 0x60, command/status 0x64).
 pub const I8042_START: u16 = 0x60;
 /// PIO: the ACPI power-management block (sleep control, sleep status, reset).
