@@ -1,7 +1,8 @@
 """The initramfs of every guest: L2's (the prepared base plus the wrapper init and the test's
 script) and L1's (base, QEMU bundle, VFIO module sets, this batch's jobs, L2 kernels, the VMM).
 
-    l2_initrd:  l2[-<tag>]/base.cpio + { /init = e2e/lib/l2-init, /e2e-init = the job's script }
+    l2_initrd:  l2[-<tag>]/base.cpio + { /init = e2e/lib/l2-init, /e2e-init = the job's script,
+                /bin/portio = e2e/guest/portio.c built static }
     l1_initrd:  l1/base.cpio [+ l1/qemu.cpio] [+ l1/vfio-<set>.cpio]... + { /init = l1-init,
                 /e2e/jobs/NN/{name,timeout,args,initrd,...}, /l2*/vmlinuz, /bin/vtd-nest, ... }
 
@@ -10,13 +11,16 @@ Archives concatenate: the kernel unpacks each in turn.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from .batch import Batch, Job, render_command, vfio_bdf
-from .common import E2E_LIB, HarnessError, cpio_of_dir, e2e_cache, l2_dir
+from .common import E2E_DIR, E2E_LIB, HarnessError, cpio_of_dir, e2e_cache, l2_dir
+
+PORTIO_SOURCE = E2E_DIR / "guest" / "portio.c"
 
 
 def _concat(out: Path, parts: list[Path]) -> None:
@@ -24,6 +28,27 @@ def _concat(out: Path, parts: list[Path]) -> None:
         for p in parts:
             with open(p, "rb") as src:
                 shutil.copyfileobj(src, f, 1 << 20)
+
+
+def portio_binary() -> Path:
+    """The guests' port I/O tool, built static with the host's C compiler once per version of
+    its source (kept in the e2e cache under the source's hash)."""
+    digest = hashlib.sha256(PORTIO_SOURCE.read_bytes()).hexdigest()[:16]
+    binary = e2e_cache() / "tools" / f"portio-{digest}"
+    if binary.is_file():
+        return binary
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    partial = binary.with_suffix(".partial")
+    try:
+        proc = subprocess.run(["cc", "-static", "-nostdlib", "-Os", "-s", "-fno-stack-protector",
+                               "-fno-asynchronous-unwind-tables", "-o", str(partial),
+                               str(PORTIO_SOURCE)], capture_output=True, text=True, check=False)
+    except FileNotFoundError as e:
+        raise HarnessError("no C compiler (cc) to build e2e/guest/portio.c") from e
+    if proc.returncode != 0:
+        raise HarnessError(f"cannot build e2e/guest/portio.c: {proc.stderr.strip()}")
+    partial.replace(binary)
+    return binary
 
 
 def l2_initrd(init: Path, out: Path, tag: str = "") -> None:
@@ -34,8 +59,10 @@ def l2_initrd(init: Path, out: Path, tag: str = "") -> None:
         r = Path(root)
         shutil.copyfile(E2E_LIB / "l2-init", r / "init")
         shutil.copyfile(init, r / "e2e-init")
-        (r / "init").chmod(0o755)
-        (r / "e2e-init").chmod(0o755)
+        (r / "bin").mkdir()
+        shutil.copyfile(portio_binary(), r / "bin" / "portio")
+        for tool in ("init", "e2e-init", "bin/portio"):
+            (r / tool).chmod(0o755)
         extra = Path(f"{out}.extra")
         cpio_of_dir(r, extra)
     _concat(out, [base, extra])

@@ -21,8 +21,8 @@ use kvm_ioctls::Kvm;
 
 use crate::acpi::{self, AcpiConfig, DmarConfig};
 use crate::arch::x86_64::layout::{
-    ACPI_PM_SIZE, ACPI_PM_START, COM1_IRQ, COM1_START, DRHD_SIZE, DRHD_START, GED_IRQ, I8042_START,
-    IOAPIC_START, PCI_HOTPLUG_START, PIT_GSI, PIT_PORT_B, PIT_START,
+    ACPI_PM_SIZE, ACPI_PM_START, COM1_IRQ, COM1_START, DRHD_SIZE, DRHD_START, GED_IRQ,
+    I8042_COMMAND, IOAPIC_START, PCI_HOTPLUG_START, PIT_GSI, PIT_PORT_B, PIT_START,
 };
 use crate::arch::x86_64::{boot, cpuid, msr, regs};
 use crate::bus::BusDevice;
@@ -199,7 +199,7 @@ impl VmBuilder {
         let pm = Arc::new(PmDevice::new(self.events.clone()));
         self.add_pio_device("acpi-pm", ACPI_PM_START, ACPI_PM_SIZE, pm)?;
         let i8042 = Arc::new(I8042::new(self.events.clone()));
-        self.add_pio_device("i8042", I8042_START, 5, i8042)?;
+        self.add_pio_device("i8042", I8042_COMMAND, 1, i8042)?;
         Ok(ioapic)
     }
 

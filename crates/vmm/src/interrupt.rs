@@ -18,7 +18,7 @@
 //! its interrupt entries). With the in-kernel irqchip the table also keeps KVM's default PIC and
 //! IOAPIC routes for GSIs 0..24; with the split irqchip GSIs 0..24 are the IOAPIC pins' MSIs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use kvm_bindings::{
@@ -241,6 +241,9 @@ struct RoutingState {
     sources: BTreeMap<u32, MsiSource>,
     remap: Arc<dyn MsiRemap>,
     next_gsi: u32,
+    /// GSIs given back by dropped vectors (hot-unplugged devices), handed out again lowest
+    /// first, so add/remove cycles never run out.
+    released: BTreeSet<u32>,
 }
 
 impl std::fmt::Debug for GsiRouting {
@@ -261,19 +264,30 @@ impl GsiRouting {
                 sources: BTreeMap::new(),
                 remap: Arc::new(IdentityRemap),
                 next_gsi: IOAPIC_PINS,
+                released: BTreeSet::new(),
             }),
         }
     }
 
-    /// Reserves a GSI for an MSI vector.
+    /// Reserves a GSI for an MSI vector: a released one if any, else the next unused one.
     pub fn allocate_gsi(&self) -> Result<u32, Error> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(gsi) = state.released.pop_first() {
+            return Ok(gsi);
+        }
         if state.next_gsi > MAX_GSI {
             return Err(Error::NoGsi);
         }
         let gsi = state.next_gsi;
         state.next_gsi += 1;
         Ok(gsi)
+    }
+
+    /// Gives back a GSI that no longer has a route or an irqfd.
+    fn release_gsi(&self, gsi: u32) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        debug_assert!(!state.sources.contains_key(&gsi), "GSI {gsi} still routed");
+        state.released.insert(gsi);
     }
 
     /// How many MSI routes the table holds (a live-object count: a dropped vector takes its
@@ -504,15 +518,17 @@ impl MsiVector {
 
 impl Drop for MsiVector {
     /// A vector that goes (its device was unplugged, or the VM stops) takes its irqfd and its
-    /// GSI route with it.
+    /// GSI route with it, and gives the GSI back for the next device.
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if state.irqfd {
-            let _ = self.vm.unregister_irqfd(&self.evt, self.gsi);
+        if state.irqfd && self.vm.unregister_irqfd(&self.evt, self.gsi).is_err() {
+            // Still wired to this GSI in KVM: never hand it out again.
+            return;
         }
-        if state.msi.is_some() {
-            let _ = self.routing.set_msi_route(self.gsi, None);
+        if state.routed.is_some() && self.routing.set_msi_route(self.gsi, None).is_err() {
+            return;
         }
+        self.routing.release_gsi(self.gsi);
     }
 }
 

@@ -57,8 +57,22 @@ fn msi_routes_irqfds_and_ioeventfds() {
         1,
         "vector 1 is masked: only vector 0 has a route"
     );
-    // A device that goes (hot-unplug) drops its vectors: their routes and irqfds go too.
+    // A device that goes (hot-unplug) drops its vectors: their routes and irqfds go too, and
+    // their GSIs (24, 25; 26 was taken above) are handed out again, lowest first.
     drop(msix);
+    assert_eq!(routing.msi_routes(), 0);
+    assert_eq!(routing.allocate_gsi().unwrap(), 24);
+    // Hot-plug cycles far beyond the GSI space (1000 above the IOAPIC's 24) never run out.
+    for cycle in 0..3000u32 {
+        let device = KvmMsiController::new(vm.clone(), routing.clone(), SourceId::new(0, 2, 0));
+        device
+            .configure(0, msg, false)
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        device
+            .configure(1, msg, true)
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        device.trigger(0);
+    }
     assert_eq!(routing.msi_routes(), 0);
 
     let doorbell = EventFd::new(EFD_NONBLOCK).unwrap();

@@ -84,8 +84,9 @@ pub const PIT_START: u16 = 0x40;
 pub const PIT_PORT_B: u16 = 0x61;
 /// GSI (IOAPIC pin) of the PIT's IRQ0, as the MADT's interrupt source override says.
 pub const PIT_GSI: u32 = 2;
-/// PIO: i8042 controller (data 0x60, command/status 0x64).
-pub const I8042_START: u16 = 0x60;
+/// PIO: the i8042 controller's command/status port (its data port, 0x60, is not emulated:
+/// the status never reports data, and port B at 0x61 sits between the two).
+pub const I8042_COMMAND: u16 = 0x64;
 /// PIO: the ACPI power-management block (sleep control, sleep status, reset).
 pub const ACPI_PM_START: u16 = 0x600;
 /// PIO: size of the ACPI power-management block.
