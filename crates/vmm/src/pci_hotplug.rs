@@ -64,6 +64,9 @@ pub struct PciHotplug {
     bus: Arc<PciBus>,
     registers: Arc<HotplugRegisters>,
     attached: Mutex<Attached>,
+    /// One add or remove at a time (a remove holds it while the guest ejects), so two removes
+    /// of one id, or a remove and an add that reuses its slot, never interleave.
+    operation: Mutex<()>,
 }
 
 impl std::fmt::Debug for PciHotplug {
@@ -102,7 +105,12 @@ impl PciHotplug {
                 slots: boot.into_iter().collect(),
                 next_disk: boot_disks,
             }),
+            operation: Mutex::new(()),
         }
+    }
+
+    fn one_operation(&self) -> MutexGuard<'_, ()> {
+        self.operation.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Attached> {
@@ -137,6 +145,7 @@ impl PciHotplug {
 
     /// Adds `disk` at the lowest free slot and tells the guest; returns its id and slot.
     pub fn add_disk(&self, disk: &DiskConfig) -> Result<(String, u8), HotplugError> {
+        let _operation = self.one_operation();
         let mut attached = self.lock();
         let slot = self.free_slot()?;
         let index = attached.next_disk;
@@ -194,6 +203,7 @@ impl PciHotplug {
     /// Adds the VFIO host function of `config` (its id must be free) at the lowest free slot
     /// and tells the guest; returns its slot.
     pub fn add_vfio(&self, config: &DeviceConfig) -> Result<u8, HotplugError> {
+        let _operation = self.one_operation();
         let mut attached = self.lock();
         let slot = self.free_slot()?;
         let id = config.id.clone();
@@ -219,6 +229,7 @@ impl PciHotplug {
     /// Asks the guest to release device `id` and, once it ejects (within `timeout`), takes it
     /// off the bus with everything it holds.
     pub fn remove(&self, id: &str, timeout: Duration) -> Result<u8, HotplugError> {
+        let _operation = self.one_operation();
         let slot = self
             .slot(id)
             .ok_or_else(|| HotplugError::UnknownId(id.to_owned()))?;

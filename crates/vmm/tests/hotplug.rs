@@ -329,3 +329,104 @@ fn the_api_adds_and_removes_a_disk_and_the_state_report_follows() {
     assert_eq!(reply.status, 404, "{}", reply.body);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Over the socket, with the server's own threads: while a remove-device waits for the guest,
+/// vm.info is answered, and a second remove of the same device waits its turn and then finds
+/// the device gone (404) instead of ejecting a slot twice.
+#[test]
+fn the_api_answers_while_a_remove_waits_for_the_guest() {
+    use vmm::api::remote::{self, Action, Remote};
+    use vmm::api::{ApiContext, ApiServer, ApiSocket, client};
+    use vmm::config::VmConfig;
+    use vmm::control::{VcpuGate, VmControl};
+
+    let Some((image, devices, _unit)) = rig("hotplug-api-threads", "x-scalable-mode=on") else {
+        return;
+    };
+    let dir = image.parent().unwrap().to_path_buf();
+    let bus = vmm::pci::add_bus(&devices).unwrap();
+    let registers = Arc::new(HotplugRegisters::new(Box::new(Raised(Arc::default()))));
+    let devices = Arc::new(devices);
+    let hotplug = Arc::new(PciHotplug::new(
+        devices.clone(),
+        bus,
+        registers.clone(),
+        Vec::new(),
+        0,
+    ));
+    let disk = DiskConfig {
+        path: image.clone(),
+        readonly: false,
+        iommu: true,
+        assigned: None,
+        indirect_desc: false,
+    };
+    hotplug.add_disk(&disk).unwrap();
+    let (control, _requests) = VmControl::new(Arc::new(VcpuGate::new()));
+    let context = ApiContext {
+        config: VmConfig::new(dir.join("kernel")),
+        control,
+        counters: devices.counters().clone(),
+        iommu: None,
+        hotplug: Some(hotplug.clone()),
+    };
+    let socket = dir.join("api.sock");
+    let server = ApiServer::start(ApiSocket::bind(&socket).unwrap(), context).unwrap();
+    let run = |action| {
+        remote::run(&Remote {
+            socket: socket.clone(),
+            action,
+            json: true,
+        })
+    };
+
+    let first = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            client::request(
+                &socket,
+                "PUT",
+                "vm.remove-device",
+                "application/json",
+                Some(r#"{"id":"disk0"}"#),
+            )
+            .map(|answer| answer.status)
+        })
+    };
+    // The guest's view: the down register (cleared by the read) names slot 1.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut down = 0;
+    while down == 0 && std::time::Instant::now() < deadline {
+        down = read(&registers, REG_DOWN);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(down, 1 << 1, "the eject of slot 1 is requested");
+    let info = run(Action::Info).expect("vm.info while the remove waits");
+    assert!(info.contains("\"cpus\""), "{info}");
+    assert!(
+        !first.is_finished(),
+        "the first remove still waits for the guest"
+    );
+    let second = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            client::request(
+                &socket,
+                "PUT",
+                "vm.remove-device",
+                "application/json",
+                Some(r#"{"id":"disk0"}"#),
+            )
+            .map(|answer| answer.status)
+        })
+    };
+    // Give the second request time to reach a serving thread before the guest ejects (its
+    // answer is 404 either way once the first remove is done).
+    std::thread::sleep(Duration::from_millis(200));
+    registers.write(REG_EJECT, &down.to_le_bytes());
+    assert_eq!(first.join().unwrap().unwrap(), 204);
+    assert_eq!(second.join().unwrap().unwrap(), 404);
+    assert!(hotplug.ids().is_empty());
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -4,7 +4,9 @@
 //! ```text
 //!  vtd-nest remote ─ client::request ─► socket (0600, socket::ApiSocket) ─► tiny_http accept
 //!                                                                            thread + pool
-//!  ApiServer thread: recv ─► routes::handle(ApiContext, method, endpoint, body)
+//!  ApiServer threads (SERVING_THREADS, each: recv ─► answer), so a remove-device waiting for
+//!  the guest holds one of them and the others keep answering:
+//!     routes::handle(ApiContext, method, endpoint, body)
 //!     GET  vm.info, vm.counters, vm.iommu-state ─► config, Counters, iommu_state::Reporter
 //!     PUT  vm.pause, vm.resume, vm.shutdown     ─► control::VmControl ─► Vm::run's wait loop
 //!     PUT  vm.add-disk, vm.add-device, vm.remove-device ─► validated by config's parsers,
@@ -33,11 +35,14 @@ pub use socket::{ApiSocket, SocketError};
 /// The largest request body read (the largest valid body is a few hundred bytes).
 pub const MAX_BODY: u64 = 64 << 10;
 
-/// The API server: its thread answers requests until dropped; dropping it also removes the
+/// How many requests are answered at once.
+pub const SERVING_THREADS: usize = 4;
+
+/// The API server: its threads answer requests until dropped; dropping it also removes the
 /// socket file.
 pub struct ApiServer {
     server: Option<Arc<tiny_http::Server>>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
     socket: ApiSocket,
 }
 
@@ -60,7 +65,7 @@ pub struct StartError {
 }
 
 impl ApiServer {
-    /// Serves `context` on `socket` from a thread of its own.
+    /// Serves `context` on `socket` from [`SERVING_THREADS`] threads of its own.
     pub fn start(mut socket: ApiSocket, context: ApiContext) -> Result<Self, StartError> {
         let path = socket.path().to_owned();
         let fail = |why: String| StartError {
@@ -73,16 +78,21 @@ impl ApiServer {
         let server = Arc::new(
             tiny_http::Server::from_listener(listener, None).map_err(|e| fail(e.to_string()))?,
         );
-        let serving = server.clone();
-        let thread = std::thread::Builder::new()
-            .name("api".into())
-            .spawn(move || serve(&serving, &context))
-            .map_err(|e| fail(e.to_string()))?;
-        Ok(ApiServer {
-            server: Some(server),
-            thread: Some(thread),
+        let context = Arc::new(context);
+        let mut started = ApiServer {
+            server: Some(server.clone()),
+            threads: Vec::with_capacity(SERVING_THREADS),
             socket,
-        })
+        };
+        for i in 0..SERVING_THREADS {
+            let (serving, context) = (server.clone(), context.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("api-{i}"))
+                .spawn(move || serve(&serving, &context))
+                .map_err(|e| fail(e.to_string()))?;
+            started.threads.push(thread);
+        }
+        Ok(started)
     }
 }
 
@@ -95,8 +105,11 @@ fn serve(server: &tiny_http::Server, context: &ApiContext) {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {
-            server.unblock();
-            if let Some(thread) = self.thread.take() {
+            // One unblock per thread: each takes one when it next waits for a request.
+            for _ in &self.threads {
+                server.unblock();
+            }
+            for thread in self.threads.drain(..) {
                 let _ = thread.join();
             }
             // Dropping the server sets its close flag; its accept thread sees it on the next
