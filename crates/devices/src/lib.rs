@@ -31,6 +31,7 @@
 
 pub mod bus;
 pub mod interrupt;
+pub mod io_gate;
 pub mod pci;
 pub mod virtio;
 

@@ -17,7 +17,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 /// What the API asks of the running VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
-    /// Stop every vCPU (parked outside KVM_RUN) until resumed.
+    /// Stop every vCPU (parked outside KVM_RUN) and every emulated device's I/O (its batch in
+    /// progress finished, nothing new started) until resumed.
     Pause,
     /// Let parked vCPUs run again.
     Resume,
@@ -37,6 +38,9 @@ pub enum ControlError {
     /// A vCPU did not leave KVM_RUN in time.
     #[error("vCPU threads did not stop within {0} seconds; the VM keeps running")]
     PauseTimeout(u64),
+    /// A device's I/O thread did not finish its work in progress in time.
+    #[error("Device I/O did not stop within {0} seconds; the VM keeps running")]
+    DevicesBusy(u64),
     /// The VM has stopped (or is stopping).
     #[error("The VM is stopping")]
     Stopped,

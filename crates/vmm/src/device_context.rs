@@ -20,6 +20,7 @@ use crate::iommu_state::HostBindings;
 use crate::passthrough::{self, Passthrough};
 use crate::vcpu::IoBuses;
 use crate::vm::KvmVm;
+use devices::io_gate::IoGate;
 
 /// The VM as device wiring sees it.
 pub struct DeviceContext {
@@ -33,6 +34,7 @@ pub struct DeviceContext {
     host_bindings: Mutex<Vec<HostBindings>>,
     passthrough: OnceLock<Arc<Passthrough>>,
     vfio_hosts: crate::vfio::VfioHosts,
+    io_gate: Arc<IoGate>,
 }
 
 impl std::fmt::Debug for DeviceContext {
@@ -58,7 +60,14 @@ impl DeviceContext {
             host_bindings: Mutex::new(Vec::new()),
             passthrough: OnceLock::new(),
             vfio_hosts: crate::vfio::VfioHosts::default(),
+            io_gate: Arc::new(IoGate::new()),
         }
+    }
+
+    /// The gate every emulated device's I/O thread passes; a pause closes it once the vCPUs
+    /// are parked.
+    pub fn io_gate(&self) -> &Arc<IoGate> {
+        &self.io_gate
     }
 
     /// Records where passthrough devices' host state lives, for the vIOMMU state report.

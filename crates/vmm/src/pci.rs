@@ -191,6 +191,7 @@ pub(crate) fn add_disk<M: GuestMemory + Clone + Send + Sync + 'static>(
     let mut device = VirtioPciDevice::new(Box::new(block), memory, msi, options)
         .map_err(|source| Error::Transport { index, source })?;
     device.set_ioevent_registrar(Arc::new(devices.io_events()));
+    device.set_io_gate(devices.io_gate().clone());
     let device: SharedPciDevice = Arc::new(Mutex::new(device));
     bus.add_device_at(slot, device)
         .map_err(|source| Error::Bus { index, source })?;

@@ -5,7 +5,8 @@
 //!  Vm::run ─ spawn vcpuN threads ─ KVM_RUN loop ─ power-off / reset / error ─> VmEvent ─┐
 //!     │                                                                                 │
 //!     └─ wait_for_stop (VmEvent, or a stop signal polled every stop_signals::POLL) <────┘
-//!          │  (also serves control::Request: pause = park every vCPU, resume, shutdown)
+//!          │  (also serves control::Request: pause = park every vCPU, then close the devices'
+//!          │   IoGate and wait for their batches in progress; resume; shutdown)
 //!          ─> stop flag, kick (signal) and join the vCPUs ─> shutdown hooks ─> VmExit
 //! ```
 
@@ -16,6 +17,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::signal::Killable;
+
+use devices::io_gate::IoGate;
 
 use crate::control::{ControlError, ControlRequest, Request, VcpuGate, VmControl};
 use crate::counters::Counters;
@@ -84,6 +87,16 @@ pub fn wait_for_stop_or_request(
 
 /// How long a pause waits for every vCPU to leave KVM_RUN.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// With the vCPUs parked, closes the devices' I/O gate and waits for the batches in progress;
+/// if they do not end in time, the VM runs on.
+fn quiesce(gate: &VcpuGate, io_gate: &IoGate) -> Result<(), ControlError> {
+    if io_gate.close(PAUSE_TIMEOUT) {
+        return Ok(());
+    }
+    gate.resume();
+    Err(ControlError::DevicesBusy(PAUSE_TIMEOUT.as_secs()))
+}
 
 /// Kicks the vCPU threads that are neither parked nor finished until all are, or the timeout.
 fn park_vcpus(gate: &VcpuGate, threads: &[JoinHandle<()>]) -> Result<(), ControlError> {
@@ -202,6 +215,7 @@ impl Vm {
                 &self.receiver,
                 &self.requests,
                 &gate,
+                self.devices.io_gate(),
                 &threads,
                 crate::stop_signals::take,
             )),
@@ -247,6 +261,7 @@ pub fn serve_until_stop(
     receiver: &Receiver<VmEvent>,
     requests: &Receiver<ControlRequest>,
     gate: &VcpuGate,
+    io_gate: &IoGate,
     threads: &[JoinHandle<()>],
     signal: impl Fn() -> Option<i32>,
 ) -> Stop {
@@ -257,9 +272,15 @@ pub fn serve_until_stop(
         };
         let answer = match request {
             Request::Pause if !gate.request_pause() => Err(ControlError::AlreadyPaused),
-            Request::Pause => park_vcpus(gate, threads),
-            Request::Resume if gate.resume() => Ok(()),
-            Request::Resume => Err(ControlError::NotPaused),
+            Request::Pause => park_vcpus(gate, threads).and_then(|()| quiesce(gate, io_gate)),
+            Request::Resume => {
+                io_gate.open();
+                if gate.resume() {
+                    Ok(())
+                } else {
+                    Err(ControlError::NotPaused)
+                }
+            }
             Request::Shutdown => {
                 let _ = reply.send(Ok(()));
                 return Stop::Request(ControlRequest { request, reply });

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::channel;
 use std::time::Duration;
 
+use devices::io_gate::IoGate;
 use serde_json::Value;
 use test_fixtures::Mem;
 use test_fixtures::tables::{PageTable, Stage, Tables, fs_entry};
@@ -92,8 +93,9 @@ fn every_endpoint_over_the_socket() {
     let (control, requests) = VmControl::new(gate.clone());
     let (_events, receiver) = channel::<VmEvent>();
     let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let io_gate = Arc::new(IoGate::new());
     let vm = {
-        let (gate, counts) = (gate.clone(), counts.clone());
+        let (gate, counts, io_gate) = (gate.clone(), counts.clone(), io_gate.clone());
         std::thread::spawn(move || {
             let threads: Vec<_> = (0..2)
                 .map(|i| {
@@ -106,7 +108,7 @@ fn every_endpoint_over_the_socket() {
                     })
                 })
                 .collect();
-            let stop = serve_until_stop(&receiver, &requests, &gate, &threads, || None);
+            let stop = serve_until_stop(&receiver, &requests, &gate, &io_gate, &threads, || None);
             gate.stop();
             for t in threads {
                 t.join().unwrap();
@@ -158,8 +160,11 @@ fn every_endpoint_over_the_socket() {
     assert!(text.contains("translation_type: first-stage"), "{text}");
     assert!(text.contains("mode: scalable"), "{text}");
 
-    // Pause: both threads parked (their counts stand still), resume: they go on.
+    // Pause: both threads parked (their counts stand still) and the devices' I/O gate closed;
+    // resume: they go on.
+    assert!(!io_gate.is_closed());
     assert_eq!(remote(&socket, Action::Pause, false).unwrap(), "");
+    assert!(io_gate.is_closed(), "a pause closes the devices' I/O gate");
     let frozen = steps(&counts);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(steps(&counts), frozen, "paused threads ran");
@@ -172,6 +177,7 @@ fn every_endpoint_over_the_socket() {
         "The VMM refused the request: The VM is already paused"
     );
     assert_eq!(remote(&socket, Action::Resume, false).unwrap(), "");
+    assert!(!io_gate.is_closed(), "a resume opens it");
     while steps(&counts)
         .iter()
         .zip(frozen)

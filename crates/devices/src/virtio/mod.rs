@@ -24,6 +24,8 @@ use thiserror::Error;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::io_gate::IoGate;
+
 /// "No vector" value for the config and queue MSI-X vector registers.
 pub const VIRTIO_MSI_NO_VECTOR: u16 = 0xffff;
 
@@ -73,6 +75,8 @@ pub struct Activation<M> {
     /// device must not touch guest memory; when it becomes true again the transport signals
     /// every queue's notify eventfd so pending work is picked up.
     pub dma_enabled: Arc<AtomicBool>,
+    /// The gate the device's I/O thread passes before each batch of work.
+    pub io_gate: Arc<IoGate>,
 }
 
 /// Errors activating a device.

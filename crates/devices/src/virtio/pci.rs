@@ -38,6 +38,7 @@ use super::{
 };
 use crate::bus::{le_value, put_le_value, read_from_image};
 use crate::interrupt::{MsiController, lock};
+use crate::io_gate::IoGate;
 use crate::pci::{
     BarKind, BarSpec, ConfigError, IoEventRegistrar, MsixConfig, MsixError, MsixLayout,
     PciConfiguration, PciDevice, PciIds,
@@ -233,6 +234,7 @@ pub struct VirtioPciDevice<M> {
     activated: bool,
     registrar: Option<Arc<dyn IoEventRegistrar>>,
     bar0: Option<u64>,
+    io_gate: Arc<IoGate>,
 }
 
 impl<M> std::fmt::Debug for VirtioPciDevice<M> {
@@ -376,8 +378,14 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
             activated: false,
             registrar: None,
             bar0: None,
+            io_gate: Arc::new(IoGate::new()),
             device,
         })
+    }
+
+    /// Puts the device's I/O thread behind `gate` (the VM's, which pause closes).
+    pub fn set_io_gate(&mut self, gate: Arc<IoGate>) {
+        self.io_gate = gate;
     }
 
     /// Sets who (re)registers the queue-notify ioeventfds when BAR0 is mapped or moved.
@@ -626,6 +634,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioPciDevice<M> {
             interrupt: self.shared.clone(),
             acked_features: self.driver_features,
             dma_enabled: self.shared.bus_master.clone(),
+            io_gate: self.io_gate.clone(),
         })
     }
 

@@ -20,7 +20,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use thiserror::Error;
@@ -35,6 +35,7 @@ use super::{
     ActivateError, Activation, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice,
 };
 use crate::bus::read_from_image;
+use crate::io_gate::IoGate;
 use request::{Completion, Disk, SECTOR_SIZE};
 use worker::Worker;
 pub use worker::{Serviced, service_queue};
@@ -213,6 +214,8 @@ impl BlockCounters {
 
 struct RunningWorker {
     kill: EventFd,
+    stopping: Arc<AtomicBool>,
+    io_gate: Arc<IoGate>,
     thread: JoinHandle<()>,
 }
 
@@ -321,6 +324,10 @@ impl<M> Block<M> {
 
     fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {
+            // A thread held at a closed gate (the VM is paused) sees its flag; one in its
+            // event loop sees the kill.
+            worker.stopping.store(true, Ordering::SeqCst);
+            worker.io_gate.wake();
             if let Err(error) = worker.kill.write(1) {
                 tracing::error!(%error, "Cannot stop the virtio-blk I/O thread");
             }
@@ -367,6 +374,8 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioDevice<M> for Block<M
             return Err(ActivateError::NoQueues);
         }
         let kill = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::EventFd)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let io_gate = activation.io_gate.clone();
         let worker = Worker {
             memory: activation.memory,
             needs_reset: false,
@@ -382,12 +391,19 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VirtioDevice<M> for Block<M
             kill: kill.try_clone().map_err(ActivateError::EventFd)?,
             max_segments: self.max_segments(),
             dma_enabled: activation.dma_enabled,
+            io_gate: activation.io_gate,
+            stopping: stopping.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(String::from("virtio-blk"))
             .spawn(move || worker.run())
             .map_err(ActivateError::Thread)?;
-        self.worker = Some(RunningWorker { kill, thread });
+        self.worker = Some(RunningWorker {
+            kill,
+            stopping,
+            io_gate,
+            thread,
+        });
         Ok(())
     }
 

@@ -15,6 +15,8 @@ use vm_memory::{
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::tempfile::TempFile;
 
+use crate::io_gate::IoGate;
+
 use super::request::Disk;
 use super::worker::Worker;
 use super::*;
@@ -195,6 +197,8 @@ fn worker<M: GuestMemory>(
         max_segments: 8,
         needs_reset: false,
         dma_enabled: Arc::new(AtomicBool::new(true)),
+        io_gate: Arc::new(IoGate::new()),
+        stopping: Arc::new(AtomicBool::new(false)),
     };
     (worker, interrupt, counters)
 }
@@ -818,15 +822,27 @@ fn unreadable_avail_entries_end_the_pass() {
     assert_eq!(driver.used_idx(), 0);
 }
 
-#[test]
-fn activated_device_runs_its_own_thread() {
-    let memory = ram();
-    let image = disk_image();
+/// Waits (bounded) until the used index reaches `n`; asserts behaviour, not timing.
+fn wait_used(driver: &Driver<'_>, n: u16) -> u16 {
+    for _ in 0..10_000 {
+        if driver.used_idx() >= n {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    driver.used_idx()
+}
+
+/// A block device activated on one queue behind `gate`: the device, its kick, its interrupt.
+fn activated(
+    memory: &GuestMemoryMmap,
+    image: &TempFile,
+    gate: Arc<IoGate>,
+) -> (Block<GuestMemoryMmap>, EventFd, Arc<FakeInterrupt>) {
     let mut block = Block::<GuestMemoryMmap>::new(&BlockConfig::new(image.as_path())).unwrap();
     let interrupt = Arc::new(FakeInterrupt::default());
     let notify = EventFd::new(EFD_NONBLOCK).unwrap();
     let kick = notify.try_clone().unwrap();
-    let mut driver = Driver::new(&memory);
     block
         .activate(Activation {
             memory: memory.clone(),
@@ -838,25 +854,63 @@ fn activated_device_runs_its_own_thread() {
             interrupt: interrupt.clone(),
             acked_features: 0,
             dma_enabled: Arc::new(AtomicBool::new(true)),
+            io_gate: gate,
         })
         .unwrap();
+    (block, kick, interrupt)
+}
+
+#[test]
+fn activated_device_runs_its_own_thread() {
+    let memory = ram();
+    let image = disk_image();
+    let mut driver = Driver::new(&memory);
+    let (mut block, kick, interrupt) = activated(&memory, &image, Arc::new(IoGate::new()));
     driver.header(HEADER, VIRTIO_BLK_T_GET_ID, 0);
     driver.chain(&[(HEADER, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
     kick.write(1).unwrap();
-    // Wait (bounded) for the completion; this asserts behaviour, not timing.
-    for _ in 0..10_000 {
-        if driver.used_idx() == 1 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    assert_eq!(driver.used_idx(), 1);
+    assert_eq!(wait_used(&driver, 1), 1);
     assert_eq!(driver.byte(STATUS), VIRTIO_BLK_S_OK as u8);
     block.reset();
     let stats = block.counters().snapshot();
     assert_eq!(stats.requests, 1);
     assert!(stats.notifications <= 1);
     assert_eq!(*lock(&interrupt.queue_signals), vec![0]);
+}
+
+#[test]
+fn a_closed_io_gate_holds_the_queue_until_opened_and_stop_still_works() {
+    let memory = ram();
+    let image = disk_image();
+    let mut driver = Driver::new(&memory);
+    let gate = Arc::new(IoGate::new());
+    let (mut block, kick, _) = activated(&memory, &image, gate.clone());
+    assert!(
+        gate.close(std::time::Duration::from_secs(10)),
+        "an idle device"
+    );
+    // A request the guest posted (and kicked) before its vCPUs were parked.
+    driver.header(HEADER, VIRTIO_BLK_T_GET_ID, 0);
+    driver.chain(&[(HEADER, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
+    kick.write(1).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        driver.used_idx(),
+        0,
+        "nothing is processed while the gate is closed"
+    );
+    assert_eq!(block.counters().snapshot().requests, 0);
+    gate.open();
+    assert_eq!(wait_used(&driver, 1), 1, "processed once the gate opens");
+
+    // Stopping a device whose thread waits at a closed gate does not hang.
+    assert!(gate.close(std::time::Duration::from_secs(10)));
+    driver.header(HEADER, VIRTIO_BLK_T_GET_ID, 0);
+    driver.chain(&[(HEADER, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
+    kick.write(1).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    block.reset();
+    assert_eq!(driver.used_idx(), 1, "the held request was never processed");
 }
 
 /// A small deterministic generator for hostile-input tests (xorshift64*).

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  epoll ── kill EventFd ───────────────► exit
-//!        └─ queue q notify EventFd ─────► drain avail ring: walk chain ─► execute ─► used ring
+//!        └─ queue q notify EventFd ─► IoGate::enter (waits while the VM is paused; the stop
+//!             flag set: exit) ─► drain avail ring: walk chain ─► execute ─► used ring
 //!                                          (at most 2 x queue size per wakeup, then re-arm)
 //!                                        ─► needs_notification? ─► signal_queue(q) (MSI-X)
 //!  a ring unusable (bad avail index; descriptor table, avail or used ring not translatable)
@@ -26,6 +27,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::BlockCounters;
 use super::request::{Disk, RequestError, execute, walk_chain};
+use crate::io_gate::IoGate;
 use crate::virtio::{ActiveQueue, VirtioInterrupt};
 
 const KILL_TOKEN: u64 = u64::MAX;
@@ -42,6 +44,10 @@ pub(super) struct Worker<M> {
     /// A ring failed: nothing is processed until the driver resets the device.
     pub(super) needs_reset: bool,
     pub(super) dma_enabled: Arc<AtomicBool>,
+    /// Passed before each batch (see [`IoGate`]).
+    pub(super) io_gate: Arc<IoGate>,
+    /// Set when the device stops the thread (with a kill and an [`IoGate::wake`]).
+    pub(super) stopping: Arc<AtomicBool>,
 }
 
 impl<M: GuestMemory> Worker<M> {
@@ -56,8 +62,14 @@ impl<M: GuestMemory> Worker<M> {
             }
         };
         // Work may have been queued before the thread started.
-        for position in 0..self.queues.len() {
-            self.process_queue(position);
+        {
+            let gate = self.io_gate.clone();
+            let Some(_pass) = gate.enter(&self.stopping) else {
+                return;
+            };
+            for position in 0..self.queues.len() {
+                self.process_queue(position);
+            }
         }
         let mut events = vec![EpollEvent::default(); self.queues.len() + 1];
         loop {
@@ -69,13 +81,16 @@ impl<M: GuestMemory> Worker<M> {
                     return;
                 }
             };
+            if events[..count].iter().any(|e| e.data() == KILL_TOKEN) {
+                return;
+            }
+            let gate = self.io_gate.clone();
+            let Some(_pass) = gate.enter(&self.stopping) else {
+                return;
+            };
             let woke = std::time::Instant::now();
             for event in &events[..count] {
-                let token = event.data();
-                if token == KILL_TOKEN {
-                    return;
-                }
-                let position = token as usize;
+                let position = event.data() as usize;
                 if let Some(active) = self.queues.get(position) {
                     if let Ok(notifications) = active.notify.read() {
                         self.counters
