@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use counter::{Counter, Mode, PIT_HZ};
+use counter::{Counter, Mode, PIT_HZ};
 
 use crate::bus::BusDevice;
 use crate::counters::{Counter as EventCounter, Counters};
@@ -72,12 +72,12 @@ impl Clock for MonotonicClock {
 }
 
 /// PIT ticks in `time` (rounded down).
-pub fn ticks(time: Duration) -> u64 {
+fn ticks(time: Duration) -> u64 {
     (time.as_nanos() * u128::from(PIT_HZ) / 1_000_000_000) as u64
 }
 
 /// The time at which tick `tick` begins (rounded up, so the tick has arrived by then).
-pub fn time_of_tick(tick: u64) -> Duration {
+fn time_of_tick(tick: u64) -> Duration {
     let nanos = (u128::from(tick) * 1_000_000_000).div_ceil(u128::from(PIT_HZ));
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
