@@ -96,13 +96,7 @@ fn a_disk_is_added_kept_while_unreleased_and_removed_after_the_eject() {
     );
 
     // Add: slot 1, announced in UP with one event, visible in config space, counted.
-    let disk = DiskConfig {
-        path: image.clone(),
-        readonly: false,
-        iommu: true,
-        assigned: None,
-        indirect_desc: false,
-    };
+    let disk = behind_the_viommu(&image);
     assert_eq!(vendor_device(&devices, 1), u32::MAX, "slot 1 starts empty");
     let (id, slot) = hotplug.add_disk(&disk).expect("add");
     assert_eq!((id.as_str(), slot), ("disk0", 1));
@@ -167,6 +161,17 @@ fn a_disk_is_added_kept_while_unreleased_and_removed_after_the_eject() {
     assert_eq!((id.as_str(), slot), ("disk1", 1));
 
     std::fs::remove_dir_all(image.parent().unwrap()).unwrap();
+}
+
+/// A disk on `image` behind the vIOMMU.
+fn behind_the_viommu(image: &std::path::Path) -> DiskConfig {
+    DiskConfig {
+        path: image.to_owned(),
+        readonly: false,
+        iommu: true,
+        assigned: None,
+        indirect_desc: false,
+    }
 }
 
 /// A guest thread that ejects whatever the VMM asks for.
@@ -354,13 +359,7 @@ fn the_api_answers_while_a_remove_waits_for_the_guest() {
         Vec::new(),
         0,
     ));
-    let disk = DiskConfig {
-        path: image.clone(),
-        readonly: false,
-        iommu: true,
-        assigned: None,
-        indirect_desc: false,
-    };
+    let disk = behind_the_viommu(&image);
     hotplug.add_disk(&disk).unwrap();
     let (control, _requests) = VmControl::new(Arc::new(VcpuGate::new()));
     let context = ApiContext {
