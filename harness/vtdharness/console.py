@@ -29,6 +29,14 @@ _VMM_CAP = re.compile(r"VTD cap=((?:0x)?[0-9a-fA-F]+) ecap=((?:0x)?[0-9a-fA-F]+)
 _NOT_VMM = re.compile(r"^(VTD-NEST-|HOST-DISK |e2e-l1: |\s*$)")
 
 
+# Batch.result's statuses of a job that never reported its exit, and what they mean.
+NO_EXIT = {
+    "missing": "the VMM never reported an exit status (L1 died or timed out)",
+    "l1-stalled": "L1 made no progress and was stopped before the job finished (where its "
+                  "vCPUs were: l1-stall.txt in the work directory)",
+}
+
+
 def clean(line: str) -> str:
     """A console line without terminal escapes and carriage returns."""
     return _ANSI.sub("", line).rstrip("\r")

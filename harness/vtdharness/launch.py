@@ -3,8 +3,9 @@
     launch(batch, mode, live)
       e2e/prepare (cached) ─> auto: real devices? nested : probe_direct()? direct : nested
       direct: per job, l2_initrd + the VMM command on this host, markers printed here
-      nested: disks as L1 drives, l1_initrd, QEMU TCG; e2e/lib/l1-init runs the jobs and
-              prints the markers
+      nested: disks as L1 drives, l1_initrd, QEMU TCG (with a QMP socket); e2e/lib/l1-init
+              runs the jobs and prints the markers; a console silent too long: l1watch
+              says where L1's vCPUs are and stops L1
       ─> console.log (escapes and CRs stripped; also stdout when live)
       ─> console.split_sections ─> jobs/NN/output, jobs/NN/status
 
@@ -25,13 +26,16 @@ from . import console
 from .batch import L1_VFIO_SLOT0, Batch, host_paths, l1_disk_address, render_command
 from .common import HarnessError, e2e_cache, l2_dir, log, run_prepare, vmm_binary
 from .initramfs import l1_initrd, l2_initrd
+from .l1watch import L1_DEBUG_APPEND, Stall, Watchdog, stall_limit
 
-# L1 prints only emergencies: its kernel messages would land in the middle of the jobs' lines.
-L1_APPEND = "console=ttyS0 quiet loglevel=1 panic=-1"
+# L1 prints only emergencies (a soft lockup is one): its kernel messages would land in the
+# middle of the jobs' lines. L1_DEBUG_APPEND lets the harness read a stuck L1 (l1watch.py).
+L1_APPEND = f"console=ttyS0 quiet loglevel=1 panic=-1 {L1_DEBUG_APPEND}"
 # EPYC minus the features TCG lacks anyway (naming them keeps QEMU from warning about each).
 L1_CPU = "EPYC,fxsr-opt=off,misalignsse=off,osvw=off,topoext=off,nrip-save=off,xsavec=off"
-L1_QEMU = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", L1_CPU, "-m", "2G", "-smp", "2",
-           "-nographic", "-no-reboot", "-nic", "none"]
+L1_MEMORY_GIB = 2
+L1_QEMU = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", L1_CPU, "-m", f"{L1_MEMORY_GIB}G",
+           "-smp", "2", "-nographic", "-no-reboot", "-nic", "none"]
 # L1's emulated VT-d for real devices (see ../shared/reference/real-vfio-in-l1.md): caching
 # mode, so QEMU shadows L1's second-stage tables; interrupt remapping, so VFIO's MSI is isolated.
 L1_VIOMMU = "intel-iommu,intremap=on,caching-mode=on"
@@ -64,9 +68,10 @@ class Runner:
             stream.write(line + "\n")
             stream.flush()
 
-    def run(self, cmd: list[str]) -> int:
+    def run(self, cmd: list[str], watch: Watchdog | None = None) -> int:
         """CMD with no stdin, stdout and stderr together, escapes and CRs stripped, appended to
-        the console log (and stdout if live). Its exit status; 128+N if signal N ended it."""
+        the console log (and stdout if live), each chunk reported to WATCH. Its exit status;
+        128+N if signal N ended it."""
         self.child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT)
         assert self.child.stdout is not None
@@ -78,22 +83,26 @@ class Runner:
                     break
                 pending += chunk
                 *full, pending = pending.split(b"\n")
-                self._emit(log_file, full)
+                lines = self._emit(log_file, full)
+                if watch:
+                    watch.progress(lines)
             if pending:
                 self._emit(log_file, [pending])
         rc = self.child.wait()
         self.child = None
         return 128 - rc if rc < 0 else rc
 
-    def _emit(self, log_file, raw_lines: list[bytes]) -> None:
+    def _emit(self, log_file, raw_lines: list[bytes]) -> list[str]:
         if not raw_lines:
-            return
-        text = "".join(console.clean(r.decode(errors="replace")) + "\n" for r in raw_lines)
+            return []
+        lines = [console.clean(r.decode(errors="replace")) for r in raw_lines]
+        text = "".join(line + "\n" for line in lines)
         log_file.write(text)
         log_file.flush()
         if self.live:
             sys.stdout.write(text)
             sys.stdout.flush()
+        return lines
 
     def start_side(self, script: Path, cmd: list[str], timeout: int) -> "SideScript":
         """SCRIPT run by sh next to the command CMD (its arguments), bounded by TIMEOUT seconds;
@@ -195,11 +204,28 @@ def launch_nested(batch: Batch, runner: Runner) -> None:
             qemu += ["-drive", f"file={d.file},if=none,id=e2ed{d.index},format=raw,cache=writeback",
                      "-device", f"virtio-blk-pci,drive=e2ed{d.index},serial=e2ed{d.index},"
                      f"addr={l1_disk_address(d.index)}{multi}"]
+    qmp = batch.work / "l1-qmp.sock"
     qemu += ["-kernel", str(e2e_cache() / "l1" / "vmlinuz"), "-initrd", str(initrd),
-             "-append", append]
+             "-append", append, "-qmp", f"unix:{qmp},server=on,wait=off"]
+    limit = stall_limit(max(j.timeout for j in batch.jobs), SIDE_GRACE)
     log(f"L1: vIOMMU {iommu}, {batch.nvfio} real device(s)")
-    log(f"booting L1 (QEMU TCG) for {len(batch.jobs)} job(s), limit {total}s")
-    rc = runner.run(["timeout", "-k", "5", str(total)] + qemu)
+    log(f"booting L1 (QEMU TCG) for {len(batch.jobs)} job(s), limit {total}s, "
+        f"{limit}s without console output")
+
+    def say(line: str) -> None:
+        runner.say(line, to_stderr=True)
+        if not runner.live:
+            print(line, file=sys.stderr, flush=True)
+
+    stall = Stall(batch.work, qmp, L1_QEMU, L1_MEMORY_GIB << 30, say, runner.stop)
+    watch = Watchdog(limit, stall.diagnose)
+    watch.start()
+    try:
+        rc = runner.run(["timeout", "-k", "5", str(total)] + qemu, watch)
+    finally:
+        watch.stop()
+    if watch.fired:
+        return  # Stall.diagnose said where L1 was
     if timed_out(rc):
         (batch.work / "l1-timed-out").touch()
         runner.say(f"e2e: L1 timed out after {total}s", to_stderr=True)

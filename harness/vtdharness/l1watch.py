@@ -1,0 +1,202 @@
+"""Noticing that L1 makes no progress, and saying where its vCPUs are instead of waiting.
+
+l1-init bounds every job (its watchdog kills the VMM after the job's timeout and the side script
+SIDE_GRACE seconds later, then prints VTD-NEST-EXIT), so a console silent for longer than that
+means L1 itself is stuck. The harness then looks at L1 from outside, through its QEMU's monitor,
+and stops it:
+
+    launch_nested: L1 QEMU with -qmp unix:WORK/l1-qmp.sock; L1 booted nokaslr, sysrq enabled
+    Runner.run ─ each console chunk ─> Watchdog.progress(lines)  (and the job it is in)
+    Watchdog thread ─ silent > stall_limit ─> on_stall = Stall.diagnose:
+        QMP `info registers -a` ×SAMPLES ─> l1state.describe per vCPU (level, RIP, symbol)
+        QMP `info pic`, `info lapic` per vCPU ─> the interrupt controllers' state
+        QMP sendkey alt-sysrq-9/-l/-w ─> L1's own backtraces on its console, if it takes the
+        keyboard interrupt
+        ─> WORK/l1-stall.txt; "e2e: L1 made no progress ..." lines; WORK/l1-stalled
+        ─> L1 stopped (Runner.stop)
+    symbols: a second L1 boot of the same kernel (nokaslr, the same base modules in the same
+    order, so the same addresses) writes its /proc/kallsyms to a disk (l1_kallsyms)
+
+Passing runs pay nothing: the monitor is idle, and the symbol boot happens only after a stall.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import l1state
+from .common import HarnessError, cpio_of_dir, e2e_cache
+
+# Seconds of silence beyond the longest job's bound (timeout + side grace) before L1 counts as
+# stuck: room for l1-init's own bookkeeping (sync, VFIO module switches).
+STALL_MARGIN = 60
+# Register samples taken, and the seconds between them (a vCPU that stays put vs. one that moves).
+SAMPLES = 3
+SAMPLE_GAP = 2.0
+# Seconds left to L1 to print its sysrq backtraces before it is stopped.
+SYSRQ_WAIT = 10.0
+# L1 kernel arguments that make a stuck L1 readable from outside: fixed kernel addresses (so a
+# RIP maps to /proc/kallsyms of another boot) and every sysrq function (backtraces on request).
+L1_DEBUG_APPEND = "nokaslr sysrq_always_enabled"
+
+
+def stall_limit(max_job_timeout: int, side_grace: int) -> int:
+    """Seconds of console silence after which L1 is stuck: $VTD_NEST_E2E_L1_STALL, or the longest
+    job's bound plus STALL_MARGIN."""
+    env = os.environ.get("VTD_NEST_E2E_L1_STALL")
+    if env:
+        if not env.isdigit() or int(env) == 0:
+            raise HarnessError(f"VTD_NEST_E2E_L1_STALL wants whole seconds above 0, not {env}")
+        return int(env)
+    return max_job_timeout + side_grace + STALL_MARGIN
+
+
+class Watchdog:
+    """Calls ON_STALL(silent_seconds, job) once, from its own thread, when no console line came
+    for LIMIT seconds. CLOCK is injectable so `check` can be driven by a test."""
+
+    def __init__(self, limit: float, on_stall: Callable[[float, str | None], None],
+                 clock: Callable[[], float] = time.monotonic):
+        self.limit = limit
+        self.on_stall = on_stall
+        self.clock = clock
+        self.last = clock()
+        self.job: str | None = None
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def progress(self, lines: list[str]) -> None:
+        self.last = self.clock()
+        for line in lines:
+            if line.startswith("VTD-NEST-JOB "):
+                self.job = line.split(" ", 1)[1].strip()
+
+    def check(self) -> bool:
+        """Fires ON_STALL if the silence exceeds the limit and it has not fired yet."""
+        silent = self.clock() - self.last
+        if self.fired or silent <= self.limit:
+            return False
+        self.fired = True
+        self.on_stall(silent, self.job)
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            if self.check():
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread and self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+def l1_kallsyms(work: Path, qemu_base: list[str], timeout: int = 120) -> str | None:
+    """L1's /proc/kallsyms from a boot of the same kernel with nokaslr and l1/base.cpio's modules
+    loaded in l1-init's order (load.list): the addresses of the stuck L1's kernel and base
+    modules. None if that boot did not write it."""
+    cache = e2e_cache()
+    d = work / "l1-kallsyms"
+    d.mkdir(exist_ok=True)
+    root = d / "root"
+    root.mkdir(exist_ok=True)
+    (root / "init").write_text(
+        "#!/bin/sh\n"
+        "/bin/busybox --install -s\n"
+        "mount -t proc proc /proc\n"
+        "mount -t devtmpfs devtmpfs /dev\n"
+        "while read -r m; do insmod \"/lib/modules/$m\"; done </lib/modules/load.list\n"
+        "cat /proc/kallsyms >/dev/vda\n"
+        "sync\n"
+        "poweroff -f\n")
+    (root / "init").chmod(0o755)
+    extra = d / "init.cpio"
+    cpio_of_dir(root, extra)
+    initrd = d / "initrd.cpio"
+    with open(initrd, "wb") as out:
+        for part in (cache / "l1" / "base.cpio", extra):
+            out.write(part.read_bytes())
+    disk = d / "kallsyms.img"
+    disk.unlink(missing_ok=True)
+    with open(disk, "wb") as f:
+        f.truncate(64 << 20)
+    cmd = ["timeout", "-k", "5", str(timeout)] + qemu_base + [
+        "-M", "q35", "-drive", f"file={disk},if=none,id=syms,format=raw",
+        "-device", "virtio-blk-pci,drive=syms",
+        "-kernel", str(cache / "l1" / "vmlinuz"), "-initrd", str(initrd),
+        "-append", f"console=ttyS0 quiet loglevel=1 panic=-1 {L1_DEBUG_APPEND}"]
+    with open(d / "console.log", "wb") as log_file:
+        subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log_file,
+                       stderr=subprocess.STDOUT, check=False)
+    text = disk.read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+    return text if text.strip() else None
+
+
+class Stall:
+    """What the watchdog does when it fires: look at L1 through QMP, write WORK/l1-stall.txt,
+    say where L1 was, mark the batch (WORK/l1-stalled) and stop L1."""
+
+    def __init__(self, work: Path, qmp_path: Path, qemu_base: list[str], l1_ram: int,
+                 say: Callable[[str], None], stop: Callable[[], None]):
+        self.work, self.qmp_path, self.qemu_base = work, qmp_path, qemu_base
+        self.l1_ram = l1_ram
+        self.say, self.stop = say, stop
+
+    @property
+    def report(self) -> Path:
+        return self.work / "l1-stall.txt"
+
+    def diagnose(self, silent: float, job: str | None) -> None:
+        during = f"during job {job}" if job else "before its first job"
+        self.say(f"e2e: L1 made no progress for {silent:.0f} s (its console silent) {during}; "
+                 f"looking at its vCPUs")
+        (self.work / "l1-stalled").write_text(f"{silent:.0f} {job or ''}\n")
+        samples: list[list[l1state.Vcpu]] = []
+        raw: list[str] = []
+        try:
+            with l1state.Qmp(self.qmp_path) as qmp:
+                for i in range(SAMPLES):
+                    if i:
+                        time.sleep(SAMPLE_GAP)
+                    text = qmp.hmp("info registers -a")
+                    raw.append(f"== info registers -a (sample {i + 1})\n{text}")
+                    samples.append(l1state.parse_registers(text))
+                raw.append("== info pic\n" + qmp.hmp("info pic"))
+                for v in samples[-1]:
+                    raw.append(f"== info lapic {v.index}\n" + qmp.hmp(f"info lapic {v.index}"))
+                for key in ("9", "l", "w"):
+                    qmp.hmp(f"sendkey alt-sysrq-{key}")
+                    time.sleep(0.5)
+        except l1state.QmpError as e:
+            self.say(f"e2e: L1's monitor did not answer ({e})")
+        symbols = None
+        if samples:
+            self.say(f"e2e: L1 asked for its backtraces (sysrq l, w); waiting {SYSRQ_WAIT:.0f} s "
+                     "for them on its console")
+            time.sleep(SYSRQ_WAIT)
+            self.stop()
+            kallsyms = l1_kallsyms(self.work, self.qemu_base)
+            if kallsyms:
+                (self.work / "l1-kallsyms.txt").write_text(kallsyms)
+                symbols = l1state.Symbols.from_kallsyms(kallsyms)
+            else:
+                self.say("e2e: no symbols for L1's RIPs (the kallsyms boot wrote nothing)")
+        else:
+            self.stop()
+        lines = [f"sample {i + 1}: " + l1state.describe(v, self.l1_ram, symbols)
+                 for i, vcpus in enumerate(samples) for v in vcpus]
+        self.report.write_text("\n".join(lines + [""] + raw) + "\n")
+        for line in lines:
+            self.say(f"e2e: L1 {line}")
+        self.say(f"e2e: L1 stopped; its registers, interrupt controllers and the samples: "
+                 f"{self.report}")
