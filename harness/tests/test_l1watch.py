@@ -49,6 +49,22 @@ ffffffffc0a1f000 T svm_vcpu_enter_exit\t[kvm_amd]
 
 GIB2 = 2 << 30
 
+# `info lapic 1` of an L1 found stuck: the LAPIC timer's vector 236 in service on a halted CPU.
+LAPIC_STUCK = """dumping local APIC state for CPU 1
+
+LVTT	 0x000000ec active-hi edge                 one-shot     Fixed  (vec 236)
+Timer	 DCR=0x3 (divide by 16) initial_count = 234911 current_count = 0
+ISR	 236
+IRR	 75 236
+
+APR 0x01 TPR 0x10 DFR 0x0f LDR 0x00 PPR 0xe0
+"""
+LAPIC_IDLE = """ISR	 (none)
+IRR	 (none)
+
+APR 0x00 TPR 0x10 DFR 0x0f LDR 0x00 PPR 0x10
+"""
+
 
 class Registers(unittest.TestCase):
     def test_the_dump_is_read_per_vcpu(self):
@@ -64,6 +80,21 @@ class Registers(unittest.TestCase):
 
     def test_nothing_readable_gives_no_vcpus(self):
         self.assertEqual(l1state.parse_registers("Error: no CPU\n"), [])
+
+
+class Lapic(unittest.TestCase):
+    def test_vectors_and_priority(self):
+        self.assertEqual(l1state.parse_lapic(LAPIC_STUCK), l1state.Lapic((236,), (75, 236), 0xe0))
+        self.assertEqual(l1state.parse_lapic(LAPIC_IDLE), l1state.Lapic((), (), 0x10))
+
+    def test_a_halted_vcpu_with_a_vector_in_service_is_stuck(self):
+        halted, running = l1state.parse_registers(REGISTERS)[:2]
+        stuck = l1state.parse_lapic(LAPIC_STUCK)
+        self.assertEqual(stuck.stuck(halted),
+                         "vCPU 0 is halted with vector(s) 236 in service (no EOI came; "
+                         "requested: 75 236, PPR 0xe0)")
+        self.assertIsNone(stuck.stuck(running))
+        self.assertIsNone(l1state.parse_lapic(LAPIC_IDLE).stuck(halted))
 
 
 class Symbols(unittest.TestCase):
@@ -196,6 +227,30 @@ class Qmp(unittest.TestCase):
         mon.thread.join()
         self.assertEqual([r["execute"] for r in mon.received],
                          ["qmp_capabilities", "human-monitor-command", "human-monitor-command"])
+
+    def test_a_stall_look_gathers_samples_controllers_and_presses_sysrq(self):
+        answers = {"qmp_capabilities": {"return": {}},
+                   "info registers -a": {"return": REGISTERS},
+                   "info pic": {"return": "ioapic0: ver=0x20\n"},
+                   "info lapic 0": {"return": LAPIC_STUCK},
+                   "info lapic 1": {"return": LAPIC_IDLE},
+                   "info lapic 2": {"return": LAPIC_IDLE}}
+        for key in ("9", "l", "w"):
+            answers[f"sendkey alt-sysrq-{key}"] = {"return": ""}
+        for port in ("0x3f9", "0x3fd"):
+            answers[f"i /b {port}"] = {"return": f"portb[{port}] = 0x60\n"}
+        mon = FakeMonitor(self.sock, answers)
+        samples, lapics, raw = [], {}, []
+        with mock.patch.object(l1watch.time, "sleep"), l1state.Qmp(self.sock) as qmp:
+            l1watch.Stall._look(qmp, samples, lapics, raw)
+        mon.thread.join()
+        self.assertEqual(len(samples), l1watch.SAMPLES)
+        self.assertEqual(sorted(lapics), [0, 1, 2])
+        self.assertEqual(lapics[0].isr, (236,))
+        said = [r["arguments"]["command-line"] for r in mon.received[1:]]
+        self.assertEqual(said[-3:], ["sendkey alt-sysrq-9", "sendkey alt-sysrq-l",
+                                     "sendkey alt-sysrq-w"])
+        self.assertTrue(any(r.startswith("== COM1 LSR: portb[0x3fd]") for r in raw))
 
     def test_no_monitor_is_a_qmp_error(self):
         with self.assertRaises(l1state.QmpError):

@@ -4,6 +4,8 @@
     Symbols.from_kallsyms(L1's /proc/kallsyms) ─ name(rip) ─> "svm_vcpu_run+0x2a [kvm_amd]"
     describe(vcpu, l1_ram, symbols)
       ─> "vCPU 1: L1 kernel, RIP ffffffffc0a1e02a svm_vcpu_run+0x2a [kvm_amd] (GS ...)"
+    hmp("info lapic N") ─> parse_lapic ─ stuck(vcpu) ─> "vCPU 1 is halted with vector(s) 236
+      in service (no EOI came; ...)"
 
 A vCPU of the L1 machine runs either L1 itself or, inside an SVM guest-mode window that L1's
 KVM opened, L2; QEMU reports the registers of whichever runs, and nothing in them names the level
@@ -53,9 +55,13 @@ class Qmp:
             raise QmpError(f"cannot talk to {path}: {e}") from e
 
     def close(self) -> None:
-        """The socket and its file (the socket stays open while its file does)."""
-        if self.file is not None:
-            self.file.close()
+        """The socket and its file (the socket stays open while its file does); a monitor that
+        went away meanwhile is no error here."""
+        try:
+            if self.file is not None:
+                self.file.close()
+        except OSError:
+            pass
         self.sock.close()
 
     def __enter__(self) -> "Qmp":
@@ -125,6 +131,35 @@ def parse_registers(text: str) -> list[Vcpu]:
             out.append(Vcpu(int(index), int(r.group(1), 16), int(r.group(2)),
                             r.group(3) == "1", int(g.group(1), 16)))
     return out
+
+
+@dataclass(frozen=True)
+class Lapic:
+    """What `info lapic N` says of the interrupts: vectors in service, requested, and the
+    processor priority (a vector is delivered only above PPR's class, bits 7:4)."""
+
+    isr: tuple[int, ...]
+    irr: tuple[int, ...]
+    ppr: int | None
+
+    def stuck(self, vcpu: Vcpu) -> str | None:
+        """A halted vCPU with vectors in service: their handlers ran or were never entered,
+        and no EOI came, so every vector up to their priority class stays blocked."""
+        if not vcpu.halted or not self.isr:
+            return None
+        ppr = f", PPR {self.ppr:#04x}" if self.ppr is not None else ""
+        irr = " ".join(map(str, self.irr)) or "none"
+        return (f"vCPU {vcpu.index} is halted with vector(s) {' '.join(map(str, self.isr))} in "
+                f"service (no EOI came; requested: {irr}{ppr})")
+
+
+def parse_lapic(text: str) -> Lapic:
+    def vectors(name: str) -> tuple[int, ...]:
+        m = re.search(rf"^{name}\s+(.*)$", text, re.M)
+        return tuple(int(v) for v in re.findall(r"\b(\d+)\b", m.group(1))) if m else ()
+
+    ppr = re.search(r"\bPPR 0x([0-9a-fA-F]+)", text)
+    return Lapic(vectors("ISR"), vectors("IRR"), int(ppr.group(1), 16) if ppr else None)
 
 
 class Symbols:

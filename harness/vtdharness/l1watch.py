@@ -9,7 +9,8 @@ and stops it:
     Runner.run ─ each console chunk ─> Watchdog.progress(lines)  (and the job it is in)
     Watchdog thread ─ silent > stall_limit ─> on_stall = Stall.diagnose:
         QMP `info registers -a` ×SAMPLES ─> l1state.describe per vCPU (level, RIP, symbol)
-        QMP `info pic`, `info lapic` per vCPU ─> the interrupt controllers' state
+        QMP `info pic`, `info lapic` per vCPU (Lapic.stuck: halted with a vector in service),
+        COM1's IER and LSR ─> the interrupt controllers' state
         QMP sendkey alt-sysrq-9/-l/-w ─> L1's own backtraces on its console, if it takes the
         keyboard interrupt
         ─> WORK/l1-stall.txt; "e2e: L1 made no progress ..." lines; WORK/l1-stalled
@@ -156,27 +157,42 @@ class Stall:
     def report(self) -> Path:
         return self.work / "l1-stall.txt"
 
+    @staticmethod
+    def _look(qmp: l1state.Qmp, samples: list[list[l1state.Vcpu]],
+              lapics: dict[int, l1state.Lapic], raw: list[str]) -> None:
+        """Register samples, the interrupt controllers, COM1, then sysrq: into the lists given
+        (kept as far as they got if the monitor stops answering)."""
+        for i in range(SAMPLES):
+            if i:
+                time.sleep(SAMPLE_GAP)
+            text = qmp.hmp("info registers -a")
+            raw.append(f"== info registers -a (sample {i + 1})\n{text}")
+            samples.append(l1state.parse_registers(text))
+        raw.append("== info pic\n" + qmp.hmp("info pic"))
+        for v in samples[-1]:
+            text = qmp.hmp(f"info lapic {v.index}")
+            raw.append(f"== info lapic {v.index}\n{text}")
+            lapics[v.index] = l1state.parse_lapic(text)
+        # COM1 (L1's console): IER and LSR, registers a read leaves as they are. An enabled
+        # THR-empty interrupt with the holding register empty while L1 still has output waiting
+        # is a lost interrupt: L1's tty then blocks every writer.
+        for name, port in (("IER", 0x3F9), ("LSR", 0x3FD)):
+            raw.append(f"== COM1 {name}: " + qmp.hmp(f"i /b {port:#x}"))
+        for key in ("9", "l", "w"):
+            qmp.hmp(f"sendkey alt-sysrq-{key}")
+            time.sleep(0.5)
+
     def diagnose(self, silent: float, job: str | None) -> None:
         during = f"during job {job}" if job else "before its first job"
         self.say(f"e2e: L1 made no progress for {silent:.0f} s (its console silent) {during}; "
                  f"looking at its vCPUs")
         (self.work / "l1-stalled").write_text(f"{silent:.0f} {job or ''}\n")
         samples: list[list[l1state.Vcpu]] = []
+        lapics: dict[int, l1state.Lapic] = {}
         raw: list[str] = []
         try:
             with l1state.Qmp(self.qmp_path) as qmp:
-                for i in range(SAMPLES):
-                    if i:
-                        time.sleep(SAMPLE_GAP)
-                    text = qmp.hmp("info registers -a")
-                    raw.append(f"== info registers -a (sample {i + 1})\n{text}")
-                    samples.append(l1state.parse_registers(text))
-                raw.append("== info pic\n" + qmp.hmp("info pic"))
-                for v in samples[-1]:
-                    raw.append(f"== info lapic {v.index}\n" + qmp.hmp(f"info lapic {v.index}"))
-                for key in ("9", "l", "w"):
-                    qmp.hmp(f"sendkey alt-sysrq-{key}")
-                    time.sleep(0.5)
+                self._look(qmp, samples, lapics, raw)
         except l1state.QmpError as e:
             self.say(f"e2e: L1's monitor did not answer ({e})")
         symbols = None
@@ -195,6 +211,10 @@ class Stall:
             self.stop()
         lines = [f"sample {i + 1}: " + l1state.describe(v, self.l1_ram, symbols)
                  for i, vcpus in enumerate(samples) for v in vcpus]
+        for v in samples[-1] if samples else []:
+            stuck = lapics[v.index].stuck(v) if v.index in lapics else None
+            if stuck:
+                lines.append(stuck)
         self.report.write_text("\n".join(lines + [""] + raw) + "\n")
         for line in lines:
             self.say(f"e2e: L1 {line}")
