@@ -10,7 +10,8 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
-from vtdharness import l1state, l1watch
+from vtdharness import launch, l1state, l1watch
+from vtdharness.batch import Batch
 from vtdharness.common import HarnessError
 
 # `info registers -a` as QEMU 10 prints it (trimmed to the lines read, plus neighbours): vCPU 0
@@ -162,6 +163,47 @@ class Watchdog(unittest.TestCase):
         self.dog.start()
         self.dog.stop()
         self.assertEqual(self.fired, [])
+
+
+class Reboots(unittest.TestCase):
+    """After L1 got stuck in a job, a fresh L1 runs the jobs after it (boot_l1 stubbed: it
+    returns how many of its jobs had started when L1 got stuck, or None)."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        work = Path(self.tmp.name)
+        (work / "init").write_text("true\n")
+        self.batch = Batch(work / "batch")
+        for name in "abcde":
+            self.batch.add(name, "qemu", work / "init", 1, [], [])
+        self.runner = launch.Runner(self.batch, live=False)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def boots(self, results):
+        firsts = []
+
+        def boot(batch, runner, qemu, append, vmm, first):
+            firsts.append(first)
+            return results[len(firsts) - 1]
+
+        with mock.patch.object(launch, "boot_l1", boot), mock.patch.object(launch, "log"), \
+                mock.patch.dict(os.environ, {"VTD_NEST_E2E_L1_IOMMU": "off"}):
+            launch.launch_nested(self.batch, self.runner)
+        return firsts
+
+    def test_the_jobs_after_the_stuck_one_run_in_a_new_l1(self):
+        self.assertEqual(self.boots([2, None]), [0, 2])
+        self.assertIn("booting L1 again for the 3 job(s) after b",
+                      self.batch.console.read_text())
+
+    def test_no_new_boot_after_the_last_job_or_before_the_first(self):
+        self.assertEqual(self.boots([5]), [0])
+        self.assertEqual(self.boots([0]), [0])
+
+    def test_boots_are_bounded(self):
+        self.assertEqual(self.boots([1] * 5), [0, 1, 2][:launch.L1_BOOTS])
 
 
 class StallLimit(unittest.TestCase):

@@ -53,8 +53,9 @@ def _needs_shared_libraries(binary: str) -> bool:
     return "(NEEDED)" in proc.stdout
 
 
-def l1_initrd(batch: Batch, out: Path, vmm: str | None) -> None:
-    """VMM: the vtd-nest binary, if any job runs it (it must be static: L1 has no libraries)."""
+def l1_initrd(batch: Batch, out: Path, vmm: str | None, first: int = 0) -> None:
+    """VMM: the vtd-nest binary, if any job runs it (it must be static: L1 has no libraries);
+    the jobs from index FIRST on (a later L1 boot runs the rest of a batch)."""
     cache = e2e_cache()
     with tempfile.TemporaryDirectory() as root:
         r = Path(root)
@@ -62,7 +63,7 @@ def l1_initrd(batch: Batch, out: Path, vmm: str | None) -> None:
         (r / "init").chmod(0o755)
         (r / "e2e" / "jobs").mkdir(parents=True)
         (r / "bin").mkdir()
-        for job in batch.jobs:  # each L2 kernel the jobs use, once
+        for job in batch.jobs[first:]:  # each L2 kernel the jobs use, once
             k = r / l1_kernel_path(job).lstrip("/")
             if not k.exists():
                 k.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,7 @@ def l1_initrd(batch: Batch, out: Path, vmm: str | None) -> None:
         if batch.wrap:
             shutil.copyfile(batch.wrap, r / "bin" / "e2e-wrap")
             (r / "bin" / "e2e-wrap").chmod(0o755)
-        for job in batch.jobs:
+        for job in batch.jobs[first:]:
             jd = r / "e2e" / "jobs" / job.dir.name
             jd.mkdir()
             (jd / "name").write_text(job.name + "\n")

@@ -68,6 +68,7 @@ class Watchdog:
         self.clock = clock
         self.last = clock()
         self.job: str | None = None
+        self.jobs_started = 0
         self.fired = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,6 +78,7 @@ class Watchdog:
         for line in lines:
             if line.startswith("VTD-NEST-JOB "):
                 self.job = line.split(" ", 1)[1].strip()
+                self.jobs_started += 1
 
     def check(self) -> bool:
         """Fires ON_STALL if the silence exceeds the limit and it has not fired yet."""
@@ -201,9 +203,11 @@ class Stall:
                      "for them on its console")
             time.sleep(SYSRQ_WAIT)
             self.stop()
-            kallsyms = l1_kallsyms(self.work, self.qemu_base)
+            saved = self.work / "l1-kallsyms.txt"
+            kallsyms = saved.read_text() if saved.exists() else l1_kallsyms(self.work,
+                                                                             self.qemu_base)
             if kallsyms:
-                (self.work / "l1-kallsyms.txt").write_text(kallsyms)
+                saved.write_text(kallsyms)
                 symbols = l1state.Symbols.from_kallsyms(kallsyms)
             else:
                 self.say("e2e: no symbols for L1's RIPs (the kallsyms boot wrote nothing)")
@@ -215,7 +219,8 @@ class Stall:
             stuck = lapics[v.index].stuck(v) if v.index in lapics else None
             if stuck:
                 lines.append(stuck)
-        self.report.write_text("\n".join(lines + [""] + raw) + "\n")
+        with open(self.report, "a", encoding="utf-8") as f:
+            f.write("\n".join([f"=== L1 stuck {during}"] + lines + [""] + raw) + "\n")
         for line in lines:
             self.say(f"e2e: L1 {line}")
         self.say(f"e2e: L1 stopped; its registers, interrupt controllers and the samples: "
