@@ -35,6 +35,10 @@ RIP=0000000000401000 RFL=00000202 [-------] CPL=3 II=0 A20=1 SMM=0 HLT=0
 GS =0000 0000000000000000 00000000 00000000
 
 CPU#3
+RIP=ffffffff81ce7050 RFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=0
+GS =0000 0000000000000000 00000000 00000000
+
+CPU#4
 RAX=0000000000000000 (a block cut short: no RIP)
 """
 
@@ -70,10 +74,11 @@ APR 0x00 TPR 0x10 DFR 0x0f LDR 0x00 PPR 0x10
 class Registers(unittest.TestCase):
     def test_the_dump_is_read_per_vcpu(self):
         vcpus = l1state.parse_registers(REGISTERS)
-        self.assertEqual([v.index for v in vcpus], [0, 1, 2])
+        self.assertEqual([v.index for v in vcpus], [0, 1, 2, 3])
         self.assertEqual((vcpus[0].rip, vcpus[0].cpl, vcpus[0].halted),
                          (0xffffffff81ce705f, 0, True))
-        self.assertEqual([v.level(GIB2) for v in vcpus], ["L1 kernel", "L2 kernel", "user"])
+        self.assertEqual([v.level(GIB2) for v in vcpus],
+                         ["L1 kernel", "L2 kernel", "user", "kernel entry"])
 
     def test_a_gs_base_beyond_l1s_memory_is_not_l1(self):
         v = l1state.parse_registers(REGISTERS)[0]
@@ -116,13 +121,16 @@ class Symbols(unittest.TestCase):
         self.assertIsNone(self.syms.name(0xffffffffc0a1f000 + (2 << 20)))
 
     def test_describe_names_l1s_symbol_only_in_l1s_kernel(self):
-        v0, v1, v2 = l1state.parse_registers(REGISTERS)
+        v0, v1, v2, v3 = l1state.parse_registers(REGISTERS)
         self.assertEqual(l1state.describe(v0, GIB2, self.syms),
                          "vCPU 0: L1 kernel, RIP ffffffff81ce705f pv_native_safe_halt+0xf "
                          "(GS ffff88807c600000), halted")
         self.assertEqual(l1state.describe(v1, GIB2, self.syms),
                          "vCPU 1: L2 kernel, RIP ffffffff95515ea0 (GS ffff8db15f200000)")
         self.assertEqual(l1state.describe(v2, GIB2, None), "vCPU 2: user, RIP 0000000000401000")
+        self.assertEqual(l1state.describe(v3, GIB2, self.syms),
+                         "vCPU 3: kernel entry, RIP ffffffff81ce7050 (if L1's: "
+                         "pv_native_safe_halt+0x0) (GS 0)")
 
 
 class FakeClock:
@@ -263,7 +271,7 @@ class Qmp(unittest.TestCase):
         mon = FakeMonitor(self.sock, {"qmp_capabilities": {"return": {}},
                                       "info registers -a": {"return": REGISTERS}})
         with l1state.Qmp(self.sock) as qmp:
-            self.assertEqual(len(l1state.parse_registers(qmp.hmp("info registers -a"))), 3)
+            self.assertEqual(len(l1state.parse_registers(qmp.hmp("info registers -a"))), 4)
             with self.assertRaisesRegex(l1state.QmpError, "no such"):
                 qmp.hmp("info nothing")
         mon.thread.join()
@@ -276,7 +284,8 @@ class Qmp(unittest.TestCase):
                    "info pic": {"return": "ioapic0: ver=0x20\n"},
                    "info lapic 0": {"return": LAPIC_STUCK},
                    "info lapic 1": {"return": LAPIC_IDLE},
-                   "info lapic 2": {"return": LAPIC_IDLE}}
+                   "info lapic 2": {"return": LAPIC_IDLE},
+                   "info lapic 3": {"return": LAPIC_IDLE}}
         for key in ("9", "l", "w"):
             answers[f"sendkey alt-sysrq-{key}"] = {"return": ""}
         for port in ("0x3f9", "0x3fd"):
@@ -287,7 +296,7 @@ class Qmp(unittest.TestCase):
             l1watch.Stall._look(qmp, samples, lapics, raw)
         mon.thread.join()
         self.assertEqual(len(samples), l1watch.SAMPLES)
-        self.assertEqual(sorted(lapics), [0, 1, 2])
+        self.assertEqual(sorted(lapics), [0, 1, 2, 3])
         self.assertEqual(lapics[0].isr, (236,))
         said = [r["arguments"]["command-line"] for r in mon.received[1:]]
         self.assertEqual(said[-3:], ["sendkey alt-sysrq-9", "sendkey alt-sysrq-l",

@@ -19,7 +19,8 @@ from .batch import Batch, Job, render_command, vfio_bdf
 from .common import E2E_LIB, HarnessError, cpio_of_dir, e2e_cache, l2_dir
 
 
-def _concat(out: Path, parts: list[Path]) -> None:
+def concat_archives(out: Path, parts: list[Path]) -> None:
+    """OUT: the archives PARTS one after the other (the kernel unpacks each in turn)."""
     with open(out, "wb") as f:
         for p in parts:
             with open(p, "rb") as src:
@@ -38,7 +39,7 @@ def l2_initrd(init: Path, out: Path, tag: str = "") -> None:
         (r / "e2e-init").chmod(0o755)
         extra = Path(f"{out}.extra")
         cpio_of_dir(r, extra)
-    _concat(out, [base, extra])
+    concat_archives(out, [base, extra])
     extra.unlink()
 
 
@@ -106,5 +107,5 @@ def l1_initrd(batch: Batch, out: Path, vmm: str | None, first: int = 0) -> None:
         parts += [cache / "l1" / f"vfio-{s}.cpio" for s in batch.vfio_sets()]
         extra = Path(f"{out}.extra")
         cpio_of_dir(r, extra)
-    _concat(out, parts + [extra])
+    concat_archives(out, parts + [extra])
     extra.unlink()

@@ -12,8 +12,9 @@ KVM opened, L2; QEMU reports the registers of whichever runs, and nothing in the
 (EFER has SVME in both: VMRUN requires it in the guest's state too). The GS base does, in kernel
 mode: L1 boots nokaslr, so its per-CPU areas (GS in its kernel) lie in its direct map at
 0xffff888000000000 within its RAM, while L2's kernel randomizes its direct map. So: CPL 0 with
-GS there is L1's kernel (symbolized with L1's kallsyms); CPL 0 elsewhere is L2's kernel (or L1
-between entry and swapgs); CPL 3 is user space of either.
+GS there is L1's kernel (symbolized with L1's kallsyms); CPL 0 with GS 0 is a kernel entry or
+exit before or after swapgs (still user space's GS), of either level, and gets L1's symbol as
+a guess; CPL 0 with any other GS is L2's kernel; CPL 3 is user space of either.
 """
 
 from __future__ import annotations
@@ -112,10 +113,12 @@ class Vcpu:
     gs_base: int
 
     def level(self, l1_ram: int) -> str:
-        """"L1 kernel", "L2 kernel" or "user" (either level), as the module doc says; L1_RAM
-        is L1's memory size in bytes."""
+        """"L1 kernel", "L2 kernel", "kernel entry" or "user" (the last two of either level),
+        as the module doc says; L1_RAM is L1's memory size in bytes."""
         if self.cpl == 3:
             return "user"
+        if self.gs_base == 0:
+            return "kernel entry"
         return "L1 kernel" if DIRECT_MAP <= self.gs_base < DIRECT_MAP + l1_ram else "L2 kernel"
 
 
@@ -195,10 +198,11 @@ def describe(vcpu: Vcpu, l1_ram: int, symbols: Symbols | None) -> str:
     """One line: the level the vCPU runs at, its RIP and (in L1's kernel) the symbol there."""
     level = vcpu.level(l1_ram)
     line = f"vCPU {vcpu.index}: {level}, RIP {vcpu.rip:016x}"
-    if level == "L1 kernel" and symbols is not None:
-        name = symbols.name(vcpu.rip)
-        if name:
-            line += f" {name}"
+    name = symbols.name(vcpu.rip) if symbols is not None else None
+    if name and level == "L1 kernel":
+        line += f" {name}"
+    elif name and level == "kernel entry":
+        line += f" (if L1's: {name})"
     if level != "user":
         line += f" (GS {vcpu.gs_base:x})"
     return line + (", halted" if vcpu.halted else "")

@@ -32,6 +32,7 @@ from typing import Callable
 
 from . import l1state
 from .common import HarnessError, cpio_of_dir, e2e_cache
+from .initramfs import concat_archives
 
 # Seconds of silence beyond the longest job's bound (timeout + side grace) before L1 counts as
 # stuck: room for l1-init's own bookkeeping (sync, VFIO module switches).
@@ -104,10 +105,11 @@ class Watchdog:
             self._thread.join()
 
 
-def l1_kallsyms(work: Path, qemu_base: list[str], timeout: int = 120) -> str | None:
-    """L1's /proc/kallsyms from a boot of the same kernel with nokaslr and l1/base.cpio's modules
-    loaded in l1-init's order (load.list): the addresses of the stuck L1's kernel and base
-    modules. None if that boot did not write it."""
+def l1_kallsyms(work: Path, qemu_base: list[str], append: str,
+                timeout: int = 120) -> str | None:
+    """L1's /proc/kallsyms from a boot of the same kernel with L1's command line APPEND (so
+    nokaslr) and l1/base.cpio's modules loaded in l1-init's order (load.list): the addresses of
+    the stuck L1's kernel and base modules. None if that boot did not write it."""
     cache = e2e_cache()
     d = work / "l1-kallsyms"
     d.mkdir(exist_ok=True)
@@ -126,9 +128,7 @@ def l1_kallsyms(work: Path, qemu_base: list[str], timeout: int = 120) -> str | N
     extra = d / "init.cpio"
     cpio_of_dir(root, extra)
     initrd = d / "initrd.cpio"
-    with open(initrd, "wb") as out:
-        for part in (cache / "l1" / "base.cpio", extra):
-            out.write(part.read_bytes())
+    concat_archives(initrd, [cache / "l1" / "base.cpio", extra])
     disk = d / "kallsyms.img"
     disk.unlink(missing_ok=True)
     with open(disk, "wb") as f:
@@ -137,7 +137,7 @@ def l1_kallsyms(work: Path, qemu_base: list[str], timeout: int = 120) -> str | N
         "-M", "q35", "-drive", f"file={disk},if=none,id=syms,format=raw",
         "-device", "virtio-blk-pci,drive=syms",
         "-kernel", str(cache / "l1" / "vmlinuz"), "-initrd", str(initrd),
-        "-append", f"console=ttyS0 quiet loglevel=1 panic=-1 {L1_DEBUG_APPEND}"]
+        "-append", append]
     with open(d / "console.log", "wb") as log_file:
         subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log_file,
                        stderr=subprocess.STDOUT, check=False)
@@ -149,10 +149,12 @@ class Stall:
     """What the watchdog does when it fires: look at L1 through QMP, write WORK/l1-stall.txt,
     say where L1 was, mark the batch (WORK/l1-stalled) and stop L1."""
 
-    def __init__(self, work: Path, qmp_path: Path, qemu_base: list[str], l1_ram: int,
-                 say: Callable[[str], None], stop: Callable[[], None]):
+    def __init__(self, work: Path, qmp_path: Path, qemu_base: list[str], append: str,
+                 l1_ram: int, say: Callable[[str], None], stop: Callable[[], None]):
+        """QEMU_BASE and APPEND: L1's QEMU command and kernel command line, for the kallsyms
+        boot; L1_RAM: its memory in bytes."""
         self.work, self.qmp_path, self.qemu_base = work, qmp_path, qemu_base
-        self.l1_ram = l1_ram
+        self.append, self.l1_ram = append, l1_ram
         self.say, self.stop = say, stop
 
     @property
@@ -204,8 +206,8 @@ class Stall:
             time.sleep(SYSRQ_WAIT)
             self.stop()
             saved = self.work / "l1-kallsyms.txt"
-            kallsyms = saved.read_text() if saved.exists() else l1_kallsyms(self.work,
-                                                                             self.qemu_base)
+            kallsyms = (saved.read_text() if saved.exists()
+                        else l1_kallsyms(self.work, self.qemu_base, self.append))
             if kallsyms:
                 saved.write_text(kallsyms)
                 symbols = l1state.Symbols.from_kallsyms(kallsyms)

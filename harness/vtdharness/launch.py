@@ -250,7 +250,8 @@ def boot_l1(batch: Batch, runner: Runner, qemu: list[str], append: str, vmm: str
     log(f"booting L1 (QEMU TCG) for {len(jobs)} job(s), limit {total}s, "
         f"{limit}s without console output")
 
-    stall = Stall(batch.work, qmp, L1_QEMU, L1_MEMORY_GIB << 30, runner.tell, runner.stop)
+    stall = Stall(batch.work, qmp, L1_QEMU, L1_APPEND, L1_MEMORY_GIB << 30, runner.tell,
+                  runner.stop)
     watch = Watchdog(limit, stall.diagnose)
     watch.start()
     try:
