@@ -303,6 +303,19 @@ class Qmp(unittest.TestCase):
                                      "sendkey alt-sysrq-w"])
         self.assertTrue(any(r.startswith("== COM1 LSR: portb[0x3fd]") for r in raw))
 
+    def test_a_stall_without_a_monitor_still_marks_reports_and_stops(self):
+        work = Path(self.tmp.name)
+        said, stopped = [], []
+        stall = l1watch.Stall(work, self.sock, ["qemu"], "console=ttyS0", GIB2, said.append,
+                              lambda: stopped.append(True))
+        stall.diagnose(200.4, "irqchip-split")
+        self.assertTrue(stopped)
+        self.assertEqual((work / "l1-stalled").read_text(), "200 irqchip-split\n")
+        self.assertEqual(said[0], "e2e: L1 made no progress for 200 s (its console silent) "
+                                  "during job irqchip-split; looking at its vCPUs")
+        self.assertTrue(said[1].startswith("e2e: L1's monitor did not answer"))
+        self.assertIn("=== L1 stuck during job irqchip-split", stall.report.read_text())
+
     def test_no_monitor_is_a_qmp_error(self):
         with self.assertRaises(l1state.QmpError):
             l1state.Qmp(self.sock, timeout=1)

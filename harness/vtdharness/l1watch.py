@@ -187,6 +187,13 @@ class Stall:
             time.sleep(0.5)
 
     def diagnose(self, silent: float, job: str | None) -> None:
+        """Looks, reports and stops L1; stops it even if the look fails in a way not foreseen."""
+        try:
+            self._diagnose(silent, job)
+        finally:
+            self.stop()
+
+    def _diagnose(self, silent: float, job: str | None) -> None:
         during = f"during job {job}" if job else "before its first job"
         self.say(f"e2e: L1 made no progress for {silent:.0f} s (its console silent) {during}; "
                  f"looking at its vCPUs")
