@@ -1,6 +1,8 @@
 """Watching L1 for progress and reading where its vCPUs are: the watchdog's decision, the QMP
 client, QEMU's register dump, L1's symbols."""
 
+import contextlib
+import io
 import json
 import os
 import socket
@@ -150,6 +152,7 @@ class Watchdog(unittest.TestCase):
 
     def test_fires_once_after_the_limit_and_names_the_job(self):
         self.dog.progress(["e2e-l1: L1 up 3 s", "VTD-NEST-JOB irqchip-split"])
+        self.assertEqual((self.dog.jobs_started, self.dog.l1_done), (1, False))
         self.clock.now += 30
         self.assertFalse(self.dog.check())
         self.clock.now += 1
@@ -212,6 +215,48 @@ class Reboots(unittest.TestCase):
 
     def test_boots_are_bounded(self):
         self.assertEqual(self.boots([1] * 5), [0, 1, 2][:launch.L1_BOOTS])
+
+
+class OneBoot(unittest.TestCase):
+    """boot_l1's answer from what L1's console said (QEMU and the initramfs stubbed)."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        work = Path(self.tmp.name)
+        (work / "init").write_text("true\n")
+        self.batch = Batch(work / "batch")
+        for name in "abc":
+            self.batch.add(name, "qemu", work / "init", 1, [], [])
+        self.runner = launch.Runner(self.batch, live=False)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def boot(self, console_lines, rc):
+        def run(cmd, watch):
+            watch.progress(console_lines)
+            return rc
+
+        with mock.patch.object(launch, "l1_initrd"), mock.patch.object(launch, "log"), \
+                mock.patch.object(self.runner, "run", run), \
+                contextlib.redirect_stderr(io.StringIO()):
+            return launch.boot_l1(self.batch, self.runner, ["qemu"], "", None, 0)
+
+    def test_an_l1_that_ran_every_job_is_done(self):
+        self.assertIsNone(self.boot(["VTD-NEST-JOB a", "VTD-NEST-EXIT 0", "VTD-NEST-JOB b",
+                                     "VTD-NEST-EXIT 0", "VTD-NEST-JOB c", "VTD-NEST-EXIT 1",
+                                     "VTD-NEST-L1-DONE"], 0))
+
+    def test_an_l1_that_died_in_a_job_counts_the_jobs_started(self):
+        self.assertEqual(self.boot(["VTD-NEST-JOB a", "VTD-NEST-EXIT 0", "VTD-NEST-JOB b",
+                                    "[ 89.9] Kernel panic - not syncing: corrupted stack end"],
+                                   0), 2)
+        self.assertIn("e2e: L1 ended during job b without finishing its jobs",
+                      self.batch.console.read_text())
+
+    def test_an_l1_out_of_time_is_not_booted_again(self):
+        self.assertIsNone(self.boot(["VTD-NEST-JOB a"], 124))
+        self.assertTrue((self.batch.work / "l1-timed-out").exists())
 
 
 class StallLimit(unittest.TestCase):

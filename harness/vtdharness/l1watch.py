@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import l1state
+from . import console, l1state
 from .common import HarnessError, cpio_of_dir, e2e_cache
 from .initramfs import concat_archives
 
@@ -70,6 +70,7 @@ class Watchdog:
         self.last = clock()
         self.job: str | None = None
         self.jobs_started = 0
+        self.l1_done = False  # VTD-NEST-L1-DONE seen: l1-init ran every job
         self.fired = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,9 +78,12 @@ class Watchdog:
     def progress(self, lines: list[str]) -> None:
         self.last = self.clock()
         for line in lines:
-            if line.startswith("VTD-NEST-JOB "):
-                self.job = line.split(" ", 1)[1].strip()
+            name = console.job_started(line)
+            if name:
+                self.job = name
                 self.jobs_started += 1
+            elif console.l1_done(line):
+                self.l1_done = True
 
     def check(self) -> bool:
         """Fires ON_STALL if the silence exceeds the limit and it has not fired yet."""

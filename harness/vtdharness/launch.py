@@ -5,8 +5,8 @@
       direct: per job, l2_initrd + the VMM command on this host, markers printed here
       nested: disks as L1 drives, l1_initrd, QEMU TCG (with a QMP socket); e2e/lib/l1-init
               runs the jobs and prints the markers; a console silent too long: l1watch
-              says where L1's vCPUs are and stops L1, the job it was in fails, and a fresh
-              L1 runs the jobs after it (at most L1_BOOTS boots)
+              says where L1's vCPUs are and stops L1; after a stuck or dead L1 the job it
+              was in fails and a fresh L1 runs the jobs after it (at most L1_BOOTS boots)
       ─> console.log (escapes and CRs stripped; also stdout when live)
       ─> console.split_sections ─> jobs/NN/output, jobs/NN/status
 
@@ -96,7 +96,9 @@ class Runner:
                 if watch:
                     watch.progress(lines)
             if pending:
-                self._emit(log_file, [pending])
+                lines = self._emit(log_file, [pending])
+                if watch:
+                    watch.progress(lines)
         rc = self.child.wait()
         self.child = None
         return 128 - rc if rc < 0 else rc
@@ -212,8 +214,8 @@ def l1_machine(batch: Batch, iommu: str) -> tuple[list[str], str]:
 
 
 def launch_nested(batch: Batch, runner: Runner) -> None:
-    """Boots L1 for the jobs; if L1 gets stuck (l1watch), the job it was in fails and a fresh
-    L1 runs the jobs after it, up to L1_BOOTS boots."""
+    """Boots L1 for the jobs; if L1 gets stuck (l1watch) or dies (a panic) in a job, that job
+    fails and a fresh L1 runs the jobs after it, up to L1_BOOTS boots."""
     iommu = l1_iommu_mode(batch)
     batch.create_disks()
     vmm = vmm_binary() if batch.uses("vtd-nest") else None
@@ -225,7 +227,7 @@ def launch_nested(batch: Batch, runner: Runner) -> None:
         if started is None or first + started >= len(batch.jobs):
             return
         if started == 0:
-            runner.tell("e2e: L1 got stuck before its first job; not booting it again")
+            runner.tell("e2e: L1 got stuck or died before its first job; not booting it again")
             return
         first += started
         if boot + 1 < L1_BOOTS:
@@ -235,9 +237,9 @@ def launch_nested(batch: Batch, runner: Runner) -> None:
 
 def boot_l1(batch: Batch, runner: Runner, qemu: list[str], append: str, vmm: str | None,
             first: int) -> int | None:
-    """One L1 boot running jobs FIRST onwards. None if L1 ended by itself; if the watchdog
-    stopped it, how many of those jobs had started (the last of them is the one L1 got stuck
-    in)."""
+    """One L1 boot running jobs FIRST onwards. None if L1 finished its jobs or ran out of time;
+    if the watchdog stopped it or it died before VTD-NEST-L1-DONE, how many of those jobs had
+    started (the last of them is the one L1 got stuck or died in)."""
     jobs = batch.jobs[first:]
     initrd = batch.work / "l1-initrd.cpio"
     l1_initrd(batch, initrd, vmm, first)
@@ -263,9 +265,14 @@ def boot_l1(batch: Batch, runner: Runner, qemu: list[str], append: str, vmm: str
     if timed_out(rc):
         (batch.work / "l1-timed-out").touch()
         runner.say(f"e2e: L1 timed out after {total}s", to_stderr=True)
-    elif rc != 0:
+        return None
+    if rc != 0:
         runner.say(f"e2e: L1 QEMU exited with status {rc}", to_stderr=True)
-    return None
+    if watch.l1_done:
+        return None
+    during = f"during job {watch.job}" if watch.job else "before its first job"
+    runner.tell(f"e2e: L1 ended {during} without finishing its jobs (see the console above)")
+    return watch.jobs_started
 
 
 def probe_direct(batch: Batch) -> bool:
