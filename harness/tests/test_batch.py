@@ -121,6 +121,8 @@ class Jobs(unittest.TestCase):
                          "VTD-NEST-JOB a\nhello\nVTD-NEST-EXIT 3\n")
         (self.batch.work / "l1-timed-out").touch()
         self.assertEqual(self.batch.result(2), "timeout")
+        (self.batch.work / "l1-stalled").write_text("200 c\n")
+        self.assertEqual([self.batch.result(i) for i in range(3)], ["3", "timeout", "l1-stalled"])
 
     def test_host_disk_lines_hash_the_images(self):
         self.batch.add("a", "vtd-nest", self.init, 1, ["d0=1K"], [])

@@ -24,6 +24,9 @@ class GuestRan(unittest.TestCase):
         cases = [
             (GOOD, "timeout", "the VMM timed out; last output: vtd-nest: the guest powered off"),
             (GOOD, "missing", "the VMM never reported an exit status (L1 died or timed out)"),
+            (GOOD[:3], "l1-stalled",
+             "L1 made no progress and was stopped before the job finished (where its vCPUs "
+             "were: l1-stall.txt in the work directory)"),
             (["boom"], "1",
              "the guest never reached its init (VMM exit status 1; last output: boom)"),
             (GOOD + ["CHECK-FAIL no DMAR"], "0", "guest: no DMAR"),

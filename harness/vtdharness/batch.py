@@ -252,10 +252,13 @@ class Batch:
 
     def result(self, i: int) -> str:
         """Job I's VMM exit status, "timeout" (the job, or L1 before the job finished, ran out of
-        time) or "missing" (no status reported)."""
+        time), "l1-stalled" (L1 made no progress and the harness stopped it before the job
+        finished: launch's watchdog) or "missing" (no status reported)."""
         path = self.jobs[i].dir / "status"
         status = path.read_text().strip() if path.exists() else "missing"
-        if status == "missing" and (self.work / "l1-timed-out").exists():
+        if status == "missing" and (self.work / "l1-stalled").exists():
+            status = "l1-stalled"
+        elif status == "missing" and (self.work / "l1-timed-out").exists():
             status = "timeout"
         return status
 

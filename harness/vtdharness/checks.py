@@ -14,7 +14,7 @@ import subprocess
 from typing import BinaryIO
 
 from .common import l2_dir
-from .console import JobOutput, hexnorm
+from .console import NO_EXIT, JobOutput, hexnorm
 
 # test(1)'s integer comparisons, as counter_is takes them.
 _OPS = {"-eq": int.__eq__, "-ne": int.__ne__, "-gt": int.__gt__, "-ge": int.__ge__,
@@ -35,8 +35,8 @@ def vmm_said(out: JobOutput) -> str:
 def guest_ran(out: JobOutput, status: str) -> str | None:
     if status == "timeout":
         return f"the VMM timed out{vmm_said(out)}"
-    if status == "missing":
-        return "the VMM never reported an exit status (L1 died or timed out)"
+    if status in NO_EXIT:
+        return NO_EXIT[status]
     if not out.guest_started:
         return f"the guest never reached its init (VMM exit status {status}{vmm_said(out)})"
     failed = out.check_failure
@@ -103,8 +103,8 @@ def vmm_refused(out: JobOutput, status: str, regex: str, inner: str) -> str | No
     REGEX: vtd-nest exits 2 with one sentence; QEMU (--inner qemu) exits 1."""
     if status == "timeout":
         return f"the VMM timed out instead of refusing{vmm_said(out)}"
-    if status == "missing":
-        return "the VMM never reported an exit status (L1 died or timed out)"
+    if status in NO_EXIT:
+        return NO_EXIT[status]
     if status == "0":
         return "the VMM exited with status 0 instead of refusing"
     if out.guest_started:

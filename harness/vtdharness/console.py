@@ -21,12 +21,21 @@ import re
 from dataclasses import dataclass, field
 
 _ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")
-_JOB = re.compile(r"^VTD-NEST-JOB \S+\s*$")
+_JOB = re.compile(r"^VTD-NEST-JOB (\S+)\s*$")
+L1_DONE = "VTD-NEST-L1-DONE"
 _EXIT = re.compile(r"^VTD-NEST-EXIT (\d+)\s*$")
 _COUNTER = re.compile(r"^counter (\S+) ([0-9]+)\s*$")
 _VMM_CAP = re.compile(r"VTD cap=((?:0x)?[0-9a-fA-F]+) ecap=((?:0x)?[0-9a-fA-F]+)")
 # Lines that are the harness's or L1's own, not the VMM's.
 _NOT_VMM = re.compile(r"^(VTD-NEST-|HOST-DISK |e2e-l1: |\s*$)")
+
+
+# Batch.result's statuses of a job that never reported its exit, and what they mean.
+NO_EXIT = {
+    "missing": "the VMM never reported an exit status (L1 died or timed out)",
+    "l1-stalled": "L1 made no progress and was stopped before the job finished (where its "
+                  "vCPUs were: l1-stall.txt in the work directory)",
+}
 
 
 def clean(line: str) -> str:
@@ -62,6 +71,17 @@ def split_sections(text: str) -> list[Section]:
                 cur.status = "timeout"
             cur = None
     return sections
+
+
+def job_started(line: str) -> str | None:
+    """The name of the job a "VTD-NEST-JOB <name>" line starts; None for any other line."""
+    m = _JOB.match(clean(line))
+    return m.group(1) if m else None
+
+
+def l1_done(line: str) -> bool:
+    """Whether LINE is l1-init's "VTD-NEST-L1-DONE": it ran every job."""
+    return clean(line).strip() == L1_DONE
 
 
 def host_disk_line(name: str, sha256: str) -> str:

@@ -23,7 +23,8 @@ from .common import E2E_DIR, E2E_LIB, HarnessError, cpio_of_dir, e2e_cache, l2_d
 PORTIO_SOURCE = E2E_DIR / "guest" / "portio.c"
 
 
-def _concat(out: Path, parts: list[Path]) -> None:
+def concat_archives(out: Path, parts: list[Path]) -> None:
+    """OUT: the archives PARTS one after the other (the kernel unpacks each in turn)."""
     with open(out, "wb") as f:
         for p in parts:
             with open(p, "rb") as src:
@@ -65,7 +66,7 @@ def l2_initrd(init: Path, out: Path, tag: str = "") -> None:
             (r / tool).chmod(0o755)
         extra = Path(f"{out}.extra")
         cpio_of_dir(r, extra)
-    _concat(out, [base, extra])
+    concat_archives(out, [base, extra])
     extra.unlink()
 
 
@@ -80,8 +81,9 @@ def _needs_shared_libraries(binary: str) -> bool:
     return "(NEEDED)" in proc.stdout
 
 
-def l1_initrd(batch: Batch, out: Path, vmm: str | None) -> None:
-    """VMM: the vtd-nest binary, if any job runs it (it must be static: L1 has no libraries)."""
+def l1_initrd(batch: Batch, out: Path, vmm: str | None, first: int = 0) -> None:
+    """VMM: the vtd-nest binary, if any job runs it (it must be static: L1 has no libraries);
+    the jobs from index FIRST on (a later L1 boot runs the rest of a batch)."""
     cache = e2e_cache()
     with tempfile.TemporaryDirectory() as root:
         r = Path(root)
@@ -89,7 +91,7 @@ def l1_initrd(batch: Batch, out: Path, vmm: str | None) -> None:
         (r / "init").chmod(0o755)
         (r / "e2e" / "jobs").mkdir(parents=True)
         (r / "bin").mkdir()
-        for job in batch.jobs:  # each L2 kernel the jobs use, once
+        for job in batch.jobs[first:]:  # each L2 kernel the jobs use, once
             k = r / l1_kernel_path(job).lstrip("/")
             if not k.exists():
                 k.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +108,7 @@ def l1_initrd(batch: Batch, out: Path, vmm: str | None) -> None:
         if batch.wrap:
             shutil.copyfile(batch.wrap, r / "bin" / "e2e-wrap")
             (r / "bin" / "e2e-wrap").chmod(0o755)
-        for job in batch.jobs:
+        for job in batch.jobs[first:]:
             jd = r / "e2e" / "jobs" / job.dir.name
             jd.mkdir()
             (jd / "name").write_text(job.name + "\n")
@@ -132,5 +134,5 @@ def l1_initrd(batch: Batch, out: Path, vmm: str | None) -> None:
         parts += [cache / "l1" / f"vfio-{s}.cpio" for s in batch.vfio_sets()]
         extra = Path(f"{out}.extra")
         cpio_of_dir(r, extra)
-    _concat(out, parts + [extra])
+    concat_archives(out, parts + [extra])
     extra.unlink()

@@ -3,8 +3,10 @@
     launch(batch, mode, live)
       e2e/prepare (cached) ─> auto: real devices? nested : probe_direct()? direct : nested
       direct: per job, l2_initrd + the VMM command on this host, markers printed here
-      nested: disks as L1 drives, l1_initrd, QEMU TCG; e2e/lib/l1-init runs the jobs and
-              prints the markers
+      nested: disks as L1 drives, l1_initrd, QEMU TCG (with a QMP socket); e2e/lib/l1-init
+              runs the jobs and prints the markers; a console silent too long: l1watch
+              says where L1's vCPUs are and stops L1; after a stuck or dead L1 the job it
+              was in fails and a fresh L1 runs the jobs after it (at most L1_BOOTS boots)
       ─> console.log (escapes and CRs stripped; also stdout when live)
       ─> console.split_sections ─> jobs/NN/output, jobs/NN/status
 
@@ -25,18 +27,23 @@ from . import console
 from .batch import L1_VFIO_SLOT0, Batch, host_paths, l1_disk_address, render_command
 from .common import HarnessError, e2e_cache, l2_dir, log, run_prepare, vmm_binary
 from .initramfs import l1_initrd, l2_initrd
+from .l1watch import L1_DEBUG_APPEND, Stall, Watchdog, stall_limit
 
-# L1 prints only emergencies: its kernel messages would land in the middle of the jobs' lines.
-L1_APPEND = "console=ttyS0 quiet loglevel=1 panic=-1"
+# L1 prints only emergencies (a soft lockup is one): its kernel messages would land in the
+# middle of the jobs' lines. L1_DEBUG_APPEND lets the harness read a stuck L1 (l1watch.py).
+L1_APPEND = f"console=ttyS0 quiet loglevel=1 panic=-1 {L1_DEBUG_APPEND}"
 # EPYC minus the features TCG lacks anyway (naming them keeps QEMU from warning about each).
 L1_CPU = "EPYC,fxsr-opt=off,misalignsse=off,osvw=off,topoext=off,nrip-save=off,xsavec=off"
-L1_QEMU = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", L1_CPU, "-m", "2G", "-smp", "2",
-           "-nographic", "-no-reboot", "-nic", "none"]
+L1_MEMORY_GIB = 2
+L1_QEMU = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", L1_CPU, "-m", f"{L1_MEMORY_GIB}G",
+           "-smp", "2", "-nographic", "-no-reboot", "-nic", "none"]
 # L1's emulated VT-d for real devices (see ../shared/reference/real-vfio-in-l1.md): caching
 # mode, so QEMU shadows L1's second-stage tables; interrupt remapping, so VFIO's MSI is isolated.
 L1_VIOMMU = "intel-iommu,intremap=on,caching-mode=on"
 # Seconds L1 may spend outside the jobs (boot, disk discovery, power-off).
 L1_OVERHEAD = 120
+# L1 boots per batch at most: the first, and one after each time L1 got stuck in a job.
+L1_BOOTS = 3
 MODES = ("auto", "direct", "nested")
 # Seconds a side script may run after its VMM exited (l1-init's SIDE_GRACE in nested mode).
 SIDE_GRACE = 30
@@ -64,9 +71,16 @@ class Runner:
             stream.write(line + "\n")
             stream.flush()
 
-    def run(self, cmd: list[str]) -> int:
+    def tell(self, line: str) -> None:
+        """A harness line the user must see even when not live: in the console and on stderr."""
+        self.say(line, to_stderr=True)
+        if not self.live:
+            print(line, file=sys.stderr, flush=True)
+
+    def run(self, cmd: list[str], watch: Watchdog | None = None) -> int:
         """CMD with no stdin, stdout and stderr together, escapes and CRs stripped, appended to
-        the console log (and stdout if live). Its exit status; 128+N if signal N ended it."""
+        the console log (and stdout if live), each chunk reported to WATCH. Its exit status;
+        128+N if signal N ended it."""
         self.child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT)
         assert self.child.stdout is not None
@@ -78,22 +92,28 @@ class Runner:
                     break
                 pending += chunk
                 *full, pending = pending.split(b"\n")
-                self._emit(log_file, full)
+                lines = self._emit(log_file, full)
+                if watch:
+                    watch.progress(lines)
             if pending:
-                self._emit(log_file, [pending])
+                lines = self._emit(log_file, [pending])
+                if watch:
+                    watch.progress(lines)
         rc = self.child.wait()
         self.child = None
         return 128 - rc if rc < 0 else rc
 
-    def _emit(self, log_file, raw_lines: list[bytes]) -> None:
+    def _emit(self, log_file, raw_lines: list[bytes]) -> list[str]:
         if not raw_lines:
-            return
-        text = "".join(console.clean(r.decode(errors="replace")) + "\n" for r in raw_lines)
+            return []
+        lines = [console.clean(r.decode(errors="replace")) for r in raw_lines]
+        text = "".join(line + "\n" for line in lines)
         log_file.write(text)
         log_file.flush()
         if self.live:
             sys.stdout.write(text)
             sys.stdout.flush()
+        return lines
 
     def start_side(self, script: Path, cmd: list[str], timeout: int) -> "SideScript":
         """SCRIPT run by sh next to the command CMD (its arguments), bounded by TIMEOUT seconds;
@@ -166,11 +186,9 @@ def l1_iommu_mode(batch: Batch) -> str:
     raise HarnessError(f"VTD_NEST_E2E_L1_IOMMU wants auto, off, legacy or scalable, not {want}")
 
 
-def launch_nested(batch: Batch, runner: Runner) -> None:
-    iommu = l1_iommu_mode(batch)
-    batch.create_disks()
-    initrd = batch.work / "l1-initrd.cpio"
-    l1_initrd(batch, initrd, vmm_binary() if batch.uses("vtd-nest") else None)
+def l1_machine(batch: Batch, iommu: str) -> tuple[list[str], str]:
+    """L1's QEMU command (without kernel and initrd) and kernel command line: the vIOMMU mode,
+    the real devices and test disks at their fixed addresses (vfio_bdf, l1_disk_address)."""
     qemu = list(L1_QEMU)
     append = L1_APPEND
     if iommu == "off":
@@ -181,30 +199,80 @@ def launch_nested(batch: Batch, runner: Runner) -> None:
     else:
         qemu += ["-M", "q35,kernel-irqchip=split", "-device", f"{L1_VIOMMU},x-scalable-mode=on"]
         append += " intel_iommu=on,sm_on"
-    # Real devices and test disks at fixed addresses (batch.vfio_bdf, batch.l1_disk_address).
     for job in batch.jobs:
         for d in job.vfio:
             qemu += ["-drive", f"file={d.file},if=none,id=e2ev{d.index},format=raw,cache=writeback",
                      "-device", f"nvme,drive=e2ev{d.index},serial=e2ev{d.index},"
                      f"addr={L1_VFIO_SLOT0 + d.index:02x}.0"]
-    total = L1_OVERHEAD
     for job in batch.jobs:
-        total += job.timeout
         for d in job.disks:
             multi = ",multifunction=on" if d.index % 8 == 0 else ""
             qemu += ["-drive", f"file={d.file},if=none,id=e2ed{d.index},format=raw,cache=writeback",
                      "-device", f"virtio-blk-pci,drive=e2ed{d.index},serial=e2ed{d.index},"
                      f"addr={l1_disk_address(d.index)}{multi}"]
-    qemu += ["-kernel", str(e2e_cache() / "l1" / "vmlinuz"), "-initrd", str(initrd),
-             "-append", append]
+    return qemu, append
+
+
+def launch_nested(batch: Batch, runner: Runner) -> None:
+    """Boots L1 for the jobs; if L1 gets stuck (l1watch) or dies (a panic) in a job, that job
+    fails and a fresh L1 runs the jobs after it, up to L1_BOOTS boots."""
+    iommu = l1_iommu_mode(batch)
+    batch.create_disks()
+    vmm = vmm_binary() if batch.uses("vtd-nest") else None
+    qemu, append = l1_machine(batch, iommu)
     log(f"L1: vIOMMU {iommu}, {batch.nvfio} real device(s)")
-    log(f"booting L1 (QEMU TCG) for {len(batch.jobs)} job(s), limit {total}s")
-    rc = runner.run(["timeout", "-k", "5", str(total)] + qemu)
+    first = 0
+    for boot in range(L1_BOOTS):
+        started = boot_l1(batch, runner, qemu, append, vmm, first)
+        if started is None or first + started >= len(batch.jobs):
+            return
+        if started == 0:
+            runner.tell("e2e: L1 got stuck or died before its first job; not booting it again")
+            return
+        first += started
+        if boot + 1 < L1_BOOTS:
+            runner.tell(f"e2e: booting L1 again for the {len(batch.jobs) - first} job(s) after "
+                        f"{batch.jobs[first - 1].name}")
+
+
+def boot_l1(batch: Batch, runner: Runner, qemu: list[str], append: str, vmm: str | None,
+            first: int) -> int | None:
+    """One L1 boot running jobs FIRST onwards. None if L1 finished its jobs or ran out of time;
+    if the watchdog stopped it or it died before VTD-NEST-L1-DONE, how many of those jobs had
+    started (the last of them is the one L1 got stuck or died in)."""
+    jobs = batch.jobs[first:]
+    initrd = batch.work / "l1-initrd.cpio"
+    l1_initrd(batch, initrd, vmm, first)
+    qmp = batch.work / "l1-qmp.sock"
+    qmp.unlink(missing_ok=True)
+    cmd = qemu + ["-kernel", str(e2e_cache() / "l1" / "vmlinuz"), "-initrd", str(initrd),
+                  "-append", append, "-qmp", f"unix:{qmp},server=on,wait=off"]
+    total = L1_OVERHEAD + sum(j.timeout for j in jobs)
+    limit = stall_limit(max(j.timeout for j in jobs), SIDE_GRACE)
+    log(f"booting L1 (QEMU TCG) for {len(jobs)} job(s), limit {total}s, "
+        f"{limit}s without console output")
+
+    stall = Stall(batch.work, qmp, L1_QEMU, L1_APPEND, L1_MEMORY_GIB << 30, runner.tell,
+                  runner.stop)
+    watch = Watchdog(limit, stall.diagnose)
+    watch.start()
+    try:
+        rc = runner.run(["timeout", "-k", "5", str(total)] + cmd, watch)
+    finally:
+        watch.stop()
+    if watch.fired:
+        return watch.jobs_started
     if timed_out(rc):
         (batch.work / "l1-timed-out").touch()
         runner.say(f"e2e: L1 timed out after {total}s", to_stderr=True)
-    elif rc != 0:
+        return None
+    if rc != 0:
         runner.say(f"e2e: L1 QEMU exited with status {rc}", to_stderr=True)
+    if watch.l1_done:
+        return None
+    during = f"during job {watch.job}" if watch.job else "before its first job"
+    runner.tell(f"e2e: L1 ended {during} without finishing its jobs (see the console above)")
+    return watch.jobs_started
 
 
 def probe_direct(batch: Batch) -> bool:

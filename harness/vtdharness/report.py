@@ -33,7 +33,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 
-from .console import BenchFacts, JobOutput
+from .console import NO_EXIT, BenchFacts, JobOutput
 
 VMMS = ("qemu", "vtd-nest")
 CONFIGS = ("strict", "strict-ir", "lazy", "off", "assigned")
@@ -126,8 +126,8 @@ def judge(job: Job, out: str) -> None:
         job.failure = "the batch did not run: " + read(os.path.join(out, "launch-failed")).strip()
     elif job.status == "timeout":
         job.failure = f"the VMM did not finish in time and was killed{said}"
-    elif job.status in ("missing", ""):
-        job.failure = "the VMM never reported an exit status (L1 died or timed out)"
+    elif job.status in NO_EXIT or not job.status:
+        job.failure = NO_EXIT.get(job.status, NO_EXIT["missing"])
     elif not out_facts.guest_started:
         job.failure = f"the guest never reached its init (VMM exit status {job.status}{said})"
     elif job.bench_failure is not None:

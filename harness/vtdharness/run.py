@@ -96,7 +96,7 @@ def main(argv: list[str]) -> int:
         print(f"e2e/run: the VMM did not finish within {o['timeout']}s and was killed",
               file=sys.stderr)
         return 124
-    if status == "missing":
+    if status in ("missing", "l1-stalled"):
         print("e2e/run: the VMM never reported an exit status (see the console above)",
               file=sys.stderr)
         return 125
