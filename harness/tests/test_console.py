@@ -53,6 +53,33 @@ class SplitSections(unittest.TestCase):
         self.assertEqual(console.split_sections("VTD-NEST-JOB two words\nVTD-NEST-EXIT 0"), [])
 
 
+class AssignSections(unittest.TestCase):
+    """A job run again in a fresh L1 (L1 got stuck in its first attempt) takes its place."""
+
+    def sections(self, *jobs):
+        text = "\n".join(f"VTD-NEST-JOB {name}\n" + (f"VTD-NEST-EXIT {rc}" if rc else "stuck")
+                         for name, rc in jobs)
+        return console.split_sections(text)
+
+    def test_the_second_attempt_replaces_the_unfinished_first(self):
+        final, first = console.assign_sections(
+            ["a", "b", "c"], self.sections(("a", "0"), ("b", None), ("b", "0"), ("c", "1")))
+        self.assertEqual([s.status for s in final], ["0", "0", "1"])
+        self.assertEqual(list(first), [1])
+        self.assertEqual(first[1].lines, ["VTD-NEST-JOB b", "stuck"])
+
+    def test_two_jobs_of_one_name_that_both_finished_are_two_jobs(self):
+        final, first = console.assign_sections(
+            ["a", "a"], self.sections(("a", "0"), ("a", "1")))
+        self.assertEqual([s.status for s in final], ["0", "1"])
+        self.assertEqual(first, {})
+
+    def test_jobs_that_never_ran_have_no_section(self):
+        final, _ = console.assign_sections(["a", "b"], self.sections(("a", None)))
+        self.assertEqual(final[0].status, "missing")
+        self.assertIsNone(final[1])
+
+
 class Facts(unittest.TestCase):
     def out(self, *lines):
         return JobOutput(list(lines))

@@ -204,17 +204,24 @@ class Reboots(unittest.TestCase):
             launch.launch_nested(self.batch, self.runner)
         return firsts
 
-    def test_the_jobs_after_the_stuck_one_run_in_a_new_l1(self):
-        self.assertEqual(self.boots([2, None]), [0, 2])
+    def test_the_job_l1_got_stuck_in_runs_once_more_in_a_new_l1_with_the_rest(self):
+        self.assertEqual(self.boots([2, None]), [0, 1])
+        self.assertIn("booting L1 again to run b once more and the 3 job(s) after it",
+                      self.batch.console.read_text())
+        self.assertTrue((self.batch.jobs[1].dir / "retried").exists())
+        self.assertFalse((self.batch.jobs[0].dir / "retried").exists())
+
+    def test_a_job_l1_fails_in_twice_is_left_behind(self):
+        self.assertEqual(self.boots([2, 1, None]), [0, 1, 2])
         self.assertIn("booting L1 again for the 3 job(s) after b",
                       self.batch.console.read_text())
 
-    def test_no_new_boot_after_the_last_job_or_before_the_first(self):
-        self.assertEqual(self.boots([5]), [0])
+    def test_the_last_job_is_run_again_too_but_no_boot_before_the_first(self):
+        self.assertEqual(self.boots([5, None]), [0, 4])
         self.assertEqual(self.boots([0]), [0])
 
     def test_boots_are_bounded(self):
-        self.assertEqual(self.boots([1] * 5), [0, 1, 2][:launch.L1_BOOTS])
+        self.assertEqual(self.boots([1] * 5), [0, 0, 1][:launch.L1_BOOTS])
 
 
 class OneBoot(unittest.TestCase):

@@ -241,9 +241,9 @@ class Batch:
     def vfio_sets(self) -> list[str]:
         return sorted({j.vfio_modules for j in self.jobs if j.vfio_modules})
 
-    def create_disks(self) -> None:
-        """Fresh sparse images for every job."""
-        for job in self.jobs:
+    def create_disks(self, jobs: list[Job] | None = None) -> None:
+        """Fresh sparse images for every job (or for JOBS)."""
+        for job in self.jobs if jobs is None else jobs:
             for d in job.disks + job.vfio:
                 d.file.unlink(missing_ok=True)
                 if subprocess.run(["truncate", "-s", d.size, str(d.file)],
@@ -261,6 +261,11 @@ class Batch:
         elif status == "missing" and (self.work / "l1-timed-out").exists():
             status = "timeout"
         return status
+
+    def retried(self, i: int) -> str:
+        """Why job I ran twice (L1 failed in its first attempt), or ""."""
+        path = self.jobs[i].dir / "retried"
+        return path.read_text().strip() if path.exists() else ""
 
     def host_disk_lines(self, i: int) -> list[str]:
         """"HOST-DISK <name> <sha256>" per disk and per real device (its backing image)."""

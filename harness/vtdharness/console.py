@@ -73,6 +73,27 @@ def split_sections(text: str) -> list[Section]:
     return sections
 
 
+def assign_sections(names: list[str], sections: list[Section]
+                    ) -> tuple[list[Section | None], dict[int, Section]]:
+    """The section of each job (by position in NAMES), in console order. A section for the
+    same job as the one before, whose section never finished (L1 got stuck or died in it), is
+    that job run again: it takes the job's place and the unfinished one is returned apart."""
+    final: list[Section | None] = [None] * len(names)
+    first_attempts: dict[int, Section] = {}
+    i = 0
+    for sec in sections:
+        name = job_started(sec.lines[0]) if sec.lines else None
+        previous = final[i - 1] if i > 0 else None
+        if previous is not None and previous.status == "missing" and name == names[i - 1]:
+            first_attempts[i - 1] = previous
+            final[i - 1] = sec
+            continue
+        if i < len(names):
+            final[i] = sec
+            i += 1
+    return final, first_attempts
+
+
 def job_started(line: str) -> str | None:
     """The name of the job a "VTD-NEST-JOB <name>" line starts; None for any other line."""
     m = _JOB.match(clean(line))

@@ -132,12 +132,13 @@ class Suite:
             with open(out, "a") as f:
                 f.write("".join(line + "\n" for line in self.batch.host_disk_lines(i)))
             why = sc.check(self.batch.result(i), out, self.inner)
+            retried = self.batch.retried(i)
+            notes = [n for n in (retried, self.inner == "qemu" and sc.qemu_skips
+                                 and f"inner qemu; not checked: {sc.qemu_skips}") if n]
             if why is not None:
-                self.tally.fail(sc.name, why)
-            elif self.inner == "qemu" and sc.qemu_skips:
-                self.tally.pass_(sc.name, f"inner qemu; not checked: {sc.qemu_skips}")
+                self.tally.fail(sc.name, why + (f" ({retried})" if retried else ""))
             else:
-                self.tally.pass_(sc.name)
+                self.tally.pass_(sc.name, "; ".join(notes))
 
     def run_host_checks(self, names: list[str]) -> None:
         for name in names:
