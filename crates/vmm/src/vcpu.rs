@@ -83,6 +83,23 @@ pub enum Step {
     Stop(VmEvent),
 }
 
+/// How a KVM_EXIT_SHUTDOWN is reported.
+const TRIPLE_FAULT: &str = "triple fault";
+/// Offsets of the LAPIC's in-service and interrupt-request registers: eight 32-bit words, 16
+/// bytes apart, vector n in bit n % 32 of word n / 32 (Intel SDM vol. 3, 11.8.4).
+const LAPIC_ISR: usize = 0x100;
+const LAPIC_IRR: usize = 0x200;
+
+/// The vectors set in the 256-bit LAPIC register at `offset` of a KVM_GET_LAPIC page.
+fn lapic_vectors(page: &[u8], offset: usize) -> Vec<u8> {
+    (0..=255u8)
+        .filter(|&v| {
+            let at = offset + 0x10 * usize::from(v / 32) + usize::from(v % 32 / 8);
+            page.get(at).is_some_and(|byte| byte & (1 << (v % 8)) != 0)
+        })
+        .collect()
+}
+
 /// The signal that kicks a vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
@@ -165,6 +182,41 @@ impl Vcpu {
 
     /// Runs the guest until the next exit and handles it.
     pub fn step(&mut self) -> Step {
+        let step = self.handle_exit();
+        if let Step::Stop(VmEvent::Reboot { how: TRIPLE_FAULT }) = step {
+            tracing::warn!("vCPU {}: triple fault: {}", self.index, self.fault_state());
+        }
+        step
+    }
+
+    /// The vCPU's state where it stopped, in one line: registers, control registers, the IDT,
+    /// and the vectors its LAPIC has in service and requested (with an in-kernel LAPIC).
+    fn fault_state(&self) -> String {
+        let mut parts = Vec::new();
+        if let Ok(r) = self.fd.get_regs() {
+            parts.push(format!(
+                "rip {:#x} rsp {:#x} rflags {:#x}",
+                r.rip, r.rsp, r.rflags
+            ));
+        }
+        if let Ok(s) = self.fd.get_sregs() {
+            parts.push(format!(
+                "cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}+{:#x}",
+                s.cs.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.idt.base, s.idt.limit
+            ));
+        }
+        if let Ok(lapic) = self.fd.get_lapic() {
+            let bytes: Vec<u8> = lapic.regs.iter().map(|&b| b as u8).collect();
+            parts.push(format!(
+                "LAPIC in service {:x?} requested {:x?}",
+                lapic_vectors(&bytes, LAPIC_ISR),
+                lapic_vectors(&bytes, LAPIC_IRR)
+            ));
+        }
+        parts.join(", ")
+    }
+
+    fn handle_exit(&mut self) -> Step {
         let index = self.index;
         match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -216,9 +268,7 @@ impl Vcpu {
                 Step::Continue
             }
             Ok(VcpuExit::Hlt) => Step::Stop(VmEvent::Halted { cpu: index }),
-            Ok(VcpuExit::Shutdown) => Step::Stop(VmEvent::Reboot {
-                how: "triple fault",
-            }),
+            Ok(VcpuExit::Shutdown) => Step::Stop(VmEvent::Reboot { how: TRIPLE_FAULT }),
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => Step::Stop(VmEvent::PowerOff),
                 KVM_SYSTEM_EVENT_RESET => Step::Stop(VmEvent::Reboot {
@@ -263,5 +313,26 @@ impl Vcpu {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lapic_vectors_are_read_from_the_isr_and_irr_words() {
+        let mut page = vec![0u8; 1024];
+        // Vector 0x31: word 1 (offset 0x10), bit 17 (byte 2, bit 1); vector 0xec: word 7 (0x70),
+        // bit 12 (byte 1, bit 4).
+        page[LAPIC_ISR + 0x10 + 2] |= 1 << 1;
+        page[LAPIC_ISR + 0x70 + 1] |= 1 << 4;
+        page[LAPIC_IRR] |= 1;
+        assert_eq!(lapic_vectors(&page, LAPIC_ISR), vec![0x31, 0xec]);
+        assert_eq!(lapic_vectors(&page, LAPIC_IRR), vec![0]);
+        assert!(
+            lapic_vectors(&page[..0x100], LAPIC_ISR).is_empty(),
+            "a short page"
+        );
     }
 }
