@@ -236,3 +236,22 @@ serial_follows_affinity() {
         fail "no ttyS0 interrupt on CPU $2 after the affinity change (effective affinity $(cat "/proc/irq/$irq/effective_affinity_list")): $(grep ttyS0 /proc/interrupts | tr -s ' ')"
     fi
 }
+
+# put_mark DEV MARK: MARK in DEV's first sector, where a side script's wait_mark reads it
+# (e2e/lib/side.sh); also printed.
+put_mark() {
+    echo "$2" | dd of="$1" bs=512 count=1 conv=sync oflag=direct 2>/dev/null ||
+        fail "cannot write the mark $2 on $1"
+    echo "$2"
+}
+
+# unplugged PATH SECONDS: waits until the sysfs PATH of a function the VMM unplugs is gone; fails
+# after SECONDS.
+unplugged() {
+    i=0
+    while [ -e "$1" ]; do
+        i=$((i + 1))
+        [ "$i" -le $(($2 * 10)) ] || fail "$1 is still there $2 s after the data check"
+        sleep 0.1
+    done
+}

@@ -23,10 +23,7 @@ guest() {
 report_cap
 dev=$(disk_dev 0)
 data_check d0 "$dev" "strict DMA domain"
-mark=$(disk_dev 1)
-echo API-GUEST-READY | dd of="$mark" bs=512 count=1 conv=sync oflag=direct 2>/dev/null ||
-    fail "cannot write the ready mark on $mark"
-echo "API-GUEST-READY"
+put_mark "$(disk_dev 1)" API-GUEST-READY
 i=0
 while :; do
     i=$((i + 1))

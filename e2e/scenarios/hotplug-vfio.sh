@@ -24,25 +24,15 @@ QEMU_ARGS=()
 guest() {
     cat <<'GUEST'
 mark=$(disk_dev 0)
-put_mark() {
-    echo "$1" | dd of="$mark" bs=512 count=1 conv=sync oflag=direct 2>/dev/null ||
-        fail "cannot write the mark $1 on $mark"
-    echo "$1"
-}
 nvme_gone() {
-    i=0
-    while [ -e "/sys/bus/pci/devices/$1" ]; do
-        i=$((i + 1))
-        [ "$i" -le 1800 ] || fail "$1 is still there 180 s after the data check"
-        sleep 0.1
-    done
+    unplugged "/sys/bus/pci/devices/$1" 180
     ok "$1 is gone"
 }
 assigned_nvme_check vfio0 "assigned NVMe at start, shadowed second stage" DMA
 pci=$(pci_of "$(nvme_dev 0)")
-put_mark HOTPLUG-VFIO-READY
+put_mark "$mark" HOTPLUG-VFIO-READY
 nvme_gone "$pci"
-put_mark HOTPLUG-VFIO-GONE
+put_mark "$mark" HOTPLUG-VFIO-GONE
 i=0
 until ls /dev/nvme*n1 >/dev/null 2>&1; do
     i=$((i + 1))
@@ -54,9 +44,9 @@ again=$(pci_of "$n")
 ok "the NVMe is back at $again as $n"
 expect_domain_type "$again" DMA
 data_check vfio0 "$n" "hot-added NVMe, shadowed second stage"
-put_mark HOTPLUG-VFIO-BACK
+put_mark "$mark" HOTPLUG-VFIO-BACK
 nvme_gone "$again"
-put_mark HOTPLUG-VFIO-GONE-AGAIN
+put_mark "$mark" HOTPLUG-VFIO-GONE-AGAIN
 while :; do sleep 1; done
 GUEST
 }

@@ -83,17 +83,8 @@ fn a_disk_is_added_kept_while_unreleased_and_removed_after_the_eject() {
     let Some((image, devices, unit)) = rig("hotplug", "x-scalable-mode=on,x-flts=on") else {
         return;
     };
-    let bus = vmm::pci::add_bus(&devices).unwrap();
     let raised = Arc::new(AtomicU32::new(0));
-    let registers = Arc::new(HotplugRegisters::new(Box::new(Raised(raised.clone()))));
-    let devices = Arc::new(devices);
-    let hotplug = PciHotplug::new(
-        devices.clone(),
-        bus.clone(),
-        registers.clone(),
-        Vec::new(),
-        0,
-    );
+    let (devices, bus, registers, hotplug) = hotplug_on(devices, raised.clone());
 
     // Add: slot 1, announced in UP with one event, visible in config space, counted.
     let disk = behind_the_viommu(&image);
@@ -163,6 +154,30 @@ fn a_disk_is_added_kept_while_unreleased_and_removed_after_the_eject() {
     std::fs::remove_dir_all(image.parent().unwrap()).unwrap();
 }
 
+/// Bus 0 of `devices` with PCI hot-plug through a register block whose event pulses count into
+/// `raised`: the devices, the bus, the registers (the guest's side) and the hot-plug handle.
+fn hotplug_on(
+    devices: DeviceContext,
+    raised: Arc<AtomicU32>,
+) -> (
+    Arc<DeviceContext>,
+    Arc<devices::pci::PciBus>,
+    Arc<HotplugRegisters>,
+    Arc<PciHotplug>,
+) {
+    let bus = vmm::pci::add_bus(&devices).unwrap();
+    let registers = Arc::new(HotplugRegisters::new(Box::new(Raised(raised))));
+    let devices = Arc::new(devices);
+    let hotplug = PciHotplug::new(
+        devices.clone(),
+        bus.clone(),
+        registers.clone(),
+        Vec::new(),
+        0,
+    );
+    (devices, bus, registers, Arc::new(hotplug))
+}
+
 /// A disk on `image` behind the vIOMMU.
 fn behind_the_viommu(image: &std::path::Path) -> DiskConfig {
     DiskConfig {
@@ -200,10 +215,7 @@ fn an_assigned_disk_leaves_no_binding_hwpt_or_host_device_behind() {
     let Some((image, devices, _unit)) = rig("hotplug-assigned", options) else {
         return;
     };
-    let bus = vmm::pci::add_bus(&devices).unwrap();
-    let registers = Arc::new(HotplugRegisters::new(Box::new(Raised(Arc::default()))));
-    let devices = Arc::new(devices);
-    let hotplug = PciHotplug::new(devices.clone(), bus, registers.clone(), Vec::new(), 0);
+    let (devices, _, registers, hotplug) = hotplug_on(devices, Arc::default());
     assert!(hotplug.host_bindings().is_empty(), "no passthrough before");
 
     let disk = DiskConfig {
@@ -260,16 +272,7 @@ fn the_api_adds_and_removes_a_disk_and_the_state_report_follows() {
         return;
     };
     let dir = image.parent().unwrap().to_path_buf();
-    let bus = vmm::pci::add_bus(&devices).unwrap();
-    let registers = Arc::new(HotplugRegisters::new(Box::new(Raised(Arc::default()))));
-    let devices = Arc::new(devices);
-    let hotplug = Arc::new(PciHotplug::new(
-        devices.clone(),
-        bus,
-        registers.clone(),
-        Vec::new(),
-        0,
-    ));
+    let (devices, _, registers, hotplug) = hotplug_on(devices, Arc::default());
     let mut config = VmConfig::new(dir.join("kernel"));
     config.iommu = Some(IommuConfig {
         options: options.into(),
@@ -349,16 +352,7 @@ fn the_api_answers_while_a_remove_waits_for_the_guest() {
         return;
     };
     let dir = image.parent().unwrap().to_path_buf();
-    let bus = vmm::pci::add_bus(&devices).unwrap();
-    let registers = Arc::new(HotplugRegisters::new(Box::new(Raised(Arc::default()))));
-    let devices = Arc::new(devices);
-    let hotplug = Arc::new(PciHotplug::new(
-        devices.clone(),
-        bus,
-        registers.clone(),
-        Vec::new(),
-        0,
-    ));
+    let (devices, _, registers, hotplug) = hotplug_on(devices, Arc::default());
     let disk = behind_the_viommu(&image);
     hotplug.add_disk(&disk).unwrap();
     let (control, _requests) = VmControl::new(Arc::new(VcpuGate::new()));
@@ -371,15 +365,9 @@ fn the_api_answers_while_a_remove_waits_for_the_guest() {
     };
     let socket = dir.join("api.sock");
     let server = ApiServer::start(ApiSocket::bind(&socket).unwrap(), context).unwrap();
-    let run = |action| {
-        remote::run(&Remote {
-            socket: socket.clone(),
-            action,
-            json: true,
-        })
-    };
 
-    let first = {
+    // A remove-device of disk0 over the socket, from a client thread: its HTTP status.
+    let remove_disk0 = || {
         let socket = socket.clone();
         std::thread::spawn(move || {
             client::request(
@@ -392,6 +380,7 @@ fn the_api_answers_while_a_remove_waits_for_the_guest() {
             .map(|answer| answer.status)
         })
     };
+    let first = remove_disk0();
     // The guest's view: the down register (cleared by the read) names slot 1.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut down = 0;
@@ -400,25 +389,18 @@ fn the_api_answers_while_a_remove_waits_for_the_guest() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(down, 1 << 1, "the eject of slot 1 is requested");
-    let info = run(Action::Info).expect("vm.info while the remove waits");
+    let info = remote::run(&Remote {
+        socket: socket.clone(),
+        action: Action::Info,
+        json: true,
+    })
+    .expect("vm.info while the remove waits");
     assert!(info.contains("\"cpus\""), "{info}");
     assert!(
         !first.is_finished(),
         "the first remove still waits for the guest"
     );
-    let second = {
-        let socket = socket.clone();
-        std::thread::spawn(move || {
-            client::request(
-                &socket,
-                "PUT",
-                "vm.remove-device",
-                "application/json",
-                Some(r#"{"id":"disk0"}"#),
-            )
-            .map(|answer| answer.status)
-        })
-    };
+    let second = remove_disk0();
     // Give the second request time to reach a serving thread before the guest ejects (its
     // answer is 404 either way once the first remove is done).
     std::thread::sleep(Duration::from_millis(200));

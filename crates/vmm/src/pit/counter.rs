@@ -314,11 +314,11 @@ impl Counter {
     /// OUT's level at `now`.
     pub fn out(&self, now: u64) -> bool {
         let (n, elapsed) = match self.cycle_at(now) {
-            Cycle::Idle { out, .. } => return out,
+            Run::Idle { out, .. } => return out,
             // A low gate stops modes 2 and 3 with OUT high.
-            Cycle::Held { .. } if self.mode.periodic() => return true,
-            Cycle::Held { elapsed, n } => (u64::from(n), elapsed),
-            Cycle::Counting { start, n } => (u64::from(n), now.saturating_sub(start)),
+            Run::Held { .. } if self.mode.periodic() => return true,
+            Run::Held { elapsed, n } => (u64::from(n), elapsed),
+            Run::Counting { start, n } => (u64::from(n), now.saturating_sub(start)),
         };
         match self.mode {
             Mode::InterruptOnTerminalCount | Mode::HardwareOneShot => elapsed >= n,
@@ -357,9 +357,9 @@ impl Counter {
     /// The counting element at `now`, in binary.
     fn count_at(&self, now: u64) -> u16 {
         let (n, elapsed) = match self.cycle_at(now) {
-            Cycle::Idle { count, .. } => return count,
-            Cycle::Held { elapsed, n } => (u64::from(n), elapsed),
-            Cycle::Counting { start, n } => (u64::from(n), now.saturating_sub(start)),
+            Run::Idle { count, .. } => return count,
+            Run::Held { elapsed, n } => (u64::from(n), elapsed),
+            Run::Counting { start, n } => (u64::from(n), now.saturating_sub(start)),
         };
         let modulus = if self.bcd { 10_000 } else { 0x1_0000 };
         let count = match self.mode {
@@ -425,15 +425,13 @@ impl Counter {
         }
     }
 
-    /// The cycle in force at `now` (a pending count taken into account).
-    fn cycle_at(&self, now: u64) -> Cycle {
+    /// What the counting element does at `now` (a pending count taken into account).
+    fn cycle_at(&self, now: u64) -> Run {
         match (self.run, self.pending) {
             (Run::Counting { .. }, Some((n, switch))) if switch <= now => {
-                Cycle::Counting { start: switch, n }
+                Run::Counting { start: switch, n }
             }
-            (Run::Counting { start, n }, _) => Cycle::Counting { start, n },
-            (Run::Held { elapsed, n }, _) => Cycle::Held { elapsed, n },
-            (Run::Idle { out, count }, _) => Cycle::Idle { out, count },
+            (run, _) => run,
         }
     }
 
@@ -455,14 +453,6 @@ impl Counter {
         }
         (0..4).fold(0, |bcd, i| bcd | (((count / 10u16.pow(i)) % 10) << (4 * i)))
     }
-}
-
-/// [`Run`] with a pending count applied.
-#[derive(Clone, Copy)]
-enum Cycle {
-    Idle { out: bool, count: u16 },
-    Counting { start: u64, n: u32 },
-    Held { elapsed: u64, n: u32 },
 }
 
 /// The first multiple of `n` ticks after `start` that is strictly after `after`.
